@@ -1,0 +1,1 @@
+"""The EdgeSlim edge agent: onnxruntime, numpy and a websocket client; no Django, no torch."""
