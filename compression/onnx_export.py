@@ -1,0 +1,102 @@
+"""Export a torch module to ONNX (dynamic batch, ``input`` -> ``logits``) and check the parity."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from compression.errors import CompressionError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+class ExportError(CompressionError):
+    """The module could not be exported, or the export does not match torch's outputs."""
+
+
+def export_onnx(
+    module: nn.Module, input_shape: tuple[int, int, int], path: Path | str, *, opset: int = 17
+) -> Path:
+    """Write ``module`` as an ONNX file with a dynamic batch axis.
+
+    The module is exported from an eval-mode CPU copy, so the caller's module (possibly on a GPU
+    and in training mode) is left untouched.
+
+    Args:
+        module: the model.
+        input_shape: (C, H, W) of one sample.
+        path: where to write; parent folders are created.
+        opset: ONNX opset version.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = copy.deepcopy(module).to("cpu").eval()
+    example = torch.zeros((1, *input_shape), dtype=torch.float32)
+    # Write via a temp name so a crash never leaves a half-written model behind.
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # The TorchScript-based exporter is deprecated but stable and fast for plain CNNs;
+            # its deprecation warnings carry no information for our users.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                export_params=True,
+                opset_version=opset,
+                do_constant_folding=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
+    tmp.replace(path)
+    return path
+
+
+def check_parity(
+    module: nn.Module,
+    onnx_path: Path | str,
+    input_shape: tuple[int, int, int],
+    *,
+    atol: float = 1e-4,
+    n: int = 4,
+    seed: int = 0,
+) -> float:
+    """Compare torch and ONNX Runtime outputs on ``n`` seeded random inputs.
+
+    Returns:
+        The largest absolute difference seen.
+
+    Raises:
+        ExportError: the difference is above ``atol``.
+    """
+    import onnxruntime as ort
+
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, *input_shape), generator=generator, dtype=torch.float32)
+    model = copy.deepcopy(module).to("cpu").eval()
+    with torch.no_grad():
+        expected = model(x).numpy()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    got = np.asarray(session.run(None, {name: x.numpy()})[0])
+    diff = float(np.max(np.abs(got - expected))) if expected.size else 0.0
+    if not diff <= atol:  # also catches NaN
+        raise ExportError(f"ONNX output differs from torch by {diff:.3g} (tolerance {atol:g})")
+    return diff
