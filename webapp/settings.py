@@ -61,7 +61,6 @@ INSTALLED_APPS = [
     "channels",
     "django_htmx",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "webapp.accounts",
     "webapp.live",
@@ -124,6 +123,14 @@ CHANNEL_LAYERS = {
             "capacity": 1000,
             "expiry": 30,
         },
+    }
+}
+# Login throttling counts failures here, so the cache is shared by every web process.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env("EDGESLIM_CACHE_PREFIX", "edgeslim"),
     }
 }
 CELERY_BROKER_URL = REDIS_URL
@@ -190,6 +197,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+if EDGESLIM_ENV == "test":
+    # Tests create many users; the default PBKDF2 cost buys nothing there.
+    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOGIN_THROTTLE_ATTEMPTS = envint("EDGESLIM_LOGIN_ATTEMPTS", 5)
 LOGIN_THROTTLE_WINDOW_S = envint("EDGESLIM_LOGIN_WINDOW_S", 300)
 
@@ -210,7 +220,8 @@ if PRODUCTION:
 # --- REST API ----------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # API tokens are stored hashed (shown once), unlike rest_framework.authtoken's.
+        "webapp.accounts.authentication.HashedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

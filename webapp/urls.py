@@ -1,0 +1,29 @@
+"""Root URLs. Each app owns its own ``urls.py``; this file only mounts them."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+
+from webapp import views
+from webapp.accounts import api as accounts_api
+
+api_v1 = [
+    path("me/", accounts_api.MeView.as_view(), name="me"),
+    path("auth/token/", accounts_api.TokenObtainView.as_view(), name="token_obtain"),
+]
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("models/", views.section, {"slug": "models"}, name="models"),
+    path("datasets/", views.section, {"slug": "datasets"}, name="datasets"),
+    path("jobs/", views.section, {"slug": "jobs"}, name="jobs"),
+    path("devices/", views.section, {"slug": "devices"}, name="devices"),
+    path("reports/", views.section, {"slug": "reports"}, name="reports"),
+    path("accounts/", include("webapp.accounts.urls")),
+    path("live/", include("webapp.live.urls")),
+    path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),
+    path("api/docs/", views.api_docs, name="api_docs"),
+    path("api/v1/", include((api_v1, "api"), namespace="api")),
+    path("healthz", views.healthz, name="healthz"),
+]
