@@ -1,0 +1,556 @@
+"""Load untrusted model files safely: safetensors, weights-only state dicts, and checked ONNX.
+
+Nothing here ever unpickles arbitrary objects. ``.pt``/``.pth`` files go through
+``torch.load(weights_only=True)`` only, with no fallback; TorchScript, torch.package, ``.pt2``
+and pickled modules are recognised by their content and refused with a hint on how to export.
+ONNX files are checked for external data in-process and run by ONNX Runtime in a separate,
+memory-capped subprocess, so a hostile model can only kill that child.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compression.errors import InvalidModelError, UnsafeModelError
+from compression.stage import ArchSpec, ModelState
+
+MiB = 1024**2
+GiB = 1024**3
+MAX_SAFETENSORS_HEADER = 100 * MiB
+MAX_MODEL_FILE_BYTES = 4 * GiB
+ONNX_PROBE_MEMORY_BYTES = 4 * GiB
+ONNX_PROBE_TIMEOUT_S = 120.0
+
+EXPORT_HINT = (
+    "save the weights instead: safetensors.torch.save_file(model.state_dict(), "
+    '"model.safetensors") (and pick the architecture), or export ONNX with '
+    'torch.onnx.export(model, example_input, "model.onnx")'
+)
+
+
+def _unsafe(what: str) -> UnsafeModelError:
+    return UnsafeModelError(f"{what} is refused because loading it can run code; {EXPORT_HINT}")
+
+
+# --- sniffing ------------------------------------------------------------------------------
+
+
+def sniff_format(path: Path | str) -> str:
+    """What a model file really is, from its content (the extension only breaks ties).
+
+    Returns one of ``safetensors``, ``torch_state`` (a torch.save zip or legacy pickle),
+    ``torchscript``, ``torch_package``, ``pt2``, ``onnx`` or ``unknown``.
+    """
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return _sniff_zip(path)
+    if len(head) >= 9:
+        (n,) = struct.unpack("<Q", head[:8])
+        if head[8:9] == b"{" and n > 0:
+            return "safetensors"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "torch_state"  # a legacy (non-zip) torch.save file is a pickle stream
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    if path.suffix.lower() == ".safetensors":
+        return "safetensors"
+    return "unknown"
+
+
+def _sniff_zip(path: Path) -> str:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidModelError(
+            f"{path.name} looks like a zip archive but cannot be read: {exc}"
+        ) from exc
+    tails = {n.split("/", 1)[1] if "/" in n else n for n in names}
+    if any(t.startswith(".data/extern_modules") for t in tails):
+        return "torch_package"
+    if "archive_format" in tails or any(
+        t.startswith("models/") and t.endswith(".json") for t in tails
+    ):
+        return "pt2"
+    if "constants.pkl" in tails or any(t.startswith("code/") for t in tails):
+        return "torchscript"
+    if "data.pkl" in tails:
+        return "torch_state"
+    if path.suffix.lower() == ".pt2":
+        return "pt2"
+    return "unknown"
+
+
+# --- safetensors ---------------------------------------------------------------------------
+
+
+def read_safetensors(
+    path: Path | str, *, max_header: int = MAX_SAFETENSORS_HEADER
+) -> dict[str, torch.Tensor]:
+    """Read a safetensors file after checking its header length against the file and a cap.
+
+    Raises:
+        InvalidModelError: truncated, header too large, or malformed.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        prefix = fh.read(8)
+    if len(prefix) < 8:
+        raise InvalidModelError(f"{path.name} is truncated: no safetensors header")
+    (header_len,) = struct.unpack("<Q", prefix)
+    if header_len > max_header:
+        raise InvalidModelError(
+            f"{path.name}: safetensors header of {header_len} bytes is larger than the {max_header}-byte limit"
+        )
+    if 8 + header_len > size:
+        raise InvalidModelError(f"{path.name} is truncated: its header needs {header_len} bytes")
+    with open(path, "rb") as fh:
+        fh.seek(8)
+        try:
+            header = json.loads(fh.read(header_len))
+        except ValueError as exc:
+            raise InvalidModelError(
+                f"{path.name}: the safetensors header is not valid JSON"
+            ) from exc
+    if not isinstance(header, dict):
+        raise InvalidModelError(f"{path.name}: the safetensors header is not a mapping")
+    end = max(
+        (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0
+    )
+    if 8 + header_len + end > size:
+        raise InvalidModelError(f"{path.name} is truncated: tensors need {end} bytes of data")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise InvalidModelError(f"{path.name} is not a valid safetensors file: {exc}") from exc
+
+
+# --- torch state dicts ---------------------------------------------------------------------
+
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def read_torch_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
+    """Load a ``.pt``/``.pth`` state dict with ``weights_only=True`` and never anything else.
+
+    Accepts a plain state dict or a training checkpoint holding one under ``state_dict``,
+    ``model_state_dict`` or ``model``; strips a DataParallel ``module.`` prefix.
+
+    Raises:
+        UnsafeModelError: the file needs more than plain tensors to load (a pickled module,
+            a code-execution payload, TorchScript, torch.package or ``.pt2``).
+        InvalidModelError: it loads but holds no state dict.
+    """
+    path = Path(path)
+    kind = sniff_format(path)
+    if kind == "torchscript":
+        raise _unsafe(f"{path.name} is a TorchScript archive, which")
+    if kind == "torch_package":
+        raise _unsafe(f"{path.name} is a torch.package archive, which")
+    if kind == "pt2":
+        raise _unsafe(f"{path.name} is a torch.export (.pt2) program, which")
+    if kind != "torch_state":
+        raise InvalidModelError(f"{path.name} is not a torch checkpoint (detected: {kind})")
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:
+        msg = str(exc)
+        if "weights_only" in msg.lower() or "Unpickl" in type(exc).__name__ or "GLOBAL" in msg:
+            found = _GLOBAL_RE.findall(msg)
+            name = found[0] if found else "an object"
+            if found and (name.startswith(("torch.nn.", "torchvision.")) or ".models." in name):
+                raise _unsafe(f"{path.name} is a pickled model object ({name}), which") from None
+            raise _unsafe(f"{path.name} contains pickled Python objects ({name}), which") from None
+        raise InvalidModelError(
+            f"{path.name} could not be read: {type(exc).__name__}: {msg[:200]}"
+        ) from None
+    if isinstance(obj, nn.Module):  # only reachable if torch ever allow-lists modules
+        raise _unsafe(f"{path.name} is a pickled model object, which")
+    return _extract_state_dict(obj, path.name)
+
+
+def _extract_state_dict(obj: Any, name: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = obj.get(key)
+            if (
+                isinstance(inner, Mapping)
+                and inner
+                and all(isinstance(v, torch.Tensor) for v in inner.values())
+            ):
+                obj = inner
+                break
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(isinstance(v, torch.Tensor) for v in obj.values())
+    ):
+        raise InvalidModelError(
+            f"{name} holds no state dict (a mapping of parameter names to tensors); {EXPORT_HINT}"
+        )
+    state = {str(k): v for k, v in obj.items()}
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def fit_state_dict(
+    module: nn.Module, state: Mapping[str, torch.Tensor], *, allow_resized: bool = False
+) -> None:
+    """Load ``state`` into ``module`` strictly, or say exactly which keys and shapes differ.
+
+    With ``allow_resized`` a state with fewer channels (a pruned model) resizes the layers.
+
+    Raises:
+        InvalidModelError: naming the missing and unexpected keys and the shape mismatches.
+    """
+    from compression.checkpoint import describe_key_mismatch, load_state_dict_resized
+
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if allow_resized and not missing and not unexpected:
+        load_state_dict_resized(module, state)
+        return
+    shapes = [
+        (k, tuple(state[k].shape), tuple(own[k].shape))
+        for k in sorted(set(own) & set(state))
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        raise InvalidModelError(describe_key_mismatch(missing, unexpected, shapes))
+    module.load_state_dict(dict(state), strict=True)
+
+
+def _infer_sizes(arch: str, state: Mapping[str, torch.Tensor]) -> tuple[int | None, int | None]:
+    """Guess ``(num_classes, in_channels)`` from a state dict for the zoo ``arch``."""
+    from compression.zoo import create_model
+
+    probe = create_model(arch, num_classes=10, in_channels=3)
+    num_classes = in_channels = None
+    linears = [n for n, m in probe.named_modules() if isinstance(m, nn.Linear)]
+    convs = [n for n, m in probe.named_modules() if isinstance(m, nn.Conv2d)]
+    if linears and f"{linears[-1]}.weight" in state:
+        num_classes = int(state[f"{linears[-1]}.weight"].shape[0])
+    if convs and f"{convs[0]}.weight" in state:
+        in_channels = int(state[f"{convs[0]}.weight"].shape[1])
+    return num_classes, in_channels
+
+
+def save_model_safetensors(module: nn.Module, path: Path | str) -> Path:
+    """Write ``module``'s state dict as safetensors (the format we ask users to upload)."""
+    from safetensors.torch import save_file
+
+    from compression.checkpoint import plain_state_dict
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(plain_state_dict(module), str(path))
+    return path
+
+
+# --- ONNX ----------------------------------------------------------------------------------
+
+
+def check_onnx_external_data(path: Path | str) -> Any:
+    """Parse an ONNX file (without loading external data) and refuse any external tensor.
+
+    An upload is one file, so a tensor stored elsewhere can only point at files on the server
+    (``../``, absolute paths, symlinks): every external location is refused.
+
+    Returns:
+        The parsed ``onnx.ModelProto``.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise InvalidModelError(f"{path.name} is not a valid ONNX file: {exc}") from exc
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+            raise UnsafeModelError(
+                f"{path.name}: tensor {tensor.name!r} keeps its data in an external file "
+                f"({_describe_location(path, location)}); upload a single-file ONNX "
+                "(onnx.save(model, path, save_as_external_data=False))"
+            )
+    return model
+
+
+def _describe_location(model_path: Path, location: str) -> str:
+    if location.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", location):
+        return f"absolute path {location!r}"
+    if ".." in re.split(r"[/\\]", location):
+        return f"{location!r} points outside the model's folder"
+    candidate = model_path.parent / location
+    if candidate.is_symlink():
+        return f"{location!r} is a symbolic link"
+    return f"{location!r}"
+
+
+def _all_tensors(graph: Any) -> list[Any]:
+    """Initializers, sparse initializers and tensor attributes, subgraphs included."""
+    import onnx
+
+    out = list(graph.initializer)
+    out += [s.values for s in graph.sparse_initializer]
+    out += [s.indices for s in graph.sparse_initializer]
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                out.append(attr.t)
+            elif attr.type == onnx.AttributeProto.TENSORS:
+                out += list(attr.tensors)
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                out += _all_tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    out += _all_tensors(g)
+    return out
+
+
+# The child imports only onnx, onnxruntime and numpy; it caps its own address space first so
+# a model declaring huge tensors fails there instead of swapping the worker to death.
+_PROBE_SCRIPT = r"""
+import json, resource, sys
+path, cap = sys.argv[1], int(sys.argv[2])
+if cap > 0:
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+def fail(kind, msg):
+    print(json.dumps({"ok": False, "kind": kind, "error": msg[:500]}))
+    sys.exit(3)
+try:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    model = onnx.load(path, load_external_data=False)
+    onnx.checker.check_model(model)
+except MemoryError:
+    fail("memory", "ran out of memory while checking the model")
+except Exception as exc:
+    fail("invalid", f"{type(exc).__name__}: {exc}")
+types = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+         "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int64)": np.int64}
+try:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    feeds, inputs = {}, []
+    for i in sess.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+        inputs.append({"name": i.name, "shape": [d if isinstance(d, int) else str(d) for d in i.shape], "type": i.type})
+        feeds[i.name] = np.zeros(shape, dtype=types.get(i.type, np.float32))
+    outs = sess.run(None, feeds)
+    outputs = [{"name": o.name, "shape": [d if isinstance(d, int) else str(d) for d in o.shape],
+                "type": o.type, "run_shape": list(np.asarray(v).shape)}
+               for o, v in zip(sess.get_outputs(), outs)]
+except MemoryError:
+    fail("memory", "ran out of memory while running the model")
+except Exception as exc:
+    msg = str(exc)
+    kind = "memory" if "alloc" in msg.lower() or "memory" in msg.lower() else "invalid"
+    fail(kind, f"{type(exc).__name__}: {msg}")
+print(json.dumps({"ok": True, "inputs": inputs, "outputs": outputs,
+                  "opset": [{"domain": o.domain, "version": o.version} for o in model.opset_import],
+                  "producer": model.producer_name, "ir_version": model.ir_version}))
+"""
+
+
+def probe_onnx(
+    path: Path | str,
+    *,
+    memory_bytes: int = ONNX_PROBE_MEMORY_BYTES,
+    timeout_s: float = ONNX_PROBE_TIMEOUT_S,
+    script: str | None = None,
+) -> dict[str, Any]:
+    """Check and run an ONNX file once in a memory-capped subprocess; return what it saw.
+
+    Raises:
+        UnsafeModelError: external data.
+        InvalidModelError: invalid, crashed the runtime, ran out of memory or time. The
+            message names the reason; the calling process is unaffected.
+    """
+    path = Path(path)
+    check_onnx_external_data(path)
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR")}
+    env["OMP_NUM_THREADS"] = "1"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-I", "-c", script or _PROBE_SCRIPT, str(path), str(memory_bytes)],
+            capture_output=True,
+            timeout=timeout_s,
+            env=env,
+            cwd=str(path.parent),
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise InvalidModelError(
+            f"{path.name}: inspecting the ONNX model took longer than {timeout_s:g}s"
+        ) from None
+    lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+    result: dict[str, Any] | None = None
+    if lines:
+        try:
+            result = json.loads(lines[-1])
+        except ValueError:
+            result = None
+    if proc.returncode == 0 and result and result.get("ok"):
+        return result
+    if result and not result.get("ok"):
+        if result.get("kind") == "memory":
+            raise InvalidModelError(
+                f"{path.name}: the ONNX model needs more than the {memory_bytes // MiB} MiB memory cap ({result['error']})"
+            )
+        raise InvalidModelError(f"{path.name} is not a valid ONNX model: {result['error']}")
+    if proc.returncode < 0:
+        try:
+            sig = signal.Signals(-proc.returncode).name
+        except ValueError:
+            sig = str(-proc.returncode)
+        raise InvalidModelError(
+            f"{path.name}: ONNX Runtime crashed on this model ({sig}) in the inspector process"
+        )
+    tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+    if "MemoryError" in tail[0] or "bad_alloc" in tail[0]:
+        raise InvalidModelError(
+            f"{path.name}: the ONNX model needs more than the {memory_bytes // MiB} MiB memory cap"
+        )
+    raise InvalidModelError(
+        f"{path.name}: the ONNX inspector failed (exit {proc.returncode}): {tail[0][:300]}"
+    )
+
+
+def _onnx_state(
+    path: Path,
+    probe: dict[str, Any],
+    input_shape: tuple[int, int, int] | None,
+    num_classes: int | None,
+) -> ModelState:
+    inputs, outputs = probe["inputs"], probe["outputs"]
+    if len(inputs) != 1 or not outputs:
+        raise InvalidModelError(
+            f"{path.name}: expected one image input, found {len(inputs)} inputs"
+        )
+    declared = inputs[0]["shape"]
+    if input_shape is None:
+        if len(declared) != 4 or not all(isinstance(d, int) for d in declared[1:]):
+            raise InvalidModelError(
+                f"{path.name}: the input shape {declared} is not (N, C, H, W); pass the input shape"
+            )
+        input_shape = (int(declared[1]), int(declared[2]), int(declared[3]))
+    run_shape = outputs[0]["run_shape"]
+    found_classes = int(run_shape[-1]) if run_shape else None
+    if num_classes is not None and found_classes is not None and num_classes != found_classes:
+        raise InvalidModelError(f"{path.name} outputs {found_classes} classes, not {num_classes}")
+    if found_classes is None and num_classes is None:
+        raise InvalidModelError(f"{path.name}: cannot tell the number of classes from the output")
+    return ModelState(
+        input_shape=input_shape,
+        num_classes=int(num_classes if num_classes is not None else found_classes),  # type: ignore[arg-type]
+        onnx_path=path,
+    )
+
+
+# --- the entry point -----------------------------------------------------------------------
+
+
+def load_model_file(
+    path: Path | str,
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    allow_resized: bool = False,
+    max_file_bytes: int = MAX_MODEL_FILE_BYTES,
+    onnx_memory_bytes: int = ONNX_PROBE_MEMORY_BYTES,
+) -> ModelState:
+    """Load an uploaded model file into a :class:`ModelState`.
+
+    Args:
+        path: ``.safetensors``, ``.pt``/``.pth`` (a state dict) or ``.onnx``.
+        arch: the zoo architecture a state dict belongs to (required for those).
+        num_classes: classes; inferred from the state dict or the ONNX output when omitted.
+        in_channels: input channels; inferred from the first convolution when omitted.
+        input_shape: (C, H, W); defaults to the architecture's usual input.
+        allow_resized: accept a state dict with fewer channels than the architecture (pruned).
+        max_file_bytes: refuse larger files.
+        onnx_memory_bytes: address-space cap of the ONNX inspector subprocess.
+
+    Raises:
+        UnsafeModelError: a pickle, TorchScript, torch.package, ``.pt2`` or external-data ONNX.
+        InvalidModelError: malformed, truncated, or not fitting ``arch``.
+    """
+    from compression.zoo import create_model, default_input_size, has_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidModelError(f"{path} does not exist or is not a file")
+    size = path.stat().st_size
+    if size > max_file_bytes:
+        raise InvalidModelError(
+            f"{path.name} is {size} bytes, over the {max_file_bytes}-byte limit"
+        )
+    kind = sniff_format(path)
+    if kind == "onnx":
+        probe = probe_onnx(path, memory_bytes=onnx_memory_bytes)
+        return _onnx_state(path, probe, input_shape, num_classes)
+    if kind == "safetensors":
+        state = read_safetensors(path)
+    elif kind in ("torch_state", "torchscript", "torch_package", "pt2"):
+        state = read_torch_state_dict(path)
+    else:
+        raise InvalidModelError(
+            f"{path.name}: unrecognised model format; upload .safetensors, a .pt state dict or .onnx"
+        )
+    if arch is None:
+        raise InvalidModelError(
+            f"{path.name} holds weights only: choose the architecture it belongs to"
+        )
+    if not has_model(arch):
+        create_model(arch)  # raises ConfigError naming the known architectures
+    guessed_classes, guessed_channels = _infer_sizes(arch, state)
+    num_classes = num_classes or guessed_classes or 10
+    in_channels = in_channels or (input_shape[0] if input_shape else None) or guessed_channels or 3
+    module = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+    fit_state_dict(module, state, allow_resized=allow_resized)
+    module.eval()
+    if input_shape is None:
+        side = default_input_size(arch)
+        input_shape = (in_channels, side, side)
+    with torch.no_grad():
+        try:
+            module(torch.zeros((1, *input_shape)))
+        except RuntimeError as exc:
+            raise InvalidModelError(
+                f"{path.name}: a forward pass at input {input_shape} fails: {exc}"
+            ) from exc
+    return ModelState(
+        input_shape=input_shape,
+        num_classes=num_classes,
+        module=module,
+        arch=ArchSpec(arch, num_classes, in_channels),
+    )
