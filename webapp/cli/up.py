@@ -40,7 +40,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--no-worker", action="store_true", help="do not start a Celery worker")
     p.add_argument(
-        "--worker-concurrency", type=int, default=1, help="worker processes (default 1: one job at a time)"
+        "--worker-concurrency",
+        type=int,
+        default=1,
+        help="worker processes (default 1: one job at a time)",
     )
     p.set_defaults(func=run)
 
@@ -51,11 +54,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, *, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, *, timeout: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with code {proc.returncode} before listening on {port}")
+            raise RuntimeError(
+                f"process exited with code {proc.returncode} before listening on {port}"
+            )
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
             return
         time.sleep(0.1)
@@ -156,7 +163,16 @@ def run(args: argparse.Namespace) -> int:
             subprocess.run([*manage, "edgeslim_bootstrap"], env=env, check=True)
             web = stack.start(
                 "web",
-                [py, "-m", "daphne", "-b", args.host, "-p", str(args.port), "webapp.asgi:application"],
+                [
+                    py,
+                    "-m",
+                    "daphne",
+                    "-b",
+                    args.host,
+                    "-p",
+                    str(args.port),
+                    "webapp.asgi:application",
+                ],
                 env,
             )
             if not args.no_worker:

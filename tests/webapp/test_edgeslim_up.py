@@ -1,0 +1,181 @@
+"""Smoke test of the embedded default: ``edgeslim up`` with no DATABASE_URL and no REDIS_URL.
+
+It runs the real command in a temporary data folder, signs in over HTTP with the one-time
+password it prints, opens the live websocket, has the Celery worker send an event, and stops
+the whole stack with SIGINT, as Ctrl-C would.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.sync.client import connect
+
+pytestmark = pytest.mark.slow
+
+EDGESLIM = str(Path(sys.executable).with_name("edgeslim"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _embedded_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGESLIM_", "DJANGO_"))}
+    for name in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY"):
+        env.pop(name, None)
+    env["EDGESLIM_DATA_DIR"] = str(data_dir)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Up:
+    """A running ``edgeslim up`` and what it printed."""
+
+    def __init__(self, data_dir: Path, port: int) -> None:
+        self.port = port
+        self.proc = subprocess.Popen(
+            [EDGESLIM, "up", "--data-dir", str(data_dir), "--port", str(port)],
+            env=_embedded_env(data_dir),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+
+    def wait_for(self, pattern: str, timeout: float = 120) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            self.lines.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+        raise AssertionError(f"never printed {pattern!r}; output:\n{''.join(self.lines)}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = self.proc.communicate(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        self.lines.append(out)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    running = Up(tmp_path / "data", _free_port())
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _login(
+    base: str, username: str, password: str
+) -> tuple[urllib.request.OpenerDirector, http.cookiejar.CookieJar]:
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    page = opener.open(f"{base}/accounts/login/").read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+    assert token, "the login page has no CSRF token"
+    body = urllib.parse.urlencode(
+        {"username": username, "password": password, "csrfmiddlewaretoken": token.group(1)}
+    ).encode()
+    request = urllib.request.Request(
+        f"{base}/accounts/login/", data=body, headers={"Referer": f"{base}/accounts/login/"}
+    )
+    response = opener.open(request)
+    assert response.status == 200
+    assert urllib.parse.urlparse(response.url).path == "/", "login did not land on the dashboard"
+    return opener, jar
+
+
+def _cookie(jar: http.cookiejar.CookieJar, name: str) -> str:
+    return next(c.value for c in jar if c.name == name and c.value is not None)
+
+
+def test_up_serves_login_and_live_events_and_stops_cleanly(up: Up, tmp_path: Path) -> None:
+    password = up.wait_for(r"One-time password \(change it after signing in\): (\S+)").group(1)
+    up.wait_for(rf"EdgeSlim is up at http://127\.0\.0\.1:{up.port}/")
+    base = f"http://127.0.0.1:{up.port}"
+
+    opener, jar = _login(base, "admin", password)
+    health = json.loads(opener.open(f"{base}/healthz").read())
+    assert health["status"] == "ok", health
+
+    cookies = f"sessionid={_cookie(jar, 'sessionid')}; csrftoken={_cookie(jar, 'csrftoken')}"
+    with connect(
+        f"ws://127.0.0.1:{up.port}/ws/org/",
+        additional_headers={"Cookie": cookies, "Origin": base},
+        open_timeout=10,
+    ) as ws:
+        assert json.loads(ws.recv(timeout=10))["kind"] == "hello"
+        request = urllib.request.Request(
+            f"{base}/live/test-event/",
+            data=b"",
+            headers={"X-CSRFToken": _cookie(jar, "csrftoken"), "Referer": f"{base}/"},
+        )
+        assert opener.open(request).status == 200
+        # The event travels: view -> Celery (embedded Redis) -> worker -> channel layer -> socket.
+        deadline = time.monotonic() + 60
+        kinds = []
+        while time.monotonic() < deadline:
+            event = json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+            kinds.append(event["kind"])
+            if event["kind"] == "ping":
+                assert "Test event" in event["payload"]["message"]
+                break
+        else:
+            raise AssertionError(f"no ping event arrived; got {kinds}")
+
+    assert up.stop() == 0
+    output = "".join(up.lines)
+    assert "stopped" in output
+    # Nothing of the stack is left behind: nobody listens on the port any more.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", up.port), timeout=2).close()
+    # Data persists for the next run: database, secret key, embedded Redis folder.
+    data = tmp_path / "data"
+    assert (data / "edgeslim.sqlite3").exists()
+    assert (data / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_up_reuses_its_data_on_a_second_run(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = Up(data, _free_port())
+    try:
+        first.wait_for(r"One-time password")
+        first.wait_for(r"EdgeSlim is up at")
+    finally:
+        assert first.stop() == 0
+    second = Up(data, _free_port())
+    try:
+        second.wait_for(r"Users exist already; nothing to do\.")
+        second.wait_for(r"EdgeSlim is up at")
+    finally:
+        assert second.stop() == 0
+    assert not any("One-time password" in line for line in second.lines)
