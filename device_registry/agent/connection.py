@@ -1,0 +1,440 @@
+"""The agent's websocket loop: hello, heartbeats, acks, deployments, and jittered reconnects.
+
+One :class:`Agent` owns the connection and a single deployment worker. Results are written to
+the outbox before they are sent and removed only on the server's ``ack``, so a dropped
+connection, a server restart or a killed agent loses nothing: every reconnect sends the outbox
+again, and the server resends every unfinished deployment, whose finished steps the agent skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from device_registry.agent import __version__, ed25519
+from device_registry.agent.bench import accuracy_check, latency_runs
+from device_registry.agent.config import AgentConfig, ensure_dir, read_json, write_json
+from device_registry.agent.download import DownloadError, VerificationError, download
+from device_registry.agent.facts import collect
+from device_registry.agent.outbox import Outbox
+from device_registry.agent.protocol import (
+    CLOSE_EVICTED,
+    CLOSE_REVOKED,
+    FAIL_BAD_SIGNATURE,
+    FAIL_BENCHMARK,
+    FAIL_DOWNLOAD,
+    FAIL_ROLLBACK,
+    FAIL_UNSIGNED,
+    MAX_MESSAGE_BYTES,
+    RESULT_ACCURACY,
+    RESULT_COMPLETE,
+    RESULT_FAILED,
+    RESULT_LATENCY,
+    SERVER_MESSAGES,
+    Ack,
+    Deploy,
+    ErrorMessage,
+    Heartbeat,
+    Hello,
+    Message,
+    Progress,
+    ProtocolError,
+    Result,
+    Welcome,
+    b64decode,
+    decode,
+    encode,
+    result_seq,
+)
+
+log = logging.getLogger("edgeslim.agent")
+
+EXIT_REFUSED = 3  # the server refused or revoked this credential: enroll again
+EXIT_EVICTED = 4  # another agent with the same identity took over
+
+
+class AgentStop(Exception):
+    """The agent must stop for good (not reconnect); ``exit_code`` says why."""
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Backoff:
+    """Exponential backoff with "equal jitter": a delay in [d/2, d], d doubling up to ``cap``.
+
+    The jitter spreads a fleet's reconnects after a server restart instead of having every
+    agent knock at the same instant.
+    """
+
+    def __init__(self, base: float = 1.0, cap: float = 60.0, rng: random.Random | None = None):
+        self.base = base
+        self.cap = cap
+        self.failures = 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        d = min(self.cap, self.base * 2**self.failures)
+        self.failures = min(self.failures + 1, 30)
+        return self._rng.uniform(d / 2, d)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def ws_url(server: str) -> str:
+    parts = urllib.parse.urlsplit(server)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urllib.parse.urlunsplit((scheme, parts.netloc, "/ws/agent/", "", ""))
+
+
+def origin_of(server: str) -> str:
+    parts = urllib.parse.urlsplit(server)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class DeploymentState:
+    """Which results of one deployment are done, on disk (``deployments/<id>.json``)."""
+
+    def __init__(self, directory: Path, deployment_id: int) -> None:
+        self.path = ensure_dir(directory) / f"{deployment_id}.json"
+        data: dict[str, Any] = {}
+        if self.path.exists():
+            with contextlib.suppress(OSError, ValueError):
+                data = read_json(self.path)
+        self.done: set[int] = {int(s) for s in data.get("done", [])}
+        self.finished = bool(data.get("finished", False))
+
+    def mark(self, seq: int, *, finished: bool = False) -> None:
+        self.done.add(seq)
+        self.finished = self.finished or finished
+        write_json(self.path, {"done": sorted(self.done), "finished": self.finished})
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        state_dir: Path,
+        *,
+        backoff: Backoff | None = None,
+        facts_fn: Callable[[], Any] = collect,
+    ) -> None:
+        self.config = config
+        self.state_dir = ensure_dir(state_dir)
+        self.outbox = Outbox(state_dir / "outbox")
+        self.deployments_dir = ensure_dir(state_dir / "deployments")
+        self.artifacts_dir = ensure_dir(state_dir / "artifacts")
+        self.trust_path = state_dir / "trust.json"
+        self.backoff = backoff or Backoff()
+        self.facts_fn = facts_fn
+        self.connected = asyncio.Event()
+        self.welcome: Welcome | None = None
+        self._ws: ClientConnection | None = None
+        self._queue: asyncio.Queue[Deploy] = asyncio.Queue()
+        self._known: set[int] = set()
+        self._busy = False
+        self._stop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._trust_lock = threading.Lock()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Connect, serve, and reconnect with jittered backoff until stopped.
+
+        Raises:
+            AgentStop: the credential was refused or revoked, or another agent took over.
+        """
+        self._loop = asyncio.get_running_loop()
+        worker = asyncio.create_task(self._deployment_worker())
+        try:
+            while not self._stop.is_set():
+                try:
+                    await self._serve_once()
+                except AgentStop:
+                    raise
+                except InvalidStatus as exc:
+                    status = exc.response.status_code
+                    if status in (401, 403):
+                        raise AgentStop(
+                            EXIT_REFUSED,
+                            f"the server refused this device's credential (HTTP {status}): "
+                            "it was revoked or is unknown; enroll again",
+                        ) from exc
+                    log.warning("handshake failed: HTTP %s", status)
+                except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
+                    log.warning("connection lost: %s", exc or type(exc).__name__)
+                except ProtocolError as exc:
+                    log.error("protocol error from the server: %s", exc)
+                if self._stop.is_set():
+                    break
+                delay = self.backoff.next()
+                log.info("reconnecting in %.1f s", delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+
+    async def _serve_once(self) -> None:
+        headers = {"Authorization": f"Device {self.config.credential}"}
+        async with connect(
+            ws_url(self.config.server),
+            additional_headers=headers,
+            origin=origin_of(self.config.server),  # type: ignore[arg-type]
+            user_agent_header=f"edgeslim-agent/{__version__}",
+            max_size=MAX_MESSAGE_BYTES,
+            open_timeout=15,
+            close_timeout=5,
+        ) as ws:
+            await ws.send(encode(Hello(agent_version=__version__, facts=self.facts_fn())))
+            first = decode(await asyncio.wait_for(ws.recv(), timeout=15), allowed=SERVER_MESSAGES)
+            if isinstance(first, ErrorMessage):
+                raise ProtocolError(f"server error {first.code}: {first.message}")
+            if not isinstance(first, Welcome):
+                raise ProtocolError(f"expected welcome, got {first.TYPE}")
+            self.welcome = first
+            self.backoff.reset()
+            self._ws = ws
+            self.connected.set()
+            log.info("connected to %s as device %s", self.config.server, first.device_id)
+            heartbeats = asyncio.create_task(self._heartbeats(ws, first.heartbeat_s))
+            stopper = asyncio.create_task(self._close_on_stop(ws))
+            try:
+                for result in self.outbox.pending():
+                    await ws.send(encode(result))
+                async for frame in ws:
+                    await self._handle(decode(frame, allowed=SERVER_MESSAGES))
+            except ConnectionClosed:
+                pass
+            finally:
+                self._ws = None
+                self.connected.clear()
+                heartbeats.cancel()
+                stopper.cancel()
+            self._raise_for_close(ws)
+
+    async def _close_on_stop(self, ws: ClientConnection) -> None:
+        await self._stop.wait()
+        await ws.close()
+
+    def _raise_for_close(self, ws: ClientConnection) -> None:
+        code = ws.close_code
+        reason = ws.close_reason or ""
+        if code == CLOSE_REVOKED:
+            raise AgentStop(EXIT_REFUSED, f"this device was revoked by the server: {reason}")
+        if code == CLOSE_EVICTED:
+            raise AgentStop(
+                EXIT_EVICTED,
+                "another agent connected with this device's identity and took over; "
+                "stopping this one",
+            )
+        if not self._stop.is_set():
+            log.warning("server closed the connection (%s %s)", code, reason)
+
+    async def _heartbeats(self, ws: ClientConnection, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await ws.send(encode(Heartbeat(ts=time.time(), busy=self._busy)))
+
+    async def _handle(self, msg: Message) -> None:
+        if isinstance(msg, Ack):
+            self.outbox.ack(msg.deployment_id, msg.seq)
+        elif isinstance(msg, Deploy):
+            deployment_id = msg.manifest.deployment_id
+            if deployment_id in self._known:
+                return
+            state = DeploymentState(self.deployments_dir, deployment_id)
+            if state.finished:
+                return  # its terminal result is in the outbox or already acknowledged
+            self._known.add(deployment_id)
+            await self._queue.put(msg)
+        elif isinstance(msg, ErrorMessage):
+            log.error("server says %s: %s", msg.code, msg.message)
+
+    # --- sending from the worker thread --------------------------------------------------------
+
+    async def _send(self, text: str) -> None:
+        ws = self._ws
+        if ws is None:
+            return  # results stay in the outbox; progress is only for the live view
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(text)
+
+    def _send_threadsafe(self, msg: Message) -> None:
+        assert self._loop is not None
+        fut = asyncio.run_coroutine_threadsafe(self._send(encode(msg)), self._loop)
+        with contextlib.suppress(Exception):
+            fut.result(timeout=10)
+
+    def _emit(self, state: DeploymentState, result: Result, *, finished: bool = False) -> None:
+        self.outbox.put(result)  # on disk first: a crash from here on loses nothing
+        state.mark(result.seq, finished=finished)
+        self._send_threadsafe(result)
+
+    # --- deployments ---------------------------------------------------------------------------
+
+    async def _deployment_worker(self) -> None:
+        while True:
+            deploy = await self._queue.get()
+            self._busy = True
+            try:
+                await asyncio.to_thread(self.execute, deploy)
+            except Exception:
+                log.exception("deployment %s crashed", deploy.manifest.deployment_id)
+            finally:
+                self._busy = False
+                self._known.discard(deploy.manifest.deployment_id)
+
+    def _check_trust(self, deploy: Deploy) -> tuple[str, str] | None:
+        """None when the manifest is signed by the server and not older than one already run."""
+        manifest = deploy.manifest
+        if not deploy.signature:
+            return FAIL_UNSIGNED, "the artifact's manifest carries no signature"
+        try:
+            public_key = b64decode(self.config.server_public_key)
+            signature = b64decode(deploy.signature)
+        except ProtocolError:
+            return FAIL_BAD_SIGNATURE, "the signature is not valid base64"
+        if not ed25519.verify(public_key, manifest.signing_bytes(), signature):
+            return FAIL_BAD_SIGNATURE, "the manifest's signature does not verify"
+        with self._trust_lock:
+            trust: dict[str, Any] = {}
+            if self.trust_path.exists():
+                with contextlib.suppress(OSError, ValueError):
+                    trust = read_json(self.trust_path)
+            newest = int(trust.get("newest_issued_at", 0))
+            accepted = [int(x) for x in trust.get("accepted", [])]
+            if manifest.deployment_id in accepted:
+                return None  # resuming a deployment accepted before
+            if manifest.issued_at < newest:
+                return (
+                    FAIL_ROLLBACK,
+                    f"the manifest was issued at {manifest.issued_at}, before one already "
+                    f"accepted ({newest})",
+                )
+            accepted = [*accepted, manifest.deployment_id][-1000:]
+            write_json(
+                self.trust_path,
+                {"newest_issued_at": max(newest, manifest.issued_at), "accepted": accepted},
+            )
+        return None
+
+    def execute(self, deploy: Deploy) -> None:
+        """Verify, download, benchmark and report one deployment (blocking; runs in a thread)."""
+        manifest, settings = deploy.manifest, deploy.settings
+        dep_id = manifest.deployment_id
+        state = DeploymentState(self.deployments_dir, dep_id)
+        if state.finished:
+            return
+        done = state.done | self.outbox.seqs(dep_id)
+        terminal_seq = result_seq(settings, RESULT_COMPLETE)
+
+        def progress(stage: str, fraction: float, message: str = "") -> None:
+            self._send_threadsafe(
+                Progress(
+                    deployment_id=dep_id,
+                    stage=stage,
+                    fraction=min(max(fraction, 0.0), 1.0),
+                    message=message[:500],
+                )
+            )
+
+        def fail(reason: str, detail: str) -> None:
+            log.error("deployment %s failed: %s: %s", dep_id, reason, detail)
+            self._emit(
+                state,
+                Result(
+                    deployment_id=dep_id,
+                    seq=terminal_seq,
+                    kind=RESULT_FAILED,
+                    data={"reason": reason, "detail": detail[:2000]},
+                ),
+                finished=True,
+            )
+
+        refused = self._check_trust(deploy)
+        if refused is not None:
+            fail(*refused)
+            return
+        model = self.artifacts_dir / f"{manifest.artifact_id}-{manifest.sha256[:16]}.onnx"
+        eval_set = None
+        try:
+            progress("downloading", 0.0, manifest.name)
+            download(
+                self.config.server + deploy.artifact_url,
+                model,
+                credential=self.config.credential,
+                size=manifest.size,
+                sha256=manifest.sha256,
+                on_progress=lambda got, total: progress(
+                    "downloading", got / max(total, 1), f"{got}/{total} bytes"
+                ),
+            )
+            if settings.accuracy and deploy.eval_url and manifest.eval_sha256:
+                eval_set = self.artifacts_dir / f"{manifest.artifact_id}-eval.npz"
+                download(
+                    self.config.server + deploy.eval_url,
+                    eval_set,
+                    credential=self.config.credential,
+                    size=manifest.eval_size or 0,
+                    sha256=manifest.eval_sha256,
+                )
+        except VerificationError as exc:
+            fail(exc.reason, str(exc))
+            return
+        except DownloadError as exc:
+            fail(FAIL_DOWNLOAD, str(exc))
+            return
+        progress("verifying", 1.0, "size, sha256 and signature verified")
+        try:
+            skip = {s - 1 for s in done if s <= len(settings.batch_sizes)}
+            for index, data in latency_runs(model, settings, on_progress=progress, skip=skip):
+                seq = result_seq(settings, RESULT_LATENCY, index)
+                self._emit(
+                    state, Result(deployment_id=dep_id, seq=seq, kind=RESULT_LATENCY, data=data)
+                )
+            accuracy_seq = result_seq(settings, RESULT_ACCURACY)
+            if eval_set is not None and accuracy_seq not in done:
+                progress("evaluating", 0.0, "accuracy on the evaluation set")
+                data = accuracy_check(model, eval_set, settings)
+                self._emit(
+                    state,
+                    Result(deployment_id=dep_id, seq=accuracy_seq, kind=RESULT_ACCURACY, data=data),
+                )
+        except Exception as exc:
+            fail(FAIL_BENCHMARK, f"{type(exc).__name__}: {exc}")
+            return
+        self._emit(
+            state,
+            Result(
+                deployment_id=dep_id,
+                seq=terminal_seq,
+                kind=RESULT_COMPLETE,
+                data={
+                    "latency_results": len(settings.batch_sizes),
+                    "accuracy": eval_set is not None,
+                },
+            ),
+            finished=True,
+        )
+        for path in (model, eval_set):
+            if path is not None:
+                path.unlink(missing_ok=True)

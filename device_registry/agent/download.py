@@ -1,0 +1,147 @@
+"""Artifact download with Range resume, then size and sha256 checks, then an atomic rename.
+
+Bytes land in ``<name>.part``; a dropped connection leaves the part file, and the next attempt
+asks for ``Range: bytes=<have>-``. Only a file whose size and sha256 match the signed manifest
+is renamed to its final name, so a half or tampered download is never benchmarked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("edgeslim.agent.download")
+
+CHUNK = 1024 * 1024
+
+
+class DownloadError(RuntimeError):
+    """The download could not finish (network or server trouble) after its retries."""
+
+
+class VerificationError(RuntimeError):
+    """The downloaded bytes do not match the manifest; ``reason`` is a protocol FAIL_* code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(
+    url: str,
+    dest: Path,
+    *,
+    credential: str,
+    size: int,
+    sha256: str,
+    attempts: int = 5,
+    timeout: float = 30.0,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Fetch ``url`` into ``dest`` and verify it; return ``dest``.
+
+    Raises:
+        VerificationError: the bytes are not the ones the manifest names (the part is deleted).
+        DownloadError: the server could not be reached or kept failing.
+    """
+    if dest.exists() and dest.stat().st_size == size and sha256_file(dest) == sha256:
+        return dest  # already verified by an earlier run
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    last_error: Exception | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            _fetch(
+                url,
+                part,
+                credential=credential,
+                size=size,
+                timeout=timeout,
+                on_progress=on_progress,
+            )
+            break
+        except (urllib.error.URLError, http.client.HTTPException, OSError, _Incomplete) as exc:
+            last_error = exc
+            if isinstance(exc, urllib.error.HTTPError) and exc.code in (401, 403, 404):
+                raise DownloadError(f"the server refused the download: HTTP {exc.code}") from exc
+            log.warning("download attempt %d/%d stopped: %s", attempt, attempts, exc)
+            if attempt < attempts:
+                time.sleep(min(0.2 * 2**attempt, 5.0))
+    else:
+        raise DownloadError(f"download failed after {attempts} attempts: {last_error}")
+    have = part.stat().st_size
+    if have != size:
+        part.unlink(missing_ok=True)
+        raise VerificationError("size_mismatch", f"expected {size} bytes, got {have}")
+    actual = sha256_file(part)
+    if actual != sha256:
+        part.unlink(missing_ok=True)
+        raise VerificationError("hash_mismatch", f"sha256 {actual} != manifest {sha256}")
+    os.replace(part, dest)
+    return dest
+
+
+class _Incomplete(Exception):
+    pass
+
+
+def _fetch(
+    url: str,
+    part: Path,
+    *,
+    credential: str,
+    size: int,
+    timeout: float,
+    on_progress: Callable[[int, int], None] | None,
+) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    if have > size:
+        part.unlink()
+        have = 0
+    if have == size:
+        return
+    request = urllib.request.Request(url, headers={"Authorization": f"Device {credential}"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        if have and response.status != 206:
+            have = 0  # the server ignored the range: start over
+        mode = "ab" if have else "wb"
+        with open(part, mode) as fh:
+            got = have
+            last_report = 0.0
+            while True:
+                chunk = response.read(CHUNK)
+                if not chunk:
+                    break
+                fh.write(chunk)
+                got += len(chunk)
+                if got > size:
+                    fh.close()
+                    part.unlink(missing_ok=True)
+                    raise VerificationError(
+                        "size_mismatch", "the server sent more bytes than the manifest says"
+                    )
+                now = time.monotonic()
+                if on_progress is not None and now - last_report > 0.5:
+                    on_progress(got, size)
+                    last_report = now
+            fh.flush()
+            os.fsync(fh.fileno())
+    if got < size:
+        raise _Incomplete(f"connection ended at {got} of {size} bytes")

@@ -1,0 +1,421 @@
+"""The agent <-> server websocket protocol, defined once: the server and the agent both import it.
+
+Every frame is one JSON object ``{"v": PROTOCOL_VERSION, "type": <name>, ...fields}``. Decoding
+is strict: an unknown type or version, a missing or extra field, a wrong type, an out-of-range
+value or a frame over :data:`MAX_MESSAGE_BYTES` raises :class:`ProtocolError`. The docs page
+``docs/protocol.md`` describes every message; keep the two in step.
+
+Stdlib only: the agent installs without Django and without torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Union
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_BATCH_SIZES = 16
+MAX_PROVIDERS = 8
+MAX_STRING = 4096
+
+# Result kinds. Each deployment's results have deterministic sequence numbers (see
+# ``result_seq``), so a result recomputed after a crash gets the same number and the server's
+# unique key (deployment, device, seq) stores it once.
+RESULT_LATENCY = "latency"
+RESULT_ACCURACY = "accuracy"
+RESULT_COMPLETE = "complete"
+RESULT_FAILED = "failed"
+RESULT_KINDS = (RESULT_LATENCY, RESULT_ACCURACY, RESULT_COMPLETE, RESULT_FAILED)
+TERMINAL_KINDS = (RESULT_COMPLETE, RESULT_FAILED)
+
+PROGRESS_STAGES = ("queued", "downloading", "verifying", "benchmarking", "evaluating")
+
+# Reasons an agent gives in a ``failed`` result.
+FAIL_UNSIGNED = "unsigned"
+FAIL_BAD_SIGNATURE = "bad_signature"
+FAIL_ROLLBACK = "rollback"
+FAIL_HASH_MISMATCH = "hash_mismatch"
+FAIL_SIZE_MISMATCH = "size_mismatch"
+FAIL_DOWNLOAD = "download_failed"
+FAIL_BENCHMARK = "benchmark_failed"
+
+# Websocket close codes the server uses (4000-4999 are the application's).
+CLOSE_EVICTED = 4000  # a newer connection with the same device identity took over
+CLOSE_REVOKED = 4003  # the device was revoked
+CLOSE_PROTOCOL = 4400  # a malformed or unexpected message
+CLOSE_TOO_BIG = 4413  # a frame over MAX_MESSAGE_BYTES
+CLOSE_RATE = 4429  # too many messages
+
+
+class ProtocolError(ValueError):
+    """A frame that is not a valid message of this protocol version."""
+
+
+def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ProtocolError(f"{name}={value} is outside [{lo}, {hi}]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceFacts:
+    """What the agent reports about its machine."""
+
+    cpu: str
+    cores: int
+    memory_mb: int
+    os: str
+    arch: str
+    python: str
+    ort_version: str
+    providers: list[str]
+
+    def validate(self) -> None:
+        _check_range("cores", self.cores, 0, 4096)
+        _check_range("memory_mb", self.memory_mb, 0, 1 << 40)
+        if len(self.providers) > 32:
+            raise ProtocolError("too many providers")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchSettings:
+    """How to benchmark a deployed artifact."""
+
+    warmup: int = 10
+    runs: int = 50
+    threads: int = 1
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    profile: bool = False
+    accuracy: bool = False
+    # Full input shape with the batch first (its value is replaced by each batch size); None
+    # means "the model's declared shape".
+    input_shape: list[int] | None = None
+
+    def validate(self) -> None:
+        _check_range("warmup", self.warmup, 0, 10_000)
+        _check_range("runs", self.runs, 1, 100_000)
+        _check_range("threads", self.threads, 1, 256)
+        if not 1 <= len(self.batch_sizes) <= MAX_BATCH_SIZES:
+            raise ProtocolError(f"batch_sizes needs 1 to {MAX_BATCH_SIZES} entries")
+        if len(set(self.batch_sizes)) != len(self.batch_sizes):
+            raise ProtocolError("batch_sizes has duplicates")
+        for b in self.batch_sizes:
+            _check_range("batch size", b, 1, 4096)
+        if not 1 <= len(self.providers) <= MAX_PROVIDERS:
+            raise ProtocolError(f"providers needs 1 to {MAX_PROVIDERS} entries")
+        if self.input_shape is not None:
+            if not 1 <= len(self.input_shape) <= 8:
+                raise ProtocolError("input_shape needs 1 to 8 dims")
+            for d in self.input_shape:
+                _check_range("input_shape dim", d, 1, 1 << 16)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """The signed description of one artifact pushed by one deployment.
+
+    The signature covers :meth:`signing_bytes`; the download URL is not part of it because the
+    downloaded bytes are checked against ``sha256`` and ``size``.
+    """
+
+    deployment_id: int
+    artifact_id: int
+    name: str
+    sha256: str
+    size: int
+    issued_at: int  # milliseconds since the epoch; the agent refuses one older than it has run
+    eval_sha256: str | None = None
+    eval_size: int | None = None
+
+    def validate(self) -> None:
+        for name, digest in (("sha256", self.sha256), ("eval_sha256", self.eval_sha256)):
+            if digest is not None and (
+                len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)
+            ):
+                raise ProtocolError(f"{name} is not a lowercase hex sha256")
+        _check_range("size", self.size, 0, 1 << 40)
+        if (self.eval_sha256 is None) != (self.eval_size is None):
+            raise ProtocolError("eval_sha256 and eval_size go together")
+
+    def signing_bytes(self) -> bytes:
+        """The canonical bytes the server signs: sorted-key compact JSON with a domain tag."""
+        body = dataclasses.asdict(self)
+        body["_domain"] = "edgeslim-artifact-manifest-v1"
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+# --- messages ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Message:
+    """Base of every message; ``TYPE`` is its wire name."""
+
+    TYPE: ClassVar[str] = ""
+
+    def validate(self) -> None:
+        """Range checks beyond the types; raise ProtocolError."""
+
+
+# agent -> server
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hello(Message):
+    """The agent's first message after the handshake."""
+
+    TYPE: ClassVar[str] = "hello"
+    agent_version: str
+    facts: DeviceFacts
+
+
+@dataclass(frozen=True, kw_only=True)
+class Heartbeat(Message):
+    TYPE: ClassVar[str] = "heartbeat"
+    ts: float  # the agent's clock, seconds since the epoch
+    busy: bool = False  # a deployment is running
+
+
+@dataclass(frozen=True, kw_only=True)
+class Progress(Message):
+    """Live progress of one deployment on this device. Not acknowledged, not resent."""
+
+    TYPE: ClassVar[str] = "progress"
+    deployment_id: int
+    stage: str
+    fraction: float
+    message: str = ""
+
+    def validate(self) -> None:
+        if self.stage not in PROGRESS_STAGES:
+            raise ProtocolError(f"unknown stage {self.stage!r}")
+        _check_range("fraction", self.fraction, 0.0, 1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result(Message):
+    """One result of one deployment on this device; kept on disk until acknowledged."""
+
+    TYPE: ClassVar[str] = "result"
+    deployment_id: int
+    seq: int
+    kind: str
+    data: dict[str, Any]
+
+    def validate(self) -> None:
+        _check_range("seq", self.seq, 1, 1 << 31)
+        if self.kind not in RESULT_KINDS:
+            raise ProtocolError(f"unknown result kind {self.kind!r}")
+
+
+# server -> agent
+
+
+@dataclass(frozen=True, kw_only=True)
+class Welcome(Message):
+    TYPE: ClassVar[str] = "welcome"
+    device_id: int
+    device_name: str
+    heartbeat_s: float
+    server_time: float
+
+    def validate(self) -> None:
+        _check_range("heartbeat_s", self.heartbeat_s, 0.05, 3600)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ack(Message):
+    TYPE: ClassVar[str] = "ack"
+    deployment_id: int
+    seq: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Deploy(Message):
+    """Download, verify and benchmark an artifact. Resent on every connect until it finishes."""
+
+    TYPE: ClassVar[str] = "deploy"
+    manifest: Manifest
+    signature: str  # base64 Ed25519 signature of manifest.signing_bytes(); "" when unsigned
+    artifact_url: str  # path on the server, e.g. /api/v1/agent/artifacts/7
+    eval_url: str | None
+    settings: BenchSettings
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorMessage(Message):
+    """Why the server is about to close the connection."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (Hello, Heartbeat, Progress, Result, Welcome, Ack, Deploy, ErrorMessage)
+}
+AGENT_MESSAGES = (Hello, Heartbeat, Progress, Result)
+SERVER_MESSAGES = (Welcome, Ack, Deploy, ErrorMessage)
+
+
+def result_seq(settings: BenchSettings, kind: str, batch_index: int = 0) -> int:
+    """The deterministic sequence number of a result: latency per batch, accuracy, terminal."""
+    n = len(settings.batch_sizes)
+    if kind == RESULT_LATENCY:
+        return batch_index + 1
+    if kind == RESULT_ACCURACY:
+        return n + 1
+    return n + 2
+
+
+# --- encoding --------------------------------------------------------------------------------
+
+
+def _to_wire(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return value
+
+
+def encode(msg: Message) -> str:
+    """The JSON text of a message (validated first, so a bad message never leaves)."""
+    _validate_tree(msg)
+    body = {"v": PROTOCOL_VERSION, "type": msg.TYPE, **_to_wire(msg)}
+    text = json.dumps(body, separators=(",", ":"), allow_nan=False)
+    if len(text.encode()) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message is over {MAX_MESSAGE_BYTES} bytes")
+    return text
+
+
+def _validate_tree(value: Any) -> None:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            _validate_tree(getattr(value, f.name))
+        value.validate()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ProtocolError(f"{name} is not valid JSON here")
+
+
+def decode(text: str | bytes, *, allowed: tuple[type[Message], ...] | None = None) -> Message:
+    """Parse and strictly validate one frame; ``allowed`` limits the accepted message classes."""
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message is over {MAX_MESSAGE_BYTES} bytes")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError("message is not UTF-8") from exc
+    if len(text.encode()) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message is over {MAX_MESSAGE_BYTES} bytes")
+    try:
+        body = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ProtocolError("a message is a JSON object")
+    version = body.pop("v", None)
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise ProtocolError(
+            f"unsupported protocol version {version!r} (this is {PROTOCOL_VERSION})"
+        )
+    kind = body.pop("type", None)
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {kind!r}")
+    if allowed is not None and cls not in allowed:
+        raise ProtocolError(f"message type {kind!r} is not expected here")
+    msg = _build(cls, body, kind)
+    _validate_tree(msg)
+    return msg  # type: ignore[no-any-return]
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _build(cls: type, body: Any, where: str) -> Any:
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{where}: expected an object")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    extra = set(body) - set(fields)
+    if extra:
+        raise ProtocolError(f"{where}: unknown fields {sorted(extra)}")
+    hints = _hints(cls)
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in body:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ProtocolError(f"{where}: missing field {name!r}")
+            continue
+        values[name] = _coerce(hints[name], body[name], f"{where}.{name}")
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(inner[0], value, where)
+        raise ProtocolError(f"{where}: unsupported union")  # pragma: no cover - not used
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)  # type: ignore[arg-type]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ProtocolError(f"{where}: expected a boolean")
+        return value
+    if tp is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ProtocolError(f"{where}: expected an integer")
+        return value
+    if tp is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ProtocolError(f"{where}: expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ProtocolError(f"{where}: expected a string")
+        if len(value) > MAX_STRING:
+            raise ProtocolError(f"{where}: string too long")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ProtocolError(f"{where}: expected a list")
+        return [_coerce(item, v, f"{where}[]") for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where}: expected an object")
+        return value  # free-form result data: JSON already, bounded by the frame size
+    raise ProtocolError(f"{where}: unsupported type {tp!r}")  # pragma: no cover
+
+
+# --- signatures ------------------------------------------------------------------------------
+
+
+def b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise ProtocolError("not base64") from exc

@@ -1,0 +1,1 @@
+"""Fixtures of the device registry tests (its folder is on sys.path for ``device_onnx``)."""
