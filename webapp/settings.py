@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "webapp.accounts",
     "webapp.live",
+    "webapp.catalog",
 ]
 
 MIDDLEWARE = [
@@ -187,6 +188,14 @@ STORAGES = {
         )
     },
 }
+
+# --- catalog uploads -----------------------------------------------------------------------------
+# Largest model or dataset upload, checked up front (413) and again on every chunk.
+EDGESLIM_MAX_UPLOAD_BYTES = envint("EDGESLIM_MAX_UPLOAD_BYTES", 2 * 1024**3)
+# Chunked uploads are appended here (local disk even with S3 storage) until completed.
+EDGESLIM_UPLOAD_TMP_DIR = Path(env("EDGESLIM_UPLOAD_TMP_DIR", str(DATA_DIR / "uploads")))
+# An upload session untouched for this long is expired and its temp file removed.
+EDGESLIM_UPLOAD_EXPIRY_S = envint("EDGESLIM_UPLOAD_EXPIRY_S", 24 * 3600)
 
 # --- auth and security -------------------------------------------------------------------------
 LOGIN_URL = "accounts:login"

@@ -1,0 +1,169 @@
+"""The inspector child process: load an untrusted model or dataset, describe it, and write JSON.
+
+Run as ``python -m webapp.catalog.inspect_child REQUEST.json RESULT.json`` by
+:mod:`webapp.catalog.sandbox`, under an address-space cap and a timeout, so a hostile file can at
+worst kill this process. It imports ``compression/`` only (no Django), and it never unpickles:
+model files go through :func:`compression.model_io.load_model_file`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+THUMBS_PER_CLASS = 4
+THUMB_SIDE = 64
+
+
+def inspect_model(req: dict[str, Any]) -> dict[str, Any]:
+    from compression import inspection, model_io
+
+    path = Path(req["path"])
+    size = req.get("input_size")
+    channels = req.get("in_channels")
+    shape = (int(channels), int(size), int(size)) if channels and size else None
+    if req["format"] == "onnx":
+        state = model_io.load_model_file(path, num_classes=req.get("num_classes"))
+        info = inspection.inspect_onnx(path)
+    else:
+        if shape is None and size:
+            # channels unknown yet: let model_io read them from the first convolution
+            state = model_io.load_model_file(
+                path, arch=req["arch"], num_classes=req.get("num_classes")
+            )
+            shape = (state.input_shape[0], int(size), int(size))
+            if shape != state.input_shape:
+                state = model_io.load_model_file(
+                    path, arch=req["arch"], num_classes=state.num_classes, input_shape=shape
+                )
+        else:
+            state = model_io.load_model_file(
+                path, arch=req["arch"], num_classes=req.get("num_classes"), input_shape=shape
+            )
+        assert state.module is not None
+        info = inspection.inspect_module(
+            state.module,
+            state.input_shape,
+            num_classes=state.num_classes,
+            arch=req["arch"],
+            path=path,
+        )
+    data = info.to_dict()
+    return {
+        "info": data,
+        "num_classes": state.num_classes,
+        "in_channels": state.input_shape[0],
+        "input_size": state.input_shape[1],
+    }
+
+
+def build_builtin(req: dict[str, Any]) -> dict[str, Any]:
+    """Make a built-in sample's weights: a zoo model, optionally trained a little on digits."""
+    import torch
+
+    from compression import model_io, zoo
+
+    torch.manual_seed(0)
+    module = zoo.create_model(
+        req["arch"], num_classes=int(req["num_classes"]), in_channels=int(req["in_channels"])
+    )
+    history: list[dict[str, float]] = []
+    epochs = int(req.get("train_epochs") or 0)
+    if epochs > 0:
+        history = _train_on_digits(module, epochs=epochs, size=int(req["input_size"]))
+    out = Path(req["out_path"])
+    model_io.save_model_safetensors(module, out)
+    return {"path": str(out), "history": history}
+
+
+def _train_on_digits(module: Any, *, epochs: int, size: int) -> list[dict[str, float]]:
+    import torch
+
+    from compression.datasets import load_digits
+    from compression.stage import ModelState, StageContext
+    from compression.training import train
+
+    data = load_digits(size=size)
+    ctx = StageContext(
+        model=ModelState(input_shape=data.input_shape, num_classes=10, module=module),
+        data=data,
+        device=torch.device("cpu"),
+        work_dir=Path("."),
+        seed=0,
+        report=lambda *_: None,
+        check_cancel=lambda: None,
+    )
+    return train(module, data, ctx, epochs=epochs, lr=0.05, batch_size=64)
+
+
+def validate_dataset(req: dict[str, Any]) -> dict[str, Any]:
+    """Load the dataset, report it, and write a few PNG thumbnails per class."""
+    from compression.datasets import dataset_report, load_digits, load_image_folder_zip
+
+    work = Path(req["work_dir"])
+    if req["kind"] == "digits":
+        bundle = load_digits(size=32)
+    else:
+        bundle = load_image_folder_zip(req["path"], work / "data", size=32, channels=3)
+    report = dataset_report(bundle).to_dict()
+    report["name"] = req.get("name") or report["name"]
+    thumbs = _write_thumbnails(bundle, work / "thumbs")
+    return {"report": report, "thumbnails": thumbs}
+
+
+def _write_thumbnails(bundle: Any, folder: Path) -> dict[str, list[str]]:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, list[str]] = {name: [] for name in bundle.classes}
+    images, labels = bundle.train.images, bundle.train.labels.tolist()
+    for index, label in enumerate(labels):
+        name = bundle.classes[int(label)]
+        if len(out[name]) >= THUMBS_PER_CLASS:
+            continue
+        x = images[index]
+        arr = x.numpy()
+        if arr.dtype != np.uint8:  # digits are floats in [0, 1]
+            arr = (np.clip(arr, 0.0, 1.0) * 255).astype(np.uint8)
+        arr = arr.transpose(1, 2, 0)
+        if arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        image = Image.fromarray(arr).resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.NEAREST)
+        path = folder / f"{int(label)}_{len(out[name])}.png"
+        image.save(path, format="PNG")
+        out[name].append(str(path))
+        if all(len(v) >= THUMBS_PER_CLASS for v in out.values()):
+            break
+    return out
+
+
+ACTIONS = {"model": inspect_model, "builtin": build_builtin, "dataset": validate_dataset}
+
+
+def main(argv: list[str]) -> int:
+    request_path, result_path = Path(argv[1]), Path(argv[2])
+    req = json.loads(request_path.read_text())
+    try:
+        result: dict[str, Any] = {"ok": True, **ACTIONS[req["action"]](req)}
+    except MemoryError:
+        result = {"ok": False, "kind": "memory", "error": "ran out of memory (the memory cap)"}
+    except Exception as exc:
+        from compression.errors import CompressionError
+
+        if isinstance(exc, CompressionError):
+            result = {"ok": False, "kind": type(exc).__name__, "error": str(exc)}
+        else:
+            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            result = {"ok": False, "kind": type(exc).__name__, "error": last}
+    tmp = result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(result_path)
+    return 0 if result["ok"] else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
