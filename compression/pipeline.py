@@ -1,0 +1,635 @@
+"""Run a recipe: measure the baseline, run stages one at a time, checkpoint, resume, report.
+
+After every stage the model is checkpointed and ``state.json`` is rewritten atomically, so a run
+that dies (a killed worker, a crash) resumes after its last completed stage when it is started
+again with the same ``out_dir`` and recipe. Everything the run writes stays inside ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import platform
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from compression.checkpoint import load_checkpoint, save_checkpoint, sha256_file
+from compression.datasets import DatasetBundle, check_dataset_matches_model, dataset_report
+from compression.errors import Cancelled, CompressionError, ConfigError
+from compression.metrics import ModelMetrics, measure_model
+from compression.recipe import Recipe, recipe_hash, recipe_to_dict, validate_recipe_for_model
+from compression.registry import get_method
+from compression.stage import LayerChange, ModelState, ProgressFn, StageContext, StageResult
+
+SCHEMA_VERSION = 1
+STATE_VERSION = 1
+# Shares of the overall progress bar: the baseline measurement, the stages, the final export.
+_BASELINE_SHARE = 0.05
+_FINAL_SHARE = 0.03
+
+
+class RunStateError(CompressionError):
+    """``out_dir`` holds a run that cannot be resumed with this recipe."""
+
+
+@dataclass
+class StageReport:
+    """One completed stage as the report shows it."""
+
+    index: int
+    method: str
+    name: str
+    config: dict[str, Any]
+    metrics: ModelMetrics
+    method_metrics: dict[str, float]
+    layers: list[dict[str, Any]]
+    history: list[dict[str, float]]
+    duration_s: float
+    checkpoint: str  # relative to out_dir
+    artifacts: dict[str, str] = field(default_factory=dict)  # relative to out_dir
+    resumed: bool = False  # completed by an earlier attempt and loaded from state.json
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["metrics"] = self.metrics.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StageReport:
+        values = dict(d)
+        values["metrics"] = ModelMetrics.from_dict(d["metrics"])
+        return cls(**values)
+
+
+@dataclass
+class RunReport:
+    """The outcome of a run; ``to_dict()`` is ``report.json`` (schema version 1)."""
+
+    recipe: dict[str, Any]
+    recipe_hash: str
+    baseline: ModelMetrics
+    stages: list[StageReport]
+    final: ModelMetrics
+    final_format: str
+    targets: dict[str, Any]
+    artifacts: list[dict[str, Any]]
+    dataset: dict[str, Any]
+    model: dict[str, Any]
+    environment: dict[str, Any]
+    started_at: str
+    finished_at: str
+    duration_s: float
+    resumed_from_stage: int | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "recipe": self.recipe,
+            "recipe_hash": self.recipe_hash,
+            "model": self.model,
+            "dataset": self.dataset,
+            "baseline": self.baseline.to_dict(),
+            "stages": [s.to_dict() for s in self.stages],
+            "final": {"format": self.final_format, **self.final.to_dict()},
+            "targets": self.targets,
+            "artifacts": self.artifacts,
+            "environment": self.environment,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_s": self.duration_s,
+            "resumed_from_stage": self.resumed_from_stage,
+        }
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) so a stage is reproducible."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU is a clear error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", "CUDA was requested but no GPU is available")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError("device", f"unknown device {device!r}") from exc
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _temp_inside(out_dir: Path) -> Iterator[None]:
+    """Point :mod:`tempfile` at ``out_dir/tmp`` for the run.
+
+    Libraries we call (ONNX Runtime's quantizer among them) make temporary folders; keeping
+    them inside ``out_dir`` honours "nothing is written outside out_dir" and lets a crashed
+    run's leftovers be cleaned with the run.
+    """
+    tmp = out_dir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(tmp)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _layer_dict(change: LayerChange | dict[str, Any]) -> dict[str, Any]:
+    return dict(change) if isinstance(change, dict) else asdict(change)
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    import onnx
+    import onnxruntime as ort
+
+    from compression.latency import HardwareFacts
+
+    env: dict[str, Any] = {
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "onnx": onnx.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "hardware": asdict(HardwareFacts.current()),
+    }
+    try:
+        import torch_pruning
+
+        env["torch_pruning"] = torch_pruning.__version__
+    except ImportError:  # pragma: no cover - a declared dependency
+        pass
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _artifact(out_dir: Path, path: Path, kind: str) -> dict[str, Any]:
+    return {
+        "name": path.name,
+        "kind": kind,
+        "path": str(path.relative_to(out_dir)),
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+    }
+
+
+def _model_summary(model: ModelState) -> dict[str, Any]:
+    return {
+        "format": model.format,
+        "arch": asdict(model.arch) if model.arch else None,
+        "input_shape": list(model.input_shape),
+        "num_classes": model.num_classes,
+        "task": model.task,
+    }
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Maps a stage's own 0..1 onto the overall bar and forwards to the caller's callback."""
+
+    def __init__(self, callback: ProgressFn | None, n_stages: int) -> None:
+        self.callback = callback
+        self.n = n_stages
+        self.span = (1.0 - _BASELINE_SHARE - _FINAL_SHARE) / max(n_stages, 1)
+
+    def stage_start(self, i: int) -> float:
+        return _BASELINE_SHARE + i * self.span
+
+    def emit(self, fraction: float, message: str, metrics: dict[str, Any]) -> None:
+        if self.callback is not None:
+            self.callback(min(max(fraction, 0.0), 1.0), message, metrics)
+
+    def for_stage(self, i: int, method: str) -> ProgressFn:
+        base = self.stage_start(i)
+        # The stage's own training gets 85% of its slot; measuring the result the rest.
+        train_span = self.span * 0.85
+
+        def report(fraction: float, message: str, metrics: dict[str, Any]) -> None:
+            frac = min(max(float(fraction), 0.0), 1.0)
+            payload = {"stage": i, "method": method, **metrics}
+            payload.setdefault("event", "stage_progress")
+            self.emit(base + frac * train_span, message, payload)
+
+        return report
+
+
+def run_recipe(
+    recipe: Recipe,
+    model: ModelState,
+    data: DatasetBundle,
+    out_dir: Path | str,
+    *,
+    progress: ProgressFn | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    device: str | torch.device = "cpu",
+    load_model: Callable[[str], ModelState] | None = None,
+    restart: bool = False,
+) -> RunReport:
+    """Run ``recipe`` on ``model`` and write checkpoints, ``final.onnx`` and ``report.json``.
+
+    Args:
+        recipe: a validated recipe (:func:`compression.recipe.parse_recipe`).
+        model: the starting model; it is copied, not modified.
+        data: the data set; its classes and channels must match the model.
+        out_dir: the run's folder; rerunning with the same folder and recipe resumes.
+        progress: ``(fraction 0..1, message, metrics)``; metrics carry an ``event`` key
+            (``baseline``, ``stage_start``, ``stage_progress``/``epoch``, ``stage_end``, ``done``).
+            An exception raised here stops the run (after the last checkpoint).
+        should_cancel: polled between batches; returning True raises :class:`Cancelled`.
+        device: ``cpu``, ``cuda``, ``cuda:1`` or ``auto`` (training only; latency is ORT on CPU).
+        load_model: resolves model references in configs (a distillation teacher).
+            ``baseline`` and ``stage:N`` are resolved by the pipeline itself.
+        restart: discard an existing run in ``out_dir`` made with a different recipe.
+
+    Raises:
+        StageScopeError, DatasetError, ConfigError: before anything is written.
+        RunStateError: ``out_dir`` holds another recipe's run and ``restart`` is False.
+        Cancelled: when ``should_cancel`` says so; completed stages stay checkpointed.
+    """
+    # Validate everything before a single file is written.
+    validate_recipe_for_model(recipe, model.format, model.task)
+    check_dataset_matches_model(data, model)
+    if model.module is not None and model.arch is None:
+        raise ConfigError(
+            "model", "a torch model needs its zoo architecture (ModelState.arch) to be checkpointed"
+        )
+    dev = resolve_device(device)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    started_at = _now()
+    digest = recipe_hash(recipe)
+    state_path = out_dir / "state.json"
+    state = _load_state(state_path, digest, restart=restart, out_dir=out_dir)
+    if state is None:
+        state = {
+            "version": STATE_VERSION,
+            "recipe_hash": digest,
+            "recipe": recipe_to_dict(recipe),
+            "baseline": None,
+            "baseline_onnx": None,
+            "completed": [],
+            "status": "running",
+            "started_at": started_at,
+        }
+    state["recipe"] = recipe_to_dict(recipe)
+    bar = _Progress(progress, len(recipe.stages))
+
+    def check_cancel() -> None:
+        if should_cancel is not None and should_cancel():
+            raise Cancelled("the run was cancelled")
+
+    baseline_model = _copy_state(model)
+    with _temp_inside(out_dir):
+        # Baseline -------------------------------------------------------------------------
+        if state["baseline"] is None:
+            bar.emit(0.0, "measuring the baseline", {"event": "baseline_start"})
+            base_dir = out_dir / "baseline"
+            shutil.rmtree(base_dir, ignore_errors=True)
+            to_measure = baseline_model
+            if model.module is None:
+                # Measure (and later ship as final.onnx) a copy kept inside the run folder.
+                assert model.onnx_path is not None
+                base_dir.mkdir(parents=True)
+                shutil.copyfile(model.onnx_path, base_dir / "model.onnx")
+                to_measure = _copy_state(model)
+                to_measure.onnx_path = base_dir / "model.onnx"
+            baseline = _measure(recipe, to_measure, data, base_dir, dev, macs_hint=None)
+            state["baseline"] = baseline.to_dict()
+            state["baseline_onnx"] = str((base_dir / "model.onnx").relative_to(out_dir))
+            _write_json_atomic(state_path, state)
+        baseline = ModelMetrics.from_dict(state["baseline"])
+        bar.emit(_BASELINE_SHARE, "baseline measured", {"event": "baseline", **_flat(baseline)})
+
+        # Resume point --------------------------------------------------------------------
+        completed: list[dict[str, Any]] = state["completed"]
+        resumed_from = len(completed) if completed else None
+        if completed:
+            current = load_checkpoint(out_dir / completed[-1]["checkpoint"])
+        else:
+            current = _copy_state(model)
+        reports = [StageReport.from_dict({**c, "resumed": True}) for c in completed]
+        last_macs = reports[-1].metrics.macs if reports else baseline.macs
+
+        def resolve(ref: str) -> ModelState:
+            if ref in ("baseline", "input"):
+                return _copy_state(baseline_model)
+            if ref.startswith("stage:"):
+                try:
+                    k = int(ref.split(":", 1)[1])
+                    record = state["completed"][k]
+                except (ValueError, IndexError):
+                    raise ConfigError(
+                        "teacher", f"{ref!r} does not name a completed earlier stage"
+                    ) from None
+                return load_checkpoint(out_dir / record["checkpoint"])
+            if load_model is None:
+                raise ConfigError("teacher", f"cannot resolve model reference {ref!r} here")
+            return load_model(ref)
+
+        # Stages --------------------------------------------------------------------------
+        for i, stage in enumerate(recipe.stages):
+            if i < len(completed):
+                continue
+            check_cancel()
+            spec = get_method(stage.method)
+            work_dir = out_dir / "stages" / f"{i:02d}_{stage.method}"
+            shutil.rmtree(work_dir, ignore_errors=True)  # leftovers of a crashed attempt
+            work_dir.mkdir(parents=True)
+            seed_everything(recipe.seed + i)
+            label = f"stage {i + 1}/{len(recipe.stages)} {stage.name}"
+            bar.emit(
+                bar.stage_start(i),
+                f"{label}: started",
+                {"event": "stage_start", "stage": i, "method": stage.method},
+            )
+            ctx = StageContext(
+                model=current,
+                data=data,
+                device=dev,
+                work_dir=work_dir,
+                seed=recipe.seed + i,
+                report=bar.for_stage(i, stage.method),
+                check_cancel=check_cancel,
+                load_model=resolve,
+            )
+            t0 = time.monotonic()
+            result: StageResult = spec.run(ctx, stage.config)
+            duration = time.monotonic() - t0
+            check_cancel()
+            current = result.model
+            if current.module is not None:
+                current.module.to("cpu").eval()
+
+            bar.emit(
+                bar.stage_start(i) + bar.span * 0.85,
+                f"{label}: measuring",
+                {"event": "stage_measure", "stage": i, "method": stage.method},
+            )
+            stem = out_dir / "checkpoints" / f"stage_{i:02d}_{stage.method}"
+            ckpt = save_checkpoint(current, stem)
+            if current.module is None:
+                # Keep pointing at the checkpoint copy: the stage folder is scratch space.
+                current.onnx_path = ckpt
+            metrics = _measure(
+                recipe, current, data, work_dir / "measure", dev, macs_hint=last_macs
+            )
+            last_macs = metrics.macs
+            artifacts = {
+                k: str(Path(v).resolve().relative_to(out_dir.resolve()))
+                for k, v in result.artifacts.items()
+                if Path(v).exists() and Path(v).resolve().is_relative_to(out_dir.resolve())
+            }
+            if current.module is not None:
+                artifacts["onnx_fp32"] = str(
+                    (work_dir / "measure" / "model.onnx").relative_to(out_dir)
+                )
+            report = StageReport(
+                index=i,
+                method=stage.method,
+                name=stage.name,
+                config=recipe_to_dict(recipe)["stages"][i]["config"],
+                metrics=metrics,
+                method_metrics={k: float(v) for k, v in result.metrics.items()},
+                layers=[_layer_dict(c) for c in result.layers],
+                history=[dict(h) for h in result.history],
+                duration_s=duration,
+                checkpoint=str(ckpt.relative_to(out_dir)),
+                artifacts=artifacts,
+            )
+            completed.append({k: v for k, v in report.to_dict().items() if k != "resumed"})
+            _write_json_atomic(state_path, state)
+            reports.append(report)
+            bar.emit(
+                bar.stage_start(i + 1),
+                f"{label}: done",
+                {
+                    "event": "stage_end",
+                    "stage": i,
+                    "method": stage.method,
+                    "duration_s": duration,
+                    **_flat(metrics),
+                },
+            )
+
+        # Final ---------------------------------------------------------------------------
+        final_metrics = reports[-1].metrics
+        final_artifacts = _final_artifacts(out_dir, state, recipe, current)
+        drop = baseline.accuracy - final_metrics.accuracy
+        limit = recipe.targets.max_accuracy_drop
+        targets = {
+            "max_accuracy_drop": limit,
+            "accuracy_drop": drop,
+            "met": None if limit is None else bool(drop <= limit + 1e-9),
+            "target_device": recipe.targets.target_device,
+            "size_ratio": baseline.onnx_bytes / final_metrics.onnx_bytes
+            if final_metrics.onnx_bytes
+            else None,
+            "mac_ratio": (baseline.macs / final_metrics.macs)
+            if baseline.macs and final_metrics.macs
+            else None,
+            "latency_speedup": (
+                baseline.latency.p50_ms / final_metrics.latency.p50_ms
+                if baseline.latency and final_metrics.latency and final_metrics.latency.p50_ms > 0
+                else None
+            ),
+        }
+        run_report = RunReport(
+            recipe=recipe_to_dict(recipe),
+            recipe_hash=digest,
+            baseline=baseline,
+            stages=reports,
+            final=final_metrics,
+            final_format=current.format,
+            targets=targets,
+            artifacts=final_artifacts,
+            dataset=_dataset_summary(data),
+            model=_model_summary(model),
+            environment=_environment(dev),
+            started_at=state.get("started_at", started_at),
+            finished_at=_now(),
+            duration_s=time.monotonic() - started,
+            resumed_from_stage=resumed_from,
+        )
+        _write_json_atomic(out_dir / "report.json", run_report.to_dict())
+        state["status"] = "done"
+        _write_json_atomic(state_path, state)
+    bar.emit(1.0, "done", {"event": "done", **_flat(final_metrics), "targets_met": targets["met"]})
+    return run_report
+
+
+def _copy_state(model: ModelState) -> ModelState:
+    module = copy.deepcopy(model.module).to("cpu") if model.module is not None else None
+    return ModelState(
+        input_shape=model.input_shape,
+        num_classes=model.num_classes,
+        task=model.task,
+        module=module,
+        onnx_path=model.onnx_path,
+        arch=model.arch,
+    )
+
+
+def _measure(
+    recipe: Recipe,
+    model: ModelState,
+    data: DatasetBundle,
+    work_dir: Path,
+    device: torch.device,
+    *,
+    macs_hint: int | None,
+) -> ModelMetrics:
+    return measure_model(
+        model,
+        data,
+        work_dir,
+        latency_runs=recipe.eval.latency_runs,
+        warmup=recipe.eval.warmup,
+        threads=recipe.eval.threads,
+        batch_size=recipe.eval.batch_size,
+        device=device,
+        macs_hint=macs_hint,
+    )
+
+
+def _flat(m: ModelMetrics) -> dict[str, Any]:
+    """The few numbers a progress line shows."""
+    return {
+        "accuracy": m.accuracy,
+        "params": m.params,
+        "nonzero_params": m.nonzero_params,
+        "macs": m.macs,
+        "onnx_bytes": m.onnx_bytes,
+        "onnx_zip_bytes": m.onnx_zip_bytes,
+        "p50_ms": m.latency.p50_ms if m.latency else None,
+    }
+
+
+def _dataset_summary(data: DatasetBundle) -> dict[str, Any]:
+    rep = dataset_report(data).to_dict()
+    return {
+        "name": rep["name"],
+        "classes": rep["classes"],
+        "input_shape": rep["input_shape"],
+        "totals": rep["totals"],
+        "corrupt_files": len(rep["corrupt"]),
+    }
+
+
+def _load_state(path: Path, digest: str, *, restart: bool, out_dir: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        if not restart:
+            raise RunStateError(
+                f"{path} is unreadable ({exc}); use a new output folder or restart"
+            ) from None
+        state = {}
+    if state.get("version") == STATE_VERSION and state.get("recipe_hash") == digest:
+        # Checkpoints must still be there; otherwise resume from the last one that is.
+        good = []
+        for record in state.get("completed", []):
+            if not (out_dir / record["checkpoint"]).exists():
+                break
+            good.append(record)
+        state["completed"] = good
+        return state
+    if not restart:
+        raise RunStateError(
+            f"{out_dir} holds a run of a different recipe; use a new output folder, "
+            "or restart to discard it"
+        )
+    for name in ("checkpoints", "stages", "baseline", "tmp"):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    for name in (
+        "state.json",
+        "report.json",
+        "final.onnx",
+        "final.int8.onnx",
+        "final.compressed.onnx",
+    ):
+        (out_dir / name).unlink(missing_ok=True)
+    return None
+
+
+def _final_artifacts(
+    out_dir: Path, state: dict[str, Any], recipe: Recipe, current: ModelState
+) -> list[dict[str, Any]]:
+    """Write ``final.onnx`` (fp32) and, after quantization, ``final.int8.onnx``; describe all."""
+    completed = state["completed"]
+    # The newest fp32 ONNX export: the last torch stage's, else the baseline's.
+    fp32_source: Path | None = None
+    for record in reversed(completed):
+        rel = record.get("artifacts", {}).get("onnx_fp32")
+        if rel:
+            fp32_source = out_dir / rel
+            break
+    if fp32_source is None and state.get("baseline_onnx"):
+        fp32_source = out_dir / state["baseline_onnx"]
+    final_paths: list[tuple[Path, str]] = []
+    if current.module is None:
+        assert current.onnx_path is not None
+        last_onnx_stage = next(
+            (r["method"] for r in reversed(completed) if r["metrics"].get("format") == "onnx"), ""
+        )
+        name = (
+            "final.int8.onnx"
+            if ("int8" in last_onnx_stage or "quant" in last_onnx_stage)
+            else "final.compressed.onnx"
+        )
+        target = out_dir / name
+        shutil.copyfile(current.onnx_path, target)
+        final_paths.append(
+            (target, "onnx_int8" if name == "final.int8.onnx" else "onnx_compressed")
+        )
+    if fp32_source is not None and fp32_source.exists():
+        target = out_dir / "final.onnx"
+        shutil.copyfile(fp32_source, target)
+        final_paths.insert(0, (target, "onnx_fp32"))
+    arts = [_artifact(out_dir, p, kind) for p, kind in final_paths]
+    for record in completed:
+        ckpt = out_dir / record["checkpoint"]
+        arts.append(_artifact(out_dir, ckpt, "checkpoint"))
+    return arts
