@@ -245,7 +245,7 @@ class _Progress:
 
         def report(fraction: float, message: str, metrics: dict[str, Any]) -> None:
             frac = min(max(float(fraction), 0.0), 1.0)
-            payload = {"stage": i, "method": method, **metrics}
+            payload = {"stage": i, "method": method, "stage_fraction": frac * 0.85, **metrics}
             payload.setdefault("event", "stage_progress")
             self.emit(base + frac * train_span, message, payload)
 
@@ -381,7 +381,7 @@ def run_recipe(
             bar.emit(
                 bar.stage_start(i),
                 f"{label}: started",
-                {"event": "stage_start", "stage": i, "method": stage.method},
+                {"event": "stage_start", "stage": i, "method": stage.method, "stage_fraction": 0.0},
             )
             ctx = StageContext(
                 model=current,
@@ -404,7 +404,12 @@ def run_recipe(
             bar.emit(
                 bar.stage_start(i) + bar.span * 0.85,
                 f"{label}: measuring",
-                {"event": "stage_measure", "stage": i, "method": stage.method},
+                {
+                    "event": "stage_measure",
+                    "stage": i,
+                    "method": stage.method,
+                    "stage_fraction": 0.85,
+                },
             )
             stem = out_dir / "checkpoints" / f"stage_{i:02d}_{stage.method}"
             ckpt = save_checkpoint(current, stem)
@@ -446,6 +451,7 @@ def run_recipe(
                 {
                     "event": "stage_end",
                     "stage": i,
+                    "stage_fraction": 1.0,
                     "method": stage.method,
                     "duration_s": duration,
                     **_flat(metrics),

@@ -1,0 +1,309 @@
+"""``edgeslim compress``: run a recipe on a model and a data set from the command line.
+
+Example::
+
+    edgeslim compress --model vgg11_bn --dataset digits --recipe recipes/vgg_slim_int8.yaml --out runs/vgg
+
+The run writes checkpoints, ``final.onnx`` and ``report.json`` under ``--out``. Running the same
+command again resumes after the last completed stage. No Django is imported here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from compression.datasets import DatasetBundle
+    from compression.pipeline import RunReport
+    from compression.stage import ModelState
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "compress",
+        help="run a compression recipe on a model and a data set",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a zoo architecture (e.g. lenet5) or a model file (.safetensors, .pt state dict, .onnx)",
+    )
+    p.add_argument("--arch", help="the zoo architecture of a state-dict file")
+    p.add_argument("--num-classes", type=int, help="classes of the model (default: the data set's)")
+    p.add_argument(
+        "--in-channels", type=int, help="input channels of the model (default: the data set's)"
+    )
+    p.add_argument("--dataset", required=True, help="'digits' (built in) or an image-folder .zip")
+    p.add_argument("--recipe", required=True, type=Path, help="recipe file (YAML or JSON)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (reuse it to resume)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
+    p.add_argument("--seed", type=int, help="override the recipe's seed")
+    p.add_argument(
+        "--restart", action="store_true", help="discard a previous run of another recipe in --out"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from compression.errors import Cancelled, CompressionError
+
+    err = Console(stderr=True)
+    try:
+        report = _run(args, err)
+    except Cancelled:
+        err.print("[yellow]cancelled[/]; run the same command again to resume")
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        err.print(
+            "[yellow]interrupted[/]; run the same command again to resume after the last completed stage"
+        )
+        return EXIT_INTERRUPTED
+    except CompressionError as exc:
+        err.print(f"[red]error:[/] {_one_line(str(exc))}", highlight=False, soft_wrap=True)
+        return EXIT_ERROR
+    # A pipe or a log file gets a table wide enough not to wrap every cell.
+    _print_summary(Console(width=None if sys.stdout.isatty() else 120), report, args.out)
+    return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _run(args: argparse.Namespace, err: Console) -> RunReport:
+    import torch
+
+    from compression.pipeline import run_recipe
+    from compression.recipe import load_recipe_file
+
+    recipe = load_recipe_file(args.recipe)
+    if args.seed is not None:
+        recipe = dataclasses.replace(recipe, seed=args.seed)
+    out: Path = args.out
+    torch.manual_seed(recipe.seed)  # a zoo model's initial weights depend on it
+    model, data = _load_model_and_data(args, out)
+    err.print(
+        f"model [bold]{args.model}[/] ({model.format}, input {tuple(model.input_shape)}, "
+        f"{model.num_classes} classes); data [bold]{data.name}[/] "
+        f"({len(data.train)} train / {len(data.val)} val); recipe [bold]{recipe.name}[/] "
+        f"({len(recipe.stages)} stages)",
+        highlight=False,
+    )
+    with _Bars(err, enabled=not args.quiet, n_stages=len(recipe.stages)) as bars:
+        return run_recipe(
+            recipe,
+            model,
+            data,
+            out,
+            progress=bars.update,
+            device=args.device,
+            load_model=_reference_loader(args),
+            restart=args.restart,
+        )
+
+
+def _load_model_and_data(args: argparse.Namespace, out: Path) -> tuple[ModelState, DatasetBundle]:
+    from compression.datasets import load_digits, load_image_folder_zip
+    from compression.errors import ConfigError, DatasetError
+    from compression.model_io import load_model_file
+    from compression.stage import ArchSpec, ModelState
+    from compression.zoo import create_model, default_input_size, has_model
+
+    model_path = Path(args.model)
+    is_file = model_path.is_file()
+    if not is_file and not has_model(args.model):
+        raise ConfigError("--model", f"{args.model!r} is neither a file nor a zoo architecture")
+
+    def load_data(channels: int, size: int) -> DatasetBundle:
+        if args.dataset == "digits":
+            return load_digits(size=size)
+        zip_path = Path(args.dataset)
+        if not zip_path.is_file():
+            raise DatasetError(f"--dataset: {args.dataset!r} is neither 'digits' nor a .zip file")
+        work = out / "dataset"
+        shutil.rmtree(work, ignore_errors=True)  # re-extract on a resumed run
+        return load_image_folder_zip(zip_path, work, size=size, channels=channels)
+
+    if is_file:
+        model = load_model_file(
+            model_path, arch=args.arch, num_classes=args.num_classes, in_channels=args.in_channels
+        )
+        return model, load_data(model.input_shape[0], model.input_shape[1])
+    arch = args.model
+    size = default_input_size(arch)
+    channels = args.in_channels or (1 if args.dataset == "digits" else 3)
+    data = load_data(channels, size)
+    num_classes = args.num_classes or data.num_classes
+    module = create_model(arch, num_classes=num_classes, in_channels=channels)
+    model = ModelState(
+        input_shape=(channels, size, size),
+        num_classes=num_classes,
+        module=module,
+        arch=ArchSpec(arch, num_classes, channels),
+    )
+    return model, data
+
+
+def _reference_loader(args: argparse.Namespace) -> Any:
+    """Resolve a model reference in a recipe (a distillation teacher).
+
+    Accepted: a checkpoint's ``.json``/``.safetensors`` from an earlier run, ``ARCH:PATH`` for a
+    state-dict file, or a plain path (ONNX, or a state dict of ``--arch``).
+    """
+    from compression.checkpoint import load_checkpoint
+    from compression.model_io import load_model_file
+    from compression.stage import ModelState
+    from compression.zoo import has_model
+
+    def load(ref: str) -> ModelState:
+        arch, _, rest = ref.partition(":")
+        if rest and has_model(arch):
+            return load_model_file(Path(rest), arch=arch)
+        path = Path(ref)
+        if path.suffix == ".json" or path.with_suffix(".json").is_file():
+            return load_checkpoint(path)
+        return load_model_file(path, arch=args.arch)
+
+    return load
+
+
+class _Bars:
+    """Two rich progress bars: the whole run and the current stage."""
+
+    def __init__(self, console: Console, *, enabled: bool, n_stages: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.enabled = enabled
+        self.progress = Progress(
+            TextColumn("{task.description}", style="bold"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[note]}", style="dim"),
+            console=console,
+            transient=False,
+            disable=not enabled,
+        )
+        self.overall = self.progress.add_task("overall", total=1.0, note="")
+        self.stage = self.progress.add_task("baseline", total=1.0, note="")
+        self.n_stages = n_stages
+
+    def __enter__(self) -> _Bars:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def update(self, fraction: float, message: str, metrics: dict[str, Any]) -> None:
+        self.progress.update(self.overall, completed=fraction, note=_one_line(message)[:80])
+        event = metrics.get("event")
+        if "stage" in metrics:
+            name = f"stage {int(metrics['stage']) + 1}/{self.n_stages} {metrics.get('method', '')}"
+            self.progress.update(
+                self.stage, description=name, completed=float(metrics.get("stage_fraction", 0.0))
+            )
+        elif event in ("baseline_start", "baseline"):
+            self.progress.update(self.stage, completed=1.0 if event == "baseline" else 0.0)
+        if event == "stage_end" and self.enabled:
+            self.progress.console.print(
+                f"  {metrics.get('method')}: accuracy {metrics.get('accuracy', 0):.2f}%, "
+                f"{_fmt_int(metrics.get('params'))} params, {_fmt_int(metrics.get('macs'))} MACs, "
+                f"{metrics.get('duration_s', 0):.1f}s",
+                highlight=False,
+            )
+
+
+def _fmt_int(v: Any) -> str:
+    if v is None:
+        return "—"
+    v = float(v)
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= div:
+            return f"{v / div:.2f}{unit}"
+    return f"{v:.0f}"
+
+
+def _fmt_bytes(v: Any) -> str:
+    if v is None:
+        return "—"
+    v = float(v)
+    for unit, div in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if v >= div:
+            return f"{v / div:.1f} {unit}"
+    return f"{v:.0f} B"
+
+
+def _print_summary(console: Console, report: RunReport, out: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{report.recipe['name']}: results", title_justify="left")
+    for col in ("state", "accuracy %", "params", "non-zero", "MACs", "ONNX", "zipped", "p50 ms"):
+        table.add_column(col, justify="left" if col == "state" else "right", no_wrap=True)
+
+    def row(label: str, m: Any, style: str | None = None) -> None:
+        lat = f"{m.latency.p50_ms:.3f}" + (" ~" if m.latency.unstable else "") if m.latency else "—"
+        table.add_row(
+            label,
+            f"{m.accuracy:.2f}",
+            _fmt_int(m.params),
+            _fmt_int(m.nonzero_params),
+            _fmt_int(m.macs),
+            _fmt_bytes(m.onnx_bytes),
+            _fmt_bytes(m.onnx_zip_bytes),
+            lat,
+            style=style,
+        )
+
+    row("baseline", report.baseline)
+    for s in report.stages:
+        row(f"{s.index + 1}. {s.name}" + (" (resumed)" if s.resumed else ""), s.metrics)
+    row(f"final ({report.final_format})", report.final, style="bold")
+    console.print(table)
+    t = report.targets
+    parts = [f"accuracy drop {t['accuracy_drop']:+.2f} pt"]
+    if t.get("size_ratio"):
+        parts.append(f"{t['size_ratio']:.2f}x smaller ONNX")
+    if t.get("mac_ratio"):
+        parts.append(f"{t['mac_ratio']:.2f}x fewer MACs")
+    if t.get("latency_speedup"):
+        parts.append(f"{t['latency_speedup']:.2f}x p50 speed-up")
+    verdict = ""
+    if t.get("met") is True:
+        verdict = f" — [green]target met[/] (max drop {t['max_accuracy_drop']:g} pt)"
+    elif t.get("met") is False:
+        verdict = f" — [red]target missed[/] (max drop {t['max_accuracy_drop']:g} pt)"
+    console.print(", ".join(parts) + verdict, highlight=False)
+    console.print("~ marks latencies whose run-to-run variation is above 5%", style="dim")
+    console.print(
+        f"report: {out / 'report.json'}  artifacts: "
+        + ", ".join(a["path"] for a in report.artifacts if a["kind"] != "checkpoint"),
+        highlight=False,
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from webapp.cli import main
+
+    sys.exit(main(["compress", *sys.argv[1:]]))
