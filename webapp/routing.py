@@ -2,6 +2,10 @@
 
 from django.urls import path
 
+from device_registry.consumers import AgentConsumer
 from webapp.live.consumers import OrgEventsConsumer
 
-websocket_urlpatterns = [path("ws/org/", OrgEventsConsumer.as_asgi())]
+websocket_urlpatterns = [
+    path("ws/org/", OrgEventsConsumer.as_asgi()),
+    path("ws/agent/", AgentConsumer.as_asgi()),
+]

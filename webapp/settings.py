@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "webapp.accounts",
     "webapp.live",
+    "device_registry",
     "webapp.catalog",
 ]
 

@@ -4,6 +4,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
+from device_registry import api_urls as device_api_urls
+from device_registry import views as device_views
 from webapp import views
 from webapp.accounts import api as accounts_api
 
@@ -17,7 +19,9 @@ urlpatterns = [
     path("models/", views.section, {"slug": "models"}, name="models"),
     path("datasets/", views.section, {"slug": "datasets"}, name="datasets"),
     path("jobs/", views.section, {"slug": "jobs"}, name="jobs"),
-    path("devices/", views.section, {"slug": "devices"}, name="devices"),
+    path("devices/", device_views.device_list, name="devices"),
+    path("devices/", include("device_registry.urls")),
+    path("", include(device_api_urls.wheel_urlpatterns)),
     path("reports/", views.section, {"slug": "reports"}, name="reports"),
     path("accounts/", include("webapp.accounts.urls")),
     path("live/", include("webapp.live.urls")),
@@ -25,5 +29,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("api/docs/", views.api_docs, name="api_docs"),
     path("api/v1/", include((api_v1, "api"), namespace="api")),
+    path("api/v1/", include(device_api_urls.urlpatterns)),
     path("healthz", views.healthz, name="healthz"),
 ]

@@ -1,0 +1,200 @@
+"""REST API of the device registry (org-scoped; another organisation's ids answer 404)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from device_registry import selectors, services
+from device_registry.agent.protocol import BenchSettings, ProtocolError
+from device_registry.models import DeployableArtifact, Deployment, Device, TargetKind
+from webapp.accounts.models import Organization
+from webapp.accounts.selectors import get_object_for_org_or_404, membership_current
+
+
+def _org(request: Request) -> Organization:
+    org = getattr(request._request, "organization", None)
+    if org is None and request.user.is_authenticated:
+        membership = membership_current(user=request.user)  # type: ignore[arg-type]
+        org = membership.organization if membership else None
+    if org is None:
+        raise NotFound("No organisation.")
+    return org  # type: ignore[no-any-return]
+
+
+class DeviceSerializer(serializers.ModelSerializer[Device]):
+    state = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = Device
+        fields = [
+            "id", "name", "hardware", "tags", "state", "is_host", "created_at", "enrolled_at",
+            "revoked_at", "last_seen", "agent_version", "facts",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class DeviceRegisterSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField(max_length=100)
+    hardware = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    tags = serializers.ListField(child=serializers.CharField(max_length=40), required=False)
+
+
+class DeviceRegisteredSerializer(serializers.Serializer[Any]):
+    device = DeviceSerializer()
+    enrollment_code = serializers.CharField(help_text="One-time; shown once, stored hashed.")
+    command = serializers.CharField()
+
+
+def _enroll_command(request: Request, code: str) -> str:
+    base = request.build_absolute_uri("/").rstrip("/")
+    return f"edgeslim-agent enroll --server {base} --code {code}"
+
+
+class DeviceListView(APIView):
+    @extend_schema(responses=DeviceSerializer(many=True), summary="Devices of the organisation")
+    def get(self, request: Request) -> Response:
+        devices = selectors.device_list(organization=_org(request), tag=request.GET.get("tag"))
+        return Response(DeviceSerializer(devices, many=True).data)
+
+    @extend_schema(
+        request=DeviceRegisterSerializer,
+        responses={201: DeviceRegisteredSerializer},
+        summary="Register a device; answers its one-time enrollment code",
+    )
+    def post(self, request: Request) -> Response:
+        form = DeviceRegisterSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        device, code = services.device_register(
+            organization=_org(request),
+            name=form.validated_data["name"],
+            hardware=form.validated_data.get("hardware", ""),
+            tags=form.validated_data.get("tags", []),
+            created_by=request.user,  # type: ignore[arg-type]
+        )
+        return Response(
+            {
+                "device": DeviceSerializer(device).data,
+                "enrollment_code": code,
+                "command": _enroll_command(request, code),
+            },
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class DeviceDetailView(APIView):
+    @extend_schema(responses=DeviceSerializer, summary="One device")
+    def get(self, request: Request, pk: int) -> Response:
+        device = get_object_for_org_or_404(Device, org=_org(request), pk=pk)
+        return Response(DeviceSerializer(device).data)
+
+
+class DeviceRevokeView(APIView):
+    @extend_schema(request=None, responses=DeviceSerializer, summary="Revoke a device at once")
+    def post(self, request: Request, pk: int) -> Response:
+        device = get_object_for_org_or_404(Device, org=_org(request), pk=pk)
+        services.device_revoke(device=device)
+        return Response(DeviceSerializer(device).data)
+
+
+class BenchSettingsSerializer(serializers.Serializer[Any]):
+    warmup = serializers.IntegerField(min_value=0, max_value=10_000, default=10)
+    runs = serializers.IntegerField(min_value=1, max_value=100_000, default=50)
+    threads = serializers.IntegerField(min_value=1, max_value=256, default=1)
+    batch_sizes = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=4096), default=[1]
+    )
+    providers = serializers.ListField(
+        child=serializers.CharField(max_length=64), default=["CPUExecutionProvider"]
+    )
+    profile = serializers.BooleanField(default=False)
+    accuracy = serializers.BooleanField(default=False)
+    input_shape = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), required=False, allow_null=True, default=None
+    )
+
+
+class DeploymentCreateSerializer(serializers.Serializer[Any]):
+    artifact = serializers.IntegerField()
+    target_kind = serializers.ChoiceField(choices=TargetKind.choices)
+    target_value = serializers.CharField(required=False, allow_blank=True, default="")
+    settings = BenchSettingsSerializer(required=False)
+
+
+class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
+    artifact_name = serializers.CharField(source="artifact.name", read_only=True)
+    status = serializers.SerializerMethodField()
+    targets = serializers.SerializerMethodField()
+    results = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "id", "artifact", "artifact_name", "target_kind", "target_value", "settings",
+            "issued_at", "created_at", "status", "targets", "results",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def get_status(self, obj: Deployment) -> str:
+        return selectors.deployment_status(obj)
+
+    def get_targets(self, obj: Deployment) -> list[dict[str, Any]]:
+        return [
+            {"device": t.device_id, "device_name": t.device.name, "status": t.status,
+             "message": t.message}
+            for t in selectors.deployment_targets(deployment=obj)
+        ]  # fmt: skip
+
+    def get_results(self, obj: Deployment) -> list[dict[str, Any]]:
+        if not self.context.get("with_results"):
+            return []
+        rows = selectors.deployment_results(organization=obj.organization, deployment=obj)
+        return [
+            {"device": r.device_id, "seq": r.seq, "kind": r.kind, "payload": r.payload}
+            for r in rows
+        ]
+
+
+class DeploymentListView(APIView):
+    @extend_schema(responses=DeploymentSerializer(many=True), summary="Deployments")
+    def get(self, request: Request) -> Response:
+        qs = selectors.deployment_list(organization=_org(request))[:200]
+        return Response(DeploymentSerializer(qs, many=True).data)
+
+    @extend_schema(
+        request=DeploymentCreateSerializer,
+        responses={201: DeploymentSerializer},
+        summary="Push an artifact to a device, a tag or the fleet",
+    )
+    def post(self, request: Request) -> Response:
+        org = _org(request)
+        form = DeploymentCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        artifact = get_object_for_org_or_404(DeployableArtifact, org=org, pk=data["artifact"])
+        try:
+            settings = BenchSettings(**(data.get("settings") or {}))
+            deployment = services.deployment_create(
+                organization=org,
+                artifact=artifact,
+                target_kind=data["target_kind"],
+                target_value=data.get("target_value", ""),
+                settings=settings,
+                created_by=request.user,  # type: ignore[arg-type]
+            )
+        except (services.NoTargets, ProtocolError) as exc:
+            raise ValidationError({"detail": str(exc)}) from exc
+        return Response(DeploymentSerializer(deployment).data, status=status.HTTP_201_CREATED)
+
+
+class DeploymentDetailView(APIView):
+    @extend_schema(responses=DeploymentSerializer, summary="One deployment with its results")
+    def get(self, request: Request, pk: int) -> Response:
+        deployment = get_object_for_org_or_404(Deployment, org=_org(request), pk=pk)
+        return Response(DeploymentSerializer(deployment, context={"with_results": True}).data)

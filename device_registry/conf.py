@@ -1,0 +1,33 @@
+"""Device-registry knobs, read from settings when set there, else from the environment."""
+
+from __future__ import annotations
+
+import os
+
+from django.conf import settings
+
+
+def _num(name: str, default: float) -> float:
+    value = getattr(settings, name, None)
+    if value is None:
+        value = os.environ.get(name, default)
+    return float(value)
+
+
+def heartbeat_s() -> float:
+    """How often agents send a heartbeat (the server tells them in ``welcome``)."""
+    return _num("EDGESLIM_AGENT_HEARTBEAT_S", 15.0)
+
+
+def online_window_s() -> float:
+    """A connected device counts as online while its last heartbeat is this recent."""
+    return max(3 * heartbeat_s(), 45.0)
+
+
+def enrollment_ttl_s() -> float:
+    return _num("EDGESLIM_ENROLLMENT_TTL_S", 3600.0)
+
+
+def agent_rate() -> tuple[float, float]:
+    """Per-connection message budget: (messages per second, burst)."""
+    return _num("EDGESLIM_AGENT_RATE", 20.0), _num("EDGESLIM_AGENT_BURST", 100.0)

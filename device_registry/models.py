@@ -1,0 +1,198 @@
+"""Devices, their enrollment codes, deployable artifacts, deployments and on-device results."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.db import models
+from django.utils import timezone
+
+from webapp.accounts.models import OrgScopedModel
+
+
+def secret_hash(secret: str) -> str:
+    """SHA-256 of a random secret (credentials and codes carry 128+ random bits: no salt needed)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Device(OrgScopedModel):
+    """An edge device of one organisation, and what its agent last reported."""
+
+    name = models.CharField(max_length=100)
+    hardware = models.CharField(max_length=200, blank=True, help_text="e.g. Raspberry Pi 4, 4 GB")
+    tags = models.JSONField(default=list, blank=True)
+    is_host = models.BooleanField(
+        default=False, help_text="The worker host itself, benchmarking through the same agent."
+    )
+    created_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    credential_hash = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    enrolled_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    # The channel of the live agent connection ("" when none): a newer connection replaces it.
+    connection_channel = models.CharField(max_length=200, blank=True, default="")
+    agent_version = models.CharField(max_length=40, blank=True)
+    facts = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def is_online(self, *, now: Any = None, window_s: float = 60.0) -> bool:
+        if not self.connection_channel or self.last_seen is None or self.revoked_at is not None:
+            return False
+        now = now or timezone.now()
+        return (now - self.last_seen).total_seconds() <= window_s
+
+    @property
+    def state(self) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.enrolled_at is None:
+            return "awaiting enrollment"
+        return "online" if self.is_online() else "offline"
+
+
+class EnrollmentCode(models.Model):
+    """A one-time code that trades for a device credential. Only its hash is stored."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="enrollment_codes")
+    code_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+
+class DeployableArtifact(OrgScopedModel):
+    """An ONNX file that can be pushed to devices, with an optional evaluation set (.npz).
+
+    The catalog's model versions point here (``source``) when they are deployed.
+    """
+
+    name = models.CharField(max_length=200)
+    file = models.FileField(upload_to="device_artifacts/%Y/%m/")
+    sha256 = models.CharField(max_length=64)
+    size = models.BigIntegerField()
+    eval_file = models.FileField(upload_to="device_artifacts/eval/%Y/%m/", null=True, blank=True)
+    eval_sha256 = models.CharField(max_length=64, blank=True)
+    eval_size = models.BigIntegerField(null=True, blank=True)
+    source = models.CharField(
+        max_length=200, blank=True, help_text="Where it came from, e.g. model_version:12 or job:3."
+    )
+    created_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TargetKind(models.TextChoices):
+    DEVICE = "device", "One device"
+    TAG = "tag", "Every device with a tag"
+    FLEET = "fleet", "The whole fleet"
+
+
+class Deployment(OrgScopedModel):
+    """One artifact pushed to a set of devices with benchmark settings, signed once."""
+
+    artifact = models.ForeignKey(
+        DeployableArtifact, on_delete=models.PROTECT, related_name="deployments"
+    )
+    target_kind = models.CharField(max_length=10, choices=TargetKind.choices)
+    target_value = models.CharField(max_length=100, blank=True)
+    settings = models.JSONField(default=dict)
+    issued_at = models.BigIntegerField(help_text="Milliseconds since the epoch, in the manifest.")
+    signature = models.TextField(help_text="Base64 Ed25519 signature of the manifest.")
+    created_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Deployment {self.pk} of {self.artifact}"
+
+
+class TargetStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DOWNLOADING = "downloading", "Downloading"
+    VERIFYING = "verifying", "Verifying"
+    BENCHMARKING = "benchmarking", "Benchmarking"
+    EVALUATING = "evaluating", "Evaluating"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+FINISHED_STATUSES = (TargetStatus.SUCCEEDED, TargetStatus.FAILED)
+
+
+class DeploymentTarget(models.Model):
+    """One device of a deployment and how far it got."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="targets")
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="targets")
+    status = models.CharField(
+        max_length=16, choices=TargetStatus.choices, default=TargetStatus.PENDING
+    )
+    message = models.CharField(max_length=500, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["device__name", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment", "device"], name="deployment_target_unique"
+            )
+        ]
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+
+class DeploymentResult(models.Model):
+    """One result an agent reported, stored once per (deployment, device, seq)."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="results")
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="results")
+    seq = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16)
+    payload = models.JSONField(default=dict)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["deployment_id", "device_id", "seq"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment", "device", "seq"], name="deployment_result_unique"
+            )
+        ]

@@ -1,0 +1,164 @@
+"""Reads of the device registry, always scoped to one organisation."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from django.db.models import QuerySet
+
+from device_registry.agent.protocol import Deploy
+from device_registry.models import (
+    FINISHED_STATUSES,
+    DeployableArtifact,
+    Deployment,
+    DeploymentResult,
+    DeploymentTarget,
+    Device,
+    secret_hash,
+)
+from device_registry.services import CREDENTIAL_PREFIX, deployment_message
+from webapp.accounts.models import Organization
+
+
+def device_list(*, organization: Organization, tag: str | None = None) -> list[Device]:
+    devices = list(Device.objects.for_org(organization).order_by("name", "id"))
+    if tag:
+        devices = [d for d in devices if tag.lower() in (d.tags or [])]
+    return devices
+
+
+def device_tags(*, organization: Organization) -> list[str]:
+    tags: set[str] = set()
+    for tag_list in Device.objects.for_org(organization).values_list("tags", flat=True):
+        tags.update(tag_list or [])
+    return sorted(tags)
+
+
+def device_by_credential(*, credential: str) -> Device | None:
+    """The enrolled, unrevoked device this credential belongs to, or None."""
+    if not credential.startswith(CREDENTIAL_PREFIX) or len(credential) > 200:
+        return None
+    return (
+        Device.objects.filter(credential_hash=secret_hash(credential), revoked_at__isnull=True)
+        .select_related("organization")
+        .first()
+    )
+
+
+def device_pending_deploys(*, device_id: int) -> list[Deploy]:
+    """Deploy messages for every unfinished deployment of a device, oldest first."""
+    targets = (
+        DeploymentTarget.objects.filter(device_id=device_id)
+        .exclude(status__in=FINISHED_STATUSES)
+        .select_related("deployment__artifact")
+        .order_by("deployment_id")
+    )
+    return [deployment_message(t.deployment) for t in targets]
+
+
+def artifact_list(*, organization: Organization) -> QuerySet[DeployableArtifact]:
+    return DeployableArtifact.objects.for_org(organization)
+
+
+def artifact_for_device(*, device: Device, artifact_id: int) -> DeployableArtifact | None:
+    """An artifact this device was asked to benchmark (same organisation, a target of it)."""
+    return (
+        DeployableArtifact.objects.for_org(device.organization_id)
+        .filter(pk=artifact_id, deployments__targets__device=device)
+        .distinct()
+        .first()
+    )
+
+
+def deployment_list(
+    *, organization: Organization, device: Device | None = None
+) -> QuerySet[Deployment]:
+    qs = Deployment.objects.for_org(organization).select_related("artifact")
+    if device is not None:
+        qs = qs.filter(targets__device=device).distinct()
+    return qs.prefetch_related("targets")
+
+
+def deployment_status(deployment: Deployment) -> str:
+    statuses = [t.status for t in deployment.targets.all()]
+    if not statuses:
+        return "no targets"
+    if all(s in FINISHED_STATUSES for s in statuses):
+        return "failed" if all(s == "failed" for s in statuses) else "finished"
+    return "running"
+
+
+def deployment_targets(*, deployment: Deployment) -> QuerySet[DeploymentTarget]:
+    return deployment.targets.select_related("device").order_by("device__name")
+
+
+def deployment_results(
+    *,
+    organization: Organization,
+    deployment: Deployment | None = None,
+    device: Device | None = None,
+) -> QuerySet[DeploymentResult]:
+    qs = DeploymentResult.objects.filter(deployment__organization=organization).select_related(
+        "device", "deployment__artifact"
+    )
+    if deployment is not None:
+        qs = qs.filter(deployment=deployment)
+    if device is not None:
+        qs = qs.filter(device=device)
+    return qs.order_by("deployment_id", "device__name", "seq")
+
+
+def latency_table(results: QuerySet[DeploymentResult]) -> list[dict[str, Any]]:
+    """One row per latency result, for tables and the side-by-side chart."""
+    rows = []
+    for r in results:
+        if r.kind != "latency":
+            continue
+        p = r.payload
+        rows.append(
+            {
+                "deployment_id": r.deployment_id,
+                "artifact": r.deployment.artifact.name,
+                "device_id": r.device_id,
+                "device": r.device.name,
+                "seq": r.seq,
+                "batch_size": p.get("batch_size"),
+                "p50_ms": p.get("p50_ms"),
+                "p90_ms": p.get("p90_ms"),
+                "p99_ms": p.get("p99_ms"),
+                "mean_ms": p.get("mean_ms"),
+                "throughput": p.get("throughput"),
+                "peak_rss_mb": p.get("peak_rss_mb"),
+                "load_time_ms": p.get("load_time_ms"),
+                "cv": p.get("cv"),
+                "unstable": p.get("unstable"),
+                "provider": p.get("provider"),
+                "op_profile_ms": p.get("op_profile_ms") or {},
+            }
+        )
+    return rows
+
+
+def accuracy_by_device(results: QuerySet[DeploymentResult]) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
+    for r in results:
+        if r.kind == "accuracy":
+            out[r.device_id] = r.payload
+    return out
+
+
+def on_device_latency_for_source(
+    *, organization: Organization, source: str
+) -> list[dict[str, Any]]:
+    """Latency per device for artifacts made from ``source`` (e.g. ``model_version:12``).
+
+    The model and job reports call this to put on-device latency beside size and accuracy.
+    """
+    results = deployment_results(organization=organization).filter(
+        deployment__artifact__source=source
+    )
+    by_device: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in latency_table(results):
+        by_device[row["device_id"]].append(row)
+    return [row for rows in by_device.values() for row in rows]

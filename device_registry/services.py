@@ -1,0 +1,537 @@
+"""Writes of the device registry: registration, enrollment, revocation, deployments, results."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.core.files import File
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from device_registry import conf
+from device_registry.agent.protocol import (
+    RESULT_ACCURACY,
+    RESULT_COMPLETE,
+    RESULT_FAILED,
+    RESULT_LATENCY,
+    BenchSettings,
+    Deploy,
+    DeviceFacts,
+    Manifest,
+    Progress,
+    ProtocolError,
+    Result,
+    encode,
+)
+from device_registry.models import (
+    FINISHED_STATUSES,
+    DeployableArtifact,
+    Deployment,
+    DeploymentResult,
+    DeploymentTarget,
+    Device,
+    EnrollmentCode,
+    TargetKind,
+    TargetStatus,
+    secret_hash,
+)
+from device_registry.signing import manifest_sign
+from webapp.accounts.models import Organization, User
+from webapp.live.services import org_event_send
+
+log = logging.getLogger("edgeslim.devices")
+
+CREDENTIAL_PREFIX = "esd_"
+_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
+MAX_TAGS = 20
+
+
+class EnrollmentError(Exception):
+    """The enrollment code is unknown, used, expired, or its device revoked."""
+
+
+def device_group(device_id: int) -> str:
+    """The channel-layer group of one device's live agent connection."""
+    return f"device.{int(device_id)}"
+
+
+def normalize_tags(tags: Any) -> list[str]:
+    if isinstance(tags, str):
+        tags = tags.replace(",", " ").split()
+    out: list[str] = []
+    for tag in tags or []:
+        t = str(tag).strip().lower()[:40]
+        if t and t not in out:
+            out.append(t)
+    return out[:MAX_TAGS]
+
+
+def _group_send(group: str, message: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is not None:
+        async_to_sync(layer.group_send)(group, message)
+
+
+def _org_event(organization_id: int, kind: str, payload: dict[str, Any]) -> None:
+    try:
+        org_event_send(organization_id=organization_id, kind=kind, payload=payload)
+    except Exception:  # a live-view hiccup must never fail a write
+        log.warning("could not broadcast %s to org %s", kind, organization_id, exc_info=True)
+
+
+# --- registration and enrollment ---------------------------------------------------------------
+
+
+def _new_code() -> str:
+    raw = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(12))
+    return f"{raw[:4]}-{raw[4:8]}-{raw[8:]}"
+
+
+def _normalize_code(code: str) -> str:
+    raw = "".join(c for c in code.upper() if c.isalnum())
+    return f"{raw[:4]}-{raw[4:8]}-{raw[8:]}"
+
+
+def device_register(
+    *,
+    organization: Organization,
+    name: str,
+    hardware: str = "",
+    tags: Any = (),
+    created_by: User | None = None,
+) -> tuple[Device, str]:
+    """Create a device and its first enrollment code; the code is returned once, never stored."""
+    with transaction.atomic():
+        device = Device.objects.create(
+            organization=organization,
+            name=name.strip()[:100],
+            hardware=hardware.strip()[:200],
+            tags=normalize_tags(tags),
+            created_by=created_by,
+        )
+        code = enrollment_code_issue(device=device)
+    return device, code
+
+
+def enrollment_code_issue(*, device: Device) -> str:
+    """A fresh one-time code for ``device`` (older unused codes stop working)."""
+    now = timezone.now()
+    EnrollmentCode.objects.filter(device=device, used_at__isnull=True).update(used_at=now)
+    code = _new_code()
+    EnrollmentCode.objects.create(
+        device=device,
+        code_hash=secret_hash(code),
+        expires_at=now + timedelta(seconds=conf.enrollment_ttl_s()),
+    )
+    return code
+
+
+def enrollment_code_redeem(
+    *, code: str, agent_version: str = "", facts: dict[str, Any] | None = None
+) -> tuple[Device, str]:
+    """Trade a one-time code for the device's credential (returned once; its hash is stored).
+
+    Raises:
+        EnrollmentError: the code is unknown, already used, expired, or its device revoked.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        row = (
+            EnrollmentCode.objects.select_for_update()
+            .select_related("device")
+            .filter(code_hash=secret_hash(_normalize_code(code)))
+            .first()
+        )
+        if row is None or row.used_at is not None:
+            raise EnrollmentError("This enrollment code is unknown or was already used.")
+        if row.expires_at < now:
+            raise EnrollmentError("This enrollment code has expired; issue a new one.")
+        device = row.device
+        if device.revoked_at is not None:
+            raise EnrollmentError("This device was revoked.")
+        row.used_at = now
+        row.save(update_fields=["used_at"])
+        credential = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+        device.credential_hash = secret_hash(credential)
+        device.enrolled_at = now
+        device.agent_version = str(agent_version)[:40]
+        if facts:
+            device.facts = _clean_facts(facts)
+        device.save(update_fields=["credential_hash", "enrolled_at", "agent_version", "facts"])
+    # An earlier enrollment's connection, if any, must not outlive the old credential.
+    _group_send(device_group(device.pk), {"type": "device.revoke", "reason": "re-enrolled"})
+    log.info("device %s (%s) enrolled", device.pk, device.name)
+    _org_event(device.organization_id, "device.enrolled", {"device_id": device.pk})
+    return device, credential
+
+
+def _clean_facts(facts: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return asdict(DeviceFacts(**{k: facts[k] for k in DeviceFacts.__dataclass_fields__}))
+    except (KeyError, TypeError):
+        return {}
+
+
+def device_host_credential(*, device: Device) -> str:
+    """Issue a credential directly (no code): for the worker host's own agent."""
+    credential = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+    device.credential_hash = secret_hash(credential)
+    device.enrolled_at = timezone.now()
+    device.revoked_at = None
+    device.save(update_fields=["credential_hash", "enrolled_at", "revoked_at"])
+    _group_send(device_group(device.pk), {"type": "device.revoke", "reason": "re-enrolled"})
+    return credential
+
+
+def device_revoke(*, device: Device) -> Device:
+    """Revoke at once: the credential stops working and the live connection is closed."""
+    now = timezone.now()
+    device.revoked_at = now
+    device.credential_hash = None
+    device.save(update_fields=["revoked_at", "credential_hash"])
+    EnrollmentCode.objects.filter(device=device, used_at__isnull=True).update(used_at=now)
+    DeploymentTarget.objects.filter(device=device).exclude(status__in=FINISHED_STATUSES).update(
+        status=TargetStatus.FAILED, message="device revoked"
+    )
+    _group_send(device_group(device.pk), {"type": "device.revoke", "reason": "revoked"})
+    log.info("device %s (%s) revoked", device.pk, device.name)
+    _org_event(
+        device.organization_id, "device.status", {"device_id": device.pk, "state": "revoked"}
+    )
+    return device
+
+
+# --- the live connection -----------------------------------------------------------------------
+
+
+def device_connected(
+    *, device_id: int, channel: str, agent_version: str, facts: DeviceFacts
+) -> Device:
+    now = timezone.now()
+    Device.objects.filter(pk=device_id).update(
+        connection_channel=channel,
+        last_seen=now,
+        agent_version=agent_version[:40],
+        facts=asdict(facts),
+    )
+    device = Device.objects.get(pk=device_id)
+    _org_event(device.organization_id, "device.status", _status_payload(device))
+    return device
+
+
+def device_seen(*, device_id: int) -> None:
+    Device.objects.filter(pk=device_id).update(last_seen=timezone.now())
+
+
+def device_disconnected(*, device_id: int, channel: str) -> None:
+    """Clear the connection, unless a newer one already took its place."""
+    updated = Device.objects.filter(pk=device_id, connection_channel=channel).update(
+        connection_channel="", last_seen=timezone.now()
+    )
+    if updated:
+        device = Device.objects.filter(pk=device_id).first()
+        if device is not None:
+            _org_event(device.organization_id, "device.status", _status_payload(device))
+
+
+def _status_payload(device: Device) -> dict[str, Any]:
+    return {
+        "device_id": device.pk,
+        "state": device.state,
+        "last_seen": device.last_seen.isoformat() if device.last_seen else None,
+        "agent_version": device.agent_version,
+    }
+
+
+# --- artifacts ------------------------------------------------------------------------------------
+
+
+def _sha256_and_size(fileobj: Any) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    fileobj.seek(0)
+    while chunk := fileobj.read(1024 * 1024):
+        digest.update(chunk)
+        size += len(chunk)
+    fileobj.seek(0)
+    return digest.hexdigest(), size
+
+
+def artifact_create(
+    *,
+    organization: Organization,
+    name: str,
+    file: Any,
+    eval_file: Any = None,
+    source: str = "",
+    created_by: User | None = None,
+) -> DeployableArtifact:
+    """Store an ONNX file (and optional .npz evaluation set) that devices can benchmark.
+
+    ``file`` is an uploaded file or any binary file object; the catalog calls this with a model
+    version's ONNX export and ``source="model_version:<id>"``.
+    """
+    sha256, size = _sha256_and_size(file)
+    artifact = DeployableArtifact(
+        organization=organization,
+        name=name.strip()[:200] or "model.onnx",
+        sha256=sha256,
+        size=size,
+        source=source[:200],
+        created_by=created_by,
+    )
+    artifact.file.save(f"{sha256[:16]}.onnx", File(file), save=False)
+    if eval_file is not None:
+        artifact.eval_sha256, artifact.eval_size = _sha256_and_size(eval_file)
+        artifact.eval_file.save(f"{artifact.eval_sha256[:16]}.npz", File(eval_file), save=False)
+    artifact.save()
+    return artifact
+
+
+# --- deployments ----------------------------------------------------------------------------------
+
+
+def deployment_targets_resolve(
+    *, organization: Organization, target_kind: str, target_value: str = ""
+) -> list[Device]:
+    devices = list(
+        Device.objects.for_org(organization).filter(
+            revoked_at__isnull=True, credential_hash__isnull=False
+        )
+    )
+    if target_kind == TargetKind.FLEET:
+        return devices
+    if target_kind == TargetKind.TAG:
+        tag = target_value.strip().lower()
+        return [d for d in devices if tag in (d.tags or [])]  # portable across SQLite too
+    if target_kind == TargetKind.DEVICE:
+        return [d for d in devices if str(d.pk) == str(target_value)]
+    raise ValueError(f"unknown target kind {target_kind!r}")
+
+
+def deployment_manifest(deployment: Deployment) -> Manifest:
+    artifact = deployment.artifact
+    has_eval = bool(artifact.eval_file)
+    return Manifest(
+        deployment_id=deployment.pk,
+        artifact_id=artifact.pk,
+        name=artifact.name,
+        sha256=artifact.sha256,
+        size=artifact.size,
+        issued_at=deployment.issued_at,
+        eval_sha256=artifact.eval_sha256 if has_eval else None,
+        eval_size=artifact.eval_size if has_eval else None,
+    )
+
+
+def deployment_message(deployment: Deployment) -> Deploy:
+    """The ``deploy`` message of a deployment (the same for every target device)."""
+    settings = BenchSettings(**deployment.settings)
+    artifact = deployment.artifact
+    return Deploy(
+        manifest=deployment_manifest(deployment),
+        signature=deployment.signature,
+        artifact_url=f"/api/v1/agent/artifacts/{artifact.pk}",
+        eval_url=f"/api/v1/agent/artifacts/{artifact.pk}/eval" if artifact.eval_file else None,
+        settings=settings,
+    )
+
+
+class NoTargets(ValueError):
+    """The deployment's selection matches no enrolled, unrevoked device."""
+
+
+def deployment_create(
+    *,
+    organization: Organization,
+    artifact: DeployableArtifact,
+    target_kind: str,
+    target_value: str = "",
+    settings: BenchSettings,
+    created_by: User | None = None,
+) -> Deployment:
+    """Sign and record a deployment, and push it to each target's live connection.
+
+    Raises:
+        NoTargets: no enrolled device matches.
+        ProtocolError: the settings are out of range.
+    """
+    if artifact.organization_id != organization.pk:
+        raise ValueError("the artifact belongs to another organisation")
+    encode(
+        settings_probe := Deploy(  # validates the settings the same way the agent will
+            manifest=Manifest(
+                deployment_id=0, artifact_id=0, name="", sha256="0" * 64, size=0, issued_at=0
+            ),
+            signature="",
+            artifact_url="",
+            eval_url=None,
+            settings=settings,
+        )
+    )
+    del settings_probe
+    devices = deployment_targets_resolve(
+        organization=organization, target_kind=target_kind, target_value=target_value
+    )
+    if not devices:
+        raise NoTargets("No enrolled device matches this target.")
+    with transaction.atomic():
+        deployment = Deployment.objects.create(
+            organization=organization,
+            artifact=artifact,
+            target_kind=target_kind,
+            target_value=target_value if target_kind != TargetKind.FLEET else "",
+            settings=asdict(settings),
+            issued_at=int(time.time() * 1000),
+            signature="",
+            created_by=created_by,
+        )
+        deployment.signature = manifest_sign(deployment_manifest(deployment))
+        deployment.save(update_fields=["signature"])
+        DeploymentTarget.objects.bulk_create(
+            [DeploymentTarget(deployment=deployment, device=d) for d in devices]
+        )
+        text = encode(deployment_message(deployment))
+        device_ids = [d.pk for d in devices]
+
+        def push() -> None:
+            for device_id in device_ids:
+                _group_send(device_group(device_id), {"type": "device.deploy", "text": text})
+
+        transaction.on_commit(push)
+    log.info("deployment %s of artifact %s to %d devices", deployment.pk, artifact.pk, len(devices))
+    return deployment
+
+
+def deployment_progress(*, device_id: int, progress: Progress) -> dict[str, Any] | None:
+    """Record a target's stage; return the browser event payload (None if not this device's)."""
+    target = (
+        DeploymentTarget.objects.select_related("deployment", "device")
+        .filter(deployment_id=progress.deployment_id, device_id=device_id)
+        .first()
+    )
+    if target is None:
+        return None
+    if not target.finished and target.status != progress.stage:
+        target.status = progress.stage
+        target.message = progress.message[:500]
+        target.save(update_fields=["status", "message", "updated_at"])
+    return {
+        "deployment_id": progress.deployment_id,
+        "device_id": device_id,
+        "device_name": target.device.name,
+        "stage": progress.stage,
+        "fraction": progress.fraction,
+        "message": progress.message[:500],
+        "organization_id": target.deployment.organization_id,
+    }
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    created: bool  # False: a duplicate, already stored (still acknowledged)
+    organization_id: int | None
+    event: dict[str, Any] | None  # the browser event payload, when newly stored
+
+
+LATENCY_KEYS = (
+    "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "std_ms", "cv", "unstable",
+    "throughput", "load_time_ms", "peak_rss_mb", "batch_size", "threads", "runs", "warmup",
+    "provider", "ort_version",
+)  # fmt: skip
+
+
+def result_event_payload(row: DeploymentResult, device_name: str) -> dict[str, Any]:
+    data = row.payload
+    if row.kind == RESULT_LATENCY:
+        slim = {k: data.get(k) for k in LATENCY_KEYS}
+        slim["has_profile"] = bool(data.get("op_profile_ms"))
+    else:
+        slim = {k: v for k, v in data.items() if not isinstance(v, dict | list)}
+    if "sent_at" in data:  # benchmarks measure result-to-browser latency with it
+        slim["sent_at"] = data["sent_at"]
+    return {
+        "deployment_id": row.deployment_id,
+        "device_id": row.device_id,
+        "device_name": device_name,
+        "seq": row.seq,
+        "kind": row.kind,
+        "data": slim,
+    }
+
+
+def _expected_kinds(settings: dict[str, Any], seq: int) -> tuple[str, ...]:
+    n = len(settings.get("batch_sizes") or [1])
+    if 1 <= seq <= n:
+        return (RESULT_LATENCY,)
+    if seq == n + 1:
+        return (RESULT_ACCURACY,)
+    if seq == n + 2:
+        return (RESULT_COMPLETE, RESULT_FAILED)
+    return ()
+
+
+def deployment_result_store(*, device_id: int, result: Result) -> StoredResult:
+    """Store a result once per (deployment, device, seq), and finish the target on a terminal one.
+
+    Raises:
+        ProtocolError: the seq or kind cannot belong to this deployment's settings.
+    """
+    target = (
+        DeploymentTarget.objects.select_related("deployment", "device")
+        .filter(deployment_id=result.deployment_id, device_id=device_id)
+        .first()
+    )
+    if target is None:
+        # Not this device's deployment (or deleted since): acknowledge so the agent drops it.
+        log.warning(
+            "device %s sent a result for deployment %s it was not given",
+            device_id,
+            result.deployment_id,
+        )
+        return StoredResult(created=False, organization_id=None, event=None)
+    if result.kind not in _expected_kinds(target.deployment.settings, result.seq):
+        raise ProtocolError(
+            f"result seq {result.seq} of kind {result.kind!r} does not fit deployment "
+            f"{result.deployment_id}"
+        )
+    try:
+        with transaction.atomic():
+            row = DeploymentResult.objects.create(
+                deployment_id=result.deployment_id,
+                device_id=device_id,
+                seq=result.seq,
+                kind=result.kind,
+                payload=result.data,
+            )
+    except IntegrityError:
+        return StoredResult(
+            created=False, organization_id=target.deployment.organization_id, event=None
+        )
+    if result.kind in (RESULT_COMPLETE, RESULT_FAILED):
+        target.status = (
+            TargetStatus.SUCCEEDED if result.kind == RESULT_COMPLETE else TargetStatus.FAILED
+        )
+        detail = result.data.get("detail") or result.data.get("reason") or ""
+        target.message = str(detail)[:500]
+        target.save(update_fields=["status", "message", "updated_at"])
+        if result.kind == RESULT_FAILED:
+            log.warning(
+                "deployment %s failed on device %s: %s",
+                result.deployment_id,
+                device_id,
+                target.message,
+            )
+    event = result_event_payload(row, target.device.name)
+    event["status"] = target.status
+    return StoredResult(
+        created=True, organization_id=target.deployment.organization_id, event=event
+    )

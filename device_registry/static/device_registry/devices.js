@@ -1,0 +1,103 @@
+// Device pages: react to the organisation's live events (dispatched by js/live.js as
+// "edgeslim:event"): device state, deployment progress and results, with Plotly charts that
+// compare devices side by side.
+(function () {
+  "use strict";
+  var scopeEl = document.querySelector("[data-results-scope]");
+  var rowsEl = document.getElementById("latency-rows");
+  var rows = rowsEl ? JSON.parse(rowsEl.textContent) : [];
+  var deploymentId = scopeEl && scopeEl.dataset.deployment ? Number(scopeEl.dataset.deployment) : null;
+  var deviceId = scopeEl && scopeEl.dataset.device ? Number(scopeEl.dataset.device) : null;
+
+  function fmt(v, digits) { return (typeof v === "number") ? v.toFixed(digits) : "—"; }
+
+  function draw() {
+    if (!window.Plotly || !document.getElementById("latency-chart")) return;
+    var labels = rows.map(function (r) {
+      return (deviceId ? "#" + r.deployment_id + " " : r.device + " ") + "b" + r.batch_size;
+    });
+    var pct = ["p50_ms", "p90_ms", "p99_ms"].map(function (k) {
+      return { type: "bar", name: k.replace("_ms", ""), x: labels, y: rows.map(function (r) { return r[k]; }) };
+    });
+    window.Plotly.react("latency-chart", pct, {
+      title: "Latency distribution (ms)", barmode: "group", margin: { t: 40, r: 10, b: 80, l: 50 },
+      yaxis: { title: "ms" },
+    }, { displayModeBar: false, responsive: true });
+    window.Plotly.react("throughput-chart", [{
+      type: "bar", name: "throughput", x: labels, y: rows.map(function (r) { return r.throughput; }),
+    }], {
+      title: "Throughput (samples/s)", margin: { t: 40, r: 10, b: 80, l: 50 },
+    }, { displayModeBar: false, responsive: true });
+  }
+
+  function addRow(p) {
+    var d = p.data || {};
+    var key = p.deployment_id + "-" + p.device_id + "-" + p.seq;
+    var table = document.querySelector("#latency-table tbody");
+    if (!table || table.querySelector('[data-key="' + key + '"]')) return;
+    var row = {
+      deployment_id: p.deployment_id, device_id: p.device_id, device: p.device_name, seq: p.seq,
+      batch_size: d.batch_size, p50_ms: d.p50_ms, p90_ms: d.p90_ms, p99_ms: d.p99_ms,
+      mean_ms: d.mean_ms, throughput: d.throughput, peak_rss_mb: d.peak_rss_mb,
+      load_time_ms: d.load_time_ms, cv: d.cv, unstable: d.unstable,
+    };
+    rows.push(row);
+    var tr = document.createElement("tr");
+    tr.setAttribute("data-key", key);
+    tr.className = "is-new";
+    [
+      "#" + row.deployment_id, row.device, row.batch_size, fmt(row.p50_ms, 3), fmt(row.p90_ms, 3),
+      fmt(row.p99_ms, 3), fmt(row.mean_ms, 3), fmt(row.throughput, 1), fmt(row.peak_rss_mb, 1),
+      fmt(row.load_time_ms, 1), fmt(row.cv, 3) + (row.unstable ? " ⚠" : ""),
+    ].forEach(function (text) {
+      var td = document.createElement("td");
+      td.textContent = String(text);
+      tr.appendChild(td);
+    });
+    table.appendChild(tr);
+    draw();
+  }
+
+  function targetRow(p) {
+    return document.querySelector('#target-table tr[data-device-id="' + p.device_id + '"]');
+  }
+
+  function setText(root, sel, text) {
+    var el = root && root.querySelector(sel);
+    if (el) el.textContent = text;
+  }
+
+  document.addEventListener("edgeslim:event", function (e) {
+    var ev = e.detail || {};
+    var p = ev.payload || {};
+    if (ev.kind === "device.status") {
+      document.querySelectorAll('[data-device-id="' + p.device_id + '"]').forEach(function (root) {
+        setText(root, "[data-device-state]", p.state);
+        if (p.agent_version) setText(root, "[data-device-agent]", p.agent_version);
+        if (p.last_seen) setText(root, "[data-device-seen]", "just now");
+      });
+      return;
+    }
+    if (ev.kind !== "deployment.result" && ev.kind !== "deployment.progress") return;
+    if (deploymentId !== null && p.deployment_id !== deploymentId) return;
+    if (deviceId !== null && p.device_id !== deviceId) return;
+    var tr = targetRow(p);
+    if (ev.kind === "deployment.progress") {
+      setText(tr, "[data-target-status]", p.stage);
+      setText(tr, "[data-target-message]", p.message || "");
+      var bar = tr && tr.querySelector("[data-target-progress]");
+      if (bar) bar.value = p.fraction;
+      return;
+    }
+    if (p.kind === "latency") addRow(p);
+    if (p.kind === "accuracy") setText(tr, "[data-target-accuracy]", fmt((p.data || {}).top1, 4) + " (" + (p.data || {}).samples + " samples)");
+    if (p.kind === "complete" || p.kind === "failed") {
+      setText(tr, "[data-target-status]", p.status || (p.kind === "complete" ? "succeeded" : "failed"));
+      var done = tr && tr.querySelector("[data-target-progress]");
+      if (done) done.value = 1;
+      if (p.kind === "failed") setText(tr, "[data-target-message]", ((p.data || {}).reason || "") + ": " + ((p.data || {}).detail || ""));
+    }
+  });
+
+  window.addEventListener("load", draw);
+})();
