@@ -167,7 +167,6 @@ def _reference_loader(args: argparse.Namespace) -> Any:
     """
     from compression.checkpoint import load_checkpoint
     from compression.model_io import load_model_file
-    from compression.stage import ModelState
     from compression.zoo import has_model
 
     def load(ref: str) -> ModelState:
