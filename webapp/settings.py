@@ -66,6 +66,8 @@ INSTALLED_APPS = [
     "webapp.live",
     "device_registry",
     "webapp.catalog",
+    "webapp.jobs",
+    "webapp.reports",
 ]
 
 MIDDLEWARE = [
@@ -197,6 +199,15 @@ EDGESLIM_MAX_UPLOAD_BYTES = envint("EDGESLIM_MAX_UPLOAD_BYTES", 2 * 1024**3)
 EDGESLIM_UPLOAD_TMP_DIR = Path(env("EDGESLIM_UPLOAD_TMP_DIR", str(DATA_DIR / "uploads")))
 # An upload session untouched for this long is expired and its temp file removed.
 EDGESLIM_UPLOAD_EXPIRY_S = envint("EDGESLIM_UPLOAD_EXPIRY_S", 24 * 3600)
+
+# --- compression jobs ----------------------------------------------------------------------------
+# A run holds a lease on its Job row and renews it while it reports progress; a worker that dies
+# leaves the lease to expire, and the redelivered task resumes after the last completed stage.
+EDGESLIM_JOB_LEASE_S = envint("EDGESLIM_JOB_LEASE_S", 60)
+# Runs that took the lease and died (worker killed, out of memory) before the job is FAILED.
+EDGESLIM_JOB_MAX_ATTEMPTS = envint("EDGESLIM_JOB_MAX_ATTEMPTS", 3)
+EDGESLIM_JOB_SOFT_TIME_LIMIT_S = envint("EDGESLIM_JOB_SOFT_TIME_LIMIT_S", 6 * 3600)
+EDGESLIM_JOB_HARD_TIME_LIMIT_S = envint("EDGESLIM_JOB_HARD_TIME_LIMIT_S", 6 * 3600 + 300)
 
 # --- auth and security -------------------------------------------------------------------------
 LOGIN_URL = "accounts:login"

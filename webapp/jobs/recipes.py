@@ -1,0 +1,67 @@
+"""The one place the jobs app meets ``compression.recipe``: parse, check against the model and
+the data set, and turn errors into :class:`JobInputError` naming the field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from compression.errors import CompressionError, ConfigError
+from compression.recipe import (
+    Recipe,
+    parse_recipe,
+    recipe_to_dict,
+    recipe_to_yaml,
+    validate_recipe_for_model,
+)
+from webapp.catalog.models import Dataset, ModelVersion
+from webapp.jobs.errors import JobInputError
+
+
+@dataclass(frozen=True)
+class RecipeCheck:
+    recipe: Recipe
+    data: dict[str, Any]  # canonical: every default filled in
+    yaml: str
+
+    @property
+    def name(self) -> str:
+        return self.recipe.name if self.recipe.name != "recipe" else ""
+
+
+def recipe_parse(recipe: dict[str, Any] | str) -> Recipe:
+    """Parse against the registry; errors name the field as ``recipe.<path>``."""
+    try:
+        return parse_recipe(recipe)
+    except ConfigError as exc:
+        field = exc.field if exc.field.startswith("recipe") else f"recipe.{exc.field}"
+        raise JobInputError(exc.message, field=field) from None
+    except CompressionError as exc:
+        raise JobInputError(str(exc), field="recipe") from None
+
+
+def recipe_check(
+    recipe: dict[str, Any] | str, *, model_version: ModelVersion, dataset: Dataset | None
+) -> RecipeCheck:
+    """Parse ``recipe`` and check every stage fits the model (format, task) and the data set."""
+    parsed = recipe_parse(recipe)
+    try:
+        validate_recipe_for_model(parsed, model_version.format, model_version.task)  # type: ignore[arg-type]
+    except CompressionError as exc:
+        message = str(exc)
+        field = "recipe.stages"
+        if message.startswith("stages[") and "]" in message:
+            field = "recipe." + message.split(" ", 1)[0].rstrip(":")
+        raise JobInputError(message, field=field) from None
+    if (
+        dataset is not None
+        and model_version.num_classes
+        and dataset.num_classes
+        and model_version.num_classes != dataset.num_classes
+    ):
+        raise JobInputError(
+            f"the model predicts {model_version.num_classes} classes but the dataset "
+            f"{dataset.name!r} has {dataset.num_classes}",
+            field="dataset",
+        )
+    return RecipeCheck(recipe=parsed, data=recipe_to_dict(parsed), yaml=recipe_to_yaml(parsed))

@@ -1,0 +1,1 @@
+"""Job reports: baseline against each stage against the final model, as tables and Plotly charts."""
