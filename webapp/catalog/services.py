@@ -26,7 +26,7 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, ProtectedError
 from django.utils import timezone
 
 from webapp.accounts.models import Organization, User
@@ -170,12 +170,12 @@ def _sniff(head: bytes, *, kind: str, filename: str) -> None:
         raise CatalogInputError(f"{filename!r} is empty.", field="file")
 
 
-def _max_upload_bytes() -> int:
+def max_upload_bytes() -> int:
     return int(getattr(settings, "EDGESLIM_MAX_UPLOAD_BYTES", 2 * 1024**3))
 
 
 def _check_size(size: int, filename: str) -> None:
-    limit = _max_upload_bytes()
+    limit = max_upload_bytes()
     if size > limit:
         raise UploadTooLarge(
             f"{filename!r} is {size} bytes, over the upload limit of {limit} bytes.",
@@ -557,14 +557,27 @@ def model_version_set_file(*, version: ModelVersion, path: Path | str) -> ModelV
     return version
 
 
+class ItemInUse(CatalogInputError):
+    status_code = 409
+
+
 def model_version_delete(*, version: ModelVersion) -> None:
-    """Delete a version and its file; the asset goes too when it has no versions left."""
+    """Delete a version and its file; the asset goes too when it has no versions left.
+
+    Raises:
+        ItemInUse: a job still refers to it (its report needs it).
+    """
     name = version.file.name if version.file else ""
     asset = version.asset
-    with transaction.atomic():
-        version.delete()
-        if not asset.versions.exists():
-            asset.delete()
+    try:
+        with transaction.atomic():
+            version.delete()
+            if not asset.versions.exists():
+                asset.delete()
+    except ProtectedError as exc:
+        raise ItemInUse(
+            f"{version} is used by {len(exc.protected_objects)} job(s); delete those first."
+        ) from exc
     transaction.on_commit(lambda: storage_delete_quietly(name))
 
 
@@ -661,9 +674,20 @@ def dataset_mark_invalid(*, dataset: Dataset, error: str) -> Dataset:
 
 
 def dataset_delete(*, dataset: Dataset) -> None:
+    """Delete a dataset, its archive and thumbnails.
+
+    Raises:
+        ItemInUse: a job still refers to it.
+    """
     names = [dataset.file.name] if dataset.file else []
     names += [n for ns in dataset.thumbnails.values() for n in ns]
-    dataset.delete()
+    try:
+        with transaction.atomic():
+            dataset.delete()
+    except ProtectedError as exc:
+        raise ItemInUse(
+            f"{dataset} is used by {len(exc.protected_objects)} job(s); delete those first."
+        ) from exc
     transaction.on_commit(lambda: [storage_delete_quietly(n) for n in names])  # type: ignore[func-returns-value]
 
 
@@ -1070,7 +1094,11 @@ def model_version_inspect(*, version: ModelVersion) -> ModelVersion:
             work_dir=work,
         )
     except (SandboxError, FileNotFoundError) as exc:
-        return model_version_mark_invalid(version=version, error=str(exc))
+        # Errors name the stored file; show the name the user uploaded instead.
+        message = str(exc)
+        if version.file:
+            message = message.replace(Path(version.file.name).name, version.source_filename)
+        return model_version_mark_invalid(version=version, error=message)
     finally:
         work_dir_remove(work)
     info = dict(result["info"])
@@ -1109,7 +1137,10 @@ def dataset_validate(*, dataset: Dataset) -> Dataset:
         try:
             result = run_child(request, work_dir=work)
         except (SandboxError, FileNotFoundError) as exc:
-            return dataset_mark_invalid(dataset=dataset, error=str(exc))
+            message = str(exc)
+            if dataset.file:
+                message = message.replace(Path(dataset.file.name).name, dataset.source_filename)
+            return dataset_mark_invalid(dataset=dataset, error=message)
         thumbs = {k: [Path(p) for p in v] for k, v in result.get("thumbnails", {}).items()}
         return dataset_mark_ready(dataset=dataset, report=result["report"], thumbnail_files=thumbs)
     finally:
