@@ -8,16 +8,20 @@ from device_registry import api_urls as device_api_urls
 from device_registry import views as device_views
 from webapp import views
 from webapp.accounts import api as accounts_api
+from webapp.catalog import api as catalog_api
+from webapp.catalog import views as catalog_views
 
 api_v1 = [
     path("me/", accounts_api.MeView.as_view(), name="me"),
     path("auth/token/", accounts_api.TokenObtainView.as_view(), name="token_obtain"),
+    *catalog_api.api_urlpatterns,
 ]
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("models/", views.section, {"slug": "models"}, name="models"),
-    path("datasets/", views.section, {"slug": "datasets"}, name="datasets"),
+    path("models/", catalog_views.model_list, name="models"),
+    path("datasets/", catalog_views.dataset_list, name="datasets"),
+    path("", include("webapp.catalog.urls")),
     path("jobs/", views.section, {"slug": "jobs"}, name="jobs"),
     path("devices/", device_views.device_list, name="devices"),
     path("devices/", include("device_registry.urls")),
