@@ -95,7 +95,7 @@ def test_organisation_b_never_sees_a_devices_deployments_or_results(tmp_path):
 
 def test_deploying_through_the_api_by_tag(tmp_path):
     org = make_organization()
-    pi, _ = enrolled_device(org, name="pi", tags=["arm"])
+    enrolled_device(org, name="pi", tags=["arm"])
     enrolled_device(org, name="x86", tags=["x86"])
     art = artifact(org, tmp_path)
     a = client_for(org_admin(org))

@@ -146,7 +146,7 @@ def test_a_message_flood_is_cut_off():
 
 
 def test_a_second_connection_evicts_the_first_and_it_is_logged(caplog):
-    device, credential = enrolled_device()
+    _, credential = enrolled_device()
     caplog.set_level(logging.WARNING, logger="edgeslim.devices.socket")
 
     async def scenario():
