@@ -1,0 +1,9 @@
+"""The built-in compression methods; importing this package registers every one of them."""
+
+from compression.methods import (  # noqa: F401  (imported for their registration side effect)
+    channel_pruning,
+    distillation,
+    finetune,
+    magnitude_pruning,
+    ptq_int8,
+)
