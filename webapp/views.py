@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import redis
@@ -13,6 +14,8 @@ from django.views.decorators.cache import never_cache
 from drf_spectacular.generators import SchemaGenerator
 
 from webapp.accounts.permissions import org_required
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
             cursor.execute("SELECT 1")
         checks["database"] = "ok"
     except Exception as exc:
+        logger.warning("healthz: database check failed: %s", exc)
         checks["database"] = f"error: {type(exc).__name__}"
     try:
         client = redis.Redis.from_url(
@@ -120,6 +124,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
         client.close()
         checks["redis"] = "ok"
     except Exception as exc:
+        logger.warning("healthz: redis check failed: %s", exc)
         checks["redis"] = f"error: {type(exc).__name__}"
     healthy = all(value == "ok" for value in checks.values())
     return JsonResponse(

@@ -1,0 +1,77 @@
+"""Test setup shared by every suite: real PostgreSQL and Redis, never mocks.
+
+``scripts/test`` exports the environment; when run bare (``.venv/bin/pytest tests/webapp``)
+the defaults below apply. pytest-django imports the settings before any conftest, so after
+filling in the environment the settings module is read again, once, before any database,
+cache or channel-layer connection exists. Each run gets its own Redis key prefixes (cache,
+channel layer, Celery broker) so parallel runs sharing Redis db 15 never see each other.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import tempfile
+import uuid
+
+_RUN_ID = uuid.uuid4().hex[:8]
+_DEFAULTS = {
+    "EDGESLIM_ENV": "test",
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/edgeslim",
+    "REDIS_URL": "redis://127.0.0.1:6379/15",
+    "EDGESLIM_DATA_DIR": tempfile.mkdtemp(prefix="edgeslim-test-data-"),
+    "EDGESLIM_CHANNEL_PREFIX": f"edgeslim-test-{_RUN_ID}",
+    "EDGESLIM_CACHE_PREFIX": f"edgeslim-test-{_RUN_ID}",
+    "EDGESLIM_BROKER_PREFIX": f"edgeslim-test-{_RUN_ID}:",
+}
+for _name, _value in _DEFAULTS.items():
+    os.environ.setdefault(_name, _value)
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+
+
+def _reload_settings() -> None:
+    from django import conf
+    from django.core.cache import caches
+    from django.db import connections
+
+    module = importlib.import_module(os.environ["DJANGO_SETTINGS_MODULE"])
+    importlib.reload(module)
+    conf.settings._wrapped = conf.Settings(os.environ["DJANGO_SETTINGS_MODULE"])
+    # The handlers read settings lazily; drop what they read, and any connection they opened.
+    from asgiref.local import Local
+
+    connections.close_all()
+    for handler in (connections, caches):
+        handler.__dict__.pop("settings", None)
+        handler._settings = None
+        handler._connections = Local(handler.thread_critical)
+
+
+_reload_settings()
+
+
+def _unique_test_database() -> None:
+    # Several sessions run the suite at once on one PostgreSQL: each gets its own test database.
+    from django.conf import settings
+
+    test = settings.DATABASES["default"].setdefault("TEST", {})
+    if not test.get("NAME") and settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        test["NAME"] = f"test_{settings.DATABASES['default']['NAME']}_{_RUN_ID}"
+
+
+_unique_test_database()
+# WhiteNoise warns about a missing STATIC_ROOT on every request; tests serve from the finders.
+os.makedirs(os.path.join(os.environ["EDGESLIM_DATA_DIR"], "static"), exist_ok=True)
+
+import pytest  # noqa: E402
+from stack import celery_worker_process, daphne_server, edgeslim_stack  # noqa: E402, F401
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache_namespace(settings: pytest.FixtureRequest) -> None:
+    """Each test counts failed logins (and anything else cached) in its own key space."""
+    caches_setting = {k: dict(v) for k, v in settings.CACHES.items()}  # type: ignore[attr-defined]
+    caches_setting["default"]["KEY_PREFIX"] = (
+        f"{os.environ['EDGESLIM_CACHE_PREFIX']}-{uuid.uuid4().hex[:8]}"
+    )
+    settings.CACHES = caches_setting  # type: ignore[attr-defined]
