@@ -74,7 +74,8 @@ def _check_name(info: zipfile.ZipInfo) -> str:
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise _refuse(raw, "is a symbolic link")
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    # Many writers store permission bits only (no file type); only a stated odd type is refused.
+    if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
         raise _refuse(raw, "is not a regular file or folder")
     if info.flag_bits & 0x1:
         raise _refuse(raw, "is encrypted")

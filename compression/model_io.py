@@ -170,13 +170,15 @@ def read_torch_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     if kind != "torch_state":
         raise InvalidModelError(f"{path.name} is not a torch checkpoint (detected: {kind})")
     try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
+        # A file object, not the path: torch must not pick a loader from the extension.
+        with open(path, "rb") as fh:
+            obj = torch.load(fh, weights_only=True, map_location="cpu")
     except Exception as exc:
         msg = str(exc)
         if "weights_only" in msg.lower() or "Unpickl" in type(exc).__name__ or "GLOBAL" in msg:
             found = _GLOBAL_RE.findall(msg)
             name = found[0] if found else "an object"
-            if found and (name.startswith(("torch.nn.", "torchvision.")) or ".models." in name):
+            if found and _names_a_module_class(name):
                 raise _unsafe(f"{path.name} is a pickled model object ({name}), which") from None
             raise _unsafe(f"{path.name} contains pickled Python objects ({name}), which") from None
         raise InvalidModelError(
@@ -185,6 +187,20 @@ def read_torch_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     if isinstance(obj, nn.Module):  # only reachable if torch ever allow-lists modules
         raise _unsafe(f"{path.name} is a pickled model object, which")
     return _extract_state_dict(obj, path.name)
+
+
+def _names_a_module_class(dotted: str) -> bool:
+    """Whether a pickle GLOBAL names an ``nn.Module`` class.
+
+    Only modules that are already imported are looked at: importing one named by an untrusted
+    file could run its code.
+    """
+    if dotted.startswith(("torch.nn.", "torchvision.models.", "timm.models.")):
+        return True
+    module_name, _, attr = dotted.rpartition(".")
+    module = sys.modules.get(module_name)
+    obj = getattr(module, attr, None) if module is not None else None
+    return isinstance(obj, type) and issubclass(obj, nn.Module)
 
 
 def _extract_state_dict(obj: Any, name: str) -> dict[str, torch.Tensor]:
