@@ -80,7 +80,7 @@ def test_a_pickle_payload_is_refused_and_never_runs(tmp_path: Path) -> None:
     canary = tmp_path / "CANARY"
     path = tmp_path / "evil.pt"
     torch.save({"weight": _Payload(canary)}, path)
-    with pytest.raises(UnsafeModelError, match="posix.system|system"):
+    with pytest.raises(UnsafeModelError, match=r"posix.system|system"):
         load_model_file(path, arch="lenet5")
     assert not canary.exists()
 
@@ -130,7 +130,7 @@ def test_a_torch_package_is_refused(tmp_path: Path) -> None:
             exporter.extern("torch.**")
             exporter.intern("**")
             exporter.save_pickle("model", "model.pkl", nn.Sequential(nn.ReLU()))
-    with pytest.raises(UnsafeModelError, match="torch.package"):
+    with pytest.raises(UnsafeModelError, match=r"torch.package"):
         load_model_file(tmp_path / "pkg.pt", arch="lenet5")
 
 
@@ -243,7 +243,7 @@ def test_an_onnx_model_that_fails_the_checker_is_invalid(tmp_path: Path) -> None
 def test_a_runtime_crash_kills_only_the_inspector_process(tmp_path: Path, lenet: nn.Module) -> None:
     path = export_onnx(lenet, (1, 32, 32), tmp_path / "m.onnx")
     crashing = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
-    with pytest.raises(InvalidModelError, match="crashed.*SIGSEGV"):
+    with pytest.raises(InvalidModelError, match=r"crashed.*SIGSEGV"):
         probe_onnx(path, script=crashing)
     assert probe_onnx(path)["ok"]  # and this process carries on
 
@@ -264,7 +264,7 @@ def test_a_model_declaring_huge_tensors_hits_the_memory_cap(tmp_path: Path) -> N
     )
     path = tmp_path / "huge.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    with pytest.raises(InvalidModelError, match="memory|alloc"):
+    with pytest.raises(InvalidModelError, match=r"memory|alloc"):
         load_model_file(path, onnx_memory_bytes=2 * 1024**3)
 
 
