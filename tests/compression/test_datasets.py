@@ -84,7 +84,9 @@ def test_a_split_image_folder_zip_keeps_its_splits(tmp_path: Path) -> None:
         for cls, color in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
             for i in range(n):
                 entries[f"pets/{split}/{cls}/{i}.png"] = _png(color)
-    bundle = load_image_folder_zip(_folder_zip(tmp_path / "pets.zip", entries), tmp_path / "work", size=16)
+    bundle = load_image_folder_zip(
+        _folder_zip(tmp_path / "pets.zip", entries), tmp_path / "work", size=16
+    )
     assert bundle.classes == ["cat", "dog"] and bundle.input_shape == (3, 16, 16)
     report = dataset_report(bundle)
     assert report.counts == {"train": {"cat": 4, "dog": 4}, "val": {"cat": 2, "dog": 2}}
@@ -94,7 +96,11 @@ def test_a_split_image_folder_zip_keeps_its_splits(tmp_path: Path) -> None:
 
 
 def test_a_flat_folder_zip_is_split_by_class_with_a_seed(tmp_path: Path) -> None:
-    entries = {f"{cls}/{i}.png": _png(c) for cls, c in (("a", (9, 9, 9)), ("b", (200, 200, 200))) for i in range(10)}
+    entries = {
+        f"{cls}/{i}.png": _png(c)
+        for cls, c in (("a", (9, 9, 9)), ("b", (200, 200, 200)))
+        for i in range(10)
+    }
     src = _folder_zip(tmp_path / "flat.zip", entries)
     one = load_image_folder_zip(src, tmp_path / "w1", size=8, channels=1, seed=0, val_fraction=0.2)
     two = load_image_folder_zip(src, tmp_path / "w2", size=8, channels=1, seed=0, val_fraction=0.2)
