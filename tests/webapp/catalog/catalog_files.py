@@ -67,6 +67,14 @@ def _png_bytes(color: tuple[int, int, int], size: int = 20) -> bytes:
     return buf.getvalue()
 
 
+def _entry(name: str) -> zipfile.ZipInfo:
+    """A regular-file entry as zip tools write it (mode bits include S_IFREG)."""
+    info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+    info.external_attr = (stat.S_IFREG | 0o644) << 16
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info
+
+
 def image_folder_zip(
     path: Path, *, classes: tuple[str, ...] = ("cat", "dog"), per_class: int = 6, corrupt: int = 0
 ) -> Path:
@@ -74,22 +82,25 @@ def image_folder_zip(
     with zipfile.ZipFile(path, "w") as zf:
         for ci, name in enumerate(classes):
             for i in range(per_class):
-                zf.writestr(f"{name}/{i}.png", _png_bytes((40 * ci + 20, 100, 200 - 40 * ci), 16 + i))
+                zf.writestr(
+                    _entry(f"{name}/{i}.png"),
+                    _png_bytes((40 * ci + 20, 100, 200 - 40 * ci), 16 + i),
+                )
         for i in range(corrupt):
-            zf.writestr(f"{classes[0]}/broken{i}.png", b"this is not a png at all")
+            zf.writestr(_entry(f"{classes[0]}/broken{i}.png"), b"this is not a png at all")
     return path
 
 
 def zip_slip(path: Path) -> Path:
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("cat/0.png", _png_bytes((1, 2, 3)))
-        zf.writestr("../../escaped.png", _png_bytes((1, 2, 3)))
+        zf.writestr(_entry("cat/0.png"), _png_bytes((1, 2, 3)))
+        zf.writestr(_entry("../../escaped.png"), _png_bytes((1, 2, 3)))
     return path
 
 
 def zip_symlink(path: Path) -> Path:
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("cat/0.png", _png_bytes((1, 2, 3)))
+        zf.writestr(_entry("cat/0.png"), _png_bytes((1, 2, 3)))
         info = zipfile.ZipInfo("dog/link.png")
         info.external_attr = (stat.S_IFLNK | 0o777) << 16
         zf.writestr(info, "/etc/passwd")
@@ -99,11 +110,11 @@ def zip_symlink(path: Path) -> Path:
 def zip_bomb(path: Path) -> Path:
     """One entry of 200 MB of zeros: about 200 KB compressed, far past the 100:1 ratio cap."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        with zf.open("cat/bomb.png", "w") as fh:
+        with zf.open(_entry("cat/bomb.png"), "w") as fh:
             block = b"\0" * (1 << 20)
             for _ in range(200):
                 fh.write(block)
-        zf.writestr("dog/0.png", _png_bytes((1, 2, 3)))
+        zf.writestr(_entry("dog/0.png"), _png_bytes((1, 2, 3)))
     return path
 
 

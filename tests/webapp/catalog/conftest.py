@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from django.test import Client
-
 from factories import client_for, make_organization
+
 from webapp.accounts.models import Membership, Organization, User
 
 
@@ -49,4 +49,3 @@ def client_a(user_a: User) -> Client:
 @pytest.fixture
 def client_b(user_b: User) -> Client:
     return client_for(user_b)
-

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from catalog_files import (
     lenet5_onnx,
     lenet5_safetensors,
@@ -15,6 +14,7 @@ from catalog_files import (
     pickle_payload_torch_zip,
     pickled_module,
 )
+
 from webapp.catalog import loaders, selectors, services
 from webapp.catalog.errors import CatalogInputError, UploadTooLarge, WrongFileType
 from webapp.catalog.models import ItemStatus, ModelVersion
@@ -88,7 +88,9 @@ def test_a_wrong_file_type_is_refused_before_anything_is_stored(org_a, user_a, t
     assert media_files(tmp_path) == [] and not ModelVersion.objects.exists()
 
 
-def test_an_executable_renamed_to_safetensors_is_refused_by_its_first_bytes(org_a, user_a, tmp_path):
+def test_an_executable_renamed_to_safetensors_is_refused_by_its_first_bytes(
+    org_a, user_a, tmp_path
+):
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 100)
 
@@ -98,7 +100,9 @@ def test_an_executable_renamed_to_safetensors_is_refused_by_its_first_bytes(org_
     assert media_files(tmp_path) == []
 
 
-def test_a_weights_file_without_an_architecture_is_refused_naming_the_choices(org_a, user_a, tmp_path):
+def test_a_weights_file_without_an_architecture_is_refused_naming_the_choices(
+    org_a, user_a, tmp_path
+):
     with pytest.raises(CatalogInputError, match="lenet5") as info:
         _upload(org_a, user_a, lenet5_safetensors(tmp_path / "l.safetensors"))
     assert info.value.field == "arch"
@@ -146,7 +150,9 @@ def test_a_truncated_safetensors_ends_invalid_with_the_reason(org_a, user_a, tmp
 
 
 def test_weights_for_another_architecture_end_invalid_naming_the_mismatch(org_a, user_a, tmp_path):
-    version = _upload(org_a, user_a, lenet5_safetensors(tmp_path / "l.safetensors"), arch="resnet20")
+    version = _upload(
+        org_a, user_a, lenet5_safetensors(tmp_path / "l.safetensors"), arch="resnet20"
+    )
 
     services.model_version_inspect(version=version)
 
