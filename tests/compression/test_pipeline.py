@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,16 @@ from compression.pipeline import RunStateError, run_recipe
 from compression.recipe import Recipe, parse_recipe
 from compression.stage import ArchSpec, ModelState
 from compression.zoo import create_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    # On a shared 2-core machine OpenMP's spin-waiting makes 2 threads ~10x slower than 1.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 
 RECIPE = {
     "name": "test-two-stage",

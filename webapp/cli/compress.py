@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
     p.add_argument("--seed", type=int, help="override the recipe's seed")
     p.add_argument(
+        "--threads", type=int, help="torch CPU threads for training (default: torch's choice)"
+    )
+    p.add_argument(
         "--restart", action="store_true", help="discard a previous run of another recipe in --out"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -91,6 +94,8 @@ def _run(args: argparse.Namespace, err: Console) -> RunReport:
     from compression.pipeline import run_recipe
     from compression.recipe import load_recipe_file
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     recipe = load_recipe_file(args.recipe)
     if args.seed is not None:
         recipe = dataclasses.replace(recipe, seed=args.seed)
