@@ -156,7 +156,13 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
             return []
         rows = selectors.deployment_results(organization=obj.organization, deployment=obj)
         return [
-            {"device": r.device_id, "seq": r.seq, "kind": r.kind, "payload": r.payload}
+            {
+                "device": r.device_id,
+                "device_name": r.device.name,
+                "seq": r.seq,
+                "kind": r.kind,
+                "payload": r.payload,
+            }
             for r in rows
         ]
 

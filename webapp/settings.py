@@ -122,7 +122,9 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [REDIS_URL],
+            # redis-py 8 reads with a 5 s socket timeout by default, the same as channels_redis's
+            # blocking receive (BZPOPMIN 5 s): every idle socket then died with "Timeout reading".
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
             "prefix": env("EDGESLIM_CHANNEL_PREFIX", "edgeslim"),
             "capacity": 1000,
             "expiry": 30,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,10 +98,10 @@ def test_a_tampered_artifact_is_refused_and_reported(tmp_path, daphne_server):
         organization=org, name="m.onnx", file=io.BytesIO(model.read_bytes())
     )
     # Someone swaps the stored bytes after signing (same size, different content).
-    path = art.file.path
-    data = bytearray(open(path, "rb").read())
+    stored = Path(art.file.path)
+    data = bytearray(stored.read_bytes())
     data[-1] ^= 0xFF
-    open(path, "wb").write(bytes(data))
+    stored.write_bytes(bytes(data))
     dep = services.deployment_create(
         organization=org, artifact=art, target_kind="device", target_value=str(device.pk),
         settings=BenchSettings(runs=3, warmup=0),

@@ -20,13 +20,13 @@
       return { type: "bar", name: k.replace("_ms", ""), x: labels, y: rows.map(function (r) { return r[k]; }) };
     });
     window.Plotly.react("latency-chart", pct, {
-      title: "Latency distribution (ms)", barmode: "group", margin: { t: 40, r: 10, b: 80, l: 50 },
-      yaxis: { title: "ms" },
+      title: { text: "Latency percentiles by device and batch (ms)" }, barmode: "group", margin: { t: 40, r: 10, b: 80, l: 50 },
+      yaxis: { title: { text: "ms" } },
     }, { displayModeBar: false, responsive: true });
     window.Plotly.react("throughput-chart", [{
       type: "bar", name: "throughput", x: labels, y: rows.map(function (r) { return r.throughput; }),
     }], {
-      title: "Throughput (samples/s)", margin: { t: 40, r: 10, b: 80, l: 50 },
+      title: { text: "Throughput (samples/s)" }, margin: { t: 40, r: 10, b: 80, l: 50 },
     }, { displayModeBar: false, responsive: true });
   }
 
@@ -67,9 +67,48 @@
     if (el) el.textContent = text;
   }
 
-  document.addEventListener("edgeslim:event", function (e) {
-    var ev = e.detail || {};
+  // Results that arrived between the page render and the socket's (re)connection are fetched
+  // once the socket is live, so the page never misses one; rows are keyed, so none doubles.
+  function resync() {
+    if (deploymentId === null) return;
+    fetch("/api/v1/deployments/" + deploymentId + "/", { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (dep) {
+        if (!dep) return;
+        (dep.targets || []).forEach(function (t) {
+          var tr = targetRow({ device_id: t.device });
+          setText(tr, "[data-target-status]", t.status);
+          if (t.message) setText(tr, "[data-target-message]", t.message);
+          if (t.status === "succeeded" || t.status === "failed") {
+            var bar = tr && tr.querySelector("[data-target-progress]");
+            if (bar) bar.value = 1;
+          }
+        });
+        (dep.results || []).forEach(function (r) {
+          handle({ kind: "deployment.result", payload: {
+            deployment_id: dep.id, device_id: r.device, device_name: r.device_name,
+            seq: r.seq, kind: r.kind, data: r.payload,
+          } }, true);
+        });
+      })
+      .catch(function () {});
+  }
+
+  document.addEventListener("edgeslim:event", function (e) { handle(e.detail || {}, false); });
+
+  function refreshStatus() {
+    var el = document.getElementById("deployment-status");
+    if (!el) return;
+    var cells = Array.prototype.slice.call(document.querySelectorAll("#target-table [data-target-status]"));
+    var states = cells.map(function (c) { return c.textContent.trim(); });
+    var done = states.every(function (s) { return s === "succeeded" || s === "failed"; });
+    if (!done) return;
+    el.textContent = states.every(function (s) { return s === "failed"; }) ? "failed" : "finished";
+  }
+
+  function handle(ev, fromResync) {
     var p = ev.payload || {};
+    if (ev.kind === "hello") { resync(); return; }
     if (ev.kind === "device.status") {
       document.querySelectorAll('[data-device-id="' + p.device_id + '"]').forEach(function (root) {
         setText(root, "[data-device-state]", p.state);
@@ -91,13 +130,14 @@
     }
     if (p.kind === "latency") addRow(p);
     if (p.kind === "accuracy") setText(tr, "[data-target-accuracy]", fmt((p.data || {}).top1, 4) + " (" + (p.data || {}).samples + " samples)");
-    if (p.kind === "complete" || p.kind === "failed") {
+    if ((p.kind === "complete" || p.kind === "failed") && !fromResync) {
       setText(tr, "[data-target-status]", p.status || (p.kind === "complete" ? "succeeded" : "failed"));
       var done = tr && tr.querySelector("[data-target-progress]");
       if (done) done.value = 1;
       if (p.kind === "failed") setText(tr, "[data-target-message]", ((p.data || {}).reason || "") + ": " + ((p.data || {}).detail || ""));
     }
-  });
+    refreshStatus();
+  }
 
   window.addEventListener("load", draw);
 })();

@@ -1,0 +1,101 @@
+"""The whole fleet loop in Chromium: register in the browser, enroll and run a real agent,
+upload and deploy an artifact in the browser, and watch the results arrive live."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+from agent_process import AgentProcess, enroll
+from device_onnx import write_eval_set, write_linear_model
+from factories import PASSWORD, make_organization, make_user
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def test_register_enroll_deploy_and_watch_live_results(daphne_server, tmp_path, request):
+    user = make_user(username="grace")
+    make_organization(name="Fleet Lab", owner=user)
+    model = write_linear_model(tmp_path / "linear.onnx")
+    eval_set = write_eval_set(tmp_path / "eval.npz", samples=60, wrong=6)
+    # Playwright's sync API runs an event loop in this thread, so no ORM from here on: the page
+    # and the agent's own output are the witnesses.
+    page = request.getfixturevalue("chromium_page")
+    base = daphne_server.base_url
+
+    page.goto(f"{base}/accounts/login/")
+    page.fill("#id_username", "grace")
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/")
+
+    # 1. Register a device in the browser; the page shows the code and the exact commands.
+    page.goto(f"{base}/devices/register/")
+    page.fill("#id_name", "bench-pi")
+    page.fill("#id_hardware", "this machine, pretending")
+    page.fill("#id_tags", "pi lab")
+    page.click("#register-form button[type=submit]")
+    code = page.inner_text("#enrollment-code").strip()
+    command = shlex.split(page.inner_text("#enroll-command"))
+    assert command[:2] == ["edgeslim-agent", "enroll"]
+    assert command[command.index("--code") + 1] == code
+    server = command[command.index("--server") + 1]
+    assert server == base
+    assert page.inner_text("#install-command").startswith(f"pip install {base}/agent/")
+
+    # 2. Enroll and run a real agent process on this machine.
+    state = tmp_path / "agent"
+    done = enroll(state, server, code)
+    assert done.returncode == 0, done.stderr
+    agent = AgentProcess(state, tmp_path / "agent.log").start()
+    try:
+        page.goto(f"{base}/devices/")
+        row = page.locator("#device-table tr", has_text="bench-pi")
+        for _ in range(60):
+            if row.locator("[data-device-state]").text_content() == "online":
+                break
+            page.wait_for_timeout(500)
+            page.reload()
+        assert row.locator("[data-device-state]").text_content() == "online", agent.output()
+        assert "CPUExecutionProvider" in row.inner_text()
+        assert "0.1.0" in row.inner_text()
+
+        # 3. Upload an artifact with an evaluation set, and deploy it from the browser.
+        page.goto(f"{base}/devices/artifacts/")
+        page.fill("#id_name", "linear.onnx")
+        page.set_input_files("#id_file", str(model))
+        page.set_input_files("#id_eval_file", str(eval_set))
+        page.click("form.stack button[type=submit]")
+        page.click("text=Deploy >> nth=-1")
+        page.select_option("#id_target_kind", "device")
+        page.select_option("#id_device", label="bench-pi")
+        page.fill("#id_batch_sizes", "1, 4")
+        page.fill("#id_runs", "30")
+        page.fill("#id_warmup", "2")
+        page.check("#id_accuracy")
+        page.click("#deploy-form button[type=submit]")
+        page.wait_for_url("**/devices/deployments/*/")
+
+        # 4. The results arrive live on the open page: rows, chart, accuracy, status.
+        page.wait_for_selector("#latency-table tbody tr >> nth=1", timeout=60_000)
+        page.wait_for_selector(
+            '#target-table [data-target-status]:text("succeeded")', timeout=60_000
+        )
+        rows = page.locator("#latency-table tbody tr")
+        assert rows.count() == 2
+        assert "bench-pi" in rows.nth(0).inner_text()
+        assert page.inner_text("#target-table [data-target-accuracy]").startswith("0.9000")
+        page.wait_for_selector('#deployment-status:text("finished")', timeout=10_000)
+        page.wait_for_selector("#latency-chart .main-svg", timeout=10_000)
+        shots = Path(os.environ.get("EDGESLIM_SCREENSHOT_DIR") or tmp_path)
+        page.screenshot(path=str(shots / "device-deployment-live.png"), full_page=True)
+
+        # The device page shows the same results beside the device's facts.
+        page.click("#target-table a")
+        page.wait_for_selector("#latency-table tbody tr >> nth=1")
+        assert page.text_content("[data-device-state]") == "online"
+    finally:
+        agent.stop()
+    assert "connected to" in agent.output()
