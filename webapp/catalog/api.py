@@ -38,14 +38,14 @@ WRITE_ROLES = ("admin", "engineer")
 def api_organization(request: Request) -> Organization:
     """The organisation an API call acts in: the session's, or for a token the user's current
     one (``X-Organization: <id>`` picks another of theirs)."""
-    org = getattr(request._request, "organization", None)
+    org: Organization | None = getattr(request._request, "organization", None)
     if org is not None:
-        return org  # type: ignore[no-any-return]
+        return org
     if not request.user or not request.user.is_authenticated:
         raise NotAuthenticated()
     header = request.headers.get("X-Organization", "")
     membership = membership_current(
-        user=request.user,  # type: ignore[arg-type]
+        user=request.user,
         preferred_org_id=int(header) if header.isdigit() else None,
     )
     if membership is None:

@@ -185,7 +185,7 @@ def _check_size(size: int, filename: str) -> None:
 
 
 def _source_chunks(
-    uploaded_file: UploadedFile | IO[bytes] | None, path: Path | str | None
+    uploaded_file: UploadedFile[bytes] | IO[bytes] | None, path: Path | str | None
 ) -> Iterator[bytes]:
     if uploaded_file is not None:
         if isinstance(uploaded_file, UploadedFile):
@@ -202,7 +202,7 @@ def _source_chunks(
             yield block
 
 
-def _head(uploaded_file: UploadedFile | IO[bytes] | None, path: Path | str | None) -> bytes:
+def _head(uploaded_file: UploadedFile[bytes] | IO[bytes] | None, path: Path | str | None) -> bytes:
     if uploaded_file is not None:
         uploaded_file.seek(0)
         head = uploaded_file.read(16)
@@ -223,7 +223,7 @@ def _hash_and_size(chunks: Iterable[bytes]) -> tuple[str, int]:
 
 def _store(
     *,
-    uploaded_file: UploadedFile | IO[bytes] | None,
+    uploaded_file: UploadedFile[bytes] | IO[bytes] | None,
     path: Path | str | None,
     storage_name: str,
 ) -> str:
@@ -251,7 +251,7 @@ def storage_delete_quietly(name: str) -> None:
 
 def _prepare_input(
     *,
-    uploaded_file: UploadedFile | IO[bytes] | None,
+    uploaded_file: UploadedFile[bytes] | IO[bytes] | None,
     path: Path | str | None,
     filename: str | None,
 ) -> tuple[str, int]:
@@ -357,7 +357,7 @@ def model_upload_create(
     organization: Organization,
     user: User | None,
     name: str = "",
-    uploaded_file: UploadedFile | IO[bytes] | None = None,
+    uploaded_file: UploadedFile[bytes] | IO[bytes] | None = None,
     path: Path | str | None = None,
     filename: str | None = None,
     format_hint: str | None = None,
@@ -527,8 +527,8 @@ def model_version_mark_ready(
 
 def model_version_mark_invalid(*, version: ModelVersion, error: str) -> ModelVersion:
     """Record a refused file. Its stored bytes are deleted: nothing hostile stays downloadable."""
-    storage_delete_quietly(version.file.name if version.file else "")
-    version.file = ""  # type: ignore[assignment]
+    storage_delete_quietly(version.file.name or "")
+    version.file = ""
     version.status = ItemStatus.INVALID
     version.error = error[:4000]
     version.inspected_at = timezone.now()
@@ -550,7 +550,7 @@ def model_version_set_file(*, version: ModelVersion, path: Path | str) -> ModelV
         path=path,
         storage_name=storage_name_for(version.organization, "models", _extension(str(path))),
     )
-    version.file = stored  # type: ignore[assignment]
+    version.file = stored
     version.sha256 = sha256
     version.size_bytes = size
     version.save(update_fields=["file", "sha256", "size_bytes"])
@@ -567,7 +567,7 @@ def model_version_delete(*, version: ModelVersion) -> None:
     Raises:
         ItemInUse: a job still refers to it (its report needs it).
     """
-    name = version.file.name if version.file else ""
+    name = version.file.name or ""
     asset = version.asset
     try:
         with transaction.atomic():
@@ -589,7 +589,7 @@ def dataset_upload_create(
     organization: Organization,
     user: User | None,
     name: str = "",
-    uploaded_file: UploadedFile | IO[bytes] | None = None,
+    uploaded_file: UploadedFile[bytes] | IO[bytes] | None = None,
     path: Path | str | None = None,
     filename: str | None = None,
 ) -> Dataset:
@@ -661,8 +661,8 @@ def dataset_mark_ready(
 
 def dataset_mark_invalid(*, dataset: Dataset, error: str) -> Dataset:
     """Record a refused dataset and delete its stored archive."""
-    storage_delete_quietly(dataset.file.name if dataset.file else "")
-    dataset.file = ""  # type: ignore[assignment]
+    storage_delete_quietly(dataset.file.name or "")
+    dataset.file = ""
     dataset.status = ItemStatus.INVALID
     dataset.error = error[:4000]
     dataset.validated_at = timezone.now()
@@ -679,7 +679,7 @@ def dataset_delete(*, dataset: Dataset) -> None:
     Raises:
         ItemInUse: a job still refers to it.
     """
-    names = [dataset.file.name] if dataset.file else []
+    names = [dataset.file.name] if dataset.file.name else []
     names += [n for ns in dataset.thumbnails.values() for n in ns]
     try:
         with transaction.atomic():
@@ -688,7 +688,12 @@ def dataset_delete(*, dataset: Dataset) -> None:
         raise ItemInUse(
             f"{dataset} is used by {len(exc.protected_objects)} job(s); delete those first."
         ) from exc
-    transaction.on_commit(lambda: [storage_delete_quietly(n) for n in names])  # type: ignore[func-returns-value]
+
+    def delete_files() -> None:
+        for n in names:
+            storage_delete_quietly(n)
+
+    transaction.on_commit(delete_files)
 
 
 # --- built-in samples -------------------------------------------------------------------------
@@ -1097,7 +1102,7 @@ def model_version_inspect(*, version: ModelVersion) -> ModelVersion:
         # Errors name the stored file; show the name the user uploaded instead.
         message = str(exc)
         if version.file:
-            message = message.replace(Path(version.file.name).name, version.source_filename)
+            message = message.replace(Path(version.file.name or "").name, version.source_filename)
         return model_version_mark_invalid(version=version, error=message)
     finally:
         work_dir_remove(work)
@@ -1139,7 +1144,9 @@ def dataset_validate(*, dataset: Dataset) -> Dataset:
         except (SandboxError, FileNotFoundError) as exc:
             message = str(exc)
             if dataset.file:
-                message = message.replace(Path(dataset.file.name).name, dataset.source_filename)
+                message = message.replace(
+                    Path(dataset.file.name or "").name, dataset.source_filename
+                )
             return dataset_mark_invalid(dataset=dataset, error=message)
         thumbs = {k: [Path(p) for p in v] for k, v in result.get("thumbnails", {}).items()}
         return dataset_mark_ready(dataset=dataset, report=result["report"], thumbnail_files=thumbs)

@@ -31,13 +31,14 @@ def _can_write(request: HttpRequest) -> bool:
 
 def stored_file_download(version: ModelVersion) -> FileResponse:
     """The version's file as an attachment (never inline), named after the asset."""
-    if not version.file:
+    name = version.file.name
+    if not name:
         raise Http404("This version has no file (it was refused, or is still being built).")
-    ext = Path(version.file.name).suffix
+    ext = Path(name).suffix
     stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in version.asset.name)[:80]
     label = f"-{version.label}" if version.label else ""
     response = FileResponse(
-        default_storage.open(version.file.name, "rb"),
+        default_storage.open(name, "rb"),
         as_attachment=True,
         filename=f"{stem or 'model'}-v{version.number}{label}{ext}",
         content_type="application/octet-stream",

@@ -4,7 +4,7 @@
 // Without JavaScript the same form posts the file in one request.
 (function () {
   "use strict";
-  var CHUNK = 8 * 1024 * 1024;
+  var DEFAULT_CHUNK = 8 * 1024 * 1024; // a form may set data-chunk-bytes
   var MAX_RETRIES = 8;
 
   function csrfToken(form) {
@@ -103,9 +103,10 @@
 
     async function sendChunks(file, url, offset) {
       var retries = 0;
+      var chunk = parseInt(form.dataset.chunkBytes || "0", 10) || DEFAULT_CHUNK;
       while (offset < file.size) {
         if (aborted) throw new Error("Upload cancelled.");
-        var end = Math.min(offset + CHUNK, file.size);
+        var end = Math.min(offset + chunk, file.size);
         var r;
         try {
           r = await api("PUT", url, file.slice(offset, end), {
