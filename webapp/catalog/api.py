@@ -164,7 +164,7 @@ class UploadSerializer(serializers.ModelSerializer[Upload]):
         return reverse("api:catalog-upload-detail", args=[obj.pk])
 
 
-class ErrorSerializer(serializers.Serializer[Any]):
+class CatalogErrorSerializer(serializers.Serializer[Any]):
     detail = serializers.CharField()
     field = serializers.CharField(required=False)
     received = serializers.IntegerField(required=False)
@@ -192,7 +192,11 @@ class ModelVersionListView(APIView):
     @extend_schema(
         summary="Upload a small model file (multipart); large files use /uploads/",
         request={"multipart/form-data": ModelUploadSerializer},
-        responses={201: ModelVersionSerializer, 400: ErrorSerializer, 413: ErrorSerializer},
+        responses={
+            201: ModelVersionSerializer,
+            400: CatalogErrorSerializer,
+            413: CatalogErrorSerializer,
+        },
     )
     def post(self, request: Request) -> Response:
         _require_writer(request)
@@ -257,7 +261,11 @@ class DatasetListView(APIView):
     @extend_schema(
         summary="Upload a small image-folder zip (multipart); large files use /uploads/",
         request={"multipart/form-data": DatasetUploadSerializer},
-        responses={201: DatasetSerializer, 400: ErrorSerializer, 413: ErrorSerializer},
+        responses={
+            201: DatasetSerializer,
+            400: CatalogErrorSerializer,
+            413: CatalogErrorSerializer,
+        },
     )
     def post(self, request: Request) -> Response:
         _require_writer(request)
@@ -310,7 +318,7 @@ class UploadCreateView(APIView):
     @extend_schema(
         summary="Start a resumable upload (the size and type are checked now)",
         request=UploadCreateSerializer,
-        responses={201: UploadSerializer, 400: ErrorSerializer, 413: ErrorSerializer},
+        responses={201: UploadSerializer, 400: CatalogErrorSerializer, 413: CatalogErrorSerializer},
     )
     def post(self, request: Request) -> Response:
         _require_writer(request)
@@ -333,10 +341,14 @@ class UploadCreateView(APIView):
 
 
 class UploadDetailView(APIView):
+    serializer_class = UploadSerializer
     # PUT bodies are raw bytes read from the stream, never parsed.
     parser_classes: list[type] = []
 
-    @extend_schema(summary="An upload session: ``received`` is the offset to resume from")
+    @extend_schema(
+        summary="An upload session: ``received`` is the offset to resume from",
+        responses=UploadSerializer,
+    )
     def get(self, request: Request, pk: str) -> Response:
         upload = selectors.upload_get(organization=api_organization(request), pk=pk)
         return Response(UploadSerializer(upload).data)
@@ -344,7 +356,7 @@ class UploadDetailView(APIView):
     @extend_schema(
         summary="Append a chunk: body = bytes, header Content-Range: bytes START-END/TOTAL",
         request={"application/octet-stream": OpenApiTypes.BINARY},
-        responses={200: UploadSerializer, 409: ErrorSerializer, 413: ErrorSerializer},
+        responses={200: UploadSerializer, 409: CatalogErrorSerializer, 413: CatalogErrorSerializer},
     )
     def put(self, request: Request, pk: str) -> Response:
         upload = selectors.upload_get(organization=api_organization(request), pk=pk)
@@ -371,7 +383,11 @@ class UploadCompleteView(APIView):
     @extend_schema(
         summary="Finish an upload: creates the model version or dataset",
         request=None,
-        responses={201: OpenApiTypes.OBJECT, 400: ErrorSerializer, 409: ErrorSerializer},
+        responses={
+            201: OpenApiTypes.OBJECT,
+            400: CatalogErrorSerializer,
+            409: CatalogErrorSerializer,
+        },
     )
     def post(self, request: Request, pk: str) -> Response:
         upload = selectors.upload_get(organization=api_organization(request), pk=pk)
