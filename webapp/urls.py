@@ -10,11 +10,15 @@ from webapp import views
 from webapp.accounts import api as accounts_api
 from webapp.catalog import api as catalog_api
 from webapp.catalog import views as catalog_views
+from webapp.jobs import api as jobs_api
+from webapp.jobs import views as jobs_views
+from webapp.reports import views as reports_views
 
 api_v1 = [
     path("me/", accounts_api.MeView.as_view(), name="me"),
     path("auth/token/", accounts_api.TokenObtainView.as_view(), name="token_obtain"),
     *catalog_api.api_urlpatterns,
+    *jobs_api.api_urlpatterns,
 ]
 
 urlpatterns = [
@@ -22,11 +26,13 @@ urlpatterns = [
     path("models/", catalog_views.model_list, name="models"),
     path("datasets/", catalog_views.dataset_list, name="datasets"),
     path("", include("webapp.catalog.urls")),
-    path("jobs/", views.section, {"slug": "jobs"}, name="jobs"),
+    path("jobs/", jobs_views.job_list, name="jobs"),
+    path("jobs/", include("webapp.jobs.urls")),
     path("devices/", device_views.device_list, name="devices"),
     path("devices/", include("device_registry.urls")),
     path("", include(device_api_urls.wheel_urlpatterns)),
-    path("reports/", views.section, {"slug": "reports"}, name="reports"),
+    path("reports/", reports_views.report_index, name="reports"),
+    path("reports/", include("webapp.reports.urls")),
     path("accounts/", include("webapp.accounts.urls")),
     path("live/", include("webapp.live.urls")),
     path("admin/", admin.site.urls),

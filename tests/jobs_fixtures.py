@@ -1,0 +1,51 @@
+"""Fixtures shared by the jobs, reports and worker tests (imported by their conftest files)."""
+
+from __future__ import annotations
+
+import pytest
+from factories import make_organization, make_user
+from jobs_factories import make_digits, make_model_version, two_stage_recipe
+
+from webapp.accounts.services import api_token_create
+from webapp.jobs import services
+from workers.runner import JobRunner
+
+
+@pytest.fixture
+def org_a():
+    user = make_user()
+    return make_organization(owner=user), user
+
+
+@pytest.fixture
+def org_b():
+    user = make_user()
+    return make_organization(owner=user), user
+
+
+@pytest.fixture
+def token_for():
+    def make(user) -> dict[str, str]:
+        _, key = api_token_create(user=user, name="test")
+        return {"HTTP_AUTHORIZATION": f"Token {key}"}
+
+    return make
+
+
+@pytest.fixture
+def finished_job(org_a):
+    """A job of organisation A that ran to SUCCEEDED through the real runner (needs committed
+    rows: use with ``transactional_db``)."""
+    org, user = org_a
+    job = services.job_create(
+        organization=org,
+        user=user,
+        model_version=make_model_version(org),
+        dataset=make_digits(org),
+        recipe=two_stage_recipe(),
+        queue="cpu",
+    )
+    outcome = JobRunner(job.pk).run()
+    job.refresh_from_db()
+    assert outcome.outcome == "succeeded", job.error
+    return job

@@ -1,0 +1,56 @@
+"""The report page: tables and Plotly figures from the run report; the index of finished jobs."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+from factories import client_for
+
+from webapp.reports import charts, selectors
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def test_the_report_page_shows_every_state_charts_and_downloads(finished_job, org_a):
+    _, user = org_a
+    c = client_for(user)
+    page = c.get(reverse("reports:detail", args=[finished_job.pk]))
+    assert page.status_code == 200
+    rows = page.context["rows"]
+    assert [r["kind"] for r in rows] == ["baseline", "stage", "stage", "final"]
+    assert rows[-1]["format"] == "onnx" and rows[-1]["size_ratio"] > 2  # int8 is ~4x smaller
+    assert set(page.context["figures"]) >= {"chart-size", "chart-acc-size", "chart-training"}
+    html = page.content.decode()
+    for key in ("onnx", "onnx_int8", "report", "recipe"):
+        assert f'data-artifact="{key}"' in html
+    download = c.get(reverse("jobs:artifact", args=[finished_job.pk, "onnx"]))
+    assert download.status_code == 200 and "attachment" in download["Content-Disposition"]
+    index = c.get(reverse("reports:index")).content.decode()
+    assert f"#{finished_job.pk}" in index
+
+
+def test_chart_builders_return_plotly_figure_dicts():
+    report = {
+        "baseline": {"accuracy": 95.0, "onnx_bytes": 4000, "macs": 100, "params": 10},
+        "stages": [
+            {
+                "index": 0,
+                "method": "channel_pruning",
+                "metrics": {"accuracy": 94.0, "onnx_bytes": 2000},
+                "layers": [
+                    {"name": "conv1", "kind": "conv", "channels_before": 6, "channels_after": 3}
+                ],
+            },
+            {"index": 1, "method": "ptq_int8", "metrics": {"accuracy": 93.5, "onnx_bytes": 600}},
+        ],
+        "final": {"accuracy": 93.5, "onnx_bytes": 600},
+    }
+    rows = selectors.report_rows(report)
+    water = charts.size_waterfall(rows)
+    assert water["data"][0]["type"] == "waterfall"
+    assert water["data"][0]["measure"] == ["absolute", "relative", "relative", "total"]
+    layers = charts.layer_changes(selectors.report_layer_changes(report))
+    assert [b["name"] for b in layers["data"]] == ["before", "after"]
+    assert list(layers["data"][1]["y"]) == [3]
+    assert charts.accuracy_vs_size(rows)["data"][0]["type"] == "scatter"
+    assert charts.training_curves([]) == {}

@@ -1,0 +1,94 @@
+"""The live job page's socket: ``/ws/jobs/<id>/`` joins ``job.<id>`` and relays its events.
+
+Session-authenticated; the job must belong to an organisation the user is a member of (else
+the handshake is closed, the same as for a job that does not exist). ``?after=<seq>`` first
+replays persisted events after that seq, so nothing between page render and connect is lost;
+the page skips any seq it has already drawn.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from webapp.accounts.models import Membership
+from webapp.jobs.models import Job
+from webapp.jobs.selectors import job_event_list
+from webapp.jobs.services import job_event_message, job_group_name
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_BAD_MESSAGE = 4400
+MAX_CLIENT_MESSAGE_BYTES = 1024
+REPLAY_LIMIT = 2000
+
+
+@database_sync_to_async  # type: ignore[untyped-decorator,unused-ignore]
+def _job_for_user(user: Any, job_id: int) -> Job | None:
+    job = Job.objects.filter(pk=job_id).only("id", "organization_id").first()
+    if job is None:
+        return None
+    if not Membership.objects.filter(user=user, organization_id=job.organization_id).exists():
+        return None
+    return job
+
+
+@database_sync_to_async  # type: ignore[untyped-decorator,unused-ignore]
+def _replay(job: Job, after: int) -> list[dict[str, Any]]:
+    return [
+        job_event_message(e) for e in job_event_list(job=job, after_seq=after, limit=REPLAY_LIMIT)
+    ]
+
+
+class JobConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc,unused-ignore]
+    group_name: str | None = None
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        try:
+            job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
+        except (KeyError, TypeError, ValueError):
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        job = await _job_for_user(user, job_id)
+        if job is None:
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        self.group_name = job_group_name(job.pk)
+        await self.channel_layer.group_add(self.group_name, self.channel_name)
+        await self.accept()
+        query = parse_qs((self.scope.get("query_string") or b"").decode("latin-1"))
+        after_values = query.get("after", [])
+        if after_values and after_values[0].isdigit():
+            for message in await _replay(job, int(after_values[0])):
+                await self.send_json(message)
+
+    async def disconnect(self, code: int) -> None:
+        if self.group_name is not None:
+            await self.channel_layer.group_discard(self.group_name, self.channel_name)
+
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
+        if text_data is None or len(text_data.encode()) > MAX_CLIENT_MESSAGE_BYTES:
+            await self.close(code=CLOSE_BAD_MESSAGE)
+            return
+        try:
+            content = json.loads(text_data)
+        except ValueError:
+            await self.close(code=CLOSE_BAD_MESSAGE)
+            return
+        if isinstance(content, dict) and content.get("type") == "ping":
+            await self.send_json({"kind": "pong", "payload": {}})
+            return
+        await self.close(code=CLOSE_BAD_MESSAGE)
+
+    async def job_event(self, message: dict[str, Any]) -> None:
+        await self.send_json({k: v for k, v in message.items() if k != "type"})

@@ -1,0 +1,139 @@
+"""Plotly figures for a job report, as plain dicts (``Plotly.newPlot(el, fig.data, fig.layout)``).
+
+Built from selector output only, so the same figures serve the page and any export.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+
+_LAYOUT: dict[str, Any] = {
+    "margin": {"l": 60, "r": 20, "t": 40, "b": 60},
+    "height": 340,
+    "template": "plotly_white",
+}
+
+
+def _fig(fig: go.Figure) -> dict[str, Any]:
+    data: dict[str, Any] = fig.to_plotly_json()
+    return {"data": data.get("data", []), "layout": data.get("layout", {})}
+
+
+def size_waterfall(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """ONNX size (KiB) from the baseline through each stage's change to the final model."""
+    sized = [r for r in rows if r["size_bytes"] is not None]
+    if not sized:
+        return {}
+    stages = [r for r in sized if r["kind"] == "stage"]
+    base = sized[0]
+    x = [base["label"]] + [r["label"] for r in stages] + ["final"]
+    y = [base["size_bytes"] / 1024]
+    prev = base["size_bytes"]
+    for r in stages:
+        y.append((r["size_bytes"] - prev) / 1024)
+        prev = r["size_bytes"]
+    y.append(0)
+    measure = ["absolute"] + ["relative"] * len(stages) + ["total"]
+    fig = go.Figure(
+        go.Waterfall(
+            x=x,
+            y=y,
+            measure=measure,
+            text=[f"{v:+.1f}" if m == "relative" else "" for v, m in zip(y, measure, strict=True)],
+            connector={"line": {"color": "#999"}},
+        )
+    )
+    fig.update_layout(title="Model size by stage (ONNX, KiB)", yaxis_title="KiB", **_LAYOUT)
+    return _fig(fig)
+
+
+def accuracy_vs_size(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One point per state: size against accuracy (up and left is better)."""
+    pts = [
+        r for r in rows if r["size_bytes"] and r["accuracy"] is not None and r["kind"] != "final"
+    ]
+    if not pts:
+        return {}
+    fig = go.Figure(
+        go.Scatter(
+            x=[r["size_bytes"] / 1024 for r in pts],
+            y=[r["accuracy"] for r in pts],
+            mode="markers+text+lines",
+            text=[r["label"] for r in pts],
+            textposition="top center",
+            marker={"size": 10},
+        )
+    )
+    fig.update_layout(
+        title="Accuracy against size",
+        xaxis_title="ONNX size (KiB)",
+        yaxis_title="accuracy (%)",
+        **_LAYOUT,
+    )
+    return _fig(fig)
+
+
+def layer_changes(changes: dict[str, Any]) -> dict[str, Any]:
+    """Per-layer channels (or sparsity) before and after, as grouped bars."""
+    metric = changes.get("metric", "channels")
+    layers = [
+        layer
+        for layer in changes.get("layers", [])
+        if layer.get(f"{metric}_before") is not None or layer.get(f"{metric}_after") is not None
+    ]
+    if not layers:
+        return {}
+    names = [layer["name"] for layer in layers]
+    scale = 100.0 if metric == "sparsity" else 1.0
+    before = [(layer.get(f"{metric}_before") or 0) * scale for layer in layers]
+    after = [(layer.get(f"{metric}_after") or 0) * scale for layer in layers]
+    fig = go.Figure(
+        [go.Bar(name="before", x=names, y=before), go.Bar(name="after", x=names, y=after)]
+    )
+    unit = "sparsity (%)" if metric == "sparsity" else "channels"
+    fig.update_layout(
+        title=f"Per-layer {unit}, before and after", barmode="group", yaxis_title=unit, **_LAYOUT
+    )
+    return _fig(fig)
+
+
+def training_curves(epochs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Loss and validation accuracy per epoch across the run's training stages."""
+    if not epochs:
+        return {}
+    x = list(range(1, len(epochs) + 1))
+    fig = go.Figure(
+        [
+            go.Scatter(x=x, y=[e.get("loss") for e in epochs], name="loss", mode="lines+markers"),
+            go.Scatter(
+                x=x,
+                y=[e.get("val_acc") for e in epochs],
+                name="val acc (%)",
+                mode="lines+markers",
+                yaxis="y2",
+            ),
+        ]
+    )
+    fig.update_layout(
+        title="Training",
+        xaxis_title="epoch (all stages)",
+        yaxis={"title": "loss"},
+        yaxis2={"title": "val acc (%)", "overlaying": "y", "side": "right"},
+        **_LAYOUT,
+    )
+    return _fig(fig)
+
+
+def report_figures(
+    rows: list[dict[str, Any]], changes: dict[str, Any], epochs: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Every chart of the report page, by element id; empty ones are left out."""
+    figs = {
+        "chart-size": size_waterfall(rows),
+        "chart-acc-size": accuracy_vs_size(rows),
+        "chart-layers": layer_changes(changes),
+        "chart-training": training_curves(epochs),
+    }
+    return {k: v for k, v in figs.items() if v}

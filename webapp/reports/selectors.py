@@ -1,0 +1,92 @@
+"""Reads for reports: finished jobs, and a job's report flattened into table rows and layer
+changes that the tables and the charts are drawn from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+
+from webapp.accounts.models import Organization
+from webapp.jobs.models import Job, JobStatus
+from webapp.jobs.selectors import job_list
+
+
+def report_job_list(*, organization: Organization) -> QuerySet[Job]:
+    """Jobs with a report, newest first."""
+    return job_list(organization=organization, status=JobStatus.SUCCEEDED)
+
+
+def _row(label: str, kind: str, m: dict[str, Any]) -> dict[str, Any]:
+    latency = m.get("latency") or {}
+    return {
+        "label": label,
+        "kind": kind,
+        "format": m.get("format", ""),
+        "accuracy": m.get("accuracy"),
+        "params": m.get("params"),
+        "nonzero_params": m.get("nonzero_params"),
+        "macs": m.get("macs"),
+        "size_bytes": m.get("onnx_bytes"),
+        "zip_bytes": m.get("onnx_zip_bytes"),
+        "p50_ms": latency.get("p50_ms"),
+        "p90_ms": latency.get("p90_ms"),
+        "p99_ms": latency.get("p99_ms"),
+        "cv": latency.get("cv"),
+    }
+
+
+def report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Baseline, each stage, and the final model, with deltas against the baseline."""
+    rows = [_row("baseline", "baseline", report.get("baseline") or {})]
+    for stage in report.get("stages", []):
+        label = f"{stage.get('index', 0) + 1}. {stage.get('name') or stage.get('method')}"
+        rows.append(_row(label, "stage", stage.get("metrics") or {}))
+    rows.append(_row("final", "final", report.get("final") or {}))
+    base = rows[0]
+    for row in rows:
+        row["accuracy_delta"] = (
+            row["accuracy"] - base["accuracy"]
+            if row["accuracy"] is not None and base["accuracy"] is not None
+            else None
+        )
+        row["size_ratio"] = (
+            base["size_bytes"] / row["size_bytes"]
+            if row["size_bytes"] and base["size_bytes"]
+            else None
+        )
+        row["mac_ratio"] = base["macs"] / row["macs"] if row["macs"] and base["macs"] else None
+        row["speedup"] = (
+            base["p50_ms"] / row["p50_ms"] if row["p50_ms"] and base["p50_ms"] else None
+        )
+    return rows
+
+
+def report_layer_changes(report: dict[str, Any]) -> dict[str, Any]:
+    """Per layer: channels (structured methods) or sparsity before the first stage that touched
+    it and after the last one. ``metric`` says which the chart shows."""
+    layers: dict[str, dict[str, Any]] = {}
+    for stage in report.get("stages", []):
+        for change in stage.get("layers") or []:
+            name = change.get("name")
+            if not name:
+                continue
+            entry = layers.setdefault(name, {"name": name, "kind": change.get("kind", "")})
+            for key in ("channels", "sparsity", "params"):
+                before, after = change.get(f"{key}_before"), change.get(f"{key}_after")
+                if before is not None and f"{key}_before" not in entry:
+                    entry[f"{key}_before"] = before
+                if after is not None:
+                    entry[f"{key}_after"] = after
+    items = list(layers.values())
+    metric = "channels" if any("channels_before" in e for e in items) else "sparsity"
+    return {"metric": metric, "layers": items}
+
+
+def report_epochs(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every training epoch of every stage, in order (for the training-curve chart)."""
+    out = []
+    for stage in report.get("stages", []):
+        for row in stage.get("history") or []:
+            out.append({"stage": stage.get("index"), "method": stage.get("method"), **row})
+    return out
