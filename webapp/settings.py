@@ -206,6 +206,10 @@ EDGESLIM_MAX_UPLOAD_BYTES = envint("EDGESLIM_MAX_UPLOAD_BYTES", 2 * 1024**3)
 EDGESLIM_UPLOAD_TMP_DIR = Path(env("EDGESLIM_UPLOAD_TMP_DIR", str(DATA_DIR / "uploads")))
 # An upload session untouched for this long is expired and its temp file removed.
 EDGESLIM_UPLOAD_EXPIRY_S = envint("EDGESLIM_UPLOAD_EXPIRY_S", 24 * 3600)
+# Uploaded models and datasets are opened in a child process with this address-space cap
+# (torch alone needs about 3 GiB of it) and this timeout.
+EDGESLIM_INSPECT_MEMORY_BYTES = envint("EDGESLIM_INSPECT_MEMORY_BYTES", 6 * 1024**3)
+EDGESLIM_INSPECT_TIMEOUT_S = envint("EDGESLIM_INSPECT_TIMEOUT_S", 600)
 
 # --- compression jobs ----------------------------------------------------------------------------
 # A run holds a lease on its Job row and renews it while it reports progress; a worker that dies
