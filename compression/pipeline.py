@@ -461,25 +461,7 @@ def run_recipe(
         # Final ---------------------------------------------------------------------------
         final_metrics = reports[-1].metrics
         final_artifacts = _final_artifacts(out_dir, state, recipe, current)
-        drop = baseline.accuracy - final_metrics.accuracy
-        limit = recipe.targets.max_accuracy_drop
-        targets = {
-            "max_accuracy_drop": limit,
-            "accuracy_drop": drop,
-            "met": None if limit is None else bool(drop <= limit + 1e-9),
-            "target_device": recipe.targets.target_device,
-            "size_ratio": baseline.onnx_bytes / final_metrics.onnx_bytes
-            if final_metrics.onnx_bytes
-            else None,
-            "mac_ratio": (baseline.macs / final_metrics.macs)
-            if baseline.macs and final_metrics.macs
-            else None,
-            "latency_speedup": (
-                baseline.latency.p50_ms / final_metrics.latency.p50_ms
-                if baseline.latency and final_metrics.latency and final_metrics.latency.p50_ms > 0
-                else None
-            ),
-        }
+        targets = _verdict(recipe, baseline, reports)
         run_report = RunReport(
             recipe=recipe_to_dict(recipe),
             recipe_hash=digest,
@@ -502,6 +484,32 @@ def run_recipe(
         _write_json_atomic(state_path, state)
     bar.emit(1.0, "done", {"event": "done", **_flat(final_metrics), "targets_met": targets["met"]})
     return run_report
+
+
+def _verdict(recipe: Recipe, baseline: ModelMetrics, reports: list[StageReport]) -> dict[str, Any]:
+    """Compare the final model with the recipe's reference (the baseline or stage N)."""
+    ref_name = recipe.targets.reference
+    ref = baseline if ref_name == "baseline" else reports[int(ref_name.split(":", 1)[1])].metrics
+    final = reports[-1].metrics
+    drop = ref.accuracy - final.accuracy
+    limit = recipe.targets.max_accuracy_drop
+    speedup = None
+    if ref.latency and final.latency and final.latency.p50_ms > 0:
+        speedup = ref.latency.p50_ms / final.latency.p50_ms
+    return {
+        "reference": ref_name,
+        "reference_accuracy": ref.accuracy,
+        "max_accuracy_drop": limit,
+        "accuracy_drop": drop,
+        "met": None if limit is None else bool(drop <= limit + 1e-9),
+        "target_device": recipe.targets.target_device,
+        "size_ratio": ref.onnx_bytes / final.onnx_bytes if final.onnx_bytes else None,
+        "zip_size_ratio": ref.onnx_zip_bytes / final.onnx_zip_bytes
+        if final.onnx_zip_bytes
+        else None,
+        "mac_ratio": ref.macs / final.macs if ref.macs and final.macs else None,
+        "latency_speedup": speedup,
+    }
 
 
 def _copy_state(model: ModelState) -> ModelState:

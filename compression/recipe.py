@@ -48,8 +48,11 @@ class Stage:
 class Targets:
     """What the run should achieve; the report says whether it did."""
 
-    max_accuracy_drop: float | None = None  # percentage points below the baseline
+    max_accuracy_drop: float | None = None  # percentage points below the reference
     target_device: str | None = None  # a device name for on-device benchmarks (informational)
+    # What the final model is compared with: the starting model, or the model after stage N
+    # (an untrained zoo model's first stage trains it, so "stage:0" is the honest reference).
+    reference: str = "baseline"
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ def parse_recipe(data: Mapping[str, Any] | str) -> Recipe:
     seed = _int(data.get("seed", 0), "seed", ge=0, le=2**31 - 1)
 
     t = _mapping(data.get("targets"), "targets")
-    _refuse_unknown(t, ("max_accuracy_drop", "target_device"), "targets")
+    _refuse_unknown(t, ("max_accuracy_drop", "target_device", "reference"), "targets")
     drop = t.get("max_accuracy_drop")
     if drop is not None:
         if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop <= 100:
@@ -135,7 +138,20 @@ def parse_recipe(data: Mapping[str, Any] | str) -> Recipe:
     device = t.get("target_device")
     if device is not None and not isinstance(device, str):
         raise ConfigError("targets.target_device", f"must be a string, got {device!r}")
-    targets = Targets(max_accuracy_drop=drop, target_device=device)
+    reference = t.get("reference", "baseline")
+    raw_stage_count = len(data["stages"]) if isinstance(data.get("stages"), list) else 0
+    if reference != "baseline":
+        index = (
+            reference.split(":", 1)[1]
+            if isinstance(reference, str) and reference.startswith("stage:")
+            else ""
+        )
+        if not index.isdigit() or int(index) >= max(raw_stage_count - 1, 0):
+            raise ConfigError(
+                "targets.reference",
+                f"must be 'baseline' or 'stage:N' naming a stage before the last, got {reference!r}",
+            )
+    targets = Targets(max_accuracy_drop=drop, target_device=device, reference=str(reference))
 
     e = _mapping(data.get("eval"), "eval")
     _refuse_unknown(e, ("latency_runs", "warmup", "threads", "batch_size"), "eval")
@@ -234,6 +250,7 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
         "targets": {
             "max_accuracy_drop": recipe.targets.max_accuracy_drop,
             "target_device": recipe.targets.target_device,
+            "reference": recipe.targets.reference,
         },
         "eval": {
             "latency_runs": recipe.eval.latency_runs,

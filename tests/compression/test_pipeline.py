@@ -81,7 +81,7 @@ def test_a_two_stage_run_writes_the_report_and_final_models(
     assert (out / "final.onnx").is_file() and (out / "final.int8.onnx").is_file()
     saved = json.loads((out / "report.json").read_text())
     assert saved["schema_version"] == 1 and saved["final"]["format"] == "onnx"
-    assert saved["targets"]["met"] is True
+    assert saved["targets"]["met"] is True and saved["targets"]["reference"] == "baseline"
     assert saved["stages"][0]["history"][0]["epoch"] == 1
     assert {a["name"] for a in saved["artifacts"]} >= {"final.onnx", "final.int8.onnx"}
     assert all(len(a["sha256"]) == 64 for a in saved["artifacts"])

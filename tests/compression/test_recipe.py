@@ -108,3 +108,13 @@ def test_the_hash_ignores_measurement_settings_but_not_stages() -> None:
     other_ratio = parse_recipe(YAML.replace("ratio: 0.5", "ratio: 0.4"))
     assert recipe_hash(base) == recipe_hash(other_eval)
     assert recipe_hash(base) != recipe_hash(other_ratio)
+
+
+def test_the_target_reference_must_name_an_earlier_stage() -> None:
+    stages = [{"method": "finetune"}, {"method": "ptq_int8"}]
+    ok = parse_recipe({"stages": stages, "targets": {"reference": "stage:0"}})
+    assert ok.targets.reference == "stage:0"
+    for bad in ("stage:1", "stage:x", "first"):
+        with pytest.raises(ConfigError) as info:
+            parse_recipe({"stages": stages, "targets": {"reference": bad}})
+        assert info.value.field == "targets.reference"

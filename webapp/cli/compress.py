@@ -286,9 +286,11 @@ def _print_summary(console: Console, report: RunReport, out: Path) -> None:
     row(f"final ({report.final_format})", report.final, style="bold")
     console.print(table)
     t = report.targets
-    parts = [f"accuracy drop {t['accuracy_drop']:+.2f} pt"]
+    parts = [f"vs {t['reference']}: accuracy drop {t['accuracy_drop']:+.2f} pt"]
     if t.get("size_ratio"):
         parts.append(f"{t['size_ratio']:.2f}x smaller ONNX")
+    if t.get("zip_size_ratio"):
+        parts.append(f"{t['zip_size_ratio']:.2f}x smaller zipped")
     if t.get("mac_ratio"):
         parts.append(f"{t['mac_ratio']:.2f}x fewer MACs")
     if t.get("latency_speedup"):
