@@ -22,6 +22,9 @@ from urllib.parse import quote
 import pytest
 
 START_TIMEOUT_S = 90
+ASGI_APP = "webapp.asgi:application"
+WORKER_ARGS = ["-Q", "cpu,gpu", "-c", "1", "-P", "solo", "-l", "INFO", "--without-gossip"]
+WORKER_ARGS += ["--without-mingle", "--without-heartbeat"]
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,7 @@ def daphne_server(
     base_url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
-            + ["webapp.asgi:application"],
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), ASGI_APP],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=subprocess_env(),
@@ -126,12 +128,10 @@ def celery_worker_process(
     django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
     log = tmp_path_factory.mktemp("celery") / "worker.log"
+    worker_args = [*WORKER_ARGS, "-n", f"test-{os.getpid()}@%h"]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery", "worker"]
-            + ["-Q", "cpu,gpu", "-c", "1", "-P", "solo", "-l", "INFO"]
-            + ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-            + ["-n", f"test-{os.getpid()}@%h"],
+            [sys.executable, "-m", "celery", "-A", "workers.celery", "worker", *worker_args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=subprocess_env(),

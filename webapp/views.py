@@ -1,4 +1,4 @@
-"""Project-level pages: the dashboard, the sections' list pages, API docs and /healthz."""
+"""Project-level pages: the dashboard, the API docs page and /healthz."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import redis
 from django.conf import settings
 from django.db import connection
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from drf_spectacular.generators import SchemaGenerator
@@ -19,80 +19,54 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Section:
-    slug: str
+class QuickLink:
+    url_name: str
     title: str
-    empty_title: str
-    empty_text: str
-    docs: str
+    blurb: str
 
 
-SECTIONS = {
-    s.slug: s
-    for s in [
-        Section(
-            "models",
-            "Models",
-            "No models yet — upload one",
-            "Uploaded CNNs appear here with their size, parameter count and MACs. Upload "
-            "safetensors weights for a zoo architecture or an ONNX file; pickled modules are "
-            "refused.",
-            "Every model you upload is inspected in a separate process, then kept as a version.",
-        ),
-        Section(
-            "datasets",
-            "Datasets",
-            "No datasets yet — add one",
-            "Calibration and evaluation datasets appear here: image folders or zip archives, "
-            "checked for size and for unsafe entries before anything is unpacked.",
-            "A dataset drives accuracy evaluation and quantisation calibration.",
-        ),
-        Section(
-            "jobs",
-            "Jobs",
-            "No compression jobs yet",
-            "Compression jobs appear here with live progress: pruning, distillation, "
-            "quantisation, tensor decomposition and weight coding, run stage by stage by the "
-            "workers.",
-            "Build a recipe in the wizard once a model is uploaded.",
-        ),
-        Section(
-            "devices",
-            "Devices",
-            "No devices yet — register one",
-            "Edge devices (Raspberry Pi, Jetson, phones, x86 boxes) appear here once their "
-            "agent has enrolled, with their status and the artifacts deployed to them.",
-            "Each device runs a small agent that benchmarks artifacts with ONNX Runtime.",
-        ),
-        Section(
-            "reports",
-            "Reports",
-            "No reports yet",
-            "Reports put size, accuracy and on-device latency side by side, across jobs and "
-            "across devices, as soon as a job has finished and a device has benchmarked it.",
-            "Reports are drawn from finished jobs and device benchmarks.",
-        ),
-    ]
-}
+QUICK_LINKS = [
+    QuickLink(
+        "models",
+        "Models",
+        "Upload safetensors weights for a zoo architecture or an ONNX file; each upload is "
+        "inspected in a separate process and kept as a version.",
+    ),
+    QuickLink(
+        "datasets",
+        "Datasets",
+        "Calibration and evaluation data: image folders or zip archives, checked before "
+        "anything is unpacked.",
+    ),
+    QuickLink(
+        "jobs",
+        "Jobs",
+        "Build a recipe in the wizard — pruning, distillation, quantisation, decomposition — "
+        "and watch it run stage by stage.",
+    ),
+    QuickLink(
+        "devices",
+        "Devices",
+        "Register Raspberry Pis, Jetsons, phones and x86 boxes; their agent benchmarks "
+        "artifacts with ONNX Runtime.",
+    ),
+    QuickLink(
+        "reports",
+        "Reports",
+        "Size, accuracy and on-device latency side by side, across jobs and devices.",
+    ),
+]
 
 
 @org_required
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "home.html", {"sections": SECTIONS.values()})
-
-
-@org_required
-def section(request: HttpRequest, slug: str) -> HttpResponse:
-    try:
-        current = SECTIONS[slug]
-    except KeyError as exc:
-        raise Http404 from exc
-    return render(request, "sections/section.html", {"section": current})
+    return render(request, "home.html", {"quick_links": QUICK_LINKS})
 
 
 def api_docs(request: HttpRequest) -> HttpResponse:
     """A plain list of the API's endpoints, generated from the OpenAPI schema (no CDN)."""
-    schema = SchemaGenerator().get_schema(request=None, public=True)
+    generator = SchemaGenerator()  # type: ignore[no-untyped-call]
+    schema = generator.get_schema(request=None, public=True)  # type: ignore[no-untyped-call]
     endpoints = [
         {
             "method": method.upper(),

@@ -127,20 +127,6 @@ def test_a_user_without_an_organisation_sees_a_page_that_says_so():
     assert "not in an organisation" in response.content.decode()
 
 
-def test_section_pages_show_their_empty_state_in_the_current_organisation():
-    org = make_organization(name="Pages Org")
-    client = client_for(Membership.objects.get(organization=org).user)
-    for name, text in [
-        ("models", "No models yet"),
-        ("datasets", "No datasets yet"),
-        ("jobs", "No compression jobs yet"),
-        ("devices", "No devices yet"),
-        ("reports", "No reports yet"),
-    ]:
-        page = client.get(reverse(name)).content.decode()
-        assert text in page and "Pages Org" in page, name
-
-
 def test_bootstrap_creates_an_admin_and_the_default_organisation_once(capsys):
     call_command("edgeslim_bootstrap")
     first = capsys.readouterr().out

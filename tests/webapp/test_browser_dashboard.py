@@ -53,6 +53,8 @@ def test_sign_in_browse_sections_and_see_a_test_event_arrive_live(
     # Playwright's sync API runs an event loop in this thread; Django's ORM would refuse to run
     # beside it, so every row is created above, before the browser starts.
     page = request.getfixturevalue("browser_page")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     base = edgeslim_stack.base_url
 
     page.goto(f"{base}/")
@@ -63,19 +65,27 @@ def test_sign_in_browse_sections_and_see_a_test_event_arrive_live(
     page.wait_for_url(f"{base}/")
     assert page.locator("h1").inner_text() == "Edge Lab"
 
-    page.click("nav >> text=Models")
-    page.wait_for_url(f"{base}/models/")
-    assert "No models yet" in page.locator("main").inner_text()
-    page.click("nav >> text=Devices")
-    page.wait_for_url(f"{base}/devices/")
-    assert "No devices yet" in page.locator("main").inner_text()
+    for section in ["Models", "Devices", "Reports"]:
+        page.click(f"nav >> text={section}")
+        page.wait_for_url(f"{base}/{section.lower()}/")
+        assert page.locator('nav a[aria-current="page"]').inner_text() == section
+        assert "edge lab" in page.locator("main").inner_text().lower()
 
     page.click("a.brand")
     page.wait_for_url(f"{base}/")
     page.wait_for_selector('[data-live-status="live"]', timeout=20_000)
     page.click("text=Send a test event")
     page.wait_for_selector("#test-event-result >> text=Queued", timeout=10_000)
-    event = page.wait_for_selector('#live-events li[data-kind="ping"]', timeout=30_000)
+    try:
+        # Generous: one solo worker may first finish tasks queued by the signup (inspections).
+        event = page.wait_for_selector('#live-events li[data-kind="ping"]', timeout=150_000)
+    except PlaywrightTimeout:
+        pytest.fail(
+            "the test event never reached the page\n--- worker log ---\n"
+            + edgeslim_stack.worker_log.read_text()[-3000:]
+            + "\n--- server log ---\n"
+            + edgeslim_stack.server_log.read_text()[-3000:]
+        )
     assert "Test event from ada" in event.inner_text()
 
     shots = Path(os.environ.get("EDGESLIM_SCREENSHOT_DIR") or tmp_path)

@@ -4,19 +4,19 @@ from django.contrib.auth.admin import UserAdmin
 from webapp.accounts.models import ApiToken, Membership, Organization, User
 
 
-class MembershipInline(admin.TabularInline):
+class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
     model = Membership
     extra = 0
     autocomplete_fields = ["user"]
 
 
 @admin.register(User)
-class EdgeSlimUserAdmin(UserAdmin):
+class EdgeSlimUserAdmin(UserAdmin):  # type: ignore[type-arg]
     pass
 
 
 @admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
+class OrganizationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ["name", "slug", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
@@ -24,14 +24,14 @@ class OrganizationAdmin(admin.ModelAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ["user", "organization", "role", "created_at"]
     list_filter = ["role", "organization"]
     search_fields = ["user__username", "organization__name"]
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ["prefix", "user", "name", "created_at", "last_used_at"]
     readonly_fields = ["prefix", "key_hash", "created_at", "last_used_at"]
     search_fields = ["user__username", "prefix", "name"]

@@ -91,7 +91,7 @@ class TokenObtainView(APIView):
             )
         login_success_record(request._request, username)
         token, key = services.api_token_create(
-            user=user,  # type: ignore[arg-type]
+            user=user,
             name=serializer.validated_data.get("name", ""),
         )
         return Response({"token": key, "prefix": token.prefix}, status=status.HTTP_201_CREATED)

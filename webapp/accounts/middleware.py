@@ -30,7 +30,7 @@ class CurrentOrganizationMiddleware:
         request.organization = None  # type: ignore[attr-defined]
         if request.user.is_authenticated:
             membership = membership_current(
-                user=request.user,  # type: ignore[arg-type]
+                user=request.user,
                 preferred_org_id=preferred_org_id(request.session),
             )
             if membership is not None:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponseBase
 from django.shortcuts import render
 
 from webapp.accounts.models import Membership
 
-View = Callable[..., HttpResponse]
+_View = TypeVar("_View", bound=Callable[..., HttpResponseBase])
 
 
 def require_role(request: HttpRequest, *roles: str) -> Membership:
@@ -24,14 +24,13 @@ def require_role(request: HttpRequest, *roles: str) -> Membership:
     return membership
 
 
-def org_required(view: View) -> View:
+def org_required(view: _View) -> _View:
     """Login required, and an organisation to work in (else a page that says so)."""
 
-    @login_required
     @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if getattr(request, "organization", None) is None:
             return render(request, "accounts/no_organization.html", status=403)
         return view(request, *args, **kwargs)
 
-    return wrapper
+    return cast(_View, login_required(wrapper))

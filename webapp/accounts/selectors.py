@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import models
 from django.db.models import QuerySet
 from django.http import Http404
@@ -53,5 +54,5 @@ def get_object_for_org_or_404(
         queryset = model_or_qs._default_manager.all()
     try:
         return queryset.filter(organization=org).get(**lookup)
-    except (queryset.model.DoesNotExist, ValueError, TypeError) as exc:
+    except (ObjectDoesNotExist, ValueError, TypeError) as exc:
         raise Http404(f"No {queryset.model._meta.verbose_name} matches.") from exc

@@ -18,13 +18,12 @@ CLOSE_BAD_MESSAGE = 4400
 MAX_CLIENT_MESSAGE_BYTES = 1024
 
 
-@database_sync_to_async
 def _current_organization_id(user: Any, session: Any) -> int | None:
     membership = membership_current(user=user, preferred_org_id=preferred_org_id(session))
     return membership.organization_id if membership is not None else None
 
 
-class OrgEventsConsumer(AsyncJsonWebsocketConsumer):
+class OrgEventsConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     """Joins ``org.<id>`` for the user's current organisation; relays ``org.event`` messages.
 
     The only client message is ``{"type": "ping"}`` (answered with a pong); anything else,
@@ -38,7 +37,9 @@ class OrgEventsConsumer(AsyncJsonWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        organization_id = await _current_organization_id(user, self.scope.get("session"))
+        organization_id: int | None = await database_sync_to_async(_current_organization_id)(
+            user, self.scope.get("session")
+        )
         if organization_id is None:
             await self.close(code=CLOSE_FORBIDDEN)
             return

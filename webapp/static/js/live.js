@@ -21,7 +21,12 @@
   function summary(event) {
     var p = event.payload || {};
     if (typeof p.message === "string") return p.message;
-    try { return JSON.stringify(p); } catch (e) { return ""; }
+    // Flat payloads read better as "key value · key value" than as JSON.
+    return Object.keys(p).map(function (key) {
+      var value = p[key];
+      if (value !== null && typeof value === "object") value = JSON.stringify(value);
+      return key + " " + value;
+    }).join(" · ");
   }
 
   function append(event) {
