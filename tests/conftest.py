@@ -13,6 +13,7 @@ import importlib
 import os
 import tempfile
 import uuid
+from typing import Any
 
 _RUN_ID = uuid.uuid4().hex[:8]
 _DEFAULTS = {
@@ -68,10 +69,10 @@ from stack import celery_worker_process, daphne_server, edgeslim_stack  # noqa: 
 
 
 @pytest.fixture(autouse=True)
-def _fresh_cache_namespace(settings: pytest.FixtureRequest) -> None:
+def _fresh_cache_namespace(settings: Any) -> None:
     """Each test counts failed logins (and anything else cached) in its own key space."""
-    caches_setting = {k: dict(v) for k, v in settings.CACHES.items()}  # type: ignore[attr-defined]
+    caches_setting = {k: dict(v) for k, v in settings.CACHES.items()}
     caches_setting["default"]["KEY_PREFIX"] = (
         f"{os.environ['EDGESLIM_CACHE_PREFIX']}-{uuid.uuid4().hex[:8]}"
     )
-    settings.CACHES = caches_setting  # type: ignore[attr-defined]
+    settings.CACHES = caches_setting
