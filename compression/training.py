@@ -68,7 +68,7 @@ def evaluate(
     was_training = module.training
     module.eval()
     channels_last = device.type == "cuda"
-    correct = 0
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     total = 0
     try:
         for inputs, targets in _batches(loader):
@@ -81,11 +81,11 @@ def evaluate(
             )
             with autocast:
                 logits = module(inputs)
-            correct += int((logits.argmax(dim=1) == targets).sum().item())
+            correct += (logits.argmax(dim=1) == targets).sum()
             total += int(targets.numel())
     finally:
         module.train(was_training)
-    return 100.0 * correct / max(total, 1)
+    return 100.0 * int(correct) / max(total, 1)
 
 
 def _make_optimizer(
@@ -159,7 +159,7 @@ def train(
     params = [p for p in module.parameters() if p.requires_grad] + extra
     opt = _make_optimizer(params, optimizer, lr, weight_decay)
 
-    loader = data.train_loader(batch_size, seed=ctx.seed, shuffle=True)
+    loader = data.train_loader(batch_size, seed=ctx.seed, shuffle=True, pin_memory=on_cuda)
     # The same loader object is iterated every epoch: its seeded generator advances, so epochs
     # see different orders while the whole run stays reproducible from ctx.seed.
     steps_per_epoch = len(loader)
@@ -173,14 +173,15 @@ def train(
     use_bf16 = on_cuda and torch.cuda.is_bf16_supported()
     amp_dtype = torch.bfloat16 if use_bf16 else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=on_cuda and not use_bf16)
-    val_loader = data.val_loader()
+    val_loader = data.val_loader(pin_memory=on_cuda)
     start, end = progress
     history: list[dict[str, float]] = []
 
     for epoch in range(epochs):
         module.train()
-        loss_sum = 0.0
-        correct = 0
+        # Running sums stay on the device: reading them every step would stall the GPU.
+        loss_sum = torch.zeros((), device=device)
+        correct_sum = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
         for step, (inputs_cpu, targets_cpu) in enumerate(_batches(loader)):
             if step >= steps_per_epoch:
@@ -204,15 +205,15 @@ def train(
             if after_step is not None:
                 after_step(module)
             n = int(targets.numel())
-            loss_sum += float(loss.detach()) * n
-            correct += int((logits.detach().argmax(dim=1) == targets).sum().item())
+            loss_sum += loss.detach().float() * n
+            correct_sum += (logits.detach().argmax(dim=1) == targets).sum()
             seen += n
         ctx.check_cancel()
         val_acc = evaluate(module, val_loader, device)
         row = {
             "epoch": float(epoch + 1),
-            "loss": loss_sum / max(seen, 1),
-            "train_acc": 100.0 * correct / max(seen, 1),
+            "loss": float(loss_sum) / max(seen, 1),
+            "train_acc": 100.0 * int(correct_sum) / max(seen, 1),
             "val_acc": val_acc,
         }
         history.append(row)
