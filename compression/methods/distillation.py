@@ -43,6 +43,11 @@ class DistillationConfig:
     attention_weight: float = param(
         0.0, help="weight of the attention-transfer loss (0: off; 1000 is usual)", ge=0.0, le=1e6
     )
+    max_grad_norm: float | None = param(
+        2.0,
+        help="clip the gradient norm (confident teachers' soft targets can blow up a student)",
+        gt=0.0,
+    )
     epochs: int = param(10, help="training epochs", ge=1, le=1000)
     lr: float = param(0.01, help="peak learning rate (cosine decay to zero)", gt=0.0, le=10.0)
     batch_size: int = param(64, help="training batch size", ge=1, le=4096)
@@ -221,6 +226,17 @@ def run(ctx: StageContext, cfg: DistillationConfig) -> StageResult:
             # regressor); it is trained with the student and thrown away afterwards.
             adapter = nn.Linear(d_s, d_t, bias=False).to(ctx.device)
 
+    clip = None
+    if cfg.max_grad_norm is not None:
+        max_norm = cfg.max_grad_norm
+        params = list(student.parameters()) + (list(adapter.parameters()) if adapter else [])
+
+        def clip(_: nn.Module) -> None:
+            # At high T the KD gradient approaches logit regression, (z_s - z_t) / N: a
+            # teacher trained to near-zero loss has large logits, and without BatchNorm a
+            # student's first steps can diverge. Runs after AMP's unscale, so norms are true.
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+
     spatial = cfg.attention_weight > 0
     with _taps(student, s_cls, spatial) as s_taps, _taps(teacher, t_cls, spatial) as t_taps:
         loss = DistillationLoss(teacher, cfg, s_taps, t_taps, adapter)
@@ -234,6 +250,7 @@ def run(ctx: StageContext, cfg: DistillationConfig) -> StageResult:
             optimizer=cfg.optimizer,
             weight_decay=cfg.weight_decay,
             loss_fn=loss,
+            after_backward=clip,
             extra_params=adapter.parameters() if adapter is not None else (),
             label="distillation",
         )
