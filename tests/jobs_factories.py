@@ -93,3 +93,39 @@ def make_digits(organization: Organization) -> Dataset:
         status=ItemStatus.READY,
         report={"input_shape": [1, 32, 32]},
     )
+
+
+def lenet5_file(path: Path, *, num_classes: int = 2, in_channels: int = 3) -> Path:
+    """A LeNet-5 safetensors file to upload (2 classes, RGB: fits :func:`image_zip`)."""
+    from compression import zoo
+    from compression.model_io import save_model_safetensors
+
+    save_model_safetensors(
+        zoo.create_model("lenet5", num_classes=num_classes, in_channels=in_channels), path
+    )
+    return path
+
+
+def image_zip(
+    path: Path, *, classes: tuple[str, ...] = ("cat", "dog"), per_class: int = 12
+) -> Path:
+    """A ``<class>/*.png`` zip of tiny coloured images that a LeNet can tell apart."""
+    import io
+    import stat
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w") as zf:
+        for ci, name in enumerate(classes):
+            for i in range(per_class):
+                base = np.array([200 * ci + 20, 100, 220 - 200 * ci], dtype=np.int16)
+                img = np.clip(base + rng.integers(-20, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
+                buf = io.BytesIO()
+                Image.fromarray(img).save(buf, format="PNG")
+                info = zipfile.ZipInfo(f"{name}/{i}.png", date_time=(2024, 1, 1, 0, 0, 0))
+                info.external_attr = (stat.S_IFREG | 0o644) << 16
+                zf.writestr(info, buf.getvalue())
+    return path
