@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -89,6 +89,19 @@ def ours(model_name: str, data: DatasetBundle, *, epochs: int, batch: int) -> li
     return times
 
 
+class PerSample(Dataset[tuple[torch.Tensor, int]]):
+    """The textbook dataset: one sample per call, batched by the loader's workers."""
+
+    def __init__(self, inner: ImageTensorDataset) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.inner[index]
+
+
 def hand_tuned(model_name: str, data: DatasetBundle, *, epochs: int, batch: int) -> list[float]:
     """Images/s per epoch of a straightforward, well-tuned loop."""
     device = torch.device("cuda")
@@ -98,7 +111,7 @@ def hand_tuned(model_name: str, data: DatasetBundle, *, epochs: int, batch: int)
         module.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4
     )
     loader = DataLoader(
-        data.train,
+        PerSample(data.train),
         batch_size=batch,
         shuffle=True,
         num_workers=8,

@@ -129,6 +129,7 @@ class DatasetBundle:
             worker_init_fn=_seed_worker if num_workers else None,
             collate_fn=_batch_as_is,
             pin_memory=pin_memory,
+            persistent_workers=num_workers > 0,
         )
 
     def val_loader(

@@ -39,6 +39,12 @@ def evaluate_accuracy(
 
 
 def _accuracy_torch(module: nn.Module, loader: Iterable[Any], device: torch.device) -> float:
+    # Evaluate where the weights already are: a stage may leave its module on the GPU while
+    # a freshly loaded one sits on the CPU, and moving the caller's module here would surprise
+    # it.
+    param = next(module.parameters(), None)
+    if param is not None:
+        device = param.device
     was_training = module.training
     module.eval()
     correct = total = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -159,7 +160,12 @@ def train(
     params = [p for p in module.parameters() if p.requires_grad] + extra
     opt = _make_optimizer(params, optimizer, lr, weight_decay)
 
-    loader = data.train_loader(batch_size, seed=ctx.seed, shuffle=True, pin_memory=on_cuda)
+    # On a GPU, loader workers build (and normalise) the next batches while the GPU computes;
+    # the batch order still comes from the seeded sampler in this process.
+    workers = min(4, max(1, (os.cpu_count() or 2) // 2)) if on_cuda else 0
+    loader = data.train_loader(
+        batch_size, seed=ctx.seed, shuffle=True, num_workers=workers, pin_memory=on_cuda
+    )
     # The same loader object is iterated every epoch: its seeded generator advances, so epochs
     # see different orders while the whole run stays reproducible from ctx.seed.
     steps_per_epoch = len(loader)
