@@ -76,3 +76,14 @@ def _fresh_cache_namespace(settings: Any) -> None:
         f"{os.environ['EDGESLIM_CACHE_PREFIX']}-{uuid.uuid4().hex[:8]}"
     )
     settings.CACHES = caches_setting
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer() -> Any:
+    """A new channel-layer object per test: each test's async_to_sync runs its own event loop,
+    and channels_redis locks bound to an earlier test's loop would fail in the next one."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
