@@ -208,9 +208,8 @@ def _coerce(p: ParamSpec, value: Any, where: str) -> Any:
         value = float(value)
         if value != value:  # NaN
             raise ConfigError(where, "must be a number, got NaN")
-    elif p.type == "str":
-        if not isinstance(value, str):
-            raise ConfigError(where, f"must be a string, got {value!r}")
+    elif p.type == "str" and not isinstance(value, str):
+        raise ConfigError(where, f"must be a string, got {value!r}")
     if p.choices is not None and value not in p.choices:
         allowed = ", ".join(repr(c) for c in p.choices)
         raise ConfigError(where, f"must be one of {allowed}, got {value!r}")
@@ -252,7 +251,11 @@ def config_json_schema(cls: type[Any]) -> dict[str, Any]:
     json_types = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
     props: dict[str, Any] = {}
     for p in config_params(cls):
-        s: dict[str, Any] = {"type": json_types[p.type], "default": p.default, "description": p.help}
+        s: dict[str, Any] = {
+            "type": json_types[p.type],
+            "default": p.default,
+            "description": p.help,
+        }
         if p.optional:
             s["type"] = [json_types[p.type], "null"]
         if p.choices is not None:
