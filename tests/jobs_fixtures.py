@@ -49,3 +49,12 @@ def finished_job(org_a):
     job.refresh_from_db()
     assert outcome.outcome == "succeeded", job.error
     return job
+
+
+@pytest.fixture(autouse=True)
+def _jobs_not_sent_to_a_shared_worker(request, monkeypatch):
+    """Tests here call the runner as a plain function; a session-wide Celery worker started for
+    the live-stack tests must not take their jobs too. Live-stack tests keep the real queue."""
+    if "edgeslim_stack" in request.fixturenames:
+        return
+    monkeypatch.setattr(services, "_enqueue", lambda job: None)

@@ -10,6 +10,7 @@ import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 from factories import make_organization, make_user
 from jobs_factories import make_digits, make_model_version, two_stage_recipe
+from jobs_fixtures import _jobs_not_sent_to_a_shared_worker  # noqa: F401
 
 from compression.errors import DatasetError
 from webapp.catalog.models import ModelVersion
