@@ -105,6 +105,7 @@ class Client:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("jobs", help="submit and follow compression jobs on an EdgeSlim server")
+
     def usage(args: argparse.Namespace) -> int:
         p.print_help()
         return 0
