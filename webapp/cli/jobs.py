@@ -65,6 +65,9 @@ class Client:
             except ValueError:
                 parsed = raw.decode(errors="replace")[:500]
             raise ApiError(exc.code, parsed) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise SystemExit(f"edgeslim jobs: cannot reach {self.base}: {reason}") from None
 
     def get(self, path: str) -> Any:
         return json.loads(self._request("GET", path)[1])
