@@ -266,6 +266,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Compress CNNs and prove the result on real edge devices.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Several models have a "status" field with different choices; name each set.
+    "ENUM_NAME_OVERRIDES": {"ItemStatusEnum": "webapp.catalog.models.ItemStatus"},
 }
 
 LANGUAGE_CODE = "en-us"

@@ -262,6 +262,7 @@ class JobArtifactListView(APIView):
 class JobArtifactDownloadView(APIView):
     @extend_schema(
         summary="Download one artifact: onnx, onnx_int8, report, recipe or checkpoint:<file>",
+        operation_id="v1_jobs_artifact_download",
         responses={200: OpenApiTypes.BINARY},
     )
     def get(self, request: Request, pk: int, key: str) -> HttpResponse | FileResponse:
