@@ -2,20 +2,26 @@
 
 One live connection per device: a new one evicts the old (logged). Frames are capped at
 ``MAX_MESSAGE_BYTES`` and each connection has a token-bucket message budget; a breach closes
-the socket, so a misbehaving agent cannot grow the server's memory. Revocation closes the
-socket at once through the ``device.<id>`` group.
+the socket, so a misbehaving agent cannot grow the server's memory. Control messages (deploy,
+revoke, evict) arrive through :mod:`device_registry.bus`, not a channel-layer channel (see
+there why); results and progress go to the browsers through the channel layer's org group.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Any
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from channels.db import database_sync_to_async
+from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 
-from device_registry import conf, selectors, services
+from device_registry import bus, conf, selectors, services
 from device_registry.agent.protocol import (
     AGENT_MESSAGES,
     CLOSE_EVICTED,
@@ -39,8 +45,134 @@ from device_registry.agent.protocol import (
 from webapp.live.services import org_event_build, org_group_name
 
 log = logging.getLogger("edgeslim.devices.socket")
+T = TypeVar("T")
 
 SEEN_WRITE_EVERY_S = 30.0  # last_seen is written at most this often per connection
+SEEN_FLUSH_EVERY_S = 5.0  # heartbeats of all sockets are written together, this often
+
+
+class _SeenBatcher:
+    """Collects heartbeats of one event loop's sockets and writes them in one UPDATE.
+
+    A thousand agents would otherwise cost a thousand small writes per heartbeat period in
+    the one database thread the sockets share. Each flush also finds devices revoked meanwhile
+    (a missed bus message) and closes their sockets.
+    """
+
+    def __init__(self) -> None:
+        self.pending: set[int] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, device_id: int) -> None:
+        self.pending.add(device_id)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while self.pending:
+            await asyncio.sleep(SEEN_FLUSH_EVERY_S)
+            ids, self.pending = sorted(self.pending), set()
+            try:
+                revoked = await db(services.devices_seen)(device_ids=ids)
+            except Exception:
+                log.warning("could not record heartbeats", exc_info=True)
+                continue
+            for device_id in revoked:
+                for listener in bus.local_listeners(device_id):
+                    await listener.bus_event({"type": "revoke", "reason": "revoked"})
+
+
+_seen: dict[asyncio.AbstractEventLoop, _SeenBatcher] = {}
+
+BROADCAST_EVERY_S = 0.1  # browser events of one process are coalesced for this long
+BROADCAST_MAX_EVENTS = 100  # at most this many events in one ``batch`` event
+
+
+class _OrgBroadcaster:
+    """Coalesces one event loop's browser events into at most one message per org per tick.
+
+    A thousand agents streaming results would otherwise put one channel-layer message per
+    result through the browser socket's single receive loop, which delivers each message after
+    several sequential Redis round trips: under load the queue grew by seconds. One ``batch``
+    event per 100 ms keeps that queue short; a lone event is sent as itself.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[int, list[dict[str, Any]]] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, organization_id: int, kind: str, payload: dict[str, Any]) -> None:
+        self.pending.setdefault(organization_id, []).append(
+            org_event_build(kind=kind, payload=payload)
+        )
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        layer = get_channel_layer()
+        while self.pending:
+            await asyncio.sleep(BROADCAST_EVERY_S)
+            pending, self.pending = self.pending, {}
+            for organization_id, events in pending.items():
+                for start in range(0, len(events), BROADCAST_MAX_EVENTS):
+                    chunk = events[start : start + BROADCAST_MAX_EVENTS]
+                    message = chunk[0] if len(chunk) == 1 else org_event_build(
+                        kind="batch",
+                        payload={"events": [
+                            {"kind": e["kind"], "payload": e["payload"], "ts": e["ts"]}
+                            for e in chunk
+                        ]},
+                    )  # fmt: skip
+                    if layer is None:
+                        continue
+                    try:
+                        await layer.group_send(org_group_name(organization_id), message)
+                    except Exception:
+                        log.warning("could not broadcast to org %s", organization_id,
+                                    exc_info=True)  # fmt: skip
+
+
+_broadcasters: dict[asyncio.AbstractEventLoop, _OrgBroadcaster] = {}
+
+
+def _broadcaster() -> _OrgBroadcaster:
+    loop = asyncio.get_running_loop()
+    if loop not in _broadcasters:
+        for old in [lp for lp in _broadcasters if lp.is_closed()]:
+            del _broadcasters[old]
+        _broadcasters[loop] = _OrgBroadcaster()
+    return _broadcasters[loop]
+
+
+def _seen_batcher() -> _SeenBatcher:
+    loop = asyncio.get_running_loop()
+    if loop not in _seen:
+        for old in [lp for lp in _seen if lp.is_closed()]:
+            del _seen[old]
+        _seen[loop] = _SeenBatcher()
+    return _seen[loop]
+
+
+def db(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """Run a service in the one thread-sensitive thread, keeping its database connection.
+
+    ``channels.db.database_sync_to_async`` closes the connection around every call (the settings
+    use CONN_MAX_AGE=0), which costs a new PostgreSQL connection per agent message; a fleet
+    sends many small messages, so the connection is kept and dropped only when it failed.
+    """
+
+    def guarded(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except (OperationalError, InterfaceError):
+            connection.close()
+            raise
+        except DatabaseError:
+            if connection.needs_rollback or not connection.is_usable():
+                connection.close()
+            raise
+
+    return sync_to_async(guarded, thread_sensitive=True)
 
 
 class TokenBucket:
@@ -71,7 +203,11 @@ def _credential_from(scope: dict[str, Any]) -> str | None:
 
 
 class AgentConsumer(AsyncWebsocketConsumer):
+    # No channel-layer channel per agent socket (see device_registry.bus): an alias that is not
+    # configured gives no layer, so channels starts no receive loop for this consumer.
+    channel_layer_alias = "edgeslim-agents-use-the-device-bus"
     device_id: int | None = None
+    registered = False
     organization_id: int = 0
     device_name: str = ""
     hello_done = False
@@ -80,9 +216,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         credential = _credential_from(self.scope)
         device = None
         if credential is not None:
-            device = await database_sync_to_async(selectors.device_by_credential)(
-                credential=credential
-            )
+            device = await db(selectors.device_by_credential)(credential=credential)
         if device is None:
             client = self.scope.get("client") or ["?"]
             log.warning(
@@ -95,27 +229,29 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.device_id = device.pk
         self.organization_id = device.organization_id
         self.device_name = device.name
-        group = services.device_group(device.pk)
-        # Evict an older connection of this device before joining its group.
-        await self.channel_layer.group_send(
-            group, {"type": "device.evict", "channel": self.channel_name}
-        )
-        await self.channel_layer.group_add(group, self.channel_name)
+        self.channel_name = f"agent.{uuid.uuid4().hex}"  # this connection's identity
+        await bus.register(device.pk, self)
+        self.registered = True
+        # Evict any older connection of this device, in this process or another.
+        await bus.publish_async(device.pk, {"type": "evict", "channel": self.channel_name})
         rate, burst = conf.agent_rate()
         self.bucket = TokenBucket(rate, burst)
         self.last_seen_write = 0.0
+        self.targets: dict[int, services.TargetInfo] = {}
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
         if self.device_id is None:
             return
-        await self.channel_layer.group_discard(
-            services.device_group(self.device_id), self.channel_name
-        )
+        if self.registered:
+            self.registered = False
+            await bus.unregister(self.device_id, self)
         if self.hello_done:
-            await database_sync_to_async(services.device_disconnected)(
+            payload = await db(services.device_disconnected)(
                 device_id=self.device_id, channel=self.channel_name
             )
+            if payload is not None:
+                await self._broadcast("device.status", payload)
 
     async def _refuse(self, code: int, error: str, message: str) -> None:
         log.warning("device %s: closing (%s): %s", self.device_id, error, message)
@@ -158,18 +294,23 @@ class AgentConsumer(AsyncWebsocketConsumer):
             now = time.monotonic()
             if now - self.last_seen_write >= SEEN_WRITE_EVERY_S:
                 self.last_seen_write = now
-                await database_sync_to_async(services.device_seen)(device_id=self.device_id)
+                _seen_batcher().add(self.device_id)
         elif isinstance(msg, Result):
-            stored = await database_sync_to_async(services.deployment_result_store)(
-                device_id=self.device_id, result=msg
+            info = self.targets.get(msg.deployment_id)
+            if info is None:
+                info = await db(services.deployment_target_info)(
+                    device_id=self.device_id, deployment_id=msg.deployment_id
+                )
+                if info is not None and len(self.targets) < 64:
+                    self.targets[msg.deployment_id] = info
+            stored = await db(services.deployment_result_store)(
+                device_id=self.device_id, result=msg, info=info
             )
             await self.send(text_data=encode(Ack(deployment_id=msg.deployment_id, seq=msg.seq)))
             if stored.event is not None:
                 await self._broadcast("deployment.result", stored.event)
         elif isinstance(msg, Progress):
-            payload = await database_sync_to_async(services.deployment_progress)(
-                device_id=self.device_id, progress=msg
-            )
+            payload = await db(services.deployment_progress)(device_id=self.device_id, progress=msg)
             if payload is not None:
                 await self._broadcast("deployment.progress", payload)
         elif isinstance(msg, Hello):
@@ -177,15 +318,13 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def _hello(self, msg: Hello) -> None:
         assert self.device_id is not None
-        await database_sync_to_async(services.device_connected)(
+        status = await db(services.device_connected)(
             device_id=self.device_id,
             channel=self.channel_name,
             agent_version=msg.agent_version,
             facts=msg.facts,
         )
-        pending = await database_sync_to_async(selectors.device_pending_deploys)(
-            device_id=self.device_id
-        )
+        pending = await db(selectors.device_pending_deploys)(device_id=self.device_id)
         self.hello_done = True
         self.last_seen_write = time.monotonic()
         await self.send(
@@ -200,13 +339,21 @@ class AgentConsumer(AsyncWebsocketConsumer):
         )
         for deploy in pending:
             await self.send(text_data=encode(deploy))
+        await self._broadcast("device.status", status)
 
     async def _broadcast(self, kind: str, payload: dict[str, Any]) -> None:
-        await self.channel_layer.group_send(
-            org_group_name(self.organization_id), org_event_build(kind=kind, payload=payload)
-        )
+        _broadcaster().add(self.organization_id, kind, payload)
 
-    # --- group messages ------------------------------------------------------------------------
+    # --- control messages from the device bus ---------------------------------------------------
+
+    async def bus_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "evict":
+            await self.device_evict(event)
+        elif kind == "revoke":
+            await self.device_revoke(event)
+        elif kind == "deploy":
+            await self.device_deploy(event)
 
     async def device_evict(self, event: dict[str, Any]) -> None:
         if event.get("channel") == self.channel_name:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import secrets
 import time
@@ -10,13 +11,12 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.core.files import File
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from device_registry import conf
+from device_registry import bus, conf
 from device_registry.agent.protocol import (
     RESULT_ACCURACY,
     RESULT_COMPLETE,
@@ -58,11 +58,6 @@ class EnrollmentError(Exception):
     """The enrollment code is unknown, used, expired, or its device revoked."""
 
 
-def device_group(device_id: int) -> str:
-    """The channel-layer group of one device's live agent connection."""
-    return f"device.{int(device_id)}"
-
-
 def normalize_tags(tags: Any) -> list[str]:
     if isinstance(tags, str):
         tags = tags.replace(",", " ").split()
@@ -72,12 +67,6 @@ def normalize_tags(tags: Any) -> list[str]:
         if t and t not in out:
             out.append(t)
     return out[:MAX_TAGS]
-
-
-def _group_send(group: str, message: dict[str, Any]) -> None:
-    layer = get_channel_layer()
-    if layer is not None:
-        async_to_sync(layer.group_send)(group, message)
 
 
 def _org_event(organization_id: int, kind: str, payload: dict[str, Any]) -> None:
@@ -167,7 +156,7 @@ def enrollment_code_redeem(
             device.facts = _clean_facts(facts)
         device.save(update_fields=["credential_hash", "enrolled_at", "agent_version", "facts"])
     # An earlier enrollment's connection, if any, must not outlive the old credential.
-    _group_send(device_group(device.pk), {"type": "device.revoke", "reason": "re-enrolled"})
+    bus.publish(device.pk, {"type": "revoke", "reason": "re-enrolled"})
     log.info("device %s (%s) enrolled", device.pk, device.name)
     _org_event(device.organization_id, "device.enrolled", {"device_id": device.pk})
     return device, credential
@@ -187,7 +176,7 @@ def device_host_credential(*, device: Device) -> str:
     device.enrolled_at = timezone.now()
     device.revoked_at = None
     device.save(update_fields=["credential_hash", "enrolled_at", "revoked_at"])
-    _group_send(device_group(device.pk), {"type": "device.revoke", "reason": "re-enrolled"})
+    bus.publish(device.pk, {"type": "revoke", "reason": "re-enrolled"})
     return credential
 
 
@@ -201,7 +190,7 @@ def device_revoke(*, device: Device) -> Device:
     DeploymentTarget.objects.filter(device=device).exclude(status__in=FINISHED_STATUSES).update(
         status=TargetStatus.FAILED, message="device revoked"
     )
-    _group_send(device_group(device.pk), {"type": "device.revoke", "reason": "revoked"})
+    bus.publish(device.pk, {"type": "revoke", "reason": "revoked"})
     log.info("device %s (%s) revoked", device.pk, device.name)
     _org_event(
         device.organization_id, "device.status", {"device_id": device.pk, "state": "revoked"}
@@ -214,7 +203,8 @@ def device_revoke(*, device: Device) -> Device:
 
 def device_connected(
     *, device_id: int, channel: str, agent_version: str, facts: DeviceFacts
-) -> Device:
+) -> dict[str, Any]:
+    """Record the live connection; return the ``device.status`` payload for the browsers."""
     now = timezone.now()
     Device.objects.filter(pk=device_id).update(
         connection_channel=channel,
@@ -222,32 +212,31 @@ def device_connected(
         agent_version=agent_version[:40],
         facts=asdict(facts),
     )
-    device = Device.objects.get(pk=device_id)
-    _org_event(device.organization_id, "device.status", _status_payload(device))
-    return device
-
-
-def device_seen(*, device_id: int) -> None:
-    Device.objects.filter(pk=device_id).update(last_seen=timezone.now())
-
-
-def device_disconnected(*, device_id: int, channel: str) -> None:
-    """Clear the connection, unless a newer one already took its place."""
-    updated = Device.objects.filter(pk=device_id, connection_channel=channel).update(
-        connection_channel="", last_seen=timezone.now()
-    )
-    if updated:
-        device = Device.objects.filter(pk=device_id).first()
-        if device is not None:
-            _org_event(device.organization_id, "device.status", _status_payload(device))
-
-
-def _status_payload(device: Device) -> dict[str, Any]:
     return {
-        "device_id": device.pk,
-        "state": device.state,
-        "last_seen": device.last_seen.isoformat() if device.last_seen else None,
-        "agent_version": device.agent_version,
+        "device_id": device_id,
+        "state": "online",
+        "last_seen": now.isoformat(),
+        "agent_version": agent_version[:40],
+    }
+
+
+def device_disconnected(*, device_id: int, channel: str) -> dict[str, Any] | None:
+    """Clear the connection, unless a newer one already took its place.
+
+    Returns the ``device.status`` payload for the browsers, or None when nothing changed.
+    """
+    now = timezone.now()
+    updated = Device.objects.filter(pk=device_id, connection_channel=channel).update(
+        connection_channel="", last_seen=now
+    )
+    if not updated:
+        return None
+    revoked = Device.objects.filter(pk=device_id, revoked_at__isnull=False).exists()
+    return {
+        "device_id": device_id,
+        "state": "revoked" if revoked else "offline",
+        "last_seen": now.isoformat(),
+        "agent_version": "",
     }
 
 
@@ -404,7 +393,7 @@ def deployment_create(
 
         def push() -> None:
             for device_id in device_ids:
-                _group_send(device_group(device_id), {"type": "device.deploy", "text": text})
+                bus.publish(device_id, {"type": "deploy", "text": text})
 
         transaction.on_commit(push)
     log.info("deployment %s of artifact %s to %d devices", deployment.pk, artifact.pk, len(devices))
@@ -479,18 +468,67 @@ def _expected_kinds(settings: dict[str, Any], seq: int) -> tuple[str, ...]:
     return ()
 
 
-def deployment_result_store(*, device_id: int, result: Result) -> StoredResult:
+@dataclass(frozen=True)
+class TargetInfo:
+    """What storing a result needs to know about its (deployment, device); cacheable."""
+
+    deployment_id: int
+    device_id: int
+    organization_id: int
+    device_name: str
+    settings: dict[str, Any]
+
+
+def deployment_target_info(*, device_id: int, deployment_id: int) -> TargetInfo | None:
+    row = (
+        DeploymentTarget.objects.filter(deployment_id=deployment_id, device_id=device_id)
+        .values("deployment__organization_id", "device__name", "deployment__settings")
+        .first()
+    )
+    if row is None:
+        return None
+    return TargetInfo(
+        deployment_id=deployment_id,
+        device_id=device_id,
+        organization_id=row["deployment__organization_id"],
+        device_name=row["device__name"],
+        settings=row["deployment__settings"],
+    )
+
+
+def _insert_result_once(*, device_id: int, result: Result) -> DeploymentResult | None:
+    """INSERT ... ON CONFLICT DO NOTHING: one statement, no savepoint; None for a duplicate."""
+    table = DeploymentResult._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (deployment_id, device_id, seq, kind, payload, received_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (deployment_id, device_id, seq) DO NOTHING RETURNING id",
+            [result.deployment_id, device_id, result.seq, result.kind,
+             json.dumps(result.data), timezone.now()],
+        )  # fmt: skip
+        inserted = cursor.fetchone()
+    if inserted is None:
+        return None
+    return DeploymentResult(
+        pk=inserted[0], deployment_id=result.deployment_id, device_id=device_id,
+        seq=result.seq, kind=result.kind, payload=result.data,
+    )  # fmt: skip
+
+
+def deployment_result_store(
+    *, device_id: int, result: Result, info: TargetInfo | None = None
+) -> StoredResult:
     """Store a result once per (deployment, device, seq), and finish the target on a terminal one.
+
+    ``info`` (from :func:`deployment_target_info`, cached by the socket) saves a lookup.
 
     Raises:
         ProtocolError: the seq or kind cannot belong to this deployment's settings.
     """
-    target = (
-        DeploymentTarget.objects.select_related("deployment", "device")
-        .filter(deployment_id=result.deployment_id, device_id=device_id)
-        .first()
-    )
-    if target is None:
+    if info is None or info.deployment_id != result.deployment_id:
+        info = deployment_target_info(device_id=device_id, deployment_id=result.deployment_id)
+    if info is None:
         # Not this device's deployment (or deleted since): acknowledge so the agent drops it.
         log.warning(
             "device %s sent a result for deployment %s it was not given",
@@ -498,40 +536,38 @@ def deployment_result_store(*, device_id: int, result: Result) -> StoredResult:
             result.deployment_id,
         )
         return StoredResult(created=False, organization_id=None, event=None)
-    if result.kind not in _expected_kinds(target.deployment.settings, result.seq):
+    if result.kind not in _expected_kinds(info.settings, result.seq):
         raise ProtocolError(
             f"result seq {result.seq} of kind {result.kind!r} does not fit deployment "
             f"{result.deployment_id}"
         )
-    try:
-        with transaction.atomic():
-            row = DeploymentResult.objects.create(
-                deployment_id=result.deployment_id,
-                device_id=device_id,
-                seq=result.seq,
-                kind=result.kind,
-                payload=result.data,
-            )
-    except IntegrityError:
-        return StoredResult(
-            created=False, organization_id=target.deployment.organization_id, event=None
-        )
+    row = _insert_result_once(device_id=device_id, result=result)
+    if row is None:
+        return StoredResult(created=False, organization_id=info.organization_id, event=None)
+    status = ""
     if result.kind in (RESULT_COMPLETE, RESULT_FAILED):
-        target.status = (
-            TargetStatus.SUCCEEDED if result.kind == RESULT_COMPLETE else TargetStatus.FAILED
-        )
-        detail = result.data.get("detail") or result.data.get("reason") or ""
-        target.message = str(detail)[:500]
-        target.save(update_fields=["status", "message", "updated_at"])
+        status = TargetStatus.SUCCEEDED if result.kind == RESULT_COMPLETE else TargetStatus.FAILED
+        message = str(result.data.get("detail") or result.data.get("reason") or "")[:500]
+        DeploymentTarget.objects.filter(
+            deployment_id=result.deployment_id, device_id=device_id
+        ).update(status=status, message=message, updated_at=timezone.now())
         if result.kind == RESULT_FAILED:
             log.warning(
-                "deployment %s failed on device %s: %s",
-                result.deployment_id,
-                device_id,
-                target.message,
+                "deployment %s failed on device %s: %s", result.deployment_id, device_id, message
             )
-    event = result_event_payload(row, target.device.name)
-    event["status"] = target.status
-    return StoredResult(
-        created=True, organization_id=target.deployment.organization_id, event=event
+    event = result_event_payload(row, info.device_name)
+    if status:
+        event["status"] = status
+    return StoredResult(created=True, organization_id=info.organization_id, event=event)
+
+
+def devices_seen(*, device_ids: list[int]) -> list[int]:
+    """Record heartbeats of many devices at once; return those revoked meanwhile."""
+    if not device_ids:
+        return []
+    Device.objects.filter(pk__in=device_ids).update(last_seen=timezone.now())
+    return list(
+        Device.objects.filter(pk__in=device_ids)
+        .filter(Q(revoked_at__isnull=False) | Q(credential_hash__isnull=True))
+        .values_list("pk", flat=True)
     )

@@ -3,12 +3,15 @@ Origin-checked)."""
 
 from __future__ import annotations
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 django_asgi_app = get_asgi_application()
+# Bigger body messages: large artifact downloads pass 16x fewer ASGI messages through daphne.
+django_asgi_app.chunk_size = 1 << 20  # type: ignore[attr-defined]
 
 # Imports below need the app registry ready.
 from channels.auth import AuthMiddlewareStack  # noqa: E402
@@ -25,3 +28,7 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# Everything imported so far lives as long as the process: keep it out of the cyclic GC's
+# full collections, whose pauses otherwise stall every open socket (hundreds of ms with torch).
+gc.freeze()

@@ -124,7 +124,8 @@ CHANNEL_LAYERS = {
         "CONFIG": {
             # redis-py 8 reads with a 5 s socket timeout by default, the same as channels_redis's
             # blocking receive (BZPOPMIN 5 s): every idle socket then died with "Timeout reading".
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+            # Its pool also stops at 100 connections, which a fleet of agent sockets exceeds.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "max_connections": 1000}],
             "prefix": env("EDGESLIM_CHANNEL_PREFIX", "edgeslim"),
             "capacity": 1000,
             "expiry": 30,

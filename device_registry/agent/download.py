@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("edgeslim.agent.download")
 
@@ -64,9 +65,10 @@ def download(
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     last_error: Exception | None = None
+    actual = ""
     for attempt in range(1, attempts + 1):
         try:
-            _fetch(
+            actual = _fetch(
                 url,
                 part,
                 credential=credential,
@@ -88,7 +90,6 @@ def download(
     if have != size:
         part.unlink(missing_ok=True)
         raise VerificationError("size_mismatch", f"expected {size} bytes, got {have}")
-    actual = sha256_file(part)
     if actual != sha256:
         part.unlink(missing_ok=True)
         raise VerificationError("hash_mismatch", f"sha256 {actual} != manifest {sha256}")
@@ -108,19 +109,22 @@ def _fetch(
     size: int,
     timeout: float,
     on_progress: Callable[[int, int], None] | None,
-) -> None:
+) -> str:
+    """Fetch the missing bytes into ``part``; return the sha256 of the whole part file."""
     have = part.stat().st_size if part.exists() else 0
     if have > size:
         part.unlink()
         have = 0
     if have == size:
-        return
+        return sha256_file(part)
     request = urllib.request.Request(url, headers={"Authorization": f"Device {credential}"})
     if have:
         request.add_header("Range", f"bytes={have}-")
     with urllib.request.urlopen(request, timeout=timeout) as response:
         if have and response.status != 206:
             have = 0  # the server ignored the range: start over
+        # Hash while writing (the bytes already on disk first), so nothing is read twice.
+        digest = _hash_prefix(part, have)
         mode = "ab" if have else "wb"
         with open(part, mode) as fh:
             got = have
@@ -130,6 +134,7 @@ def _fetch(
                 if not chunk:
                     break
                 fh.write(chunk)
+                digest.update(chunk)
                 got += len(chunk)
                 if got > size:
                     fh.close()
@@ -141,7 +146,18 @@ def _fetch(
                 if on_progress is not None and now - last_report > 0.5:
                     on_progress(got, size)
                     last_report = now
-            fh.flush()
-            os.fsync(fh.fileno())
+    # No fsync: a file torn by a crash fails the size and sha256 check before any use.
     if got < size:
         raise _Incomplete(f"connection ended at {got} of {size} bytes")
+    return digest.hexdigest()
+
+
+def _hash_prefix(path: Path, length: int) -> Any:
+    digest = hashlib.sha256()
+    if length:
+        with open(path, "rb") as fh:
+            left = length
+            while left > 0 and (chunk := fh.read(min(CHUNK, left))):
+                digest.update(chunk)
+                left -= len(chunk)
+    return digest

@@ -109,6 +109,10 @@
   function handle(ev, fromResync) {
     var p = ev.payload || {};
     if (ev.kind === "hello") { resync(); return; }
+    if (ev.kind === "batch") {  // coalesced events of one server tick
+      (p.events || []).forEach(function (inner) { handle(inner, fromResync); });
+      return;
+    }
     if (ev.kind === "device.status") {
       document.querySelectorAll('[data-device-id="' + p.device_id + '"]').forEach(function (root) {
         setText(root, "[data-device-state]", p.state);
