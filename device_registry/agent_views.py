@@ -130,9 +130,9 @@ async def artifact_download(request: HttpRequest, artifact_id: int, which: str =
         parsed = _parse_range(header, size)
         if parsed is None:
             fh.close()
-            response = HttpResponse(status=416)
-            response["Content-Range"] = f"bytes */{size}"
-            return response
+            refused = HttpResponse(status=416)
+            refused["Content-Range"] = f"bytes */{size}"
+            return refused
         start, end = parsed
         status = 206
     length = max(0, end - start + 1)
@@ -154,7 +154,7 @@ async def artifact_eval_download(request: HttpRequest, artifact_id: int) -> Any:
 
 
 @require_GET
-def agent_wheel(request: HttpRequest, filename: str) -> HttpResponse:
+def agent_wheel(request: HttpRequest, filename: str) -> FileResponse:
     """The agent's wheel (no Django, no torch), built from this server's own source."""
     if filename != agent_wheel_name():
         raise Http404(f"this server serves {agent_wheel_name()}")

@@ -21,7 +21,7 @@ from webapp.accounts.selectors import get_object_for_org_or_404, membership_curr
 def _org(request: Request) -> Organization:
     org = getattr(request._request, "organization", None)
     if org is None and request.user.is_authenticated:
-        membership = membership_current(user=request.user)  # type: ignore[arg-type]
+        membership = membership_current(user=request.user)
         org = membership.organization if membership else None
     if org is None:
         raise NotFound("No organisation.")

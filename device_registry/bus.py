@@ -29,7 +29,8 @@ class BusListener(Protocol):
 
 
 def _prefix() -> str:
-    config = settings.CHANNEL_LAYERS.get("default", {}).get("CONFIG", {})
+    layers: dict[str, Any] = settings.CHANNEL_LAYERS
+    config = layers.get("default", {}).get("CONFIG", {})
     return f"{config.get('prefix', 'edgeslim')}:devbus:"
 
 
@@ -95,12 +96,12 @@ class _LoopBus:
                         task.add_done_callback(self.pending.discard)
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
                 raise
             except (redis.RedisError, OSError):
                 log.warning("device bus subscription lost; resubscribing", exc_info=True)
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
                 await asyncio.sleep(1.0)
 
     async def stop(self) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from django.conf import settings
 
 
 def _num(name: str, default: float) -> float:
-    value = getattr(settings, name, None)
+    value: Any = getattr(settings, name, None)
     if value is None:
         value = os.environ.get(name, default)
     return float(value)

@@ -198,11 +198,11 @@ def _credential_from(scope: dict[str, Any]) -> str | None:
             text = value.decode("latin-1")
             scheme, _, credential = text.partition(" ")
             if scheme == "Device" and credential:
-                return credential.strip()
+                return str(credential.strip())
     return None
 
 
-class AgentConsumer(AsyncWebsocketConsumer):
+class AgentConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     # No channel-layer channel per agent socket (see device_registry.bus): an alias that is not
     # configured gives no layer, so channels starts no receive loop for this consumer.
     channel_layer_alias = "edgeslim-agents-use-the-device-bus"

@@ -53,7 +53,7 @@ class Device(OrgScopedModel):
         if not self.connection_channel or self.last_seen is None or self.revoked_at is not None:
             return False
         now = now or timezone.now()
-        return (now - self.last_seen).total_seconds() <= window_s
+        return bool((now - self.last_seen).total_seconds() <= window_s)
 
     @property
     def state(self) -> str:

@@ -334,6 +334,13 @@ def deployment_message(deployment: Deployment) -> Deploy:
     )
 
 
+def _validate_settings(settings: BenchSettings) -> None:
+    """The same checks the agent applies on decode (ranges, provider names)."""
+    settings.validate()
+    if any(not p or len(p) > 64 for p in settings.providers):
+        raise ProtocolError("provider names are 1 to 64 characters")
+
+
 class NoTargets(ValueError):
     """The deployment's selection matches no enrolled, unrevoked device."""
 
@@ -355,18 +362,7 @@ def deployment_create(
     """
     if artifact.organization_id != organization.pk:
         raise ValueError("the artifact belongs to another organisation")
-    encode(
-        settings_probe := Deploy(  # validates the settings the same way the agent will
-            manifest=Manifest(
-                deployment_id=0, artifact_id=0, name="", sha256="0" * 64, size=0, issued_at=0
-            ),
-            signature="",
-            artifact_url="",
-            eval_url=None,
-            settings=settings,
-        )
-    )
-    del settings_probe
+    _validate_settings(settings)
     devices = deployment_targets_resolve(
         organization=organization, target_kind=target_kind, target_value=target_value
     )

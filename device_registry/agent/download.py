@@ -16,7 +16,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger("edgeslim.agent.download")
 
@@ -40,7 +39,7 @@ def sha256_file(path: Path) -> str:
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
+    return str(digest.hexdigest())
 
 
 def download(
@@ -152,7 +151,7 @@ def _fetch(
     return digest.hexdigest()
 
 
-def _hash_prefix(path: Path, length: int) -> Any:
+def _hash_prefix(path: Path, length: int) -> hashlib._Hash:
     digest = hashlib.sha256()
     if length:
         with open(path, "rb") as fh:

@@ -298,7 +298,7 @@ def _validate_tree(value: Any) -> None:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         for f in dataclasses.fields(value):
             _validate_tree(getattr(value, f.name))
-        value.validate()
+        value.validate()  # type: ignore[attr-defined]
 
 
 def _reject_constant(name: str) -> Any:

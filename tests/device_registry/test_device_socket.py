@@ -9,6 +9,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from device_factories import FACTS, agent_socket, artifact, deployment, enrolled_device, org_admin
+from django.utils import timezone
 from factories import make_organization
 from ws_testing import communicator, session_cookie_for
 
@@ -264,3 +265,28 @@ def test_another_organisations_device_cannot_report_on_a_deployment(tmp_path):
     assert isinstance(async_to_sync(scenario)(), Ack)  # acknowledged so it is dropped...
     assert not DeploymentResult.objects.exists()  # ...but never stored
     assert Device.objects.get(pk=device_b.pk).organization != org_a
+
+
+def test_a_revocation_whose_bus_message_was_missed_closes_on_the_next_heartbeat(monkeypatch):
+    from device_registry import consumers
+
+    monkeypatch.setattr(consumers, "SEEN_WRITE_EVERY_S", 0.0)
+    monkeypatch.setattr(consumers, "SEEN_FLUSH_EVERY_S", 0.2)
+    device, credential = enrolled_device()
+
+    async def scenario():
+        ws, _, _ = await _open(credential)
+        await _hello(ws)
+        from asgiref.sync import sync_to_async
+
+        # Revoked behind the bus's back (as if its pub/sub message was lost).
+        await sync_to_async(Device.objects.filter(pk=device.pk).update)(
+            revoked_at=timezone.now(), credential_hash=None
+        )
+        await ws.send_to(text_data=encode(Heartbeat(ts=1.0)))
+        while True:
+            out = await ws.receive_output(timeout=5)
+            if out["type"] == "websocket.close":
+                return out["code"]
+
+    assert async_to_sync(scenario)() == CLOSE_REVOKED
