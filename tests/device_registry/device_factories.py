@@ -12,7 +12,7 @@ from factories import make_organization
 
 from device_registry import services
 from device_registry.agent.protocol import BenchSettings, DeviceFacts
-from device_registry.models import DeployableArtifact, Deployment, Device
+from device_registry.models import DeployableArtifact, Deployment, DeploymentResult, Device
 from webapp.accounts.models import Membership, Organization
 
 FACTS = DeviceFacts(
@@ -68,3 +68,7 @@ def agent_socket(credential: str | None, *, origin: str | None = "http://127.0.0
     if credential is not None:
         headers.append((b"authorization", f"Device {credential}".encode()))
     return WebsocketCommunicator(application, "/ws/agent/", headers=headers)
+
+
+def result_rows(deployment: Deployment) -> list[tuple[int, str]]:
+    return list(DeploymentResult.objects.filter(deployment=deployment).values_list("seq", "kind"))

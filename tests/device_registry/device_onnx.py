@@ -40,3 +40,22 @@ def write_eval_set(path: Path, *, samples: int = 60, wrong: int = 6) -> Path:
     labels[:wrong] = (labels[:wrong] + 1) % 3
     np.savez(path, x=x, y=labels)
     return path
+
+
+def write_matmul_model(path: Path) -> Path:
+    """A 512x512 MatMul: slow enough at large batches to kill the agent mid-benchmark."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 512])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 512])],
+        initializer=[numpy_helper.from_array(w, name="w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path

@@ -6,9 +6,10 @@ import io
 import stat
 from pathlib import Path
 
-import numpy as np
 import pytest
 from agent_process import AgentProcess, enroll, wait_for
+from device_factories import result_rows
+from device_onnx import write_matmul_model
 from factories import make_organization
 
 from device_registry import services
@@ -16,25 +17,6 @@ from device_registry.agent.protocol import BenchSettings
 from device_registry.models import DeploymentResult, DeploymentTarget, Device
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-
-
-def _big_model(path):
-    """A 512x512 MatMul: slow enough at large batches to kill the agent mid-benchmark."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "big",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 512])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 512])],
-        initializer=[numpy_helper.from_array(w, name="w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
 
 
 def _enrolled_agent(tmp_path, server, org, name="pi"):
@@ -47,14 +29,10 @@ def _enrolled_agent(tmp_path, server, org, name="pi"):
     return device, AgentProcess(tmp_path / name, tmp_path / f"{name}.log")
 
 
-def _rows(deployment):
-    return list(DeploymentResult.objects.filter(deployment=deployment).values_list("seq", "kind"))
-
-
 def test_the_agent_killed_mid_benchmark_loses_and_duplicates_nothing(tmp_path, daphne_server):
     org = make_organization()
     device, agent = _enrolled_agent(tmp_path, daphne_server.base_url, org)
-    model = _big_model(tmp_path / "big.onnx")
+    model = write_matmul_model(tmp_path / "big.onnx")
     art = services.artifact_create(
         organization=org, name="big.onnx", file=io.BytesIO(model.read_bytes())
     )
@@ -65,10 +43,10 @@ def test_the_agent_killed_mid_benchmark_loses_and_duplicates_nothing(tmp_path, d
     )  # fmt: skip
     agent.start()
     try:
-        wait_for(lambda: len(_rows(dep)) >= 1, timeout=90, what="a first result",
+        wait_for(lambda: len(result_rows(dep)) >= 1, timeout=90, what="a first result",
                  log=agent.output)  # fmt: skip
         agent.kill()  # mid-benchmark: batches still to run, maybe a result unacknowledged
-        before = _rows(dep)
+        before = result_rows(dep)
         assert (len(settings.batch_sizes) + 2, "complete") not in before
         agent.start()
         wait_for(
@@ -77,7 +55,7 @@ def test_the_agent_killed_mid_benchmark_loses_and_duplicates_nothing(tmp_path, d
         )  # fmt: skip
     finally:
         agent.stop()
-    rows = _rows(dep)
+    rows = result_rows(dep)
     assert sorted(rows) == [(1, "latency"), (2, "latency"), (3, "latency"), (4, "latency"),
                             (6, "complete")]  # fmt: skip
     assert DeploymentTarget.objects.get(deployment=dep).status == "succeeded"
