@@ -21,8 +21,12 @@ def heartbeat_s() -> float:
 
 
 def online_window_s() -> float:
-    """A connected device counts as online while its last heartbeat is this recent."""
-    return max(3 * heartbeat_s(), 45.0)
+    """A connected device counts as online while its last recorded heartbeat is this recent.
+
+    Heartbeats are written at most every 30 s per socket and flushed every 5 s, so the window
+    must exceed that with room to spare.
+    """
+    return max(4 * heartbeat_s(), 60.0)
 
 
 def enrollment_ttl_s() -> float:

@@ -49,9 +49,12 @@ class Device(OrgScopedModel):
     def __str__(self) -> str:
         return self.name
 
-    def is_online(self, *, now: Any = None, window_s: float = 60.0) -> bool:
+    def is_online(self, *, now: Any = None, window_s: float | None = None) -> bool:
         if not self.connection_channel or self.last_seen is None or self.revoked_at is not None:
             return False
+        from device_registry.conf import online_window_s
+
+        window_s = online_window_s() if window_s is None else window_s
         now = now or timezone.now()
         return bool((now - self.last_seen).total_seconds() <= window_s)
 

@@ -87,3 +87,15 @@ def test_the_register_page_shows_the_code_once_and_the_commands():
     listing = client.get("/devices/").content.decode()
     assert "kitchen-pi" in listing and "awaiting enrollment" in listing
     assert client.get(f"/devices/{device.pk}/").status_code == 200
+
+
+def test_online_means_connected_and_recently_seen():
+    device, _ = enrolled_device()
+    assert device.state == "offline"
+    device.connection_channel = "agent.x"
+    device.last_seen = timezone.now()
+    assert device.state == "online"
+    device.last_seen = timezone.now() - timedelta(minutes=5)
+    assert device.state == "offline"  # a server that died without clearing the connection
+    device.revoked_at = timezone.now()
+    assert device.state == "revoked"
