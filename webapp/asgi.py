@@ -11,7 +11,7 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 django_asgi_app = get_asgi_application()
 # Bigger body messages: large artifact downloads pass 16x fewer ASGI messages through daphne.
-django_asgi_app.chunk_size = 1 << 20  # type: ignore[attr-defined]
+django_asgi_app.chunk_size = 1 << 20
 
 # Imports below need the app registry ready.
 from channels.auth import AuthMiddlewareStack  # noqa: E402
