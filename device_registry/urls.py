@@ -13,6 +13,11 @@ urlpatterns = [
     path("<int:pk>/code/", views.device_new_code, name="new_code"),
     path("artifacts/", views.artifact_list, name="artifacts"),
     path("deploy/", views.deployment_new, name="deploy"),
+    path(
+        "deploy/model-version/<int:pk>/",
+        views.model_version_deploy,
+        name="deploy_model_version",
+    ),
     path("deployments/", views.deployment_list, name="deployments"),
     path("deployments/<int:pk>/", views.deployment_detail, name="deployment"),
 ]

@@ -7,15 +7,19 @@ from typing import Any
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from device_registry import selectors, services
+from device_registry import model_versions, selectors, services
 from device_registry.agent.protocol import BenchSettings, ProtocolError
 from device_registry.agent_wheel import agent_wheel_name
 from device_registry.forms import ArtifactUploadForm, DeploymentForm, DeviceRegisterForm
 from device_registry.models import DeployableArtifact, Deployment, Device, TargetKind
-from webapp.accounts.permissions import org_required
+from webapp.accounts.permissions import org_required, require_role
 from webapp.accounts.selectors import get_object_for_org_or_404
+from webapp.catalog.models import ModelVersion
+
+WRITE_ROLES = ("admin", "engineer")
 
 
 def _org(request: HttpRequest) -> Any:
@@ -173,6 +177,26 @@ def deployment_new(request: HttpRequest) -> HttpResponse:
         "device_registry/deployment_new.html",
         {"form": form, "tags": selectors.device_tags(organization=org), "kinds": TargetKind},
     )
+
+
+@org_required
+@require_POST
+def model_version_deploy(request: HttpRequest, pk: int) -> HttpResponse:
+    """Make (or reuse) the artifact of a catalog ONNX version, then open the deploy page on it."""
+    version = get_object_for_org_or_404(
+        ModelVersion.objects.select_related("asset"), org=_org(request), pk=pk
+    )
+    require_role(request, *WRITE_ROLES)
+    try:
+        artifact = model_versions.artifact_for_model_version(
+            organization=_org(request),
+            user=request.user,  # type: ignore[arg-type]
+            model_version=version,
+        )
+    except model_versions.NotDeployable as exc:
+        messages.error(request, str(exc))
+        return redirect("catalog:model_version_detail", pk=pk)
+    return redirect(f"{reverse('devices:deploy')}?artifact={artifact.pk}")
 
 
 @org_required

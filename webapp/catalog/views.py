@@ -11,6 +11,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from device_registry import model_versions as device_versions
 from webapp.accounts.permissions import org_required, require_role
 from webapp.catalog import selectors, services
 from webapp.catalog.errors import CatalogInputError, UploadTooLarge
@@ -145,9 +146,14 @@ def model_list(request: HttpRequest) -> HttpResponse:
 @org_required
 @require_GET
 def model_version_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    version = selectors.model_version_get(organization=request.organization, pk=pk)  # type: ignore[attr-defined]
+    org = request.organization  # type: ignore[attr-defined]
+    version = selectors.model_version_get(organization=org, pk=pk)
     context = {
         "version": version,
+        "deploy_reason": device_versions.deploy_refusal_reason(version),
+        "device_rows": device_versions.on_device_results_for_model_version(
+            organization=org, model_version=version
+        ),
         "lineage": selectors.model_version_lineage(version=version),
         "children": selectors.model_version_children(version=version),
         "can_write": _can_write(request),

@@ -126,8 +126,28 @@ def training_curves(epochs: list[dict[str, Any]]) -> dict[str, Any]:
     return _fig(fig)
 
 
+def on_device_p50(series: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """p50 latency by device, one bar group per final model (``{"fp32": {"pi": 3.1}}``)."""
+    series = {name: bars for name, bars in series.items() if bars}
+    if not series:
+        return {}
+    fig = go.Figure(
+        [go.Bar(name=name, x=list(bars), y=list(bars.values())) for name, bars in series.items()]
+    )
+    fig.update_layout(
+        title="On-device p50 latency (smallest batch, newest deployment)",
+        barmode="group",
+        yaxis_title="ms",
+        **_LAYOUT,
+    )
+    return _fig(fig)
+
+
 def report_figures(
-    rows: list[dict[str, Any]], changes: dict[str, Any], epochs: list[dict[str, Any]]
+    rows: list[dict[str, Any]],
+    changes: dict[str, Any],
+    epochs: list[dict[str, Any]],
+    on_device: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every chart of the report page, by element id; empty ones are left out."""
     figs = {
@@ -135,5 +155,6 @@ def report_figures(
         "chart-acc-size": accuracy_vs_size(rows),
         "chart-layers": layer_changes(changes),
         "chart-training": training_curves(epochs),
+        "chart-devices": on_device_p50(on_device or {}),
     }
     return {k: v for k, v in figs.items() if v}

@@ -7,7 +7,9 @@ from typing import Any
 
 from django.db.models import QuerySet
 
+from device_registry import model_versions as device_versions
 from webapp.accounts.models import Organization
+from webapp.catalog.models import ModelFormat, ModelVersion
 from webapp.jobs.models import Job, JobStatus
 from webapp.jobs.selectors import job_list
 
@@ -90,3 +92,23 @@ def report_epochs(report: dict[str, Any]) -> list[dict[str, Any]]:
         for row in stage.get("history") or []:
             out.append({"stage": stage.get("index"), "method": stage.get("method"), **row})
     return out
+
+
+def report_on_device(*, organization: Organization, job: Job) -> list[dict[str, Any]]:
+    """Each ONNX version the job produced (fp32, int8) with its on-device results per device."""
+    versions = (
+        ModelVersion.objects.for_org(organization)
+        .filter(produced_by_job_id=job.pk, format=ModelFormat.ONNX)
+        .select_related("asset")
+        .order_by("number")
+    )
+    return [
+        {
+            "version": v,
+            "deploy_reason": device_versions.deploy_refusal_reason(v),
+            "device_rows": device_versions.on_device_results_for_model_version(
+                organization=organization, model_version=v
+            ),
+        }
+        for v in versions
+    ]

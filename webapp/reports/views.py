@@ -7,9 +7,12 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from device_registry.model_versions import p50_by_device
 from webapp.accounts.permissions import org_required
 from webapp.jobs import selectors as job_selectors
 from webapp.reports import charts, selectors
+
+WRITE_ROLES = ("admin", "engineer")
 
 
 @org_required
@@ -27,17 +30,29 @@ def report_index(request: HttpRequest) -> HttpResponse:
 
 @org_required
 def report_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    job = job_selectors.job_get(organization=request.organization, pk=pk)  # type: ignore[attr-defined]
+    org = request.organization  # type: ignore[attr-defined]
+    job = job_selectors.job_get(organization=org, pk=pk)
     report = job_selectors.job_report(job=job)
-    ctx: dict[str, Any] = {"job": job, "report": report}
+    membership = getattr(request, "membership", None)
+    ctx: dict[str, Any] = {
+        "job": job,
+        "report": report,
+        "can_write": membership is not None and membership.role in WRITE_ROLES,
+    }
     if report:
         rows = selectors.report_rows(report)
         changes = selectors.report_layer_changes(report)
         epochs = selectors.report_epochs(report)
+        on_device = selectors.report_on_device(organization=org, job=job)
+        p50 = {
+            s["version"].label or f"v{s['version'].number}": p50_by_device(s["device_rows"])
+            for s in on_device
+        }
         ctx.update(
             rows=rows,
             changes=changes,
-            figures=charts.report_figures(rows, changes, epochs),
+            figures=charts.report_figures(rows, changes, epochs, p50),
+            on_device=on_device,
             targets=report.get("targets") or {},
             artifacts=job_selectors.job_artifact_list(job=job),
             versions=report.get("model_versions", []),
