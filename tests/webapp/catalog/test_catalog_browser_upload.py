@@ -4,20 +4,15 @@ page turn ready with what the worker found."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import pytest
+from browser import chromium_context, first_page
 from catalog_files import image_folder_zip, lenet5_safetensors
 from factories import PASSWORD, make_organization, make_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 # Records the highest progress the upload zone showed, across the redirect to the item page.
 RECORD_PROGRESS = """
 new MutationObserver(() => {
@@ -33,23 +28,9 @@ READY_TIMEOUT_MS = 240_000  # the worker builds the built-in samples first
 
 @pytest.fixture
 def browser_page(tmp_path):  # type: ignore[no-untyped-def]
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            user_data_dir=tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path),
-            executable_path=CHROMIUM,
-            args=CHROMIUM_ARGS,
-            headless=True,
-            viewport={"width": 1280, "height": 900},
-        )
+    with chromium_context(tmp_path, viewport={"width": 1280, "height": 900}) as context:
         context.add_init_script(RECORD_PROGRESS)
-        try:
-            yield context.pages[0] if context.pages else context.new_page()
-        finally:
-            context.close()
+        yield first_page(context)
 
 
 def _upload_through_the_zone(page, file_path: Path) -> list[int]:  # type: ignore[no-untyped-def]

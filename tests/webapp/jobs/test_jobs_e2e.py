@@ -12,12 +12,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from browser import chromium_context, first_page
 from factories import PASSWORD, make_organization, make_user
 from jobs_factories import image_zip, lenet5_file
 
@@ -25,11 +25,6 @@ from webapp.accounts.services import api_token_create
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 EDGESLIM = str(Path(sys.executable).parent / "edgeslim")
 READY_TIMEOUT_MS = 240_000  # the shared worker may be building the built-in samples first
 RECIPE_YAML = """\
@@ -45,23 +40,10 @@ stages:
 
 @pytest.fixture
 def browser_page(tmp_path):  # type: ignore[no-untyped-def]
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            user_data_dir=tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path),
-            executable_path=CHROMIUM,
-            args=CHROMIUM_ARGS,
-            headless=True,
-            viewport={"width": 1280, "height": 900},
-            accept_downloads=True,
-        )
-        try:
-            yield context.pages[0] if context.pages else context.new_page()
-        finally:
-            context.close()
+    with chromium_context(
+        tmp_path, viewport={"width": 1280, "height": 900}, accept_downloads=True
+    ) as context:
+        yield first_page(context)
 
 
 def _upload(page, path: Path) -> None:  # type: ignore[no-untyped-def]
