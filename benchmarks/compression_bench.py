@@ -221,6 +221,36 @@ def plain_torch_pruning(
     return model, macs
 
 
+def remeasure_latency(r: dict[str, Any], out: Path) -> None:
+    """Re-time every model of a finished run with ``side_by_side`` and recompute the ratios."""
+    torch.set_num_threads(2)
+    b = Budget(**{**r["budget"], "kd_seeds": tuple(r["budget"]["kd_seeds"])})
+    p, q, qb = r["pruning"], r["ptq"], r["ptq_big"]
+    onnx_dir = out / "onnx"
+    int8 = "checkpoints/stage_00_ptq_int8.onnx"
+    paths = {"fp32": onnx_dir / "vgg_fp32.onnx", "tp": onnx_dir / "vgg_tp.onnx"}
+    paths.update({v["name"]: onnx_dir / f"vgg_{v['name']}.onnx" for v in p["variants"]})
+    paths["int8"] = out / "ptq" / int8
+    if "rr_acc" in q:
+        paths["int8_rr"] = out / "ptq_rr" / int8
+    shape = (1, 32, 32)
+    lat = side_by_side(paths, shape, b)
+    p["latency_ms"] = {k: lat[k] for k in ("fp32", "tp", *(v["name"] for v in p["variants"]))}
+    p["tp_speedup"] = lat["fp32"] / lat["tp"]
+    for v in p["variants"]:
+        v["latency_ms"] = lat[v["name"]]
+        v["speedup"] = lat["fp32"] / lat[v["name"]]
+    q["latency_ms"] = {k: lat[k] for k in ("fp32", "int8", "int8_rr") if k in lat}
+    q["speedup"] = lat["fp32"] / lat["int8"]
+    if "rr_acc" in q:
+        q["rr_speedup"] = lat["fp32"] / lat["int8_rr"]
+    big = {"fp32": onnx_dir / "vgg_fp32_big.onnx", "int8": out / "ptq_big" / int8}
+    blat = side_by_side(big, (1, qb["input"], qb["input"]), b)
+    qb["latency_ms"] = blat
+    qb["speedup"] = blat["fp32"] / blat["int8"]
+    r["latency_remeasured"] = time.strftime("%Y-%m-%d %H:%M")
+
+
 def cpu_model_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -258,7 +288,20 @@ def main() -> None:
     parser.add_argument(
         "--render-only", type=Path, default=None, help="rewrite the doc from a JSON"
     )
+    parser.add_argument(
+        "--remeasure-latency",
+        type=Path,
+        default=None,
+        help="re-time the ONNX files a run left in --out (same procedure), update its JSON and"
+        " the doc; for runs whose latencies other jobs on the machine disturbed",
+    )
     args = parser.parse_args()
+    if args.remeasure_latency:
+        raw = json.loads(args.remeasure_latency.read_text())
+        remeasure_latency(raw, args.out)
+        args.remeasure_latency.write_text(json.dumps(raw, indent=2, default=str))
+        write_doc(args.doc, raw, quick=bool(raw.get("quick")))
+        return
     if args.render_only:
         raw = json.loads(args.render_only.read_text())
         write_doc(args.doc, raw, quick=bool(raw.get("quick")))
@@ -479,11 +522,12 @@ def budget_note(b: dict[str, Any]) -> str:
         return ""
     return (
         " with `--budget medium` (this 2-core CPU is too slow for the full budget: one VGG-11"
-        " epoch takes about a minute). Medium trains fewer epochs than the full budget (teacher"
+        " epoch takes 30-80 s here, depending on the other jobs). Medium trains fewer epochs than the full budget (teacher"
         f" {b['base_epochs']} instead of 20, pruning {b['sparsity_epochs']} + {b['finetune_epochs']}"
         f" instead of 10 + 15, KD {b['kd_epochs']} instead of 10), runs only the headline pruning"
-        f" variant and the first {b['kd_variants']} KD variants, with {len(b['kd_seeds'])} KD"
-        " seeds (full: 5); data, pipeline and targets are those of the full run"
+        f" variant and the first {b['kd_variants']} KD variants"
+        + ("" if len(b["kd_seeds"]) == 5 else f", with {len(b['kd_seeds'])} KD seeds instead of 5")
+        + "; data, pipeline and targets are those of the full run"
     )
 
 
@@ -512,7 +556,14 @@ def render(r: dict[str, Any], *, quick: bool) -> str:
         + budget_note(b)
         + f". Training device: {r['device']}; latency: ONNX Runtime {r['hardware']['onnxruntime']}"
         f" CPU provider, batch 1, 2 threads, median over {b['latency_rounds']} alternating rounds"
-        f" of each model's p50 over {b['latency_runs']} runs. Machine: {r['hardware']['machine']}"
+        f" of each model's p50 over {b['latency_runs']} runs"
+        + (
+            f" (re-timed on {r['latency_remeasured']} with `--remeasure-latency`: other jobs"
+            " on this shared 2-core machine disturbed the run's own timings)"
+            if r.get("latency_remeasured")
+            else ""
+        )
+        + f". Machine: {r['hardware']['machine']}"
         f" {r['hardware']['processor']}; torch {r['hardware']['torch']}, Torch-Pruning"
         f" {r['hardware']['torch_pruning']}. Data: scikit-learn digits upscaled to 32x32, one"
         f" channel, {n_train} train / {n_val} val images (one val image ="
