@@ -56,8 +56,10 @@ class PtqInt8Config:
     activation_type: Literal["uint8", "int8"] = param(
         "uint8", help="static only: activation integer type (uint8 suits x86 CPUs)"
     )
+    # On by default: most x86 CPUs in the field lack VNNI, where 8-bit weights saturate ORT's
+    # int16 intermediate (measured: 1.39 pt lost on digits VGG-11 without it, 0 pt with it).
     reduce_range: bool = param(
-        False, help="7-bit weights: avoids int16 overflow on x86 CPUs without VNNI"
+        True, help="7-bit weights: avoids int16 overflow on x86 CPUs without VNNI"
     )
     preprocess: bool = param(
         True, help="run ORT's pre-processing first (Conv+BN folding, shape inference)"
