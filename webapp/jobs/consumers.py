@@ -8,22 +8,17 @@ the page skips any seq it has already drawn.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from webapp.accounts.models import Membership
 from webapp.jobs.models import Job
 from webapp.jobs.selectors import job_event_list
 from webapp.jobs.services import job_event_message, job_group_name
+from webapp.live.consumers import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED, BrowserGroupConsumer
 
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_BAD_MESSAGE = 4400
-MAX_CLIENT_MESSAGE_BYTES = 1024
 REPLAY_LIMIT = 2000
 
 
@@ -44,9 +39,7 @@ def _replay(job: Job, after: int) -> list[dict[str, Any]]:
     ]
 
 
-class JobConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc,unused-ignore]
-    group_name: str | None = None
-
+class JobConsumer(BrowserGroupConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -69,26 +62,6 @@ class JobConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc,unused-ignor
         if after_values and after_values[0].isdigit():
             for message in await _replay(job, int(after_values[0])):
                 await self.send_json(message)
-
-    async def disconnect(self, code: int) -> None:
-        if self.group_name is not None:
-            await self.channel_layer.group_discard(self.group_name, self.channel_name)
-
-    async def receive(
-        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
-    ) -> None:
-        if text_data is None or len(text_data.encode()) > MAX_CLIENT_MESSAGE_BYTES:
-            await self.close(code=CLOSE_BAD_MESSAGE)
-            return
-        try:
-            content = json.loads(text_data)
-        except ValueError:
-            await self.close(code=CLOSE_BAD_MESSAGE)
-            return
-        if isinstance(content, dict) and content.get("type") == "ping":
-            await self.send_json({"kind": "pong", "payload": {}})
-            return
-        await self.close(code=CLOSE_BAD_MESSAGE)
 
     async def job_event(self, message: dict[str, Any]) -> None:
         await self.send_json({k: v for k, v in message.items() if k != "type"})

@@ -23,14 +23,40 @@ def _current_organization_id(user: Any, session: Any) -> int | None:
     return membership.organization_id if membership is not None else None
 
 
-class OrgEventsConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
-    """Joins ``org.<id>`` for the user's current organisation; relays ``org.event`` messages.
-
-    The only client message is ``{"type": "ping"}`` (answered with a pong); anything else,
-    binary or larger than 1 KiB closes the socket.
-    """
+class BrowserGroupConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
+    """What every browser socket shares: it leaves its group on disconnect, and the only
+    client message it takes is ``{"type": "ping"}`` (answered with a pong); anything else,
+    binary or larger than 1 KiB closes the socket with 4400. Subclasses authenticate in
+    ``connect`` and set ``group_name`` before joining."""
 
     group_name: str | None = None
+
+    async def disconnect(self, code: int) -> None:
+        if self.group_name is not None:
+            await self.channel_layer.group_discard(self.group_name, self.channel_name)
+
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
+        if text_data is None or len(text_data.encode()) > MAX_CLIENT_MESSAGE_BYTES:
+            await self.close(code=CLOSE_BAD_MESSAGE)
+            return
+        try:
+            content = json.loads(text_data)
+        except ValueError:
+            await self.close(code=CLOSE_BAD_MESSAGE)
+            return
+        if isinstance(content, dict) and content.get("type") == "ping":
+            await self.send_json({"kind": "pong", "payload": {}})
+            return
+        await self.close(code=CLOSE_BAD_MESSAGE)
+
+
+class OrgEventsConsumer(BrowserGroupConsumer):
+    """Joins ``org.<id>`` for the user's current organisation; relays ``org.event`` messages.
+
+    Client messages: see :class:`BrowserGroupConsumer`.
+    """
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -48,29 +74,6 @@ class OrgEventsConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         await self.accept()
         hello = org_event_build(kind="hello", payload={"organization_id": organization_id})
         await self.org_event(hello)
-
-    async def disconnect(self, code: int) -> None:
-        if self.group_name is not None:
-            await self.channel_layer.group_discard(self.group_name, self.channel_name)
-
-    async def receive(
-        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
-    ) -> None:
-        if text_data is None or len(text_data.encode()) > MAX_CLIENT_MESSAGE_BYTES:
-            await self.close(code=CLOSE_BAD_MESSAGE)
-            return
-        try:
-            content = json.loads(text_data)
-        except ValueError:
-            await self.close(code=CLOSE_BAD_MESSAGE)
-            return
-        await self.receive_json(content)
-
-    async def receive_json(self, content: Any, **kwargs: Any) -> None:
-        if isinstance(content, dict) and content.get("type") == "ping":
-            await self.send_json({"kind": "pong", "payload": {}})
-            return
-        await self.close(code=CLOSE_BAD_MESSAGE)
 
     async def org_event(self, message: dict[str, Any]) -> None:
         await self.send_json(
