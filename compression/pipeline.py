@@ -29,7 +29,7 @@ from compression.checkpoint import load_checkpoint, save_checkpoint, sha256_file
 from compression.datasets import DatasetBundle, check_dataset_matches_model, dataset_report
 from compression.errors import Cancelled, CompressionError, ConfigError
 from compression.metrics import ModelMetrics, measure_model
-from compression.recipe import Recipe, recipe_hash, recipe_to_dict, validate_recipe_for_model
+from compression.recipe import Recipe, check_recipe_for_state, recipe_hash, recipe_to_dict
 from compression.registry import get_method
 from compression.stage import LayerChange, ModelState, ProgressFn, StageContext, StageResult
 
@@ -286,7 +286,7 @@ def run_recipe(
         Cancelled: when ``should_cancel`` says so; completed stages stay checkpointed.
     """
     # Validate everything before a single file is written.
-    validate_recipe_for_model(recipe, model.format, model.task)
+    check_recipe_for_state(recipe, model)  # format, task, and each method's check_model hook
     check_dataset_matches_model(data, model)
     if model.module is not None and model.arch is None:
         raise ConfigError(

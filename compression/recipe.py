@@ -19,9 +19,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compression.errors import ConfigError, StageScopeError, UnknownMethodError
+from compression.model_facts import ModelFacts
 from compression.registry import (
     ModelFormat,
     TaskType,
@@ -29,6 +30,9 @@ from compression.registry import (
     config_to_dict,
     get_method,
 )
+
+if TYPE_CHECKING:
+    from compression.stage import ModelState
 
 MAX_RECIPE_CHARS = 256 * 1024
 MAX_STAGES = 32
@@ -232,6 +236,36 @@ def validate_recipe_for_model(recipe: Recipe, model_format: ModelFormat, task: T
             allowed = ", ".join(sorted(spec.scope.tasks))
             raise StageScopeError(f"{label}: supports {allowed}, not {task}")
         fmt = spec.output_format(fmt)
+
+
+def check_recipe_for_model(recipe: Recipe, facts: ModelFacts) -> None:
+    """Check every stage fits the model as it will be at that point, before anything runs.
+
+    First the scope (:func:`validate_recipe_for_model`), then each method's ``check_model``
+    hook with the facts as they stand after the stages before it (after ``ptq_int8`` the model
+    is ONNX, with BatchNorm folded away).
+
+    Raises:
+        StageScopeError: a stage does not accept the model's format or task at that point.
+        ConfigError: a method refuses the model; the field names the stage and the config field
+            (``stages[0].config.importance``) and the message names the method and what to use.
+    """
+    validate_recipe_for_model(recipe, facts.format, facts.task)
+    for i, stage in enumerate(recipe.stages):
+        spec = get_method(stage.method)
+        if spec.check_model is not None:
+            try:
+                spec.check_model(facts, stage.config)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"stages[{i}].{exc.field}", f"{stage.method}: {exc.message}"
+                ) from None
+        facts = facts.converted_to(spec.output_format(facts.format))
+
+
+def check_recipe_for_state(recipe: Recipe, state: ModelState) -> None:
+    """:func:`check_recipe_for_model` on the facts of a live model (what a run starts from)."""
+    check_recipe_for_model(recipe, ModelFacts.from_state(state))
 
 
 def _format_name(fmt: str) -> str:

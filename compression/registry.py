@@ -11,15 +11,21 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_origin
 
 from compression.errors import ConfigError, UnknownMethodError
+
+if TYPE_CHECKING:
+    from compression.model_facts import ModelFacts
 
 ModelFormat = Literal["torch", "onnx"]
 TaskType = Literal["classification", "detection"]
 
 C = TypeVar("C")
 F = TypeVar("F", bound=Callable[..., Any])
+# ``check_model(facts, config)`` raises ConfigError (field relative to the stage, e.g.
+# ``config.importance``) when the method cannot run on the model as far as it is known.
+ModelCheck = Callable[["ModelFacts", Any], None]
 
 
 def param(
@@ -71,6 +77,7 @@ class MethodSpec:
     config_cls: type[Any]
     scope: MethodScope
     run: Callable[..., Any]  # (ctx: StageContext, config) -> StageResult
+    check_model: ModelCheck | None = None  # refuses a model before anything runs
 
     def params(self) -> list[ParamSpec]:
         return config_params(self.config_cls)
@@ -90,8 +97,14 @@ def register_method(
     inputs: tuple[ModelFormat, ...] = ("torch",),
     tasks: tuple[TaskType, ...] = ("classification",),
     output: ModelFormat | None = None,
+    check_model: ModelCheck | None = None,
 ) -> Callable[[F], F]:
-    """Register ``run(ctx, config) -> StageResult`` as the method ``name``."""
+    """Register ``run(ctx, config) -> StageResult`` as the method ``name``.
+
+    ``check_model(facts, config)`` is called by :func:`compression.recipe.check_recipe_for_model`
+    before a job is queued or a run starts; it raises :class:`ConfigError` for a model the
+    method cannot work on (its field is relative to the stage, e.g. ``config.importance``).
+    """
     if not dataclasses.is_dataclass(config) or not config.__dataclass_params__.frozen:  # type: ignore[attr-defined]
         raise TypeError(f"{name}: config must be a frozen dataclass")
     config_params(config)  # fail at import time on an undeclared field
@@ -105,6 +118,7 @@ def register_method(
             config_cls=config,
             scope=MethodScope(frozenset(inputs), frozenset(tasks), output),
             run=fn,
+            check_model=check_model,
         )
         return fn
 

@@ -30,6 +30,7 @@ from compression.methods._common import (
     prunable_layers,
     torch_module,
 )
+from compression.model_facts import ModelFacts
 from compression.registry import param, register_method
 from compression.stage import LayerChange, StageContext, StageResult
 from compression.training import train
@@ -263,6 +264,7 @@ def _snapshot(module: nn.Module) -> dict[str, tuple[str, int, int]]:
     "with Torch-Pruning's DependencyGraph, then fine-tune.",
     inputs=("torch",),
     tasks=("classification",),
+    check_model=lambda facts, cfg: check_model(facts, cfg),  # defined at the end of the file
 )
 def run(ctx: StageContext, cfg: ChannelPruningConfig) -> StageResult:
     """Slim ``ctx.model``: optional sparsity training, physical channel removal, fine-tuning."""
@@ -371,3 +373,13 @@ def run(ctx: StageContext, cfg: ChannelPruningConfig) -> StageResult:
         metrics["channel_ratio"] = ratio
     ctx.model.module = finish(module)
     return StageResult(model=ctx.model, metrics=metrics, layers=layers, history=history)
+
+
+def check_model(facts: ModelFacts, cfg: ChannelPruningConfig) -> None:
+    """Refuse BN-scale importance on a model without BatchNorm before anything runs."""
+    if cfg.importance == "bn_scale" and facts.has_batchnorm is False:
+        raise ConfigError(
+            "config.importance",
+            f"importance bn_scale ranks channels by their BatchNorm scales, but {facts.label} "
+            "has no BatchNorm layers; use importance l1 or l2 (filter norms) instead",
+        )

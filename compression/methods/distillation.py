@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compression.errors import StageScopeError
+from compression.errors import ConfigError, StageScopeError
 from compression.methods._common import classifier_layer, finish, history_metrics, torch_module
+from compression.model_facts import ModelFacts
 from compression.registry import param, register_method
 from compression.stage import StageContext, StageResult
 from compression.training import train
@@ -193,6 +194,7 @@ def _penultimate_width(
     "optionally with feature hints and attention transfer.",
     inputs=("torch",),
     tasks=("classification",),
+    check_model=lambda facts, cfg: check_model(facts, cfg),  # defined at the end of the file
 )
 def run(ctx: StageContext, cfg: DistillationConfig) -> StageResult:
     """Distil a teacher into ``ctx.model``'s module, which is trained in place."""
@@ -262,3 +264,24 @@ def run(ctx: StageContext, cfg: DistillationConfig) -> StageResult:
         )
     ctx.model.module = finish(student)
     return StageResult(model=ctx.model, metrics=history_metrics(history), history=history)
+
+
+def check_model(facts: ModelFacts, cfg: DistillationConfig) -> None:
+    """Refuse hint or attention losses on a student without the layers they tap.
+
+    The hint loss taps the classifier's input (a linear or conv layer with one output per
+    class); attention transfer taps convolution feature maps. Unknown layers pass.
+    """
+    if cfg.feature_weight > 0 and facts.has_classifier() is False:
+        raise ConfigError(
+            "config.feature_weight",
+            f"the hint loss taps the input of the classifier layer, but {facts.label} has no "
+            f"linear or conv layer with {facts.num_classes} outputs; set feature_weight to 0",
+        )
+    if cfg.attention_weight > 0 and facts.has_conv() is False:
+        layers = ", ".join(facts.layer_names()) or "none"
+        raise ConfigError(
+            "config.attention_weight",
+            f"attention transfer taps convolution feature maps, but {facts.label} has no "
+            f"convolution layers (its layers: {layers}); set attention_weight to 0",
+        )

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from compression.datasets import DatasetBundle
     from compression.pipeline import RunReport
+    from compression.recipe import Recipe
     from compression.stage import ModelState
 
 EXIT_ERROR = 2
@@ -99,6 +100,7 @@ def _run(args: argparse.Namespace, err: Console) -> RunReport:
     recipe = load_recipe_file(args.recipe)
     if args.seed is not None:
         recipe = dataclasses.replace(recipe, seed=args.seed)
+    _check_recipe_for_model(args, recipe)  # before anything is loaded or written
     out: Path = args.out
     torch.manual_seed(recipe.seed)  # a zoo model's initial weights depend on it
     model, data = _load_model_and_data(args, out)
@@ -120,6 +122,29 @@ def _run(args: argparse.Namespace, err: Console) -> RunReport:
             load_model=_reference_loader(args),
             restart=args.restart,
         )
+
+
+def _check_recipe_for_model(args: argparse.Namespace, recipe: Recipe) -> None:
+    """Refuse a recipe its model cannot run (each method's ``check_model`` hook) up front.
+
+    A zoo architecture is checked from the architecture itself; a file is loaded (safely, as
+    the run will) for its layer table. ``run_recipe`` checks again with the final model.
+    """
+    from compression.model_facts import ModelFacts
+    from compression.model_io import load_model_file
+    from compression.recipe import check_recipe_for_model
+
+    model_path = Path(args.model)
+    if model_path.is_file():
+        state = load_model_file(
+            model_path, arch=args.arch, num_classes=args.num_classes, in_channels=args.in_channels
+        )
+        facts = ModelFacts.from_state(state)
+    else:
+        facts = ModelFacts.from_info(
+            None, format="torch", arch=args.model, num_classes=args.num_classes
+        )
+    check_recipe_for_model(recipe, facts)
 
 
 def _load_model_and_data(args: argparse.Namespace, out: Path) -> tuple[ModelState, DatasetBundle]:

@@ -4,16 +4,18 @@ the data set, and turn errors into :class:`JobInputError` naming the field."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from compression.errors import CompressionError, ConfigError
+from compression.model_facts import ModelFacts
 from compression.recipe import (
     Recipe,
+    check_recipe_for_model,
     parse_recipe,
     recipe_to_dict,
     recipe_to_yaml,
-    validate_recipe_for_model,
 )
+from compression.registry import TaskType
 from webapp.catalog.models import Dataset, ModelVersion
 from webapp.jobs.errors import JobInputError
 
@@ -40,13 +42,32 @@ def recipe_parse(recipe: dict[str, Any] | str) -> Recipe:
         raise JobInputError(str(exc), field="recipe") from None
 
 
+def model_facts_for_version(model_version: ModelVersion) -> ModelFacts:
+    """What the catalog knows about a version without running it: its stored inspection, or,
+    for a zoo architecture not inspected yet, the architecture itself."""
+    return ModelFacts.from_info(
+        model_version.info,
+        format="onnx" if model_version.format == "onnx" else "torch",
+        task=cast(TaskType, model_version.task),  # an unknown task is refused by the scope check
+        arch=model_version.arch or None,
+        input_shape=model_version.input_shape,
+        num_classes=model_version.num_classes,
+    )
+
+
 def recipe_check(
     recipe: dict[str, Any] | str, *, model_version: ModelVersion, dataset: Dataset | None
 ) -> RecipeCheck:
-    """Parse ``recipe`` and check every stage fits the model (format, task) and the data set."""
+    """Parse ``recipe`` and check every stage fits the model and the data set.
+
+    The model check is the format and task of each stage and each method's ``check_model``
+    hook (BN-scale pruning on a model without BatchNorm is refused here, not mid-job).
+    """
     parsed = recipe_parse(recipe)
     try:
-        validate_recipe_for_model(parsed, model_version.format, model_version.task)  # type: ignore[arg-type]
+        check_recipe_for_model(parsed, model_facts_for_version(model_version))
+    except ConfigError as exc:
+        raise JobInputError(exc.message, field=f"recipe.{exc.field}") from None
     except CompressionError as exc:
         message = str(exc)
         field = "recipe.stages"
