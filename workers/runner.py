@@ -164,12 +164,11 @@ class JobRunner:
             work_dir=out_dir / "inputs",
             size=mv.input_size,
             channels=mv.in_channels,
-            seed=recipe.seed,
         )
         self._log(
             job,
             f"loaded {mv.asset.name} v{mv.number} ({mv.format}) and {job.dataset.name} "
-            f"({len(data.train)} train / {len(data.val)} val images)",
+            f"({len(data.train)} train / {len(data.val)} val / {len(data.test)} test images)",
         )
         report = run_recipe(
             recipe,

@@ -66,7 +66,7 @@ def dataset_load(
     work_dir: Path,
     size: int | None = None,
     channels: int | None = None,
-    seed: int = 0,
+    split_seed: int | None = None,
 ) -> DatasetBundle:
     """Load a dataset at ``size`` x ``size`` with ``channels`` (the model's input), defaulting to
     what validation used (32, and 1 channel for digits / 3 for image folders).
@@ -87,16 +87,28 @@ def dataset_load(
             raise DatasetError(
                 f"the digits are 1-channel images but the model expects {channels} channels"
             )
-        return load_digits(size=size, seed=seed)
+        return load_digits(size=size, split_seed=_split_seed(dataset))
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     path = stored_file_local_path(dataset.file, work_dir=work_dir)
     extract_to = Path(tempfile.mkdtemp(prefix="dataset-", dir=work_dir))
     try:
         bundle = load_image_folder_zip(
-            path, extract_to, size=size, channels=int(channels or shape[0]), seed=seed
+            path,
+            extract_to,
+            size=size,
+            channels=int(channels or shape[0]),
+            split_seed=split_seed if split_seed is not None else _split_seed(dataset),
         )
     finally:  # the images are decoded into memory; the extracted files are not needed
         shutil.rmtree(extract_to, ignore_errors=True)
     bundle.name = dataset.name
     return bundle
+
+
+def _split_seed(dataset: Dataset) -> int:
+    """The seed the data set's fixed split was carved with (stored with it, never a recipe's)."""
+    value = getattr(dataset, "split_seed", None)
+    if value is None and isinstance(dataset.report, dict):
+        value = dataset.report.get("split_seed")
+    return int(value or 0)
