@@ -18,8 +18,9 @@ def test_it_measures_every_batch_size_with_the_shared_harness(tmp_path):
     first, second = results[0][1], results[1][1]
     assert first["batch_size"] == 1 and second["batch_size"] == 4
     assert second["input_shape"] == [4, 4]
-    for key in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "load_time_ms"):
+    for key in ("p50_ms", "p90_ms", "mean_ms", "throughput", "load_time_ms"):
         assert first[key] > 0
+    assert first["p99_ms"] is None  # 5 timed runs: too few for a p99
     assert first["peak_rss_mb"] > 0
     assert "MatMul" in first["op_profile_ms"]
 
