@@ -63,10 +63,11 @@ class Targets:
 class EvalSettings:
     """How every state is measured (latency with ONNX Runtime on the CPU)."""
 
-    latency_runs: int = 50
+    latency_runs: int = 50  # timed runs per round
     warmup: int = 10
     threads: int = 2
     batch_size: int = 1
+    rounds: int = 5  # interleaved rounds; the report gives the median and IQR across them
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def parse_recipe(data: Mapping[str, Any] | str) -> Recipe:
     targets = Targets(max_accuracy_drop=drop, target_device=device, reference=str(reference))
 
     e = _mapping(data.get("eval"), "eval")
-    _refuse_unknown(e, ("latency_runs", "warmup", "threads", "batch_size"), "eval")
+    _refuse_unknown(e, ("latency_runs", "warmup", "threads", "batch_size", "rounds"), "eval")
     defaults = EvalSettings()
     evals = EvalSettings(
         latency_runs=_int(
@@ -167,6 +168,7 @@ def parse_recipe(data: Mapping[str, Any] | str) -> Recipe:
         warmup=_int(e.get("warmup", defaults.warmup), "eval.warmup", ge=0, le=10_000),
         threads=_int(e.get("threads", defaults.threads), "eval.threads", ge=1, le=256),
         batch_size=_int(e.get("batch_size", defaults.batch_size), "eval.batch_size", ge=1, le=4096),
+        rounds=_int(e.get("rounds", defaults.rounds), "eval.rounds", ge=1, le=100),
     )
 
     raw_stages = data.get("stages")
@@ -291,6 +293,7 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
             "warmup": recipe.eval.warmup,
             "threads": recipe.eval.threads,
             "batch_size": recipe.eval.batch_size,
+            "rounds": recipe.eval.rounds,
         },
         "stages": [
             {"method": s.method, "name": s.name, "config": config_to_dict(s.config)}

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compression.evaluation import accuracy_torch
+
 if TYPE_CHECKING:
     from compression.datasets import DatasetBundle
     from compression.stage import StageContext
@@ -59,34 +61,16 @@ def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> to
     return x
 
 
-@torch.no_grad()
 def evaluate(
     module: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    device: torch.device,
+    device: torch.device | None = None,
+    *,
+    check_cancel: Callable[[], None] | None = None,
 ) -> float:
-    """Top-1 accuracy in percent of ``module`` over ``loader``; restores the module's mode."""
-    was_training = module.training
-    module.eval()
-    channels_last = device.type == "cuda"
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    total = 0
-    try:
-        for inputs, targets in _batches(loader):
-            inputs = _to_device(inputs, device, channels_last)
-            targets = targets.to(device)
-            autocast = (
-                torch.autocast("cuda", dtype=torch.float16)
-                if device.type == "cuda"
-                else contextlib.nullcontext()
-            )
-            with autocast:
-                logits = module(inputs)
-            correct += (logits.argmax(dim=1) == targets).sum()
-            total += int(targets.numel())
-    finally:
-        module.train(was_training)
-    return 100.0 * int(correct) / max(total, 1)
+    """Top-1 accuracy in percent of ``module`` over ``loader``: the one evaluator,
+    :func:`compression.evaluation.accuracy_torch` (float32, on the module's device)."""
+    return accuracy_torch(module, loader, device, check_cancel=check_cancel)
 
 
 def _make_optimizer(
@@ -215,7 +199,7 @@ def train(
             correct_sum += (logits.detach().argmax(dim=1) == targets).sum()
             seen += n
         ctx.check_cancel()
-        val_acc = evaluate(module, val_loader, device)
+        val_acc = evaluate(module, val_loader, device, check_cancel=ctx.check_cancel)
         row = {
             "epoch": float(epoch + 1),
             "loss": float(loss_sum) / max(seen, 1),
