@@ -65,6 +65,11 @@ _unique_test_database()
 os.makedirs(os.path.join(os.environ["EDGESLIM_DATA_DIR"], "static"), exist_ok=True)
 
 import pytest  # noqa: E402
+from ci_skip_guard import (  # noqa: E402, F401  (hooks: on CI, a skipped browser test fails the run)
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 from stack import celery_worker_process, daphne_server, edgeslim_stack  # noqa: E402, F401
 
 

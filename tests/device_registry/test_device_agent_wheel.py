@@ -10,7 +10,7 @@ import pytest
 
 from device_registry.agent_wheel import agent_wheel_build, agent_wheel_name
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.agent_wheel]
 
 
 def test_the_wheel_holds_only_the_agent_and_the_latency_harness(tmp_path):
