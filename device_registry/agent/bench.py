@@ -1,7 +1,8 @@
 """Benchmark a verified artifact through the one latency harness, plus an optional accuracy check.
 
-Latency always comes from :func:`compression.latency.measure_latency`, the same code the worker
-host uses, so every latency figure in the product is measured one way.
+Latency always comes from :func:`compression.latency.measure_latency_isolated`, the same harness
+the worker host uses (a fresh child process per measurement, thread env pinned, peak RSS of that
+child alone), so every latency figure in the product is measured one way.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from compression.latency import measure_latency
+from compression.latency import measure_latency_isolated
 from device_registry.agent.protocol import BenchSettings
 
 ProgressFn = Callable[[str, float, str], None]
@@ -60,12 +61,14 @@ def latency_runs(
         if on_progress:
             on_progress("benchmarking", i / n, f"batch {batch}")
         shape = input_shape_for(declared, settings, batch)
-        result = measure_latency(
-            model,
-            input_shape=shape,
+        # one model per call: the deployment's runs are one round (IQR needs the host's rounds)
+        (result,) = measure_latency_isolated(
+            [model],
+            input_shapes=[list(shape)],
             threads=settings.threads,
             warmup=settings.warmup,
             runs=settings.runs,
+            rounds=1,
             providers=providers,
             profile=settings.profile,
         )
