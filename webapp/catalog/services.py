@@ -81,6 +81,11 @@ _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 # The built-in samples every organisation starts with: zoo architectures sized for digits.
 BUILTIN_DATASET_KEY = "digits"
+# key -> (name, kind) of every built-in dataset; ``mnist`` holds 5,000 real MNIST digits.
+BUILTIN_DATASETS: dict[str, tuple[str, str]] = {
+    "digits": ("Digits (built-in)", DatasetKind.DIGITS),
+    "mnist": ("MNIST 5k (built-in)", DatasetKind.MNIST),
+}
 BUILTIN_MODELS: tuple[dict[str, Any], ...] = (
     {
         "key": "zoo:lenet5",
@@ -352,6 +357,30 @@ def _check_torch_spec(
     return str(arch), classes, channels, size
 
 
+def normalization_check(value: Any, *, in_channels: Any = None) -> str:
+    """A declared normalization preset, checked against the channel count when it is known.
+
+    Raises:
+        CatalogInputError: an unknown preset, or ImageNet statistics for other than 3 channels
+            (with ``field="normalization"``, so forms show it beside the field).
+    """
+    from compression.preprocessing import NORMALIZATION_PRESETS
+
+    preset = str(value or "dataset").strip().lower()
+    if preset not in NORMALIZATION_PRESETS:
+        raise CatalogInputError(
+            f"normalization must be one of {', '.join(NORMALIZATION_PRESETS)}, not {value!r}.",
+            field="normalization",
+        )
+    if preset == "imagenet" and in_channels not in (None, "") and int(in_channels) != 3:
+        raise CatalogInputError(
+            f"ImageNet normalization needs a 3-channel (RGB) model; this one has {in_channels} "
+            "channel(s). Use dataset or unit.",
+            field="normalization",
+        )
+    return preset
+
+
 def model_upload_create(
     *,
     organization: Organization,
@@ -366,8 +395,13 @@ def model_upload_create(
     in_channels: int | None = None,
     input_size: int | None = None,
     description: str = "",
+    normalization: str | None = None,
 ) -> ModelVersion:
     """Store an uploaded model file as a new pending version and enqueue its inspection.
+
+    ``normalization`` declares the statistics the model was trained with: ``dataset`` (the
+    default: the job's data set's own), ``imagenet`` (3-channel models only) or ``unit`` (plain
+    0-1 scaling). The full preprocessing record is written once the inspection knows the shape.
 
     ``name`` picks the asset (a new one, or a new version of an existing one); it defaults to the
     file's stem. The original filename is kept as metadata only; the stored name is generated.
@@ -376,8 +410,10 @@ def model_upload_create(
         WrongFileType: not .safetensors/.pt/.pth/.bin/.onnx, or bytes that are plainly another
             kind of file (an executable, a PDF, ...).
         UploadTooLarge: over ``EDGESLIM_MAX_UPLOAD_BYTES``.
-        CatalogInputError: a torch file without a known architecture, or bad sizes.
+        CatalogInputError: a torch file without a known architecture, bad sizes, or a
+            normalization that does not fit (ImageNet statistics on a 1-channel model).
     """
+    declared = normalization_check(normalization, in_channels=in_channels)
     clean, _size = _prepare_input(uploaded_file=uploaded_file, path=path, filename=filename)
     fmt = model_format_from_filename(clean)
     if format_hint and format_hint != fmt:
@@ -420,6 +456,7 @@ def model_upload_create(
                 sha256=sha256,
                 status=ItemStatus.PENDING,
                 created_by=user,
+                preprocessing={"normalization": declared} if declared != "dataset" else {},
                 **meta,
             )
             _enqueue("model_version_inspect", version.pk)
@@ -440,10 +477,13 @@ def model_version_create_from_job(
     label: str = "",
     info: dict[str, Any] | None = None,
     user: User | None = None,
+    preprocessing: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """Record a model a job produced as the next version of its parent's asset.
 
     Lineage: ``parent``, ``produced_by_job_id`` and ``recipe``. Shapes are copied from the parent.
+    ``preprocessing`` is the job report's record (``report["preprocessing"]``): the inputs the
+    model was measured with; a malformed record is refused.
     With ``info`` (the runner's ``ModelInfo.to_dict()``) the version is ready at once; without
     it a worker inspects the file like an upload.
     """
@@ -451,6 +491,7 @@ def model_version_create_from_job(
         raise CatalogInputError("The parent model belongs to another organisation.", field="parent")
     if format not in ModelFormat.values:
         raise CatalogInputError(f"Unknown model format {format!r}.", field="format")
+    record = _preprocessing_record(preprocessing) if preprocessing else {}
     path = Path(file_path)
     ext = ".onnx" if format == ModelFormat.ONNX else (_extension(path.name) or ".safetensors")
     sha256, size = _hash_and_size(_source_chunks(None, path))
@@ -481,6 +522,7 @@ def model_version_create_from_job(
                 parent=parent,
                 produced_by_job_id=job_id,
                 recipe=recipe,
+                preprocessing=record,
                 created_by=user,
             )
             if info is None:
@@ -496,6 +538,44 @@ def model_version_create_from_job(
         storage_delete_quietly(stored)
         raise
     return version
+
+
+def _preprocessing_record(data: dict[str, Any]) -> dict[str, Any]:
+    from compression.preprocessing import Preprocessing, PreprocessingError
+
+    try:
+        return Preprocessing.from_dict(data).to_dict()
+    except PreprocessingError as exc:
+        raise CatalogInputError(str(exc), field="preprocessing") from None
+
+
+def declared_preprocessing(
+    *, normalization: str, in_channels: int | None, input_size: int | None
+) -> dict[str, Any]:
+    """The full record of a declared preset (``imagenet``/``unit``) once the shape is known;
+    ``{}`` for ``dataset``, whose statistics come from the job's data.
+
+    Raises:
+        PreprocessingError: the preset does not fit (ImageNet statistics on 1 channel).
+    """
+    from compression.preprocessing import Preprocessing
+
+    if normalization == "dataset" or not in_channels or not input_size:
+        return {"normalization": normalization} if normalization != "dataset" else {}
+    if in_channels not in (1, 3):
+        from compression.preprocessing import PreprocessingError
+
+        raise PreprocessingError(
+            f"a declared normalization needs 1 or 3 channels, the model has {in_channels}"
+        )
+    base = Preprocessing(
+        input_size=(input_size, input_size),
+        channels=in_channels,
+        mean=(0.0,) * in_channels,
+        std=(1.0,) * in_channels,
+        class_names=(),
+    )
+    return base.with_normalization(normalization).to_dict()
 
 
 def model_version_mark_ready(
@@ -514,9 +594,16 @@ def model_version_mark_ready(
     version.input_size = version.input_size or input_size
     version.in_channels = version.in_channels or in_channels
     version.num_classes = version.num_classes or num_classes
+    if version.declared_normalization != "dataset" and not version.preprocessing.get("mean"):
+        version.preprocessing = declared_preprocessing(
+            normalization=version.declared_normalization,
+            in_channels=version.in_channels,
+            input_size=version.input_size,
+        )
     version.save(
         update_fields=[
-            "info", "status", "error", "inspected_at", "input_size", "in_channels", "num_classes"
+            "info", "status", "error", "inspected_at", "input_size", "in_channels", "num_classes",
+            "preprocessing",
         ]
     )  # fmt: skip
     catalog_event_send(
@@ -584,6 +671,28 @@ def model_version_delete(*, version: ModelVersion) -> None:
 # --- datasets ---------------------------------------------------------------------------------
 
 
+MAX_SPLIT_SEED = 2**31 - 1
+
+
+def split_seed_check(value: Any) -> int:
+    """A dataset's split seed: a whole number from 0 to 2**31 - 1 (blank means 0).
+
+    Raises:
+        CatalogInputError: anything else (``field="split_seed"``).
+    """
+    if value in (None, ""):
+        return 0
+    try:
+        seed = int(value)
+    except (TypeError, ValueError):
+        seed = -1
+    if isinstance(value, bool) or str(seed) != str(value).strip() or not 0 <= seed <= MAX_SPLIT_SEED:
+        raise CatalogInputError(
+            f"split_seed must be a whole number from 0 to {MAX_SPLIT_SEED}.", field="split_seed"
+        )
+    return seed
+
+
 def dataset_upload_create(
     *,
     organization: Organization,
@@ -592,13 +701,19 @@ def dataset_upload_create(
     uploaded_file: UploadedFile[bytes] | IO[bytes] | None = None,
     path: Path | str | None = None,
     filename: str | None = None,
+    split_seed: int | None = None,
 ) -> Dataset:
     """Store an image-folder zip as a pending dataset and enqueue its validation.
+
+    ``split_seed`` (default 0) fixes how the val and test splits are carved when the zip has no
+    ``val/`` or ``test/`` folder; it is stored with the dataset and never changes.
 
     Raises:
         WrongFileType: not a .zip, or not zip bytes.
         UploadTooLarge: over ``EDGESLIM_MAX_UPLOAD_BYTES``.
+        CatalogInputError: a split seed that is not a whole number from 0 to 2**31 - 1.
     """
+    seed = split_seed_check(split_seed)
     clean, _size = _prepare_input(uploaded_file=uploaded_file, path=path, filename=filename)
     _check_dataset_filename(clean)
     _sniff(_head(uploaded_file, path), kind="dataset", filename=clean)
@@ -615,6 +730,7 @@ def dataset_upload_create(
                 organization=organization,
                 name=(name or "").strip()[:200] or filename_normalize(Path(clean).stem),
                 kind=DatasetKind.IMAGE_ZIP,
+                split_seed=seed,
                 file=stored,
                 source_filename=clean,
                 size_bytes=counted,
@@ -700,35 +816,42 @@ def dataset_delete(*, dataset: Dataset) -> None:
 
 
 def builtin_samples_ensure(*, organization: Organization) -> None:
-    """Give ``organization`` the digits dataset and the zoo samples (idempotent, cheap when done).
+    """Give ``organization`` the built-in datasets (digits, mnist) and the zoo samples
+    (idempotent, cheap when done), and re-validate its datasets whose stored report predates
+    the train/val/test split.
 
     Rows are created pending; a worker builds the weights (LeNet-5 trained one epoch on digits,
     the others freshly initialised) and inspects them, like any upload.
     """
+    datasets_revalidate_stale(organization=organization)
     keys = [m["key"] for m in BUILTIN_MODELS]
     have_models = ModelVersion.objects.filter(
         organization=organization, builtin_key__in=keys
     ).count()
-    have_digits = Dataset.objects.filter(
-        organization=organization, builtin_key=BUILTIN_DATASET_KEY
-    ).exists()
-    if have_digits and have_models == len(keys):
+    have_datasets = set(
+        Dataset.objects.filter(
+            organization=organization, builtin_key__in=list(BUILTIN_DATASETS)
+        ).values_list("builtin_key", flat=True)
+    )
+    if len(have_datasets) == len(BUILTIN_DATASETS) and have_models == len(keys):
         return
     from compression import zoo
 
     with transaction.atomic():
-        if not have_digits:
+        for key, (name, kind) in BUILTIN_DATASETS.items():
+            if key in have_datasets:
+                continue
             try:
                 with transaction.atomic():
-                    digits = Dataset.objects.create(
+                    dataset = Dataset.objects.create(
                         organization=organization,
-                        name="Digits (built-in)",
-                        kind=DatasetKind.DIGITS,
+                        name=name,
+                        kind=kind,
                         status=ItemStatus.PENDING,
                         is_builtin=True,
-                        builtin_key=BUILTIN_DATASET_KEY,
+                        builtin_key=key,
                     )
-                    _enqueue("dataset_validate", digits.pk)
+                    _enqueue("dataset_validate", dataset.pk)
             except IntegrityError:
                 pass  # another request made it first
         for spec in BUILTIN_MODELS:
@@ -767,6 +890,32 @@ def builtin_samples_ensure(*, organization: Organization) -> None:
                 continue
 
 
+def datasets_revalidate_stale(*, organization: Organization | None = None) -> int:
+    """Send ready datasets whose report has no test count (validated before datasets owned a
+    train/val/test split) back to pending and enqueue their validation. Returns how many.
+
+    Their split seed is the field's (0 for migrated rows), so the new report describes exactly
+    the split every later load makes. Called on the catalog pages and by the
+    ``catalog_revalidate_datasets`` management command.
+    """
+    qs = (
+        Dataset.objects.filter(status=ItemStatus.READY, report__has_key="totals")
+        .exclude(report__totals__has_key="test")
+    )
+    if organization is not None:
+        qs = qs.filter(organization=organization)
+    ids = list(qs.values_list("pk", flat=True)[:500])
+    if not ids:
+        return 0
+    with transaction.atomic():
+        changed = Dataset.objects.filter(pk__in=ids, status=ItemStatus.READY).update(
+            status=ItemStatus.PENDING
+        )
+        for pk in ids:
+            _enqueue("dataset_validate", pk)
+    return int(changed)
+
+
 def builtin_spec(version: ModelVersion) -> dict[str, Any] | None:
     return next((m for m in BUILTIN_MODELS if m["key"] == version.builtin_key), None)
 
@@ -795,7 +944,10 @@ def _remove(path: Path) -> None:
         pass
 
 
-_UPLOAD_PARAM_KEYS = ("name", "arch", "num_classes", "in_channels", "input_size", "description")
+_UPLOAD_PARAM_KEYS = (
+    "name", "arch", "num_classes", "in_channels", "input_size", "description", "normalization",
+    "split_seed",
+)  # fmt: skip
 
 
 def upload_create(
@@ -827,6 +979,11 @@ def upload_create(
         k: v for k, v in (params or {}).items() if k in _UPLOAD_PARAM_KEYS and v not in ("", None)
     }
     if kind == UploadKind.MODEL:
+        params.pop("split_seed", None)
+        if "normalization" in params:
+            params["normalization"] = normalization_check(
+                params["normalization"], in_channels=params.get("in_channels")
+            )
         if model_format_from_filename(clean) == ModelFormat.TORCH:
             _check_torch_spec(
                 arch=params.get("arch"),
@@ -835,6 +992,10 @@ def upload_create(
                 input_size=params.get("input_size"),
             )
     else:
+        for key in ("arch", "num_classes", "in_channels", "input_size", "normalization"):
+            params.pop(key, None)
+        if "split_seed" in params:
+            params["split_seed"] = split_seed_check(params["split_seed"])
         _check_dataset_filename(clean)
     sha256 = (sha256 or "").strip().lower()
     if sha256 and not re.fullmatch(r"[0-9a-f]{64}", sha256):
@@ -901,12 +1062,12 @@ def upload_append_chunk(
     with transaction.atomic():
         locked = Upload.objects.select_for_update().get(pk=upload.pk)
         _check_open(locked)
+        _check_size(end + 1, locked.filename)  # bytes past the limit: 413 whatever the total
         if total != locked.total_size:
             raise CatalogInputError(
                 f"Content-Range total {total} differs from the declared size {locked.total_size}.",
                 field="Content-Range",
             )
-        _check_size(end + 1, locked.filename)
         if start != locked.received:
             raise UploadOffsetMismatch(
                 f"This chunk starts at byte {start}, but the upload has {locked.received} bytes; "
@@ -990,6 +1151,7 @@ def _upload_item_create(*, upload: Upload, user: User | None, temp: Path) -> Mod
             in_channels=p.get("in_channels"),
             input_size=p.get("input_size"),
             description=str(p.get("description", "")),
+            normalization=p.get("normalization"),
         )
         upload.model_version = version
         return version
@@ -999,6 +1161,7 @@ def _upload_item_create(*, upload: Upload, user: User | None, temp: Path) -> Mod
         name=str(p.get("name", "")),
         path=temp,
         filename=upload.filename,
+        split_seed=p.get("split_seed"),
     )
     upload.dataset = dataset
     return dataset
@@ -1106,6 +1269,18 @@ def model_version_inspect(*, version: ModelVersion) -> ModelVersion:
         return model_version_mark_invalid(version=version, error=message)
     finally:
         work_dir_remove(work)
+    from compression.preprocessing import PreprocessingError
+
+    try:
+        declared_preprocessing(
+            normalization=version.declared_normalization,
+            in_channels=version.in_channels or result.get("in_channels"),
+            input_size=version.input_size or result.get("input_size"),
+        )
+    except PreprocessingError as exc:
+        return model_version_mark_invalid(
+            version=version, error=f"The declared normalization does not fit the model: {exc}."
+        )
     info = dict(result["info"])
     if version.is_builtin:
         info["builtin"] = {
@@ -1135,6 +1310,7 @@ def dataset_validate(*, dataset: Dataset) -> Dataset:
             "action": "dataset",
             "kind": dataset.kind,
             "name": dataset.name,
+            "split_seed": dataset.split_seed,
             "work_dir": str(work),
         }
         if dataset.kind == DatasetKind.IMAGE_ZIP:

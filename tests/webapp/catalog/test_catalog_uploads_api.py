@@ -107,8 +107,22 @@ def test_a_chunk_past_the_limit_is_refused_with_413(client_a, settings):
 
     response = _put(client_a, url, b"\x08" * 1001, 0, 2000)
 
-    assert response.status_code in (400, 413)
+    assert response.status_code == 413, response.content
+    assert "over the upload limit of 1000 bytes" in response.json()["detail"]
     assert client_a.get(url).json()["received"] == 0
+
+
+def test_a_chunk_past_a_limit_lowered_mid_upload_is_refused_with_413(client_a, settings):
+    settings.EDGESLIM_MAX_UPLOAD_BYTES = 1000
+    url = _create(client_a, b"\x08" * 1000, "m.onnx").json()["url"]
+    assert _put(client_a, url, b"\x08" * 400, 0, 1000).status_code == 200
+    settings.EDGESLIM_MAX_UPLOAD_BYTES = 600
+
+    response = _put(client_a, url, b"\x08" * 600, 400, 1000)
+
+    assert response.status_code == 413, response.content
+    assert "over the upload limit of 600 bytes" in response.json()["detail"]
+    assert client_a.get(url).json()["received"] == 400
 
 
 def test_a_wrong_file_type_is_refused_when_the_upload_starts(client_a, tmp_path):
