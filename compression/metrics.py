@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,72 +13,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from compression.latency import LatencyResult, measure_latency, peak_rss_mb
+from compression.evaluation import accuracy
+from compression.latency import LatencyResult, measure_latency_isolated
+from compression.macs import count_macs as count_macs  # the one counter, re-exported
 from compression.stage import ModelState
 
 Batch = tuple[torch.Tensor, torch.Tensor] | list[torch.Tensor]
 
 
-def _as_device(device: torch.device | str) -> torch.device:
-    return device if isinstance(device, torch.device) else torch.device(device)
-
-
 def evaluate_accuracy(
-    model: ModelState, loader: Iterable[Any], device: torch.device | str = "cpu"
+    model: ModelState,
+    loader: Iterable[Any],
+    device: torch.device | str = "cpu",
+    *,
+    check_cancel: Callable[[], None] | None = None,
 ) -> float:
-    """Top-1 accuracy in percent (0-100) over ``loader`` of ``(images, labels)`` batches.
-
-    A torch model runs on ``device`` in eval mode (its training flag is restored after);
-    an ONNX model runs on ONNX Runtime's CPU provider.
-    """
-    if model.module is not None:
-        return _accuracy_torch(model.module, loader, _as_device(device))
-    if model.onnx_path is None:
-        raise ValueError("the model state holds neither a module nor an ONNX file")
-    return _accuracy_onnx(model.onnx_path, loader)
-
-
-def _accuracy_torch(module: nn.Module, loader: Iterable[Any], device: torch.device) -> float:
-    # Evaluate where the weights already are: a stage may leave its module on the GPU while
-    # a freshly loaded one sits on the CPU, and moving the caller's module here would surprise
-    # it.
-    param = next(module.parameters(), None)
-    if param is not None:
-        device = param.device
-    was_training = module.training
-    module.eval()
-    correct = total = 0
-    try:
-        with torch.inference_mode():
-            for images, labels in loader:
-                logits = module(images.to(device, non_blocking=True))
-                correct += int((logits.argmax(1).cpu() == labels).sum())
-                total += int(labels.numel())
-    finally:
-        module.train(was_training)
-    return 100.0 * correct / total if total else 0.0
-
-
-def _accuracy_onnx(path: Path, loader: Iterable[Any]) -> float:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    inp = session.get_inputs()[0]
-    fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
-    correct = total = 0
-    for images, labels in loader:
-        x = images.numpy().astype(np.float32)
-        if fixed_batch is not None and fixed_batch != x.shape[0]:
-            # A model exported with a fixed batch: feed it one sample at a time.
-            outs = [session.run(None, {inp.name: x[i : i + 1]})[0] for i in range(x.shape[0])]
-            logits = np.concatenate(outs, axis=0)
-        else:
-            logits = session.run(None, {inp.name: x})[0]
-        correct += int((np.asarray(logits).argmax(1) == labels.numpy()).sum())
-        total += int(labels.numel())
-    return 100.0 * correct / total if total else 0.0
+    """Top-1 accuracy in percent (0-100); see :mod:`compression.evaluation` (the one evaluator)."""
+    return accuracy(model, loader, device, check_cancel=check_cancel)
 
 
 def count_params(module: nn.Module) -> int:
@@ -87,23 +38,6 @@ def count_params(module: nn.Module) -> int:
 
 def count_nonzero_params(module: nn.Module) -> int:
     return sum(int(torch.count_nonzero(p.detach())) for p in module.parameters())
-
-
-def count_macs(module: nn.Module, input_shape: tuple[int, int, int]) -> int:
-    """Multiply-accumulates of one sample's forward pass (FLOPs / 2, via torch's counter)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    param = next(module.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    was_training = module.training
-    module.eval()
-    try:
-        counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
-            module(torch.zeros((1, *input_shape), device=device))
-    finally:
-        module.train(was_training)
-    return int(counter.get_total_flops()) // 2
 
 
 def onnx_param_counts(onnx_path: Path | str) -> tuple[int, int]:
@@ -132,14 +66,15 @@ def file_sizes(onnx_path: Path | str) -> tuple[int, int]:
     return len(data), len(buf.getvalue())
 
 
-def peak_memory_mb() -> float | None:
-    """Peak resident memory of this process so far (MiB)."""
-    return peak_rss_mb()
-
-
 @dataclass
 class ModelMetrics:
-    """What the report shows for one model state."""
+    """What the report shows for one model state.
+
+    ``accuracy`` is top-1 in percent on the data set's held-out **test** split (what every
+    report, verdict and comparison uses); ``val_accuracy`` is the same on the validation split,
+    which served the training-time choices. ``latency`` is filled by an interleaved comparison
+    in a torch-free child process; ``peak_mem_mb`` is that child's peak RSS for this model alone.
+    """
 
     accuracy: float
     params: int
@@ -151,10 +86,17 @@ class ModelMetrics:
     peak_mem_mb: float | None
     parity_max_abs_diff: float | None
     format: str = "torch"
+    val_accuracy: float | None = None
+    eval_split: str = "test"
+    test_images: int | None = None
+    onnx_path: str | None = None  # the measured ONNX file (relative to the run folder in reports)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "accuracy": self.accuracy,
+            "val_accuracy": self.val_accuracy,
+            "eval_split": self.eval_split,
+            "test_images": self.test_images,
             "params": self.params,
             "nonzero_params": self.nonzero_params,
             "macs": self.macs,
@@ -164,11 +106,14 @@ class ModelMetrics:
             "peak_mem_mb": self.peak_mem_mb,
             "parity_max_abs_diff": self.parity_max_abs_diff,
             "format": self.format,
+            "onnx_path": self.onnx_path,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelMetrics:
         lat = data.get("latency")
+        val = data.get("val_accuracy")
+        test_images = data.get("test_images")
         return cls(
             accuracy=float(data["accuracy"]),
             params=int(data["params"]),
@@ -180,6 +125,10 @@ class ModelMetrics:
             peak_mem_mb=data.get("peak_mem_mb"),
             parity_max_abs_diff=data.get("parity_max_abs_diff"),
             format=str(data.get("format", "torch")),
+            val_accuracy=None if val is None else float(val),
+            eval_split=str(data.get("eval_split", "val")),
+            test_images=None if test_images is None else int(test_images),
+            onnx_path=data.get("onnx_path"),
         )
 
 
@@ -192,30 +141,42 @@ def measure_model(
     warmup: int = 10,
     threads: int = 2,
     batch_size: int = 1,
+    rounds: int = 5,
     device: torch.device | str = "cpu",
     macs_hint: int | None = None,
     onnx_name: str = "model.onnx",
     parity_atol: float = 1e-3,
+    check_cancel: Callable[[], None] | None = None,
 ) -> ModelMetrics:
-    """Measure one model state on ``data`` (a DatasetBundle).
+    """Measure one model state on ``data`` (a DatasetBundle): test and val accuracy, params,
+    MACs, ONNX sizes and, unless ``latency_runs=0``, latency.
 
     A torch model is exported to ``work_dir/onnx_name`` first (and its parity with torch
-    checked); an ONNX state is measured as it is. Latency is measured with ONNX Runtime on the
-    CPU. ``latency_runs=0`` skips latency. ``macs_hint`` fills in MACs for ONNX states, whose
-    MACs torch cannot count (quantization keeps the MACs of its fp32 input).
+    checked); an ONNX state is measured as it is. ``macs_hint`` fills in MACs for ONNX states,
+    whose MACs torch cannot count (quantization keeps the MACs of its fp32 input). Latency is
+    measured alone here; a comparison of several states belongs in one interleaved call of
+    :func:`compression.latency.measure_latency_isolated` (the pipeline does that).
+    ``check_cancel`` is called between evaluation batches and steps, and may raise.
     """
     from compression.onnx_export import check_parity, export_onnx
 
+    def cancel_point() -> None:
+        if check_cancel is not None:
+            check_cancel()
+
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    accuracy = evaluate_accuracy(model, data.val_loader(), device)
+    test_acc = evaluate_accuracy(model, data.test_loader(), device, check_cancel=check_cancel)
+    val_acc = evaluate_accuracy(model, data.val_loader(), device, check_cancel=check_cancel)
     parity: float | None = None
     if model.module is not None:
         module = model.module
         params = count_params(module)
         nonzero = count_nonzero_params(module)
         macs: int | None = count_macs(module, model.input_shape)
+        cancel_point()
         onnx_path = export_onnx(module, model.input_shape, work_dir / onnx_name)
+        cancel_point()
         parity = check_parity(module, onnx_path, model.input_shape, atol=parity_atol)
         fmt = "torch"
     else:
@@ -227,22 +188,45 @@ def measure_model(
     raw, zipped = file_sizes(onnx_path)
     latency = None
     if latency_runs > 0:
-        latency = measure_latency(
-            onnx_path,
-            input_shape=(batch_size, *model.input_shape),
+        cancel_point()
+        latency = measure_latency_isolated(
+            [onnx_path],
+            input_shapes=(batch_size, *model.input_shape),
             threads=threads,
             warmup=warmup,
             runs=latency_runs,
-        )
+            rounds=rounds,
+            should_cancel=_as_poll(check_cancel),
+        )[0]
     return ModelMetrics(
-        accuracy=accuracy,
+        accuracy=test_acc,
         params=params,
         nonzero_params=nonzero,
         macs=macs,
         onnx_bytes=raw,
         onnx_zip_bytes=zipped,
         latency=latency,
-        peak_mem_mb=peak_memory_mb(),
+        peak_mem_mb=latency.peak_rss_mb if latency else None,
         parity_max_abs_diff=parity,
         format=fmt,
+        val_accuracy=val_acc,
+        eval_split="test",
+        test_images=len(data.test),
+        onnx_path=str(onnx_path),
     )
+
+
+def _as_poll(check_cancel: Callable[[], None] | None) -> Callable[[], bool] | None:
+    """Turn a raising cancel check into the ``should_cancel() -> bool`` the harness polls."""
+    if check_cancel is None:
+        return None
+    check = check_cancel
+
+    def poll() -> bool:
+        try:
+            check()
+        except Exception:
+            return True
+        return False
+
+    return poll

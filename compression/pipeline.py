@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import os
 import platform
@@ -28,13 +29,15 @@ import torch
 from compression.checkpoint import load_checkpoint, save_checkpoint, sha256_file
 from compression.datasets import DatasetBundle, check_dataset_matches_model, dataset_report
 from compression.errors import Cancelled, CompressionError, ConfigError
+from compression.latency import measure_latency_isolated
 from compression.metrics import ModelMetrics, measure_model
+from compression.preprocessing import stamp_onnx
 from compression.recipe import Recipe, check_recipe_for_state, recipe_hash, recipe_to_dict
 from compression.registry import get_method
 from compression.stage import LayerChange, ModelState, ProgressFn, StageContext, StageResult
 
-SCHEMA_VERSION = 1
-STATE_VERSION = 1
+SCHEMA_VERSION = 2
+STATE_VERSION = 2
 # Shares of the overall progress bar: the baseline measurement, the stages, the final export.
 _BASELINE_SHARE = 0.05
 _FINAL_SHARE = 0.03
@@ -93,6 +96,9 @@ class RunReport:
     duration_s: float
     resumed_from_stage: int | None = None
     schema_version: int = SCHEMA_VERSION
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, Any] = field(default_factory=dict)
+    eval_settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,6 +117,9 @@ class RunReport:
             "finished_at": self.finished_at,
             "duration_s": self.duration_s,
             "resumed_from_stage": self.resumed_from_stage,
+            "preprocessing": self.preprocessing,
+            "identity": self.identity,
+            "eval": self.eval_settings,
         }
 
 
@@ -136,6 +145,26 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device(device)
     except RuntimeError as exc:
         raise ConfigError("device", f"unknown device {device!r}") from exc
+
+
+def model_fingerprint(model: ModelState) -> str:
+    """sha256 of a model's weights (every state-dict tensor, in name order) or its ONNX file."""
+    if model.module is None:
+        assert model.onnx_path is not None
+        return sha256_file(model.onnx_path)
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def eval_hash(recipe: Recipe) -> str:
+    """A digest of how states are measured: a change re-measures, never mixes."""
+    data = recipe_to_dict(recipe)["eval"]
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _now() -> str:
@@ -299,12 +328,19 @@ def run_recipe(
     started = time.monotonic()
     started_at = _now()
     digest = recipe_hash(recipe)
+    identity = {
+        "recipe_hash": digest,
+        "model_sha256": model_fingerprint(model),
+        "dataset_fingerprint": data.fingerprint(),
+        "eval_hash": eval_hash(recipe),
+    }
     state_path = out_dir / "state.json"
-    state = _load_state(state_path, digest, restart=restart, out_dir=out_dir)
+    state = _load_state(state_path, identity, restart=restart, out_dir=out_dir)
     if state is None:
         state = {
             "version": STATE_VERSION,
             "recipe_hash": digest,
+            "identity": identity,
             "recipe": recipe_to_dict(recipe),
             "baseline": None,
             "baseline_onnx": None,
@@ -313,6 +349,7 @@ def run_recipe(
             "started_at": started_at,
         }
     state["recipe"] = recipe_to_dict(recipe)
+    state["identity"] = identity
     bar = _Progress(progress, len(recipe.stages))
 
     def check_cancel() -> None:
@@ -334,7 +371,10 @@ def run_recipe(
                 shutil.copyfile(model.onnx_path, base_dir / "model.onnx")
                 to_measure = _copy_state(model)
                 to_measure.onnx_path = base_dir / "model.onnx"
-            baseline = _measure(recipe, to_measure, data, base_dir, dev, macs_hint=None)
+            baseline = _measure(
+                recipe, to_measure, data, base_dir, dev, macs_hint=None, check_cancel=check_cancel
+            )
+            baseline.onnx_path = str((base_dir / "model.onnx").relative_to(out_dir))
             state["baseline"] = baseline.to_dict()
             state["baseline_onnx"] = str((base_dir / "model.onnx").relative_to(out_dir))
             _write_json_atomic(state_path, state)
@@ -344,6 +384,29 @@ def run_recipe(
         # Resume point --------------------------------------------------------------------
         completed: list[dict[str, Any]] = state["completed"]
         resumed_from = len(completed) if completed else None
+        if state.pop("remeasure", False):
+            # The eval settings changed since these stages ran: their checkpoints stand, their
+            # numbers are measured again the new way (never mixed with the old ones).
+            prev_macs = baseline.macs
+            for record in completed:
+                check_cancel()
+                bar.emit(
+                    _BASELINE_SHARE,
+                    f"re-measuring stage {record['index'] + 1} with the new eval settings",
+                    {"event": "remeasure", "stage": record["index"]},
+                )
+                again = load_checkpoint(out_dir / record["checkpoint"])
+                mdir = out_dir / "stages" / f"{record['index']:02d}_{record['method']}" / "measure"
+                shutil.rmtree(mdir, ignore_errors=True)
+                m = _measure(
+                    recipe, again, data, mdir, dev, macs_hint=prev_macs, check_cancel=check_cancel
+                )
+                m.onnx_path = _rel(out_dir, Path(m.onnx_path or ""))
+                if again.module is not None:
+                    record.setdefault("artifacts", {})["onnx_fp32"] = m.onnx_path
+                record["metrics"] = m.to_dict()
+                prev_macs = m.macs
+            _write_json_atomic(state_path, state)
         if completed:
             current = load_checkpoint(out_dir / completed[-1]["checkpoint"])
         else:
@@ -417,8 +480,15 @@ def run_recipe(
                 # Keep pointing at the checkpoint copy: the stage folder is scratch space.
                 current.onnx_path = ckpt
             metrics = _measure(
-                recipe, current, data, work_dir / "measure", dev, macs_hint=last_macs
+                recipe,
+                current,
+                data,
+                work_dir / "measure",
+                dev,
+                macs_hint=last_macs,
+                check_cancel=check_cancel,
             )
+            metrics.onnx_path = _rel(out_dir, Path(metrics.onnx_path or ""))
             last_macs = metrics.macs
             artifacts = {
                 k: str(Path(v).resolve().relative_to(out_dir.resolve()))
@@ -458,9 +528,39 @@ def run_recipe(
                 },
             )
 
+        # Latency: every state side by side --------------------------------------------------
+        check_cancel()
+        if recipe.eval.latency_runs > 0:
+            states = [baseline] + [r.metrics for r in reports]
+            bar.emit(
+                1.0 - _FINAL_SHARE,
+                f"timing {len(states)} models side by side "
+                f"({recipe.eval.rounds} interleaved rounds of {recipe.eval.latency_runs} runs)",
+                {"event": "latency_start"},
+            )
+            results = measure_latency_isolated(
+                [out_dir / str(m.onnx_path) for m in states],
+                input_shapes=(recipe.eval.batch_size, *model.input_shape),
+                threads=recipe.eval.threads,
+                warmup=recipe.eval.warmup,
+                runs=recipe.eval.latency_runs,
+                rounds=recipe.eval.rounds,
+                should_cancel=(lambda: should_cancel()) if should_cancel is not None else None,
+            )
+            for m, lat in zip(states, results, strict=True):
+                m.latency = lat
+                m.peak_mem_mb = lat.peak_rss_mb
+        check_cancel()
+
         # Final ---------------------------------------------------------------------------
         final_metrics = reports[-1].metrics
         final_artifacts = _final_artifacts(out_dir, state, recipe, current)
+        pre = data.preprocessing
+        for art in final_artifacts:
+            if art["kind"].startswith("onnx"):
+                stamp_onnx(out_dir / art["path"], pre)
+                art["bytes"] = (out_dir / art["path"]).stat().st_size
+                art["sha256"] = sha256_file(out_dir / art["path"])
         targets = _verdict(recipe, baseline, reports)
         run_report = RunReport(
             recipe=recipe_to_dict(recipe),
@@ -478,6 +578,9 @@ def run_recipe(
             finished_at=_now(),
             duration_s=time.monotonic() - started,
             resumed_from_stage=resumed_from,
+            preprocessing=pre.to_dict(),
+            identity=identity,
+            eval_settings=recipe_to_dict(recipe)["eval"],
         )
         _write_json_atomic(out_dir / "report.json", run_report.to_dict())
         state["status"] = "done"
@@ -498,6 +601,7 @@ def _verdict(recipe: Recipe, baseline: ModelMetrics, reports: list[StageReport])
         speedup = ref.latency.p50_ms / final.latency.p50_ms
     return {
         "reference": ref_name,
+        "eval_split": "test",
         "reference_accuracy": ref.accuracy,
         "max_accuracy_drop": limit,
         "accuracy_drop": drop,
@@ -532,18 +636,22 @@ def _measure(
     device: torch.device,
     *,
     macs_hint: int | None,
+    check_cancel: Callable[[], None] | None = None,
 ) -> ModelMetrics:
+    """Accuracy (test and val), size and MACs; latency comes later, all states interleaved."""
     return measure_model(
         model,
         data,
         work_dir,
-        latency_runs=recipe.eval.latency_runs,
-        warmup=recipe.eval.warmup,
-        threads=recipe.eval.threads,
-        batch_size=recipe.eval.batch_size,
+        latency_runs=0,
         device=device,
         macs_hint=macs_hint,
+        check_cancel=check_cancel,
     )
+
+
+def _rel(out_dir: Path, path: Path) -> str:
+    return str(path.resolve().relative_to(out_dir.resolve()))
 
 
 def _flat(m: ModelMetrics) -> dict[str, Any]:
@@ -567,10 +675,22 @@ def _dataset_summary(data: DatasetBundle) -> dict[str, Any]:
         "input_shape": rep["input_shape"],
         "totals": rep["totals"],
         "corrupt_files": len(rep["corrupt"]),
+        "split_seed": rep["split_seed"],
+        "split_sources": rep["split_sources"],
+        "fingerprint": data.fingerprint(),
+        "reported_split": "test",
     }
 
 
-def _load_state(path: Path, digest: str, *, restart: bool, out_dir: Path) -> dict[str, Any] | None:
+def _load_state(
+    path: Path, identity: dict[str, Any], *, restart: bool, out_dir: Path
+) -> dict[str, Any] | None:
+    """The state of an earlier attempt that this run may resume, or None to start afresh.
+
+    Resuming needs the same recipe (seed and stages), the same starting model (sha256) and the
+    same data (fingerprint). Changed eval settings keep the checkpoints but re-measure every
+    state (``remeasure``), so old and new numbers never mix.
+    """
     if not path.exists():
         return None
     try:
@@ -581,7 +701,11 @@ def _load_state(path: Path, digest: str, *, restart: bool, out_dir: Path) -> dic
                 f"{path} is unreadable ({exc}); use a new output folder or restart"
             ) from None
         state = {}
-    if state.get("version") == STATE_VERSION and state.get("recipe_hash") == digest:
+    old = state.get("identity") or {}
+    same = state.get("version") == STATE_VERSION and all(
+        old.get(k) == identity[k] for k in ("recipe_hash", "model_sha256", "dataset_fingerprint")
+    )
+    if same:
         # Checkpoints must still be there; otherwise resume from the last one that is.
         good = []
         for record in state.get("completed", []):
@@ -589,8 +713,24 @@ def _load_state(path: Path, digest: str, *, restart: bool, out_dir: Path) -> dic
                 break
             good.append(record)
         state["completed"] = good
+        if old.get("eval_hash") != identity["eval_hash"]:
+            state["baseline"] = None
+            state["remeasure"] = True
         return state
     if not restart:
+        if (
+            state.get("version") == STATE_VERSION
+            and old.get("recipe_hash") == identity["recipe_hash"]
+        ):
+            what = (
+                "a different starting model"
+                if old.get("model_sha256") != identity["model_sha256"]
+                else "different data"
+            )
+            raise RunStateError(
+                f"{out_dir} holds a run of this recipe on {what}; use a new output folder, "
+                "or restart to discard it"
+            )
         raise RunStateError(
             f"{out_dir} holds a run of a different recipe; use a new output folder, "
             "or restart to discard it"

@@ -10,6 +10,7 @@ a BN scale.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -68,12 +69,20 @@ class PtqInt8Config:
 
 
 class _ArrayReader(CalibrationDataReader):  # type: ignore[misc]
-    """Feeds the calibration arrays one at a time under the model's input name."""
+    """Feeds the calibration arrays one at a time under the model's input name.
 
-    def __init__(self, input_name: str, arrays: list[np.ndarray]) -> None:
+    ``check_cancel`` runs before every sample: ONNX Runtime's calibrator pulls samples in
+    Python, so a cancel raised here stops the calibration pass within one inference.
+    """
+
+    def __init__(
+        self, input_name: str, arrays: list[np.ndarray], check_cancel: Callable[[], None]
+    ) -> None:
         self._items = iter([{input_name: a} for a in arrays])
+        self._check_cancel = check_cancel
 
     def get_next(self) -> dict[str, np.ndarray] | None:
+        self._check_cancel()
         return next(self._items, None)
 
 
@@ -124,7 +133,7 @@ def run(ctx: StageContext, cfg: PtqInt8Config) -> StageResult:
     fmt = QuantFormat.QDQ if cfg.quant_format == "qdq" else QuantFormat.QOperator
     if cfg.mode == "static":
         arrays = ctx.data.calibration_arrays(cfg.calibration_samples, seed=ctx.seed)
-        reader = _ArrayReader(_input_name(source), arrays)
+        reader = _ArrayReader(_input_name(source), arrays, ctx.check_cancel)
         quantize_static(
             str(source),
             str(out),
