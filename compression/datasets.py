@@ -322,7 +322,7 @@ def stratified_split(
     for label in sorted(by_class):
         items = by_class[label]
         rng.shuffle(items)
-        n_val = round(len(items) * val_fraction)
+        n_val = round(len(items) * val_fraction + 1e-9)  # 1.4999... from a ratio of shares is 1.5
         # Keep at least one item of each class on both sides when the class has two or more.
         n_val = min(max(n_val, 1), len(items) - 1) if len(items) >= 2 else 0
         val_idx += items[:n_val]
