@@ -150,7 +150,7 @@ class JobRunner:
 
     def _run_leased(self, job: Job) -> RunOutcome:
         from compression.pipeline import run_recipe
-        from webapp.catalog.loaders import dataset_load, model_version_load
+        from webapp.catalog.loaders import bundle_for_model_version, model_version_load
         from webapp.jobs.recipes import recipe_parse
 
         out_dir = job_selectors.job_dir(job)
@@ -159,12 +159,8 @@ class JobRunner:
         recipe = recipe_parse(job.recipe)
         mv = job.model_version
         model = model_version_load(mv, work_dir=out_dir / "inputs")
-        data = dataset_load(
-            job.dataset,
-            work_dir=out_dir / "inputs",
-            size=mv.input_size,
-            channels=mv.in_channels,
-        )
+        # The dataset's stored split, normalised as the version declares (or its own stats).
+        data = bundle_for_model_version(job.dataset, mv, work_dir=out_dir / "inputs")
         self._log(
             job,
             f"loaded {mv.asset.name} v{mv.number} ({mv.format}) and {job.dataset.name} "
@@ -223,6 +219,7 @@ class JobRunner:
                     label=label,
                     info=info,
                     user=job.created_by,
+                    preprocessing=report.get("preprocessing") or None,
                 )
             out.append({"id": existing.pk, "label": label, "number": existing.number})
         return out

@@ -75,6 +75,9 @@ class ModelVersionSerializer(serializers.ModelSerializer[ModelVersion]):
     parent_id = serializers.IntegerField(read_only=True, allow_null=True)
     url = serializers.SerializerMethodField()
     download_url = serializers.SerializerMethodField()
+    preprocessing_summary = serializers.SerializerMethodField(
+        help_text="The preprocessing record in one line (empty until the record is complete)."
+    )
 
     class Meta:
         model = ModelVersion
@@ -82,7 +85,8 @@ class ModelVersionSerializer(serializers.ModelSerializer[ModelVersion]):
             "id", "asset_id", "name", "number", "format", "label", "source_filename", "arch",
             "num_classes", "in_channels", "input_size", "task", "size_bytes", "sha256",
             "status", "error", "params", "macs", "info", "parent_id", "produced_by_job_id",
-            "recipe", "is_builtin", "created_at", "inspected_at", "url", "download_url",
+            "recipe", "preprocessing", "preprocessing_summary", "is_builtin", "created_at",
+            "inspected_at", "url", "download_url",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -92,22 +96,36 @@ class ModelVersionSerializer(serializers.ModelSerializer[ModelVersion]):
     def get_download_url(self, obj: ModelVersion) -> str | None:
         return reverse("api:catalog-model-download", args=[obj.pk]) if obj.file else None
 
+    def get_preprocessing_summary(self, obj: ModelVersion) -> str:
+        summary = selectors.preprocessing_summary(obj.preprocessing)
+        return str(summary["line"]) if summary else ""
+
 
 class DatasetSerializer(serializers.ModelSerializer[Dataset]):
     url = serializers.SerializerMethodField()
     thumbnail_urls = serializers.SerializerMethodField()
+    splits = serializers.SerializerMethodField(
+        help_text="{train, val, test}: {count, source}; source is folder, carved or fixed. "
+        "Reports are scored on test."
+    )
 
     class Meta:
         model = Dataset
         fields = [
             "id", "name", "kind", "source_filename", "size_bytes", "sha256", "num_classes",
-            "status", "error", "report", "is_builtin", "created_at", "validated_at", "url",
-            "thumbnail_urls",
+            "status", "error", "split_seed", "splits", "report", "is_builtin", "created_at",
+            "validated_at", "url", "thumbnail_urls",
         ]  # fmt: skip
         read_only_fields = fields
 
     def get_url(self, obj: Dataset) -> str:
         return reverse("api:catalog-dataset-detail", args=[obj.pk])
+
+    def get_splits(self, obj: Dataset) -> dict[str, dict[str, Any]]:
+        return {
+            r["name"]: {"count": r["count"], "source": r["source"] or None}
+            for r in selectors.dataset_splits(dataset=obj)["rows"]
+        }
 
     def get_thumbnail_urls(self, obj: Dataset) -> dict[str, list[str]]:
         return {
@@ -127,11 +145,22 @@ class ModelUploadSerializer(serializers.Serializer[Any]):
     in_channels = serializers.IntegerField(required=False, min_value=1)
     input_size = serializers.IntegerField(required=False, min_value=1)
     description = serializers.CharField(required=False, allow_blank=True)
+    normalization = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        help_text="dataset (default), imagenet (3-channel models) or unit (plain 0-1 scaling).",
+    )
+
+
+SPLIT_SEED_HELP = "Seeds the val/test carving of a zip without val/ or test/ folders (default 0)."
 
 
 class DatasetUploadSerializer(serializers.Serializer[Any]):
     file = serializers.FileField()
     name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    split_seed = serializers.IntegerField(
+        required=False, min_value=0, max_value=2**31 - 1, help_text=SPLIT_SEED_HELP
+    )
 
 
 class UploadCreateSerializer(serializers.Serializer[Any]):
@@ -145,6 +174,12 @@ class UploadCreateSerializer(serializers.Serializer[Any]):
     in_channels = serializers.IntegerField(required=False, min_value=1)
     input_size = serializers.IntegerField(required=False, min_value=1)
     description = serializers.CharField(required=False, allow_blank=True)
+    normalization = serializers.CharField(
+        required=False, allow_blank=True, help_text="Models: dataset, imagenet or unit."
+    )
+    split_seed = serializers.IntegerField(
+        required=False, min_value=0, max_value=2**31 - 1, help_text=SPLIT_SEED_HELP
+    )
 
 
 class UploadSerializer(serializers.ModelSerializer[Upload]):
@@ -216,6 +251,7 @@ class ModelVersionListView(APIView):
                 in_channels=data.get("in_channels"),
                 input_size=data.get("input_size"),
                 description=data.get("description", ""),
+                normalization=data.get("normalization") or None,
             )
         except CatalogInputError as exc:
             return _error(exc)
@@ -279,6 +315,7 @@ class DatasetListView(APIView):
                 user=request.user,  # type: ignore[arg-type]
                 name=form.validated_data.get("name", ""),
                 uploaded_file=form.validated_data["file"],
+                split_seed=form.validated_data.get("split_seed"),
             )
         except CatalogInputError as exc:
             return _error(exc)

@@ -7,6 +7,12 @@ from django import forms
 
 from compression.zoo import list_models
 
+NORMALIZATION_CHOICES = [
+    ("dataset", "Dataset statistics (mean/std of the training split)"),
+    ("imagenet", "ImageNet mean/std (3-channel models)"),
+    ("unit", "Plain 0-1 scaling (mean 0, std 1)"),
+]
+
 
 def _arch_choices() -> list[tuple[str, str]]:
     return [("", "— ONNX carries its own graph —")] + [(name, name) for name in list_models()]
@@ -35,11 +41,25 @@ class ModelUploadForm(forms.Form):
     input_size = forms.IntegerField(
         min_value=8, max_value=1024, required=False, help_text="Square input side in pixels."
     )
+    normalization = forms.ChoiceField(
+        choices=NORMALIZATION_CHOICES,
+        required=False,
+        initial="dataset",
+        help_text="The statistics the model was trained with; the baseline is measured with them.",
+    )
 
 
 class DatasetUploadForm(forms.Form):
     file = forms.FileField(
-        help_text="An image-folder .zip: train/<class>/*.png and val/<class>/*.png, "
-        "or <class>/*.png."
+        help_text="An image-folder .zip: train/<class>/*.png with optional val/<class>/ and "
+        "test/<class>/ folders, or <class>/*.png."
     )
     name = forms.CharField(max_length=200, required=False)
+    split_seed = forms.IntegerField(
+        min_value=0,
+        max_value=2**31 - 1,
+        required=False,
+        label="Split seed",
+        help_text="Seeds the val/test carving when the zip has no val/ or test/ folder "
+        "(default 0). Fixed for the dataset's life.",
+    )

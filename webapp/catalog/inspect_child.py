@@ -100,14 +100,22 @@ def _train_on_digits(module: Any, *, epochs: int, size: int) -> list[dict[str, f
 
 
 def validate_dataset(req: dict[str, Any]) -> dict[str, Any]:
-    """Load the dataset, report it, and write a few PNG thumbnails per class."""
-    from compression.datasets import dataset_report, load_digits, load_image_folder_zip
+    """Load the dataset with its stored split seed, report the three splits, write thumbnails."""
+    from compression.datasets import (
+        BUILTIN_DATASETS,
+        dataset_report,
+        load_builtin,
+        load_image_folder_zip,
+    )
 
     work = Path(req["work_dir"])
-    if req["kind"] == "digits":
-        bundle = load_digits(size=32)
+    split_seed = int(req.get("split_seed") or 0)
+    if req["kind"] in BUILTIN_DATASETS:
+        bundle = load_builtin(req["kind"], split_seed=split_seed)
     else:
-        bundle = load_image_folder_zip(req["path"], work / "data", size=32, channels=3)
+        bundle = load_image_folder_zip(
+            req["path"], work / "data", size=32, channels=3, split_seed=split_seed
+        )
     report = dataset_report(bundle).to_dict()
     report["name"] = req.get("name") or report["name"]
     thumbs = _write_thumbnails(bundle, work / "thumbs")

@@ -7,15 +7,23 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from django.core.files.storage import default_storage
 from django.db.models.fields.files import FieldFile
 
-from compression.datasets import DatasetBundle, load_digits, load_image_folder_zip
+from compression.datasets import DatasetBundle, load_builtin, load_image_folder_zip
 from compression.errors import DatasetError, InvalidModelError
+from compression.preprocessing import Preprocessing, PreprocessingError
 from compression.stage import ModelState
-from webapp.catalog.models import Dataset, DatasetKind, ItemStatus, ModelFormat, ModelVersion
+from webapp.catalog.models import (
+    BUILTIN_DATASET_KINDS,
+    Dataset,
+    ItemStatus,
+    ModelFormat,
+    ModelVersion,
+)
 
 
 def stored_file_local_path(field: FieldFile, *, work_dir: Path | None = None) -> Path:
@@ -66,13 +74,16 @@ def dataset_load(
     work_dir: Path,
     size: int | None = None,
     channels: int | None = None,
-    split_seed: int | None = None,
 ) -> DatasetBundle:
-    """Load a dataset at ``size`` x ``size`` with ``channels`` (the model's input), defaulting to
-    what validation used (32, and 1 channel for digits / 3 for image folders).
+    """Load a dataset's stored train/val/test split at ``size`` x ``size`` with ``channels``
+    (the model's input), defaulting to what validation used.
+
+    The split comes from ``dataset.split_seed`` alone (and a zip's own ``val/``/``test/``
+    folders), so every job on this dataset is scored on the same test images. Built-in sets are
+    1-channel; ``mnist`` defaults to 28x28 and ``digits`` to 32x32, resized to ``size``.
 
     Raises:
-        DatasetError: not ready, or the digits asked for in other than 1 channel.
+        DatasetError: not ready, or a built-in set asked for in other than 1 channel.
         UnsafeArchiveError: the stored zip is refused (it passed once, so only if tampered with).
     """
     if dataset.status != ItemStatus.READY:
@@ -80,14 +91,15 @@ def dataset_load(
             f"dataset {dataset.name!r} is {dataset.status}, not ready: "
             f"{dataset.error or 'not validated yet'}"
         )
-    shape = dataset.report.get("input_shape") or [3, 32, 32]
-    size = int(size or shape[-1])
-    if dataset.kind == DatasetKind.DIGITS:
+    if dataset.kind in BUILTIN_DATASET_KINDS:
         if channels not in (None, 1):
             raise DatasetError(
-                f"the digits are 1-channel images but the model expects {channels} channels"
+                f"the {dataset.kind} images are 1-channel but the model expects {channels} channels"
             )
-        return load_digits(size=size, split_seed=_split_seed(dataset))
+        bundle = load_builtin(str(dataset.kind), size=size, split_seed=dataset.split_seed)
+        bundle.name = dataset.name
+        return bundle
+    shape = dataset.report.get("input_shape") or [3, 32, 32]
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     path = stored_file_local_path(dataset.file, work_dir=work_dir)
@@ -96,9 +108,9 @@ def dataset_load(
         bundle = load_image_folder_zip(
             path,
             extract_to,
-            size=size,
+            size=int(size or shape[-1]),
             channels=int(channels or shape[0]),
-            split_seed=split_seed if split_seed is not None else _split_seed(dataset),
+            split_seed=dataset.split_seed,
         )
     finally:  # the images are decoded into memory; the extracted files are not needed
         shutil.rmtree(extract_to, ignore_errors=True)
@@ -106,9 +118,36 @@ def dataset_load(
     return bundle
 
 
-def _split_seed(dataset: Dataset) -> int:
-    """The seed the data set's fixed split was carved with (stored with it, never a recipe's)."""
-    value = getattr(dataset, "split_seed", None)
-    if value is None and isinstance(dataset.report, dict):
-        value = dataset.report.get("split_seed")
-    return int(value or 0)
+def model_version_preprocessing(version: ModelVersion) -> Preprocessing | None:
+    """The complete record stored on a version, or None (the data set's own statistics, or
+    only a declared preset that still needs the data's shape)."""
+    record = version.preprocessing if isinstance(version.preprocessing, dict) else {}
+    if not record.get("mean"):
+        return None
+    return Preprocessing.from_dict(record)
+
+
+def bundle_for_model_version(
+    dataset: Dataset, version: ModelVersion, *, work_dir: Path
+) -> DatasetBundle:
+    """The dataset as ``version`` expects its inputs: its size and channels, normalised with the
+    version's preprocessing record when it has one (statistics it was trained with or declared,
+    such as ImageNet's or plain 0-1 scaling), else with the training split's own statistics.
+
+    Raises:
+        DatasetError: the data cannot be loaded, or does not fit the version's record.
+    """
+    data = dataset_load(
+        dataset, work_dir=work_dir, size=version.input_size, channels=version.in_channels
+    )
+    try:
+        record = model_version_preprocessing(version)
+        if record is None and version.declared_normalization != "dataset":
+            record = data.preprocessing.with_normalization(version.declared_normalization)
+    except PreprocessingError as exc:
+        raise DatasetError(f"{version}: {exc}") from None
+    if record is None:
+        return data
+    if not record.class_names:  # a declared record names no classes: the data set's apply
+        record = replace(record, class_names=tuple(data.classes))
+    return data.with_preprocessing(record)

@@ -83,6 +83,12 @@ class ModelVersion(OrgScopedModel):
     )
     produced_by_job_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     recipe = models.JSONField(null=True, blank=True)
+    preprocessing = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="compression.preprocessing.Preprocessing.to_dict(); empty means the data "
+        "set's own statistics. Before inspection it may hold only the declared normalization.",
+    )
     is_builtin = models.BooleanField(default=False)
     builtin_key = models.CharField(max_length=64, blank=True)
     created_by = models.ForeignKey(
@@ -128,17 +134,30 @@ class ModelVersion(OrgScopedModel):
         value = self.info.get("macs") if isinstance(self.info, dict) else None
         return int(value) if isinstance(value, int | float) else None
 
+    @property
+    def declared_normalization(self) -> str:
+        """``dataset`` (the data set's own statistics), ``imagenet`` or ``unit``."""
+        pre = self.preprocessing if isinstance(self.preprocessing, dict) else {}
+        return str(pre.get("normalization") or "dataset")
+
 
 class DatasetKind(models.TextChoices):
     DIGITS = "digits", "Built-in digits"
+    MNIST = "mnist", "Built-in MNIST (5,000 digits)"
     IMAGE_ZIP = "image_zip", "Image-folder zip"
 
 
-class Dataset(OrgScopedModel):
-    """A classification dataset: the built-in digits, or an uploaded image-folder zip.
+BUILTIN_DATASET_KINDS = (DatasetKind.DIGITS, DatasetKind.MNIST)
 
-    ``report`` holds ``DatasetReport.to_dict()`` plus ``thumbnails``: ``{class: [storage
-    names]}`` of a few PNGs per class, served only through the org-scoped thumbnail view.
+
+class Dataset(OrgScopedModel):
+    """A classification dataset: a built-in set (digits, mnist), or an uploaded image-folder zip.
+
+    The dataset owns its train/val/test split: ``split_seed`` is chosen when the row is made and
+    every load carves the same split from it (a zip's own ``val/`` and ``test/`` folders are
+    taken as they are). ``report`` holds ``DatasetReport.to_dict()`` (counts per split,
+    ``split_sources``, ``split_seed``, ``preprocessing``) plus ``thumbnails``: ``{class:
+    [storage names]}`` of a few PNGs per class, served only through the org-scoped view.
     """
 
     name = models.CharField(max_length=200)
@@ -148,6 +167,9 @@ class Dataset(OrgScopedModel):
     size_bytes = models.BigIntegerField(default=0)
     sha256 = models.CharField(max_length=64, blank=True)
     report = models.JSONField(default=dict, blank=True)
+    split_seed = models.PositiveIntegerField(
+        default=0, help_text="Seed of the stratified val/test carving; fixed for the row's life."
+    )
     num_classes = models.PositiveIntegerField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=ItemStatus.choices, default=ItemStatus.PENDING)
     error = models.TextField(blank=True)
@@ -175,6 +197,12 @@ class Dataset(OrgScopedModel):
     @property
     def is_ready(self) -> bool:
         return self.status == ItemStatus.READY
+
+    @property
+    def has_split_report(self) -> bool:
+        """Whether the stored report counts the test split (reports from before it do not)."""
+        totals = self.report.get("totals") if isinstance(self.report, dict) else None
+        return isinstance(totals, dict) and "test" in totals
 
     @property
     def thumbnails(self) -> dict[str, list[str]]:

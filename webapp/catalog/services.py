@@ -686,7 +686,11 @@ def split_seed_check(value: Any) -> int:
         seed = int(value)
     except (TypeError, ValueError):
         seed = -1
-    if isinstance(value, bool) or str(seed) != str(value).strip() or not 0 <= seed <= MAX_SPLIT_SEED:
+    if (
+        isinstance(value, bool)
+        or str(seed) != str(value).strip()
+        or not 0 <= seed <= MAX_SPLIT_SEED
+    ):
         raise CatalogInputError(
             f"split_seed must be a whole number from 0 to {MAX_SPLIT_SEED}.", field="split_seed"
         )
@@ -898,9 +902,8 @@ def datasets_revalidate_stale(*, organization: Organization | None = None) -> in
     the split every later load makes. Called on the catalog pages and by the
     ``catalog_revalidate_datasets`` management command.
     """
-    qs = (
-        Dataset.objects.filter(status=ItemStatus.READY, report__has_key="totals")
-        .exclude(report__totals__has_key="test")
+    qs = Dataset.objects.filter(status=ItemStatus.READY, report__has_key="totals").exclude(
+        report__totals__has_key="test"
     )
     if organization is not None:
         qs = qs.filter(organization=organization)

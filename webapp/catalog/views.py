@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django import forms
 from django.contrib import messages
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
@@ -92,6 +93,15 @@ def request_body_too_large(request: HttpRequest) -> CatalogInputError | None:
     return None
 
 
+def _show_error(form: forms.Form, exc: CatalogInputError) -> bool:
+    """Put a service's refusal beside the field it names; False when no field of the form
+    (other than the file, whose errors show in the drop zone) is named."""
+    if exc.field and exc.field in form.fields and exc.field != "file":
+        form.add_error(exc.field, exc.message)
+        return True
+    return False
+
+
 # --- models -------------------------------------------------------------------------------------
 
 
@@ -119,9 +129,10 @@ def model_list(request: HttpRequest) -> HttpResponse:
                     num_classes=data["num_classes"],
                     in_channels=data["in_channels"],
                     input_size=data["input_size"],
+                    normalization=data["normalization"] or None,
                 )
             except CatalogInputError as exc:
-                upload_error = exc.message
+                upload_error = "" if _show_error(form, exc) else exc.message
                 status_code = exc.status_code
             else:
                 messages.success(request, f"{version} uploaded; it is being inspected.")
@@ -154,6 +165,7 @@ def model_version_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "device_rows": device_versions.on_device_results_for_model_version(
             organization=org, model_version=version
         ),
+        "preprocessing": selectors.model_version_preprocessing_view(version=version),
         "lineage": selectors.model_version_lineage(version=version),
         "children": selectors.model_version_children(version=version),
         "can_write": _can_write(request),
@@ -208,9 +220,10 @@ def dataset_list(request: HttpRequest) -> HttpResponse:
                     user=request.user,  # type: ignore[arg-type]
                     name=form.cleaned_data["name"],
                     uploaded_file=form.cleaned_data["file"],
+                    split_seed=form.cleaned_data["split_seed"],
                 )
             except CatalogInputError as exc:
-                upload_error = exc.message
+                upload_error = "" if _show_error(form, exc) else exc.message
                 status_code = exc.status_code
             else:
                 messages.success(request, f"{dataset} uploaded; it is being checked.")
@@ -244,6 +257,7 @@ def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "name": name,
             "train": counts.get("train", {}).get(name, 0),
             "val": counts.get("val", {}).get(name, 0),
+            "test": counts.get("test", {}).get(name),
             "thumbs": range(len(dataset.thumbnails.get(name, []))),
         }
         for i, name in enumerate(classes)
@@ -251,6 +265,7 @@ def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
     context = {
         "dataset": dataset,
         "report": report,
+        "splits": selectors.dataset_splits(dataset=dataset),
         "rows": rows,
         "can_write": _can_write(request),
         "pending": dataset.status == ItemStatus.PENDING,

@@ -122,3 +122,18 @@ def media_files(root: Path) -> list[Path]:
     """Every stored file under a test's media folder."""
     media = root / "media"
     return sorted(p for p in media.rglob("*") if p.is_file()) if media.exists() else []
+
+
+def split_folder_zip(
+    path: Path, *, classes: tuple[str, ...] = ("cat", "dog"), train: int = 8, test: int = 3
+) -> Path:
+    """A ``train/<class>/*.png`` + ``test/<class>/*.png`` zip; test images are named ``t*.png``
+    and sized 30+i so that a test can tell them apart from the training images (16+i)."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for ci, name in enumerate(classes):
+            colour = (40 * ci + 20, 100, 200 - 40 * ci)
+            for i in range(train):
+                zf.writestr(_entry(f"train/{name}/{i}.png"), _png_bytes(colour, 16 + i))
+            for i in range(test):
+                zf.writestr(_entry(f"test/{name}/t{i}.png"), _png_bytes(colour, 30 + i))
+    return path

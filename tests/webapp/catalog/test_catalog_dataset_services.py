@@ -29,7 +29,11 @@ def test_an_image_folder_zip_is_reported_with_counts_sizes_corrupt_files_and_thu
     assert dataset.status == ItemStatus.READY, dataset.error
     report = dataset.report
     assert report["classes"] == ["cat", "dog"] and dataset.num_classes == 2
-    assert report["totals"]["train"] + report["totals"]["val"] == 12
+    totals = report["totals"]
+    assert totals["train"] + totals["val"] + totals["test"] == 12
+    assert totals["test"] >= 2 and totals["val"] >= 2  # stratified: each class in each split
+    assert report["split_seed"] == 0 and dataset.split_seed == 0
+    assert report["split_sources"] == {"train": "carved", "val": "carved", "test": "carved"}
     assert report["min_size"] == [16, 16] and report["max_size"] == [21, 21]
     assert [c["path"] for c in report["corrupt"]] == ["cat/broken0.png"]
     thumbs = dataset.thumbnails
@@ -106,7 +110,8 @@ def test_a_ready_zip_dataset_loads_for_the_jobs_runner_at_the_models_shape(org_a
     bundle = loaders.dataset_load(dataset, work_dir=tmp_path / "job", size=28, channels=1)
 
     assert bundle.classes == ["cat", "dog"] and bundle.input_shape == (1, 28, 28)
-    assert len(bundle.train) + len(bundle.val) == 12
+    assert len(bundle.train) + len(bundle.val) + len(bundle.test) == 12
+    assert len(bundle.test) == dataset.report["totals"]["test"]
     assert not any((tmp_path / "job").rglob("*.png"))  # extracted images were removed
 
 
@@ -118,7 +123,9 @@ def test_the_builtin_digits_are_validated_and_load(org_a, tmp_path):
 
     digits.refresh_from_db()
     assert digits.status == ItemStatus.READY and digits.num_classes == 10
-    assert digits.report["totals"]["train"] + digits.report["totals"]["val"] == 1797
+    totals = digits.report["totals"]
+    assert totals["train"] + totals["val"] + totals["test"] == 1797 and totals["test"] > 300
+    assert digits.report["split_sources"]["test"] == "fixed"
     bundle = loaders.dataset_load(digits, work_dir=tmp_path)
     assert bundle.input_shape == (1, 32, 32)
 
