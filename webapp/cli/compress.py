@@ -46,7 +46,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--in-channels", type=int, help="input channels of the model (default: the data set's)"
     )
-    p.add_argument("--dataset", required=True, help="'digits' (built in) or an image-folder .zip")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="'mnist' or 'digits' (built in) or an image-folder .zip (train/ with optional "
+        "val/ and test/, or flat class folders)",
+    )
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="seed of the data set's fixed train/val/test split (never the recipe's seed)",
+    )
+    p.add_argument(
+        "--normalization",
+        choices=("dataset", "imagenet", "unit"),
+        default="dataset",
+        help="the model's declared input statistics: the training split's own (dataset), "
+        "ImageNet's, or plain 0-1 scaling (unit)",
+    )
     p.add_argument("--recipe", required=True, type=Path, help="recipe file (YAML or JSON)")
     p.add_argument("--out", required=True, type=Path, help="output folder (reuse it to resume)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
@@ -107,7 +125,7 @@ def _run(args: argparse.Namespace, err: Console) -> RunReport:
     err.print(
         f"model [bold]{args.model}[/] ({model.format}, input {tuple(model.input_shape)}, "
         f"{model.num_classes} classes); data [bold]{data.name}[/] "
-        f"({len(data.train)} train / {len(data.val)} val); recipe [bold]{recipe.name}[/] "
+        f"({len(data.train)} train / {len(data.val)} val / {len(data.test)} test; reports use test); recipe [bold]{recipe.name}[/] "
         f"({len(recipe.stages)} stages)",
         highlight=False,
     )
@@ -148,7 +166,7 @@ def _check_recipe_for_model(args: argparse.Namespace, recipe: Recipe) -> None:
 
 
 def _load_model_and_data(args: argparse.Namespace, out: Path) -> tuple[ModelState, DatasetBundle]:
-    from compression.datasets import load_digits, load_image_folder_zip
+    from compression.datasets import BUILTIN_DATASETS, load_builtin, load_image_folder_zip
     from compression.errors import ConfigError, DatasetError
     from compression.model_io import load_model_file
     from compression.stage import ArchSpec, ModelState
@@ -160,14 +178,31 @@ def _load_model_and_data(args: argparse.Namespace, out: Path) -> tuple[ModelStat
         raise ConfigError("--model", f"{args.model!r} is neither a file nor a zoo architecture")
 
     def load_data(channels: int, size: int) -> DatasetBundle:
-        if args.dataset == "digits":
-            return load_digits(size=size)
-        zip_path = Path(args.dataset)
-        if not zip_path.is_file():
-            raise DatasetError(f"--dataset: {args.dataset!r} is neither 'digits' nor a .zip file")
-        work = out / "dataset"
-        shutil.rmtree(work, ignore_errors=True)  # re-extract on a resumed run
-        return load_image_folder_zip(zip_path, work, size=size, channels=channels)
+        from compression.preprocessing import PreprocessingError
+
+        if args.dataset in BUILTIN_DATASETS:
+            if channels != 1:
+                raise DatasetError(
+                    f"--dataset {args.dataset}: 1-channel images, but the model expects "
+                    f"{channels} channels"
+                )
+            data = load_builtin(args.dataset, size=size, split_seed=args.split_seed)
+        else:
+            zip_path = Path(args.dataset)
+            if not zip_path.is_file():
+                raise DatasetError(
+                    f"--dataset: {args.dataset!r} is neither 'mnist', 'digits' nor a .zip file"
+                )
+            work = out / "dataset"
+            shutil.rmtree(work, ignore_errors=True)  # re-extract on a resumed run
+            data = load_image_folder_zip(
+                zip_path, work, size=size, channels=channels, split_seed=args.split_seed
+            )
+        try:
+            declared = data.preprocessing.with_normalization(args.normalization)
+        except PreprocessingError as exc:
+            raise ConfigError("--normalization", str(exc)) from None
+        return data.with_preprocessing(declared)
 
     if is_file:
         model = load_model_file(
@@ -176,7 +211,7 @@ def _load_model_and_data(args: argparse.Namespace, out: Path) -> tuple[ModelStat
         return model, load_data(model.input_shape[0], model.input_shape[1])
     arch = args.model
     size = default_input_size(arch)
-    channels = args.in_channels or (1 if args.dataset == "digits" else 3)
+    channels = args.in_channels or (1 if args.dataset in BUILTIN_DATASETS else 3)
     data = load_data(channels, size)
     num_classes = args.num_classes or data.num_classes
     module = create_model(arch, num_classes=num_classes, in_channels=channels)
@@ -288,14 +323,29 @@ def _print_summary(console: Console, report: RunReport, out: Path) -> None:
     from rich.table import Table
 
     table = Table(title=f"{report.recipe['name']}: results", title_justify="left")
-    for col in ("state", "accuracy %", "params", "non-zero", "MACs", "ONNX", "zipped", "p50 ms"):
+    cols = (
+        "state",
+        "test acc. %",
+        "val acc. %",
+        "params",
+        "non-zero",
+        "MACs",
+        "ONNX",
+        "zipped",
+        "p50 ms (IQR)",
+    )
+    for col in cols:
         table.add_column(col, justify="left" if col == "state" else "right", no_wrap=True)
 
     def row(label: str, m: Any, style: str | None = None) -> None:
-        lat = f"{m.latency.p50_ms:.3f}" + (" ~" if m.latency.unstable else "") if m.latency else "—"
+        lat = "—"
+        if m.latency:
+            iqr = m.latency.iqr_ms
+            lat = f"{m.latency.p50_ms:.3f}" + (f" ({iqr:.3f})" if iqr is not None else "")
         table.add_row(
             label,
             f"{m.accuracy:.2f}",
+            "—" if m.val_accuracy is None else f"{m.val_accuracy:.2f}",
             _fmt_int(m.params),
             _fmt_int(m.nonzero_params),
             _fmt_int(m.macs),
@@ -311,7 +361,7 @@ def _print_summary(console: Console, report: RunReport, out: Path) -> None:
     row(f"final ({report.final_format})", report.final, style="bold")
     console.print(table)
     t = report.targets
-    parts = [f"vs {t['reference']}: accuracy drop {t['accuracy_drop']:+.2f} pt"]
+    parts = [f"vs {t['reference']}: test accuracy drop {t['accuracy_drop']:+.2f} pt"]
     if t.get("size_ratio"):
         parts.append(f"{t['size_ratio']:.2f}x smaller ONNX")
     if t.get("zip_size_ratio"):
