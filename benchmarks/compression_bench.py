@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 from compression.checkpoint import load_checkpoint  # noqa: E402
 from compression.datasets import DatasetBundle, load_digits  # noqa: E402
 from compression.latency import measure_latency  # noqa: E402
-from compression.methods._common import classifier_layer, count_macs  # noqa: E402
+from compression.macs import count_macs  # noqa: E402
+from compression.methods._common import classifier_layer  # noqa: E402
 from compression.onnx_export import export_onnx  # noqa: E402
 from compression.pipeline import RunReport, run_recipe  # noqa: E402
 from compression.recipe import parse_recipe  # noqa: E402
@@ -203,10 +204,10 @@ def plain_torch_pruning(
         iterative_steps=200,
         ignored_layers=[head] if head is not None else [],
     )
-    macs, _ = count_macs(model, example)
+    macs = count_macs(model, data.input_shape)
     while macs > target_macs and pruner.current_step < 200:
         pruner.step()
-        macs, _ = count_macs(model, example)
+        macs = count_macs(model, data.input_shape)
     ctx = StageContext(
         model=state_for(model, data.input_shape, ARCH),
         data=data,

@@ -43,3 +43,18 @@ class StageScopeError(CompressionError):
 
 class Cancelled(CompressionError):
     """Raised by a cancel check between batches; the pipeline stops cleanly."""
+
+
+class MacTargetError(CompressionError):
+    """A stage's MAC-reduction target was not reached (and the recipe allows no shortfall).
+
+    ``reached`` and ``target`` are "times fewer MACs" factors, e.g. 2.71 and 3.0.
+    """
+
+    def __init__(self, reached: float, target: float, hint: str) -> None:
+        super().__init__(
+            f"reached {reached:.2f}x fewer MACs, target {target:.2f}x; {hint}; "
+            "set allow_mac_shortfall: true to accept"
+        )
+        self.reached = reached
+        self.target = target

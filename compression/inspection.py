@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.metrics import count_macs, count_nonzero_params, count_params
+from compression.macs import count_macs, count_macs_per_module
+from compression.metrics import count_nonzero_params, count_params
 
 
 @dataclass
@@ -61,7 +62,12 @@ def _kind(m: nn.Module) -> str | None:
 
 
 def layer_table(module: nn.Module, input_shape: tuple[int, int, int]) -> list[LayerInfo]:
-    """Per-layer facts from one forward pass with hooks (output shapes and MACs)."""
+    """Per-layer facts: output shapes from a forward pass with hooks, MACs from the one counter.
+
+    A layer's MACs are :func:`compression.macs.count_macs_per_module`'s share for it (0 for a
+    normalisation, which the counter does not count; ``None`` for a layer the forward skipped).
+    """
+    per_module = count_macs_per_module(module, input_shape)
     shapes: dict[str, list[int]] = {}
     hooks = []
     for name, m in module.named_modules():
@@ -89,22 +95,14 @@ def layer_table(module: nn.Module, input_shape: tuple[int, int, int]) -> list[La
         if kind is None:
             continue
         out_shape = shapes.get(name)
-        out_elems = 1
-        for d in out_shape or []:
-            out_elems *= d
-        macs: int | None = None
+        macs = per_module.get(name)
         in_ch = out_ch = None
         kernel = None
         if isinstance(m, nn.modules.conv._ConvNd):
             in_ch, out_ch = m.in_channels, m.out_channels
             kernel = [int(k) for k in m.kernel_size]
-            k = 1
-            for v in kernel:
-                k *= v
-            macs = out_elems * (m.in_channels // m.groups) * k if out_shape else None
         elif isinstance(m, nn.Linear):
             in_ch, out_ch = m.in_features, m.out_features
-            macs = out_elems * m.in_features if out_shape else None
         elif isinstance(m, nn.modules.batchnorm._NormBase):
             in_ch = out_ch = m.num_features
         rows.append(

@@ -1,9 +1,11 @@
-"""Helpers the method modules share: getting the torch module, finding the classifier, counting."""
+"""Helpers the method modules share: getting the torch module, finding the classifier.
+
+MACs are counted by :mod:`compression.macs`, the one counter, not here.
+"""
 
 from __future__ import annotations
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from compression.errors import StageScopeError
@@ -45,17 +47,6 @@ def classifier_layer(module: nn.Module, num_classes: int) -> nn.Module | None:
 def prunable_layers(module: nn.Module) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
     """Every conv and linear layer with its qualified name, in module order."""
     return [(n, m) for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-
-
-def count_macs(module: nn.Module, example: torch.Tensor) -> tuple[int, int]:
-    """``(macs, params)`` of one forward pass at ``example``'s shape (Torch-Pruning's counter)."""
-    was_training = module.training
-    module.eval()
-    try:
-        macs, params = tp.utils.count_ops_and_params(module, example)
-    finally:
-        module.train(was_training)
-    return int(macs), int(params)
 
 
 def layer_kind(m: nn.Module) -> str:

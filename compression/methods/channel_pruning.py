@@ -19,10 +19,10 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from compression.errors import ConfigError, StageScopeError
+from compression.errors import ConfigError, MacTargetError, StageScopeError
+from compression.macs import count_macs
 from compression.methods._common import (
     classifier_layer,
-    count_macs,
     example_input,
     finish,
     history_metrics,
@@ -30,16 +30,19 @@ from compression.methods._common import (
     prunable_layers,
     torch_module,
 )
+from compression.metrics import count_params
 from compression.model_facts import ModelFacts
 from compression.registry import param, register_method
 from compression.stage import LayerChange, StageContext, StageResult
 from compression.training import train
 
 # With a MAC target the pruner removes channels in this many small global steps until the target
-# is met; finer steps overshoot less, each step costs one graph walk and one MAC count.
+# is met; finer steps overshoot less, each step costs one graph walk and one MAC count. The last
+# step asks for every channel, which leaves each layer at its floor (max_layer_ratio, round_to):
+# the search only ends short of the target when the guards allow no more pruning.
 _MAC_SEARCH_STEPS = 100
-# The largest global fraction of channels the MAC search may reach; max_layer_ratio still caps
-# every single layer.
+# The largest global fraction of channels a gamma threshold may remove; max_layer_ratio still
+# caps every single layer.
 _MAC_SEARCH_CEILING = 0.95
 
 
@@ -57,9 +60,15 @@ class ChannelPruningConfig:
     )
     target_mac_reduction: float | None = param(
         None,
-        help="remove channels step by step until MACs shrink by this factor, e.g. 3.0",
+        help="remove channels step by step until MACs shrink by this factor, e.g. 3.0; "
+        "the stage fails if the layer guards stop it short",
         gt=1.0,
         le=100.0,
+    )
+    allow_mac_shortfall: bool = param(
+        False,
+        help="accept a target_mac_reduction that is not reached (the reached factor is "
+        "still reported) instead of failing the stage",
     )
     threshold: float | None = param(
         None,
@@ -279,7 +288,8 @@ def run(ctx: StageContext, cfg: ChannelPruningConfig) -> StageResult:
     # Never remove class logits: the classifier's outputs are the task's contract.
     ignored: list[nn.Module] = [classifier] if classifier is not None else []
     example = example_input(ctx, module)
-    macs_before, params_before = count_macs(module, example)
+    macs_before = count_macs(module, ctx.model.input_shape)
+    params_before = count_params(module)
     before = _snapshot(module)
 
     train_epochs = cfg.finetune_epochs
@@ -321,20 +331,44 @@ def run(ctx: StageContext, cfg: ChannelPruningConfig) -> StageResult:
     if cfg.target_mac_reduction is not None:
         for step in range(1, _MAC_SEARCH_STEPS + 1):
             ctx.check_cancel()
-            pruner.prune_to(_MAC_SEARCH_CEILING * step / _MAC_SEARCH_STEPS)
-            macs, _ = count_macs(module, example)
+            pruner.prune_to(step / _MAC_SEARCH_STEPS)
+            macs = count_macs(module, ctx.model.input_shape)
             if macs_before / max(macs, 1) >= cfg.target_mac_reduction:
                 break
     else:
         pruner.prune_to(ratio)
     del pruner  # it holds the dependency graph and hooks into the module
-    macs_pruned, params_pruned = count_macs(module, example)
+    macs_pruned = count_macs(module, ctx.model.input_shape)
+    params_pruned = count_params(module)
+    reached = macs_before / max(macs_pruned, 1)
+    pruned_metrics = {
+        "macs_before": float(macs_before),
+        "macs_after": float(macs_pruned),
+        "mac_reduction": reached,
+    }
+    if cfg.target_mac_reduction is not None:
+        pruned_metrics["target_mac_reduction"] = cfg.target_mac_reduction
     ctx.report(
         split,
-        f"pruned: MACs {macs_before / 1e6:.1f}M -> {macs_pruned / 1e6:.1f}M "
-        f"({macs_before / max(macs_pruned, 1):.2f}x fewer)",
-        {"macs_before": float(macs_before), "macs_after": float(macs_pruned)},
+        f"pruned: MACs {macs_before / 1e6:.1f}M -> {macs_pruned / 1e6:.1f}M ({reached:.2f}x fewer)",
+        pruned_metrics,
     )
+    if cfg.target_mac_reduction is not None and reached < cfg.target_mac_reduction:
+        if not cfg.allow_mac_shortfall:
+            # Fail before fine-tuning: the epochs would be spent on a model the recipe rejects.
+            raise MacTargetError(
+                reached,
+                cfg.target_mac_reduction,
+                f"every layer is at its floor (max_layer_ratio {cfg.max_layer_ratio:g}, "
+                f"round_to {cfg.round_to}; the classifier and grouped convs are never pruned): "
+                "raise max_layer_ratio, lower round_to or the target",
+            )
+        ctx.report(
+            split,
+            f"MAC target {cfg.target_mac_reduction:.2f}x not reached ({reached:.2f}x); "
+            "allow_mac_shortfall accepts it",
+            pruned_metrics,
+        )
 
     history += train(
         module,
@@ -362,9 +396,7 @@ def run(ctx: StageContext, cfg: ChannelPruningConfig) -> StageResult:
         for name, (kind, ch, n) in before.items()
     ]
     metrics = {
-        "macs_before": float(macs_before),
-        "macs_after": float(macs_pruned),
-        "mac_reduction": macs_before / max(macs_pruned, 1),
+        **pruned_metrics,
         "params_before": float(params_before),
         "params_after": float(params_pruned),
         **history_metrics(history),
