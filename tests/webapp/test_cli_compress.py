@@ -51,6 +51,41 @@ def test_compress_writes_the_report_and_prints_a_summary(
     assert "baseline" in printed and "final (onnx)" in printed and "p50 ms" in printed
 
 
+def test_compress_on_mnist_reports_test_accuracy_with_declared_statistics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: mnist\neval: {latency_runs: 0}\nstages:\n  - method: magnitude_pruning\n"
+        "    config: {sparsity: 0.5, steps: 1, epochs_per_step: 0, finetune_epochs: 0}\n"
+    )
+    out = tmp_path / "out"
+    code = main(["compress", "--model", "lenet300_100", "--dataset", "mnist", "--split-seed", "2",
+                 "--normalization", "unit", "--recipe", str(recipe), "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["dataset"]["name"] == "mnist" and report["dataset"]["split_seed"] == 2
+    assert report["dataset"]["totals"] == {"train": 3500, "val": 500, "test": 1000}
+    assert report["preprocessing"]["normalization"] == "unit"
+    assert report["preprocessing"]["mean"] == [0.0] and report["preprocessing"]["std"] == [1.0]
+    assert report["baseline"]["eval_split"] == "test" and report["baseline"]["test_images"] == 1000
+    printed = capsys.readouterr().out
+    assert "test acc." in printed and "val acc." in printed
+
+
+def test_imagenet_statistics_on_grayscale_data_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE)
+    code = main(["compress", "--model", "lenet5", "--dataset", "mnist", "--normalization",
+                 "imagenet", "--recipe", str(recipe), "--out", str(tmp_path / "out")])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--normalization" in err and "3-channel" in err
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
 def test_a_bad_recipe_exits_2_with_one_clear_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
