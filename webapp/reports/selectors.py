@@ -10,6 +10,7 @@ from django.db.models import QuerySet
 from device_registry import model_versions as device_versions
 from webapp.accounts.models import Organization
 from webapp.catalog.models import ModelFormat, ModelVersion
+from webapp.catalog.selectors import preprocessing_summary
 from webapp.jobs.models import Job, JobStatus
 from webapp.jobs.selectors import job_list
 
@@ -19,21 +20,37 @@ def report_job_list(*, organization: Organization) -> QuerySet[Job]:
     return job_list(organization=organization, status=JobStatus.SUCCEEDED)
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def _row(label: str, kind: str, m: dict[str, Any]) -> dict[str, Any]:
+    """One state's figures, read defensively: reports from before the test split lack
+    ``val_accuracy``, ``eval_split`` and the latency spread, and old ones scored on val."""
     latency = m.get("latency") or {}
+    rounds = latency.get("rounds")
+    runs = latency.get("runs")
     return {
         "label": label,
         "kind": kind,
         "format": m.get("format", ""),
-        "accuracy": m.get("accuracy"),
+        "accuracy": _number(m.get("accuracy")),  # percent, on eval_split (test since issue 8)
+        "val_accuracy": _number(m.get("val_accuracy")),
+        "eval_split": m.get("eval_split") or ("test" if "val_accuracy" in m else "val"),
+        "test_images": m.get("test_images"),
         "params": m.get("params"),
         "nonzero_params": m.get("nonzero_params"),
         "macs": m.get("macs"),
         "size_bytes": m.get("onnx_bytes"),
         "zip_bytes": m.get("onnx_zip_bytes"),
-        "p50_ms": latency.get("p50_ms"),
-        "p90_ms": latency.get("p90_ms"),
-        "p99_ms": latency.get("p99_ms"),
+        "p50_ms": _number(latency.get("p50_ms")),
+        "p90_ms": _number(latency.get("p90_ms")),
+        "p99_ms": _number(latency.get("p99_ms")),  # None below 100 timed runs
+        "iqr_ms": _number(latency.get("iqr_ms")),
+        "rounds": int(rounds) if isinstance(rounds, int) else None,
+        "timed_runs": int(runs) * int(rounds or 1) if isinstance(runs, int) else None,
+        "throughput": _number(latency.get("throughput")),
+        "peak_mem_mb": _number(m.get("peak_mem_mb")),
         "cv": latency.get("cv"),
     }
 
@@ -62,6 +79,26 @@ def report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             base["p50_ms"] / row["p50_ms"] if row["p50_ms"] and base["p50_ms"] else None
         )
     return rows
+
+
+def report_eval_facts(report: dict[str, Any]) -> dict[str, Any]:
+    """What the numbers were measured on: the dataset's split sizes and seed, which split the
+    accuracy is scored on, and the preprocessing record (None in reports from before them)."""
+    dataset = report.get("dataset") if isinstance(report.get("dataset"), dict) else {}
+    totals = dataset.get("totals") if isinstance(dataset.get("totals"), dict) else {}
+    base = report.get("baseline") if isinstance(report.get("baseline"), dict) else {}
+    eval_split = base.get("eval_split") or ("test" if "test" in totals else "val")
+    identity = report.get("identity") if isinstance(report.get("identity"), dict) else {}
+    return {
+        "splits": [(name, totals.get(name)) for name in ("train", "val", "test")],
+        "has_splits": bool(totals),
+        "split_seed": dataset.get("split_seed"),
+        "fingerprint": dataset.get("fingerprint") or identity.get("dataset_fingerprint"),
+        "eval_split": eval_split,
+        "test_images": base.get("test_images") or totals.get("test"),
+        "preprocessing": preprocessing_summary(report.get("preprocessing")),
+        "identity": identity,
+    }
 
 
 def report_layer_changes(report: dict[str, Any]) -> dict[str, Any]:

@@ -50,6 +50,7 @@ def report_detail(request: HttpRequest, pk: int) -> HttpResponse:
         }
         ctx.update(
             rows=rows,
+            facts=selectors.report_eval_facts(report),
             changes=changes,
             figures=charts.report_figures(rows, changes, epochs, p50),
             on_device=on_device,
