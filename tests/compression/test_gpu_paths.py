@@ -27,7 +27,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def digits() -> DatasetBundle:
-    return load_digits(size=32, seed=0).subset(train=512, val=256, seed=0)
+    return load_digits(size=32).subset(train=512, val=256, seed=0)
 
 
 def _tiny(spec: registry.MethodSpec) -> dict[str, Any]:

@@ -32,7 +32,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def digits() -> DatasetBundle:
     # Small enough for seconds per method on two cores, big enough to learn digits a little.
-    return load_digits(size=32, seed=0).subset(train=384, val=192, seed=0)
+    return load_digits(size=32).subset(train=384, val=192, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -567,7 +567,7 @@ def test_distillation_defaults_do_not_diverge_a_batchnorm_free_student_under_a_c
     with torch.no_grad():
         teacher.classifier[-1].weight.mul_(4.0)
         teacher.classifier[-1].bias.mul_(4.0)
-    data = load_digits(size=32, seed=0)  # all 1438 images: enough steps per epoch to diverge
+    data = load_digits(size=32)  # all 1438 images: enough steps per epoch to diverge
     torch.manual_seed(1)
     student = create_model("lenet5", num_classes=10, in_channels=1)
     ctx = make_ctx(student, data, tmp_path, load_model=lambda ref: ModelState(
