@@ -81,14 +81,18 @@ def report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def report_eval_facts(report: dict[str, Any]) -> dict[str, Any]:
     """What the numbers were measured on: the dataset's split sizes and seed, which split the
     accuracy is scored on, and the preprocessing record (None in reports from before them)."""
-    dataset = report.get("dataset") if isinstance(report.get("dataset"), dict) else {}
-    totals = dataset.get("totals") if isinstance(dataset.get("totals"), dict) else {}
-    base = report.get("baseline") if isinstance(report.get("baseline"), dict) else {}
+    dataset = _dict(report.get("dataset"))
+    totals = _dict(dataset.get("totals"))
+    base = _dict(report.get("baseline"))
     eval_split = base.get("eval_split") or ("test" if "test" in totals else "val")
-    identity = report.get("identity") if isinstance(report.get("identity"), dict) else {}
+    identity = _dict(report.get("identity"))
     return {
         "splits": [(name, totals.get(name)) for name in ("train", "val", "test")],
         "has_splits": bool(totals),
