@@ -96,7 +96,8 @@ def _train_on_digits(module: Any, *, epochs: int, size: int) -> list[dict[str, f
         report=lambda *_: None,
         check_cancel=lambda: None,
     )
-    return train(module, data, ctx, epochs=epochs, lr=0.05, batch_size=64)
+    # AdamW: one epoch of SGD at lr 0.05 left the BatchNorm-free LeNet-5 at 30% (chance is 10%).
+    return train(module, data, ctx, epochs=epochs, lr=0.005, batch_size=32, optimizer="adam")
 
 
 def validate_dataset(req: dict[str, Any]) -> dict[str, Any]:

@@ -41,5 +41,6 @@ def test_the_builtin_lenet5_is_built_trained_and_inspected_on_the_worker(org_a):
     assert version.status == ItemStatus.READY, version.error
     assert version.file and version.params == 61706
     assert version.info["builtin"]["weights"] == "trained on digits"
-    # val_acc is percent (0-100); chance on ten digits is 10%.
-    assert version.info["builtin"]["val_acc"] > 30
+    # Percent, like every accuracy: chance on ten digits is 10%, one epoch reaches about 86%.
+    val_acc = version.info["builtin"]["val_acc"]
+    assert 80.0 < val_acc <= 100.0, val_acc
