@@ -11,11 +11,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from device_registry import selectors, services
+from device_registry import model_versions, selectors, services
 from device_registry.agent.protocol import BenchSettings, ProtocolError
 from device_registry.models import DeployableArtifact, Deployment, Device, TargetKind
 from webapp.accounts.models import Organization
 from webapp.accounts.selectors import get_object_for_org_or_404, membership_current
+from webapp.catalog.models import Dataset, ModelVersion
 
 
 def _org(request: Request) -> Organization:
@@ -114,21 +115,53 @@ class BenchSettingsSerializer(serializers.Serializer[Any]):
         child=serializers.CharField(max_length=64), default=["CPUExecutionProvider"]
     )
     profile = serializers.BooleanField(default=False)
-    accuracy = serializers.BooleanField(default=False)
+    accuracy = serializers.BooleanField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Top-1 on the artifact's evaluation set; by default on when it has one.",
+    )
     input_shape = serializers.ListField(
         child=serializers.IntegerField(min_value=1), required=False, allow_null=True, default=None
     )
 
 
 class DeploymentCreateSerializer(serializers.Serializer[Any]):
-    artifact = serializers.IntegerField()
+    artifact = serializers.IntegerField(required=False, allow_null=True, default=None)
+    model_version = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="A ready ONNX catalog version instead of an artifact: its artifact is made "
+        "once, with its data set's test split as the evaluation set.",
+    )
+    dataset = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="With model_version: the data set whose test split evaluates an uploaded "
+        "version (a job's version uses the job's).",
+    )
     target_kind = serializers.ChoiceField(choices=TargetKind.choices)
     target_value = serializers.CharField(required=False, allow_blank=True, default="")
     settings = BenchSettingsSerializer(required=False)
 
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if (attrs.get("artifact") is None) == (attrs.get("model_version") is None):
+            raise ValidationError("Give exactly one of artifact and model_version.")
+        if attrs.get("dataset") is not None and attrs.get("model_version") is None:
+            raise ValidationError({"dataset": "Only with model_version."})
+        return attrs
+
 
 class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
     artifact_name = serializers.CharField(source="artifact.name", read_only=True)
+    eval_set = serializers.JSONField(
+        source="artifact.eval_meta",
+        read_only=True,
+        help_text="What the shipped evaluation set holds (dataset, split, split_seed, count); "
+        "{} when none or an uploaded .npz. Accuracy results carry top1_pct in percent.",
+    )
     status = serializers.SerializerMethodField()
     targets = serializers.SerializerMethodField()
     results = serializers.SerializerMethodField()
@@ -136,7 +169,7 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
     class Meta:
         model = Deployment
         fields = [
-            "id", "artifact", "artifact_name", "target_kind", "target_value", "settings",
+            "id", "artifact", "artifact_name", "eval_set", "target_kind", "target_value", "settings",
             "issued_at", "created_at", "status", "targets", "results",
         ]  # fmt: skip
         read_only_fields = fields
@@ -183,9 +216,27 @@ class DeploymentListView(APIView):
         form = DeploymentCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         data = form.validated_data
-        artifact = get_object_for_org_or_404(DeployableArtifact, org=org, pk=data["artifact"])
+        if data.get("model_version") is not None:
+            version = get_object_for_org_or_404(ModelVersion, org=org, pk=data["model_version"])
+            dataset = None
+            if data.get("dataset") is not None:
+                dataset = get_object_for_org_or_404(Dataset, org=org, pk=data["dataset"])
+            try:
+                artifact = model_versions.artifact_for_model_version(
+                    organization=org,
+                    user=request.user,  # type: ignore[arg-type]
+                    model_version=version,
+                    dataset=dataset,
+                )
+            except model_versions.NotDeployable as exc:
+                raise ValidationError({"model_version": str(exc)}) from exc
+        else:
+            artifact = get_object_for_org_or_404(DeployableArtifact, org=org, pk=data["artifact"])
+        bench = dict(data.get("settings") or {})
+        if bench.get("accuracy") is None:  # measured whenever an evaluation set ships
+            bench["accuracy"] = bool(artifact.eval_file)
         try:
-            settings = BenchSettings(**(data.get("settings") or {}))
+            settings = BenchSettings(**bench)
             deployment = services.deployment_create(
                 organization=org,
                 artifact=artifact,
@@ -194,7 +245,7 @@ class DeploymentListView(APIView):
                 settings=settings,
                 created_by=request.user,  # type: ignore[arg-type]
             )
-        except (services.NoTargets, ProtocolError) as exc:
+        except (services.NoTargets, services.NoEvalSet, ProtocolError) as exc:
             raise ValidationError({"detail": str(exc)}) from exc
         return Response(DeploymentSerializer(deployment).data, status=status.HTTP_201_CREATED)
 

@@ -36,3 +36,8 @@ def enrollment_ttl_s() -> float:
 def agent_rate() -> tuple[float, float]:
     """Per-connection message budget: (messages per second, burst)."""
     return _num("EDGESLIM_AGENT_RATE", 20.0), _num("EDGESLIM_AGENT_BURST", 100.0)
+
+
+def eval_set_max_samples() -> int:
+    """How many test-split images a catalog version's evaluation set holds at most (first N)."""
+    return int(_num("EDGESLIM_EVAL_SET_MAX_SAMPLES", 1000))

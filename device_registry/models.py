@@ -93,6 +93,12 @@ class DeployableArtifact(OrgScopedModel):
     eval_file = models.FileField(upload_to="device_artifacts/eval/%Y/%m/", null=True, blank=True)
     eval_sha256 = models.CharField(max_length=64, blank=True)
     eval_size = models.BigIntegerField(null=True, blank=True)
+    eval_meta = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="What the evaluation set holds: dataset_id, dataset, split, split_seed, count, "
+        "test_size, cap, preprocessing (see device_registry.eval_sets); empty for an upload's.",
+    )
     source = models.CharField(
         max_length=200, blank=True, help_text="Where it came from, e.g. model_version:12 or job:3."
     )
@@ -110,6 +116,10 @@ class DeployableArtifact(OrgScopedModel):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def has_eval_set(self) -> bool:
+        return bool(self.eval_file)
 
 
 class TargetKind(models.TextChoices):

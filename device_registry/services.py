@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ from device_registry.agent.protocol import (
     Progress,
     ProtocolError,
     Result,
+    accuracy_percent,
     encode,
 )
 from device_registry.models import (
@@ -260,13 +262,15 @@ def artifact_create(
     name: str,
     file: Any,
     eval_file: Any = None,
+    eval_meta: dict[str, Any] | None = None,
     source: str = "",
     created_by: User | None = None,
 ) -> DeployableArtifact:
     """Store an ONNX file (and optional .npz evaluation set) that devices can benchmark.
 
     ``file`` is an uploaded file or any binary file object; the catalog calls this with a model
-    version's ONNX export and ``source="model_version:<id>"``.
+    version's ONNX export, ``source="model_version:<id>"`` and the test split it built
+    (``eval_meta`` says what that split holds, see :mod:`device_registry.eval_sets`).
     """
     sha256, size = _sha256_and_size(file)
     artifact = DeployableArtifact(
@@ -281,6 +285,7 @@ def artifact_create(
     if eval_file is not None:
         artifact.eval_sha256, artifact.eval_size = _sha256_and_size(eval_file)
         artifact.eval_file.save(f"{artifact.eval_sha256[:16]}.npz", File(eval_file), save=False)
+        artifact.eval_meta = dict(eval_meta or {})
     artifact.save()
     return artifact
 
@@ -345,6 +350,10 @@ class NoTargets(ValueError):
     """The deployment's selection matches no enrolled, unrevoked device."""
 
 
+class NoEvalSet(ValueError):
+    """Accuracy was asked for but the artifact has no evaluation set."""
+
+
 def deployment_create(
     *,
     organization: Organization,
@@ -358,11 +367,17 @@ def deployment_create(
 
     Raises:
         NoTargets: no enrolled device matches.
+        NoEvalSet: ``settings.accuracy`` but the artifact has no evaluation set.
         ProtocolError: the settings are out of range.
     """
     if artifact.organization_id != organization.pk:
         raise ValueError("the artifact belongs to another organisation")
     _validate_settings(settings)
+    if settings.accuracy and not artifact.eval_file:
+        raise NoEvalSet(
+            "This artifact has no evaluation set, so devices cannot measure its accuracy: "
+            "untick accuracy, or deploy a catalog version whose data set's test split ships."
+        )
     devices = deployment_targets_resolve(
         organization=organization, target_kind=target_kind, target_value=target_value
     )
@@ -422,9 +437,10 @@ def deployment_progress(*, device_id: int, progress: Progress) -> dict[str, Any]
 
 @dataclass(frozen=True)
 class StoredResult:
-    created: bool  # False: a duplicate, already stored (still acknowledged)
+    created: bool  # False: a duplicate or a refused result, not stored (still acknowledged)
     organization_id: int | None
     event: dict[str, Any] | None  # the browser event payload, when newly stored
+    refused: str = ""  # why a well-formed result was acknowledged but not stored
 
 
 LATENCY_KEYS = (
@@ -473,23 +489,66 @@ class TargetInfo:
     organization_id: int
     device_name: str
     settings: dict[str, Any]
+    has_eval_set: bool = False
+    eval_count: int | None = None  # images in the evaluation set, when the server built it
 
 
 def deployment_target_info(*, device_id: int, deployment_id: int) -> TargetInfo | None:
     row = (
         DeploymentTarget.objects.filter(deployment_id=deployment_id, device_id=device_id)
-        .values("deployment__organization_id", "device__name", "deployment__settings")
+        .values(
+            "deployment__organization_id",
+            "device__name",
+            "deployment__settings",
+            "deployment__artifact__eval_file",
+            "deployment__artifact__eval_meta",
+        )
         .first()
     )
     if row is None:
         return None
+    meta = row["deployment__artifact__eval_meta"] or {}
+    count = meta.get("count") if isinstance(meta, dict) else None
     return TargetInfo(
         deployment_id=deployment_id,
         device_id=device_id,
         organization_id=row["deployment__organization_id"],
         device_name=row["device__name"],
         settings=row["deployment__settings"],
+        has_eval_set=bool(row["deployment__artifact__eval_file"]),
+        eval_count=count if isinstance(count, int) and not isinstance(count, bool) else None,
     )
+
+
+def accuracy_data(data: dict[str, Any], *, eval_count: int | None = None) -> dict[str, Any]:
+    """An accuracy result's data as stored: ``top1_pct`` (percent, 0-100) recomputed from the
+    integer ``correct`` and ``samples`` with :func:`accuracy_percent`.
+
+    Agents before the percent field sent ``top1`` as a fraction (with the same counts); it is
+    dropped, so every stored accuracy is percent.
+
+    Raises:
+        ProtocolError: the counts are missing, not integers, out of range, disagree with the
+            agent's own ``top1_pct``, or exceed the evaluation set that was shipped.
+    """
+    correct, samples = data.get("correct"), data.get("samples")
+    for name, value in (("correct", correct), ("samples", samples)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ProtocolError(f"an accuracy result needs an integer {name!r}")
+    assert isinstance(correct, int) and isinstance(samples, int)
+    pct = accuracy_percent(correct, samples)
+    given = data.get("top1_pct")
+    if given is not None and (
+        not isinstance(given, int | float) or isinstance(given, bool) or abs(given - pct) > 1e-9
+    ):
+        raise ProtocolError(f"top1_pct {given!r} does not match {correct} of {samples}")
+    if eval_count is not None and samples > eval_count:
+        raise ProtocolError(
+            f"an accuracy result over {samples} images, but the evaluation set holds {eval_count}"
+        )
+    out = {k: v for k, v in data.items() if k != "top1"}
+    out["top1_pct"] = pct
+    return out
 
 
 def _insert_result_once(*, device_id: int, result: Result) -> DeploymentResult | None:
@@ -536,6 +595,21 @@ def deployment_result_store(
         raise ProtocolError(
             f"result seq {result.seq} of kind {result.kind!r} does not fit deployment "
             f"{result.deployment_id}"
+        )
+    if result.kind == RESULT_ACCURACY:
+        if not info.has_eval_set:
+            # Nothing was shipped to measure on, so the figure cannot be trusted. Acknowledged
+            # (resending would never succeed) and not stored.
+            reason = (
+                f"deployment {result.deployment_id} shipped no evaluation set: an accuracy "
+                "result is refused"
+            )
+            log.warning("device %s: %s", device_id, reason)
+            return StoredResult(
+                created=False, organization_id=info.organization_id, event=None, refused=reason
+            )
+        result = dataclasses.replace(
+            result, data=accuracy_data(result.data, eval_count=info.eval_count)
         )
     row = _insert_result_once(device_id=device_id, result=result)
     if row is None:

@@ -5,25 +5,32 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from device_registry import model_versions, selectors, services
+from device_registry import eval_sets, model_versions, selectors, services
 from device_registry.agent.protocol import BenchSettings, ProtocolError
 from device_registry.agent_wheel import agent_wheel_name
 from device_registry.forms import ArtifactUploadForm, DeploymentForm, DeviceRegisterForm
 from device_registry.models import DeployableArtifact, Deployment, Device, TargetKind
 from webapp.accounts.permissions import org_required, require_role
 from webapp.accounts.selectors import get_object_for_org_or_404
-from webapp.catalog.models import ModelVersion
+from webapp.catalog.models import Dataset, ModelVersion
 
 WRITE_ROLES = ("admin", "engineer")
 
 
 def _org(request: HttpRequest) -> Any:
     return request.organization  # type: ignore[attr-defined]
+
+
+def _int_or_404(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise Http404("no such item") from exc
 
 
 def _install_commands(request: HttpRequest, code: str) -> dict[str, str]:
@@ -139,8 +146,12 @@ def deployment_new(request: HttpRequest) -> HttpResponse:
     artifacts = list(selectors.artifact_list(organization=org))
     devices = [d for d in selectors.device_list(organization=org) if d.state != "revoked"]
     initial: dict[str, Any] = {}
+    chosen = None
     if request.GET.get("artifact"):
         initial["artifact"] = request.GET["artifact"]
+        chosen = next((a for a in artifacts if str(a.pk) == request.GET["artifact"]), None)
+        # An artifact with an evaluation set (a catalog version's test split) measures accuracy.
+        initial["accuracy"] = bool(chosen is not None and chosen.eval_file)
     if request.GET.get("device"):
         initial["device"] = request.GET["device"]
     form = DeploymentForm(
@@ -168,34 +179,53 @@ def deployment_new(request: HttpRequest) -> HttpResponse:
                 settings=settings,
                 created_by=request.user,  # type: ignore[arg-type]
             )
-        except (services.NoTargets, ProtocolError) as exc:
+        except (services.NoTargets, services.NoEvalSet, ProtocolError) as exc:
             form.add_error(None, str(exc))
         else:
             return redirect("devices:deployment", pk=deployment.pk)
     return render(
         request,
         "device_registry/deployment_new.html",
-        {"form": form, "tags": selectors.device_tags(organization=org), "kinds": TargetKind},
+        {
+            "form": form,
+            "tags": selectors.device_tags(organization=org),
+            "kinds": TargetKind,
+            "chosen": chosen,
+            "chosen_eval": eval_sets.describe(chosen.eval_meta or {}) if chosen else "",
+        },
     )
 
 
 @org_required
 @require_POST
 def model_version_deploy(request: HttpRequest, pk: int) -> HttpResponse:
-    """Make (or reuse) the artifact of a catalog ONNX version, then open the deploy page on it."""
+    """Make (or reuse) the artifact of a catalog ONNX version, with its data set's test split as
+    the evaluation set (``dataset`` picks one for an upload), then open the deploy page on it."""
     version = get_object_for_org_or_404(
         ModelVersion.objects.select_related("asset"), org=_org(request), pk=pk
     )
     require_role(request, *WRITE_ROLES)
+    dataset = None
+    if request.POST.get("dataset"):
+        dataset = get_object_for_org_or_404(
+            Dataset, org=_org(request), pk=_int_or_404(request.POST["dataset"])
+        )
     try:
         artifact = model_versions.artifact_for_model_version(
             organization=_org(request),
             user=request.user,  # type: ignore[arg-type]
             model_version=version,
+            dataset=dataset,
         )
     except model_versions.NotDeployable as exc:
         messages.error(request, str(exc))
         return redirect("catalog:model_version_detail", pk=pk)
+    if not artifact.eval_file:
+        messages.info(
+            request,
+            "This version has no data set of its own and none was picked: it deploys without "
+            "accuracy (latency only).",
+        )
     return redirect(f"{reverse('devices:deploy')}?artifact={artifact.pk}")
 
 
@@ -221,6 +251,7 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "targets": selectors.deployment_targets(deployment=deployment),
             "rows": rows,
             "accuracy": selectors.accuracy_by_device(results),
+            "eval_set": eval_sets.describe(deployment.artifact.eval_meta or {}),
             "failures": [r for r in results if r.kind == "failed"],
         },
     )

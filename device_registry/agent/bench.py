@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from compression.latency import measure_latency_isolated
-from device_registry.agent.protocol import BenchSettings
+from device_registry.agent.protocol import BenchSettings, accuracy_percent
 
 ProgressFn = Callable[[str, float, str], None]
 
@@ -80,7 +80,10 @@ def latency_runs(
 def accuracy_check(
     model: Path, eval_set: Path, settings: BenchSettings, *, batch: int = 32
 ) -> dict[str, Any]:
-    """Top-1 accuracy of the model on an ``.npz`` with arrays ``x`` (inputs) and ``y`` (labels)."""
+    """Top-1 accuracy of the model on an ``.npz`` with arrays ``x`` (inputs) and ``y`` (labels).
+
+    ``top1_pct`` is percent (0-100), with the integer ``correct`` and ``samples`` it comes from.
+    """
     import onnxruntime as ort
 
     with np.load(eval_set, allow_pickle=False) as npz:
@@ -110,7 +113,7 @@ def accuracy_check(
         pred = np.asarray(logits).reshape(len(chunk), -1).argmax(axis=1)[:real]
         correct += int((pred == y[start : start + real]).sum())
     return {
-        "top1": correct / len(x),
+        "top1_pct": accuracy_percent(correct, len(x)),
         "samples": len(x),
         "correct": correct,
         "seconds": time.perf_counter() - started,

@@ -265,6 +265,14 @@ AGENT_MESSAGES = (Hello, Heartbeat, Progress, Result)
 SERVER_MESSAGES = (Welcome, Ack, Deploy, ErrorMessage)
 
 
+def accuracy_percent(correct: int, samples: int) -> float:
+    """Top-1 accuracy in percent (0-100) from integer counts: the one conversion, used by the
+    agent when it reports and by the server when it stores (so both give the same float)."""
+    if samples < 1 or not 0 <= correct <= samples:
+        raise ProtocolError(f"accuracy counts out of range: {correct} of {samples}")
+    return 100.0 * correct / samples
+
+
 def result_seq(settings: BenchSettings, kind: str, batch_index: int = 0) -> int:
     """The deterministic sequence number of a result: latency per batch, accuracy, terminal."""
     n = len(settings.batch_sizes)

@@ -6,14 +6,12 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from device_factories import enrolled_device
 from device_onnx import write_linear_model
 from django.urls import reverse
 from factories import client_for, make_member, make_organization, make_user
 from jobs_factories import make_model_version
 
-from device_registry import model_versions, services
-from device_registry.agent.protocol import BenchSettings, Result
+from device_registry import model_versions
 from device_registry.models import DeployableArtifact
 from webapp.accounts.models import Role
 from webapp.catalog.models import ModelVersion
@@ -42,27 +40,6 @@ def onnx_version(org, tmp_path: Path, *, label: str = "fp32", job_id: int = 7) -
         label=label,
         info={"params": 15},
     )
-
-
-def record_results(org, artifact: DeployableArtifact, *, p50: float, top1: float) -> str:
-    """A deployment of ``artifact`` to a fresh device, with the agent's results stored."""
-    device, _ = enrolled_device(org, name=f"pi-{artifact.pk}-{p50}")
-    dep = services.deployment_create(
-        organization=org,
-        artifact=artifact,
-        target_kind="device",
-        target_value=str(device.pk),
-        settings=BenchSettings(warmup=1, runs=5, accuracy=True),
-    )
-    latency = {"batch_size": 1, "p50_ms": p50, "p99_ms": p50 * 2, "throughput": 1000 / p50}
-    for seq, kind, data in (
-        (1, "latency", latency),
-        (2, "accuracy", {"top1": top1, "samples": 60}),
-        (3, "complete", {}),
-    ):
-        result = Result(deployment_id=dep.pk, seq=seq, kind=kind, data=data)
-        services.deployment_result_store(device_id=device.pk, result=result)
-    return device.name
 
 
 def test_deploy_action_makes_one_artifact_per_version_and_opens_the_deploy_page(
@@ -152,27 +129,3 @@ def test_an_onnx_version_page_offers_deploy_and_an_empty_state(org_and_user, tmp
     html = page.content.decode()
     assert f'data-deploy-version="{version.pk}"' in html
     assert "data-on-device-empty" in html and page.context["device_rows"] == []
-
-
-def test_device_results_of_the_versions_artifact_appear_on_the_model_page(org_and_user, tmp_path):
-    org, user = org_and_user
-    version = onnx_version(org, tmp_path)
-    other = onnx_version(org, tmp_path, label="int8")
-    artifact = model_versions.artifact_for_model_version(
-        organization=org, user=user, model_version=version
-    )
-    device_name = record_results(org, artifact, p50=2.5, top1=0.9)
-    other_art = model_versions.artifact_for_model_version(
-        organization=org, user=user, model_version=other
-    )
-    record_results(org, other_art, p50=9.75, top1=0.5)
-
-    page = client_for(user).get(reverse("catalog:model_version_detail", args=[version.pk]))
-    rows = page.context["device_rows"]
-    assert [(r["device"], r["p50_ms"], r["p99_ms"], r["top1"]) for r in rows] == [
-        (device_name, 2.5, 5.0, 0.9)
-    ]
-    html = page.content.decode()
-    assert "data-on-device-table" in html and "2.500 ms" in html and "0.9000" in html
-    assert "9.750 ms" not in html
-    assert model_versions.p50_by_device(rows) == {device_name: 2.5}

@@ -133,7 +133,7 @@
       return;
     }
     if (p.kind === "latency") addRow(p);
-    if (p.kind === "accuracy") setText(tr, "[data-target-accuracy]", fmt((p.data || {}).top1, 4) + " (" + (p.data || {}).samples + " samples)");
+    if (p.kind === "accuracy") setText(tr, "[data-target-accuracy]", fmt((p.data || {}).top1_pct, 2) + " % (" + (p.data || {}).samples + " images)");
     if ((p.kind === "complete" || p.kind === "failed") && !fromResync) {
       setText(tr, "[data-target-status]", p.status || (p.kind === "complete" ? "succeeded" : "failed"));
       var done = tr && tr.querySelector("[data-target-progress]");

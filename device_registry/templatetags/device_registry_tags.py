@@ -1,0 +1,18 @@
+"""Template helpers of the device pages that the catalog and report pages include."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+
+from device_registry import model_versions
+from webapp.catalog.models import ModelVersion
+
+register = template.Library()
+
+
+@register.simple_tag
+def eval_set_plan(version: ModelVersion) -> dict[str, Any]:
+    """``{% eval_set_plan version as plan %}``: what a deploy of ``version`` measures on."""
+    return model_versions.eval_set_plan(version)
