@@ -86,7 +86,7 @@ def test_register_enroll_deploy_and_watch_live_results(daphne_server, tmp_path, 
         rows = page.locator("#latency-table tbody tr")
         assert rows.count() == 2
         assert "bench-pi" in rows.nth(0).inner_text()
-        assert page.inner_text("#target-table [data-target-accuracy]").startswith("0.9000")
+        assert page.inner_text("#target-table [data-target-accuracy]").startswith("90.00 %")
         page.wait_for_selector('#deployment-status:text("finished")', timeout=10_000)
         page.wait_for_selector("#latency-chart .main-svg", timeout=10_000)
         shots = Path(os.environ.get("EDGESLIM_SCREENSHOT_DIR") or tmp_path)
