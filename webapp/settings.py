@@ -81,6 +81,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "webapp.accounts.middleware.CurrentOrganizationMiddleware",
+    "webapp.accounts.middleware.PasswordChangeRequiredMiddleware",
 ]
 
 ROOT_URLCONF = "webapp.urls"
@@ -233,8 +234,30 @@ AUTH_PASSWORD_VALIDATORS = [
 if EDGESLIM_ENV == "test":
     # Tests create many users; the default PBKDF2 cost buys nothing there.
     PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Failed sign-ins per (username, address) pair, and per address for any usernames (spraying).
 LOGIN_THROTTLE_ATTEMPTS = envint("EDGESLIM_LOGIN_ATTEMPTS", 5)
+LOGIN_THROTTLE_ADDRESS_ATTEMPTS = envint("EDGESLIM_LOGIN_ADDRESS_ATTEMPTS", 50)
 LOGIN_THROTTLE_WINDOW_S = envint("EDGESLIM_LOGIN_WINDOW_S", 300)
+# Days an invitation link stays valid, and the expiry of a token made by POST /api/v1/auth/token/
+# that names none (0: never). Password-reset links use Django's PASSWORD_RESET_TIMEOUT (3 days).
+EDGESLIM_INVITATION_DAYS = envint("EDGESLIM_INVITATION_DAYS", 7)
+EDGESLIM_API_TOKEN_DEFAULT_DAYS = envint("EDGESLIM_API_TOKEN_DEFAULT_DAYS", 90)
+
+# --- email: password resets and invitations -------------------------------------------------------
+# Embedded: printed on the console (the log of `edgeslim up`); tests: kept in memory; production:
+# SMTP from the environment.
+EMAIL_BACKEND = {
+    "embedded": "django.core.mail.backends.console.EmailBackend",
+    "test": "django.core.mail.backends.locmem.EmailBackend",
+    "production": "django.core.mail.backends.smtp.EmailBackend",
+}[EDGESLIM_ENV]
+EMAIL_HOST = env("EMAIL_HOST", "localhost")
+EMAIL_PORT = envint("EMAIL_PORT", 587 if envbool("EMAIL_USE_TLS", PRODUCTION) else 25)
+EMAIL_HOST_USER = env("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", PRODUCTION)
+EMAIL_TIMEOUT = 20
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "EdgeSlim <edgeslim@localhost>")
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cookie

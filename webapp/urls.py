@@ -17,6 +17,7 @@ from webapp.reports import views as reports_views
 api_v1 = [
     path("me/", accounts_api.MeView.as_view(), name="me"),
     path("auth/token/", accounts_api.TokenObtainView.as_view(), name="token_obtain"),
+    *accounts_api.api_urlpatterns,
     *catalog_api.api_urlpatterns,
     *jobs_api.api_urlpatterns,
 ]

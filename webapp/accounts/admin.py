@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
 
-from webapp.accounts.models import ApiToken, Membership, Organization, User
+from webapp.accounts.models import ApiToken, Invitation, Membership, Organization, User
 
 
 class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
@@ -12,7 +12,7 @@ class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
 
 @admin.register(User)
 class EdgeSlimUserAdmin(UserAdmin):  # type: ignore[type-arg]
-    pass
+    fieldsets = (*(UserAdmin.fieldsets or ()), ("EdgeSlim", {"fields": ["must_change_password"]}))
 
 
 @admin.register(Organization)
@@ -32,6 +32,22 @@ class MembershipAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ["prefix", "user", "name", "created_at", "last_used_at"]
+    list_display = [
+        "prefix",
+        "user",
+        "name",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    ]
     readonly_fields = ["prefix", "key_hash", "created_at", "last_used_at"]
     search_fields = ["user__username", "prefix", "name"]
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ["email", "organization", "role", "created_at", "expires_at", "accepted_at"]
+    list_filter = ["role", "organization"]
+    readonly_fields = ["key_hash", "created_at", "accepted_at", "accepted_by"]
+    search_fields = ["email", "organization__name"]

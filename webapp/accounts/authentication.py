@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.utils import timezone
@@ -9,6 +10,8 @@ from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from webapp.accounts.models import ApiToken
+
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 class HashedTokenAuthentication(authentication.TokenAuthentication):
@@ -32,5 +35,14 @@ class HashedTokenAuthentication(authentication.TokenAuthentication):
         )
         if token is None or not token.user.is_active:
             raise exceptions.AuthenticationFailed("Invalid token.")
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+        now = timezone.now()
+        if token.revoked_at is not None:
+            raise exceptions.AuthenticationFailed("This token was revoked.")
+        if token.is_expired(now):
+            raise exceptions.AuthenticationFailed(
+                "This token has expired. Make a new one on the API tokens page."
+            )
+        if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
+            # One write a minute at most: a busy client must not turn every read into a write.
+            ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
         return token.user, token

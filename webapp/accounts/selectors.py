@@ -8,8 +8,9 @@ from django.core.exceptions import ObjectDoesNotExist
 from django.db import models
 from django.db.models import QuerySet
 from django.http import Http404
+from django.utils import timezone
 
-from webapp.accounts.models import Membership, Organization, User
+from webapp.accounts.models import ApiToken, Invitation, Membership, Organization, User
 
 _M = TypeVar("_M", bound=models.Model)
 
@@ -56,3 +57,29 @@ def get_object_for_org_or_404(
         return queryset.filter(organization=org).get(**lookup)
     except (ObjectDoesNotExist, ValueError, TypeError) as exc:
         raise Http404(f"No {queryset.model._meta.verbose_name} matches.") from exc
+
+
+def api_token_list_for_user(*, user: User) -> QuerySet[ApiToken]:
+    """``user``'s tokens that were not revoked, newest first (expired ones included)."""
+    return ApiToken.objects.filter(user=user, revoked_at=None).order_by("-created_at", "-id")
+
+
+def invitation_list_pending(*, organization: Organization) -> QuerySet[Invitation]:
+    return (
+        Invitation.objects.for_org(organization)
+        .filter(accepted_at=None, revoked_at=None, expires_at__gt=timezone.now())
+        .select_related("invited_by")
+        .order_by("-created_at", "-id")
+    )
+
+
+def invitation_get_pending_by_key(*, key: str) -> Invitation | None:
+    """The pending invitation whose link carries ``key``, or None (used, revoked, expired, bad)."""
+    invitation = (
+        Invitation.objects.select_related("organization")
+        .filter(key_hash=ApiToken.hash_key(key))
+        .first()
+    )
+    if invitation is None or not invitation.is_pending(timezone.now()):
+        return None
+    return invitation

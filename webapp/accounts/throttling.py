@@ -1,20 +1,22 @@
 """Failed-login throttling shared by the login page and the token endpoint.
 
-Failures are counted in the cache (Redis) per normalised username and per client IP. The
-window starts at the first failure. Unknown usernames count like known ones, so the answers
-never tell which usernames exist.
+Failures are counted in the cache (Redis) per (normalised username, client address) pair, so
+one person's typos lock out only that username from that address, and per address with a looser
+cap against spraying many usernames from one place. Each window starts at its first failure and
+its end is stored beside the count, so the refusal names the real remaining wait. Unknown
+usernames count like known ones, so the answers never tell which usernames exist.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import time
 import unicodedata
 
 from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest
-
-THROTTLED_MESSAGE = "Too many failed sign-in attempts. Wait a few minutes and try again."
 
 
 def _normalise_username(username: str) -> str:
@@ -26,27 +28,69 @@ def client_ip(request: HttpRequest) -> str:
     return str(request.META.get("REMOTE_ADDR") or "unknown")
 
 
-def _keys(request: HttpRequest, username: str) -> list[str]:
-    user_digest = hashlib.sha256(_normalise_username(username).encode()).hexdigest()[:32]
-    ip_digest = hashlib.sha256(client_ip(request).encode()).hexdigest()[:32]
-    return [f"login-fail:user:{user_digest}", f"login-fail:ip:{ip_digest}"]
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def login_is_throttled(request: HttpRequest, username: str) -> bool:
-    counts = cache.get_many(_keys(request, username))
-    return any(int(n) >= settings.LOGIN_THROTTLE_ATTEMPTS for n in counts.values())
+def _counters(request: HttpRequest, username: str) -> list[tuple[str, int]]:
+    """(cache key, limit) of each counter that one attempt touches: the pair, then the address."""
+    ip = _digest(client_ip(request))
+    pair = _digest(f"{_normalise_username(username)}\0{client_ip(request)}")
+    return [
+        (f"login-fail:pair:{pair}", settings.LOGIN_THROTTLE_ATTEMPTS),
+        (f"login-fail:ip:{ip}", settings.LOGIN_THROTTLE_ADDRESS_ATTEMPTS),
+    ]
+
+
+def _wait_s(now: float, until: object) -> float:
+    try:
+        return max(0.0, float(until) - now)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def login_wait_seconds(request: HttpRequest, username: str) -> int:
+    """Seconds until ``username`` may try again from this address; 0 when not throttled."""
+    counters = _counters(request, username)
+    keys = [key for key, _ in counters] + [f"{key}:until" for key, _ in counters]
+    values = cache.get_many(keys)
+    now = time.time()
+    wait = 0.0
+    for key, limit in counters:
+        if int(values.get(key) or 0) >= limit:
+            # A count without its end (evicted) still refuses, for a whole window at most.
+            remaining = _wait_s(now, values.get(f"{key}:until")) or settings.LOGIN_THROTTLE_WINDOW_S
+            wait = max(wait, remaining)
+    return math.ceil(wait)
+
+
+def throttled_message(wait_s: int) -> str:
+    """The refusal, with the wait as "4 min 12 s"; identical for known and unknown usernames."""
+    minutes, seconds = divmod(max(1, wait_s), 60)
+    if minutes and seconds:
+        wait = f"{minutes} min {seconds} s"
+    elif minutes:
+        wait = f"{minutes} min"
+    else:
+        wait = f"{seconds} s"
+    return f"Too many failed sign-in attempts. Try again in {wait}."
 
 
 def login_failure_record(request: HttpRequest, username: str) -> None:
-    for key in _keys(request, username):
+    window = settings.LOGIN_THROTTLE_WINDOW_S
+    for key, _limit in _counters(request, username):
         # add() starts the window only when the key is new; incr() keeps its expiry.
-        if not cache.add(key, 1, timeout=settings.LOGIN_THROTTLE_WINDOW_S):
-            try:
-                cache.incr(key)
-            except ValueError:  # expired between add() and incr()
-                cache.add(key, 1, timeout=settings.LOGIN_THROTTLE_WINDOW_S)
+        if cache.add(key, 1, timeout=window):
+            cache.set(f"{key}:until", time.time() + window, timeout=window)
+            continue
+        try:
+            cache.incr(key)
+        except ValueError:  # expired between add() and incr()
+            cache.set(key, 1, timeout=window)
+            cache.set(f"{key}:until", time.time() + window, timeout=window)
 
 
 def login_success_record(request: HttpRequest, username: str) -> None:
-    # Only the username counter resets: one good password must not unlock a guessing IP.
-    cache.delete(_keys(request, username)[0])
+    # Only the pair's counter resets: one good password must not unlock a spraying address.
+    key = _counters(request, username)[0][0]
+    cache.delete_many([key, f"{key}:until"])

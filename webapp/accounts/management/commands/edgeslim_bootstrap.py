@@ -32,6 +32,8 @@ class Command(BaseCommand):
             email=options["email"],
             password=password,
             is_superuser=True,
+            # A printed one-time password must be replaced at the first sign-in.
+            must_change_password=not options["password"],
         )
         organization = services.organization_create(name=options["organization"], owner=user)
         self.stdout.write(
@@ -40,4 +42,6 @@ class Command(BaseCommand):
             )
         )
         if not options["password"]:
-            self.stdout.write(f"One-time password (change it after signing in): {password}")
+            self.stdout.write(
+                f"One-time password (you will be asked to change it at first sign-in): {password}"
+            )
