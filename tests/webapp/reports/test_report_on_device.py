@@ -30,7 +30,7 @@ def _store_results(org, artifact: DeployableArtifact, *, name: str, p50: float) 
     latency = {"batch_size": 1, "p50_ms": p50, "p99_ms": p50 * 3, "throughput": 1000 / p50}
     for seq, kind, data in (
         (1, "latency", latency),
-        (2, "accuracy", {"top1": 0.875, "samples": 40}),
+        (2, "accuracy", {"top1_pct": 87.5, "correct": 35, "samples": 40}),
         (3, "complete", {}),
     ):
         services.deployment_result_store(
@@ -63,11 +63,11 @@ def test_the_job_report_deploys_each_onnx_artifact_and_shows_device_results(fini
     by_label = {s["version"].label: s["device_rows"] for s in page.context["on_device"]}
     assert by_label["fp32"] == []
     [row] = by_label["int8"]
-    assert (row["device"], row["p50_ms"], row["p99_ms"], row["top1"]) == (
+    assert (row["device"], row["p50_ms"], row["p99_ms"], row["top1_pct"]) == (
         "pi-lab",
         1.25,
         3.75,
-        0.875,
+        87.5,
     )
     chart = page.context["figures"]["chart-devices"]
     [bars] = [t for t in chart["data"] if t["name"] == "int8"]
