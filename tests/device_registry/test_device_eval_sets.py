@@ -261,3 +261,23 @@ def test_an_accuracy_over_more_images_than_were_shipped_is_refused(org_and_user,
     n = art.eval_meta["count"]
     out = _send_raw(credential, _raw_accuracy(dep.pk, 2, {"correct": n, "samples": n + 1}))
     assert out["close"]["code"] == CLOSE_PROTOCOL
+
+
+def test_the_migration_turns_stored_fractions_into_percent(tmp_path):
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module(
+        "device_registry.migrations.0002_artifact_eval_meta_accuracy_percent"
+    )
+    device, _ = enrolled_device()
+    org = device.organization
+    dep = deployment(org, artifact(org, tmp_path, with_eval=True), device, accuracy=True)
+    legacy = DeploymentResult.objects.create(
+        deployment=dep, device=device, seq=2, kind="accuracy",
+        payload={"top1": 0.9, "correct": 54, "samples": 60},
+    )  # fmt: skip
+    migration.accuracy_to_percent(apps, None)
+    legacy.refresh_from_db()
+    assert legacy.payload == {"top1_pct": 90.0, "correct": 54, "samples": 60}
