@@ -54,3 +54,13 @@ def test_chart_builders_return_plotly_figure_dicts():
     assert list(layers["data"][1]["y"]) == [3]
     assert charts.accuracy_vs_size(rows)["data"][0]["type"] == "scatter"
     assert charts.training_curves([]) == {}
+
+
+def test_versions_a_job_produced_carry_the_reports_preprocessing_record(finished_job):
+    from webapp.catalog.models import ModelVersion
+
+    record = finished_job.report["preprocessing"]
+    produced = ModelVersion.objects.filter(produced_by_job_id=finished_job.pk)
+    assert produced.count() == 2  # fp32 and int8 ONNX
+    assert all(v.preprocessing == record for v in produced)
+    assert record["channels"] == 1 and record["input_size"] == [32, 32]
