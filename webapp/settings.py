@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI for /api/docs/, served locally
     "webapp.accounts",
     "webapp.live",
     "device_registry",

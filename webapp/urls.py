@@ -43,3 +43,7 @@ urlpatterns = [
     path("api/v1/", include(device_api_urls.urlpatterns)),
     path("healthz", views.healthz, name="healthz"),
 ]
+
+# 403 and 404 use Django's handlers with webapp/templates/403.html and 404.html (request
+# context included); 500 needs its own so the page keeps the navigation when it can.
+handler500 = "webapp.views.server_error"

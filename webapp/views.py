@@ -1,4 +1,4 @@
-"""Project-level pages: the dashboard, the API docs page and /healthz."""
+"""Project-level pages: the dashboard, the API console, the error pages and /healthz."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.template import loader
 from django.views.decorators.cache import never_cache
 from drf_spectacular.generators import SchemaGenerator
 
+from webapp.accounts.models import Role
 from webapp.accounts.permissions import org_required
+from webapp.accounts.selectors import membership_list_for_org
+from webapp.live import selectors as dashboard
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +62,43 @@ QUICK_LINKS = [
 ]
 
 
+# The dashboard's sections, in the order each role reads them: managers look at results first,
+# engineers at their jobs and uploads, admins at the same plus members and devices.
+ROLE_SECTIONS: dict[str, list[str]] = {
+    Role.MANAGER: ["results", "best_versions", "jobs", "devices"],
+    Role.ENGINEER: ["jobs", "attention", "best_versions", "devices"],
+    Role.ADMIN: ["jobs", "attention", "admin", "devices", "best_versions"],
+}
+
+
 @org_required
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "home.html", {"quick_links": QUICK_LINKS})
+    """The dashboard of the current organisation, ordered for the user's role."""
+    organization = request.organization  # type: ignore[attr-defined]
+    membership = request.membership  # type: ignore[attr-defined]
+    role = membership.role if membership is not None else Role.ENGINEER
+    devices = dashboard.fleet(organization=organization)
+    jobs = dashboard.recent_jobs(organization=organization)
+    context = {
+        "role": role,
+        "sections": ROLE_SECTIONS.get(role, ROLE_SECTIONS[Role.ENGINEER]),
+        "jobs": jobs,
+        "finished_jobs": [row for row in jobs if row.job.status == "SUCCEEDED"],
+        "job_counts": dashboard.job_counts(organization=organization),
+        "best_versions": dashboard.best_versions(organization=organization),
+        "fleet": devices,
+        "attention": dashboard.attention_items(organization=organization, offline=devices.offline),
+        "activity": dashboard.activity_feed(organization=organization),
+        "member_count": membership_list_for_org(organization=organization).count(),
+        # "Get started" only until the organisation has run its first job.
+        "quick_links": QUICK_LINKS if not jobs else [],
+    }
+    return render(request, "home.html", context)
 
 
 def api_docs(request: HttpRequest) -> HttpResponse:
-    """A plain list of the API's endpoints, generated from the OpenAPI schema (no CDN)."""
+    """The interactive API console (Swagger UI from the sidecar package, no CDN) and, for
+    browsers without JavaScript, the list of endpoints generated from the OpenAPI schema."""
     generator = SchemaGenerator()  # type: ignore[no-untyped-call]
     schema = generator.get_schema(request=None, public=True)  # type: ignore[no-untyped-call]
     endpoints = [
@@ -104,3 +138,28 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
         {"status": "ok" if healthy else "error", **checks}, status=200 if healthy else 503
     )
+
+
+def too_many_requests(
+    request: HttpRequest, *, message: str = "", retry_after_s: int | None = None
+) -> HttpResponse:
+    """The styled 429 page (``429.html``), with ``Retry-After`` when the wait is known.
+
+    For HTML views that throttle; API views answer JSON ``{detail}`` instead.
+    """
+    response = render(
+        request, "429.html", {"message": message, "retry_after_s": retry_after_s}, status=429
+    )
+    if retry_after_s is not None:
+        response["Retry-After"] = str(int(retry_after_s))
+    return response
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """``handler500``: the styled page with the navigation when the request context still
+    renders, else the same template without it (the error may be in a context processor)."""
+    try:
+        return render(request, "500.html", status=500)
+    except Exception:
+        logger.exception("500 page: rendering with the request context failed")
+        return HttpResponse(loader.get_template("500.html").render({}), status=500)

@@ -45,22 +45,11 @@ def test_the_dashboard_has_the_nav_live_panel_and_no_plotly():
         "Jobs",
         "Devices",
         "Reports",
-        "Live activity",
-        "Send a test event",
+        "Activity",
         "js/live.js",
         "htmx",
     ]:
         assert text in page, text
     assert "plotly" not in page
+    assert "Send a test event" not in page
 
-
-def test_the_test_event_button_enqueues_org_ping_after_commit(django_capture_on_commit_callbacks):
-    org = make_organization()
-    client = client_for(Membership.objects.get(organization=org).user)
-
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        response = client.post(reverse("live:test_event_send"), HTTP_HX_REQUEST="true")
-
-    assert response.status_code == 200
-    assert "Queued" in response.content.decode()
-    assert len(callbacks) == 1

@@ -4,4 +4,4 @@ from webapp.live import views
 
 app_name = "live"
 
-urlpatterns = [path("test-event/", views.test_event_send, name="test_event_send")]
+urlpatterns = [path("activity/", views.activity, name="activity")]

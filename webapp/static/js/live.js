@@ -1,7 +1,10 @@
 // EdgeSlim live events: one websocket per page to /ws/org/ (the current organisation's group),
 // reconnecting with jittered exponential backoff. Every event is {kind, payload, ts}; it is
-// re-dispatched on document as "edgeslim:event" so any page can react to the kinds it knows,
-// and appended to [data-live-events] when the page has such a list.
+// re-dispatched on document as "edgeslim:event" so any page can react to the kinds it knows.
+// On a page with a [data-live-events] list (the dashboard's activity feed), an event about a
+// job, an upload, a device or a deployment makes the page re-read the feed from the server
+// (data-refresh-url), so new lines read as sentences with names and links, like the persisted
+// ones; an event that carries its own message (a worker ping) is appended as that sentence.
 (function () {
   "use strict";
   var MAX_EVENTS = 50;
@@ -18,30 +21,49 @@
     if (label) label.textContent = text;
   }
 
-  function summary(event) {
-    var p = event.payload || {};
-    if (typeof p.message === "string") return p.message;
-    // Flat payloads read better as "key value · key value" than as JSON.
-    return Object.keys(p).map(function (key) {
-      var value = p[key];
-      if (value !== null && typeof value === "object") value = JSON.stringify(value);
-      return key + " " + value;
-    }).join(" · ");
+  var REFRESH_KINDS = /^(job|catalog\.|device\.|deployment|batch)/;
+  var refreshTimer = null;
+
+  function refresh() {
+    var url = listEl && listEl.getAttribute("data-refresh-url");
+    if (!url) return;
+    clearTimeout(refreshTimer);
+    // Several events often arrive together (a stage ends, then the job); read the feed once.
+    refreshTimer = setTimeout(function () {
+      fetch(url, { credentials: "same-origin", headers: { "HX-Request": "true" } })
+        .then(function (response) { return response.ok ? response.text() : null; })
+        .then(function (html) {
+          if (html === null) return;
+          var before = listEl.firstElementChild ? listEl.firstElementChild.textContent : "";
+          listEl.innerHTML = html;
+          var first = listEl.firstElementChild;
+          if (first && first.textContent !== before) first.classList.add("is-new");
+        })
+        .catch(function () { /* the next event or a reload catches up */ });
+    }, 300);
   }
 
   function append(event) {
-    if (!listEl || event.kind === "hello" || event.kind === "pong") return;
+    if (!listEl || event.kind === "pong") return;
+    // On every (re)connect, catch up with what happened while the socket was not yet open.
+    if (event.kind === "hello") { refresh(); return; }
+    if (REFRESH_KINDS.test(event.kind) && listEl.getAttribute("data-refresh-url")) {
+      refresh();
+      return;
+    }
+    var p = event.payload || {};
+    if (typeof p.message !== "string" || !p.message) return; // nothing a person would read
     var empty = listEl.querySelector(".events-empty");
     if (empty) empty.remove();
     var li = document.createElement("li");
     li.className = "is-new";
     li.setAttribute("data-kind", event.kind);
     var kind = document.createElement("span");
-    kind.className = "event-kind";
+    kind.className = "badge";
     kind.textContent = event.kind;
     var text = document.createElement("span");
     text.className = "event-text";
-    text.textContent = summary(event);
+    text.textContent = p.message;
     var time = document.createElement("time");
     time.className = "event-time";
     var when = event.ts ? new Date(event.ts) : new Date();
