@@ -267,25 +267,35 @@ class JobRunner:
         stage = metrics.get("stage")
         now = time.monotonic()
         completed: int | None = None
+        # Every event carries the overall fraction, so a live page's bar moves with each one.
+        progress = round(fraction, 4)
         if "epoch" in metrics:
             payload: dict[str, Any] = {
                 k: metrics[k]
                 for k in ("stage", "method", "epoch", "loss", "train_acc", "val_acc")
                 if k in metrics
             }
+            payload["progress"] = progress
             job_services.job_event_record(job=job, kind=JobEventKind.EPOCH, payload=payload)
             self._log(job, message)
-        elif event == "stage_start":
+        elif event in ("stage_start", "baseline_start"):
+            # The baseline is stage -1: a page shows it apart from the recipe's stages.
             job_services.job_event_record(
                 job=job,
                 kind=JobEventKind.STAGE_STARTED,
-                payload={"stage": stage, "method": metrics.get("method"), "message": message},
+                payload={
+                    "stage": stage if event == "stage_start" else -1,
+                    "method": metrics.get("method", "baseline"),
+                    "message": message,
+                    "progress": progress,
+                },
             )
         elif event in ("stage_end", "baseline"):
             numbers = {
                 k: v
                 for k, v in metrics.items()
-                if k not in ("event", "stage", "method") and isinstance(v, (int, float, type(None)))
+                if k not in ("event", "stage", "method", "stage_fraction")
+                and isinstance(v, (int, float, type(None)))
             }
             job_services.job_event_record(
                 job=job,
@@ -295,10 +305,25 @@ class JobRunner:
                     "method": metrics.get("method", "baseline"),
                     "message": message,
                     "metrics": numbers,
+                    "progress": progress,
                 },
             )
             if event == "stage_end" and isinstance(stage, int):
                 completed = stage + 1
+            self._log(job, message)
+        elif event in ("stage_measure", "remeasure", "latency_start"):
+            # A phase change is never throttled: the page names what the run is doing now.
+            phase = {"stage_measure": "measuring", "remeasure": "remeasuring"}.get(event, "timing")
+            phase_payload: dict[str, Any] = {
+                "progress": progress,
+                "message": message,
+                "phase": phase,
+            }
+            if isinstance(stage, int):
+                phase_payload["stage"] = stage
+            job_services.job_event_record(
+                job=job, kind=JobEventKind.PROGRESS, payload=phase_payload
+            )
             self._log(job, message)
         elif now - self._last_progress_write < PROGRESS_MIN_INTERVAL_S and event != "done":
             return  # plain progress, throttled
@@ -306,7 +331,7 @@ class JobRunner:
             job_services.job_event_record(
                 job=job,
                 kind=JobEventKind.PROGRESS,
-                payload={"progress": round(fraction, 4), "message": message},
+                payload={"progress": progress, "message": message},
             )
         self._last_progress_write = now
         still_owner, cancel = job_services.job_progress_update(

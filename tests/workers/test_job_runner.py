@@ -51,7 +51,7 @@ def test_a_two_stage_job_runs_to_succeeded_with_report_artifacts_and_versions(or
     assert job.status == JobStatus.SUCCEEDED
     assert (job.attempts, job.progress, job.completed_stages) == (1, 1.0, 2)
     assert job.lease_owner == "" and job.finished_at is not None
-    assert [p["stage"] for p in _kinds(job, "stage_started")] == [0, 1]
+    assert [p["stage"] for p in _kinds(job, "stage_started")] == [-1, 0, 1]  # -1: baseline
     assert [p["stage"] for p in _kinds(job, "stage_finished")] == [-1, 0, 1]
     assert [p["epoch"] for p in _kinds(job, "epoch")] == [1.0]
     assert job.report["stages"][1]["method"] == "ptq_int8"
@@ -100,7 +100,7 @@ def test_a_retried_run_resumes_after_the_last_completed_stage(org_user):
     job.refresh_from_db()
     assert outcome.outcome == "succeeded", job.error
     assert job.attempts == 2
-    assert [p["stage"] for p in _kinds(job, "stage_started")] == [0, 1]  # stage 0 not rerun
+    assert [p["stage"] for p in _kinds(job, "stage_started")] == [-1, 0, 1]  # 0 not rerun
     assert job.report["resumed_from_stage"] == 1
 
 

@@ -18,6 +18,7 @@ from webapp.catalog import selectors as catalog_selectors
 from webapp.jobs import selectors, services
 from webapp.jobs.downloads import artifact_response
 from webapp.jobs.errors import JobInputError
+from webapp.jobs.formatting import timing_texts
 from webapp.jobs.forms import (
     GoalForm,
     PickForm,
@@ -26,6 +27,7 @@ from webapp.jobs.forms import (
     TargetsForm,
     stage_forms,
 )
+from webapp.jobs.models import Job
 from webapp.jobs.presets import PRESETS, preset_stages
 from webapp.jobs.recipes import recipe_parse
 
@@ -42,8 +44,11 @@ STEPS = [
 
 @org_required
 def job_list(request: HttpRequest) -> HttpResponse:
-    jobs = selectors.job_list(organization=request.organization)[:200]  # type: ignore[attr-defined]
-    return render(request, "jobs/job_list.html", {"jobs": jobs})
+    org = request.organization  # type: ignore[attr-defined]
+    jobs = list(selectors.job_list(organization=org)[:200])
+    timings = selectors.job_timing_map(organization=org, jobs=jobs)
+    rows = [{"job": j, "timing": timing_texts(timings[j.pk])} for j in jobs]
+    return render(request, "jobs/job_list.html", {"jobs": jobs, "rows": rows})
 
 
 # --- wizard -----------------------------------------------------------------------------------
@@ -222,21 +227,34 @@ def job_from_file(request: HttpRequest) -> HttpResponse:
 # --- one job ------------------------------------------------------------------------------------
 
 
+def _detail_context(request: HttpRequest, job: Job) -> dict[str, Any]:
+    """What the live page and its refreshed regions render: one source for both."""
+    timing = selectors.job_timing(job=job)
+    error_lines = job.error.strip().splitlines()
+    return {
+        "job": job,
+        "history": selectors.job_history(job=job),
+        "timing": timing_texts(timing),
+        "error_reason": error_lines[0] if error_lines else "",
+        "error_more": "\n".join(error_lines[1:]),
+        "artifacts": selectors.job_artifact_list(job=job) if job.is_terminal else [],
+        "can_write": getattr(request, "membership", None) is not None
+        and request.membership.role in WRITE_ROLES,  # type: ignore[attr-defined]
+    }
+
+
 @org_required
 def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     job = selectors.job_get(organization=request.organization, pk=pk)  # type: ignore[attr-defined]
-    history = selectors.job_history(job=job)
-    return render(
-        request,
-        "jobs/job_detail.html",
-        {
-            "job": job,
-            "history": history,
-            "artifacts": selectors.job_artifact_list(job=job) if job.is_terminal else [],
-            "can_write": getattr(request, "membership", None) is not None
-            and request.membership.role in WRITE_ROLES,  # type: ignore[attr-defined]
-        },
-    )
+    return render(request, "jobs/job_detail.html", _detail_context(request, job))
+
+
+@org_required
+def job_live_regions(request: HttpRequest, pk: int) -> HttpResponse:
+    """The live page's server-rendered regions (actions, summary, stages, log, downloads), which
+    the page swaps in when a stage ends or the status changes, so they never need a reload."""
+    job = selectors.job_get(organization=request.organization, pk=pk)  # type: ignore[attr-defined]
+    return render(request, "jobs/_job_regions.html", _detail_context(request, job))
 
 
 @org_required
