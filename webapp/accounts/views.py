@@ -98,6 +98,12 @@ class PasswordChangeView(auth_views.PasswordChangeView):
     def get_success_url(self) -> str:
         return _safe_next(self.request, self.request.POST.get("next", "")) or reverse("home")
 
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        requested = self.request.POST.get("next") or self.request.GET.get("next") or ""
+        context["next"] = _safe_next(self.request, requested) or ""
+        return context
+
     def form_valid(self, form: Any) -> HttpResponse:
         response = super().form_valid(form)
         messages.success(self.request, "Your password was changed.")
