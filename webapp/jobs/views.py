@@ -231,9 +231,12 @@ def _detail_context(request: HttpRequest, job: Job) -> dict[str, Any]:
     """What the live page and its refreshed regions render: one source for both."""
     timing = selectors.job_timing(job=job)
     error_lines = job.error.strip().splitlines()
+    history = selectors.job_history(job=job)
     return {
         "job": job,
-        "history": selectors.job_history(job=job),
+        "history": history,
+        # What the page's script starts from (the rest is rendered as HTML).
+        "history_json": {k: history[k] for k in ("last_seq", "status", "progress", "epochs")},
         "timing": timing_texts(timing),
         "error_reason": error_lines[0] if error_lines else "",
         "error_more": "\n".join(error_lines[1:]),
