@@ -7,38 +7,74 @@ from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
+from django.db.models import Q
 
 from compression.registry import ParamSpec, get_method, list_methods
 from webapp.accounts.models import Organization
 from webapp.catalog import selectors as catalog_selectors
-from webapp.jobs.presets import PRESETS
+from webapp.catalog.models import ModelVersion
+from webapp.jobs.presets import PRESETS, BuiltPreset
+from webapp.jobs.wizard_checks import pick_problems
 
 MAX_CUSTOM_STAGES = 5
+BASIC_PARAMS = 4  # parameters of each method shown before "Advanced"
 
 
-def _ready_versions(org: Organization) -> Any:
-    return catalog_selectors.model_version_list(organization=org, status="ready")
+def _ready_versions(org: Organization, *, derived: bool, keep: int | None) -> Any:
+    """Ready versions; versions a job produced only when asked for (or the one already picked),
+    so the picker does not grow by two entries per job."""
+    qs = catalog_selectors.model_version_list(organization=org, status="ready")
+    if not derived:
+        keep_q = Q(pk=keep) if keep else Q(pk__in=[])
+        qs = qs.filter(Q(produced_by_job_id__isnull=True) | keep_q)
+    return qs.order_by("-is_builtin", "asset__name", "number")
 
 
 def _ready_datasets(org: Organization) -> Any:
     return catalog_selectors.dataset_list(organization=org, status="ready")
 
 
+def version_label(v: ModelVersion) -> str:
+    """How the picker names a version: model, number, label, format, and where it came from."""
+    origin = "built-in" if v.is_builtin else (
+        f"from job {v.produced_by_job_id}" if v.produced_by_job_id else "uploaded"
+    )  # fmt: skip
+    label = f" ({v.label})" if v.label else ""
+    return f"{v.asset.name} v{v.number}{label} · {v.format} · {origin}"
+
+
 class PickForm(forms.Form):
-    """Step 1: the model version and the dataset (ready ones of this organisation only)."""
+    """Step 1: the model version and the dataset (ready ones of this organisation only), refused
+    here when they do not fit together (classes, channels, task) or no method fits the model."""
 
     model_version: forms.ModelChoiceField[Any] = forms.ModelChoiceField(
         queryset=None, empty_label=None
     )
     dataset: forms.ModelChoiceField[Any] = forms.ModelChoiceField(queryset=None, empty_label=None)
 
-    def __init__(self, *args: Any, organization: Organization, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, organization: Organization, derived: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["model_version"].queryset = _ready_versions(organization)  # type: ignore[attr-defined]
+        picked = (kwargs.get("initial") or {}).get("model_version")
+        versions = _ready_versions(organization, derived=derived, keep=picked)
+        self.fields["model_version"].queryset = versions  # type: ignore[attr-defined]
         self.fields["dataset"].queryset = _ready_datasets(organization)  # type: ignore[attr-defined]
-        self.fields["model_version"].label_from_instance = lambda v: (  # type: ignore[attr-defined]
-            f"{v.asset.name} v{v.number}" + (f" ({v.label})" if v.label else "") + f" · {v.format}"
+        self.fields["model_version"].label_from_instance = version_label  # type: ignore[attr-defined]
+        self.fields["model_version"].help_text = (
+            "Uploaded and built-in versions; versions your jobs produced are listed with "
+            "“Show derived versions”."
+            if not derived
+            else "Every ready version, including those your jobs produced."
         )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        version, dataset = data.get("model_version"), data.get("dataset")
+        if version is not None and dataset is not None:
+            for problem in pick_problems(version, dataset):
+                self.add_error(problem.field, problem.message)
+        return data
 
 
 def _method_choices(blank: bool) -> list[tuple[str, str]]:
@@ -47,21 +83,32 @@ def _method_choices(blank: bool) -> list[tuple[str, str]]:
 
 
 class GoalForm(forms.Form):
-    """Step 2: a goal preset, or custom stages in order."""
+    """Step 2: a goal preset built for the model (those that cannot run on it are refused), or
+    custom stages in order; the target device is one of the organisation's registered devices."""
 
     goal = forms.ChoiceField(
         choices=[(p.key, p.title) for p in PRESETS.values()],
         widget=forms.RadioSelect,
         initial="smallest",
     )
-    target_device = forms.CharField(
+    target_device = forms.ChoiceField(
         required=False,
-        max_length=200,
-        help_text="For “fastest”: the device you will deploy to (e.g. raspberry-pi-4, x86).",
+        choices=[("", "— no particular device —")],
+        help_text="The registered device you will deploy to: “fastest” tunes int8 quantization "
+        "for it, and the report names it.",
     )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        presets: list[BuiltPreset] | None = None,
+        devices: list[tuple[str, str]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.presets = {p.key: p for p in presets or []}
+        device_field: forms.ChoiceField = self.fields["target_device"]  # type: ignore[assignment]
+        device_field.choices = [("", "— no particular device —"), *(devices or [])]
         for i in range(MAX_CUSTOM_STAGES):
             self.fields[f"stage_{i}"] = forms.ChoiceField(
                 choices=_method_choices(blank=True),
@@ -73,6 +120,11 @@ class GoalForm(forms.Form):
         data = super().clean() or {}
         if data.get("goal") == "custom" and not self.custom_stages():
             raise ValidationError("Pick at least one stage for a custom recipe.")
+        built = self.presets.get(data.get("goal") or "")
+        if built is not None and built.unavailable:
+            self.add_error(
+                "goal", f"“{built.preset.title}” does not fit this model: {built.unavailable}."
+            )
         return data
 
     def custom_stages(self) -> list[str]:
@@ -149,8 +201,26 @@ class StageConfigForm(forms.Form):
         self.method = method
         self.spec = get_method(method)
         values = initial_config or {}
-        for p in self.spec.params():
+        params = self.spec.params()
+        for p in params:
             self.fields[p.name] = field_for_param(p, values.get(p.name, p.default))
+        # Basic: the method's first few parameters, and any the preset (or the user) set to
+        # something other than its default; the rest wait behind "Advanced".
+        self.basic_names = {p.name for p in params[:BASIC_PARAMS]} | {
+            p.name for p in params if p.name in values and values[p.name] != p.default
+        }
+
+    @property
+    def basic_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.fields if name in self.basic_names]
+
+    @property
+    def advanced_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.fields if name not in self.basic_names]
+
+    @property
+    def advanced_has_errors(self) -> bool:
+        return self.is_bound and any(f.errors for f in self.advanced_fields)
 
     def config(self) -> dict[str, Any]:
         """The cleaned values; blanks of optional parameters become null (the default)."""
@@ -179,11 +249,6 @@ class TargetsForm(forms.Form):
         min_value=0.0,
         max_value=100.0,
         help_text="The largest accuracy drop allowed, in percentage points (blank: no limit).",
-    )
-    target_device = forms.CharField(
-        required=False,
-        max_length=200,
-        help_text="Optional: the device the result is meant for (shown in the report).",
     )
 
 

@@ -3,6 +3,7 @@ live job page, cancel, duplicate and artifact downloads. Views orchestrate; serv
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -13,6 +14,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from compression.recipe import recipe_to_yaml
+from device_registry import selectors as device_selectors
 from webapp.accounts.permissions import org_required, require_role
 from webapp.catalog import selectors as catalog_selectors
 from webapp.jobs import selectors, services
@@ -28,8 +30,13 @@ from webapp.jobs.forms import (
     stage_forms,
 )
 from webapp.jobs.models import Job
-from webapp.jobs.presets import PRESETS, preset_stages
-from webapp.jobs.recipes import recipe_parse
+from webapp.jobs.presets import (
+    build_preset,
+    device_is_arm,
+    model_profile_for_version,
+    presets_for_model,
+)
+from webapp.jobs.recipes import recipe_check, recipe_parse
 
 WRITE_ROLES = ("admin", "engineer")
 WIZARD_KEY = "jobs_wizard"
@@ -72,6 +79,9 @@ def _recipe_from_state(state: dict[str, Any]) -> dict[str, Any]:
         targets["max_accuracy_drop"] = state["max_accuracy_drop"]
     if state.get("target_device"):
         targets["target_device"] = state["target_device"]
+    reference = state.get("reference") or "baseline"
+    if reference != "baseline" and len(state.get("stages", [])) > 1:
+        targets["reference"] = reference
     recipe: dict[str, Any] = {
         "name": state.get("name") or f"{state.get('goal', 'custom')} recipe",
         "stages": state.get("stages", []),
@@ -79,6 +89,46 @@ def _recipe_from_state(state: dict[str, Any]) -> dict[str, Any]:
     if targets:
         recipe["targets"] = targets
     return recipe
+
+
+def _device_choices(org: Any) -> list[tuple[str, str]]:
+    """The organisation's registered, unrevoked devices as (name, label) choices."""
+    return [
+        (d.name, f"{d.name} ({d.hardware})" if d.hardware else d.name)
+        for d in device_selectors.device_list(organization=org)
+        if d.revoked_at is None
+    ]
+
+
+def _device_is_arm(org: Any, name: str) -> bool:
+    for d in device_selectors.device_list(organization=org):
+        if d.name == name:
+            return device_is_arm(d.name, d.hardware, *(d.tags or []))
+    return False
+
+
+def _check_errors(
+    recipe: dict[str, Any] | str, *, model_version: Any, dataset: Any
+) -> JobInputError | None:
+    """The recipe check's refusal, or None when the recipe fits the model and the data set."""
+    try:
+        recipe_check(recipe, model_version=model_version, dataset=dataset)
+    except JobInputError as exc:
+        return exc
+    return None
+
+
+def _stage_field_error(forms_: list[Any], error: JobInputError) -> bool:
+    """Put a recipe-check error beside its stage field (``recipe.stages[1].config.importance``);
+    False when it names no field of these forms."""
+    match = re.match(r"recipe\.stages\[(\d+)\]\.config\.(\w+)", error.field or "")
+    if match is None or int(match[1]) >= len(forms_):
+        return False
+    form = forms_[int(match[1])]
+    if match[2] not in form.fields:
+        return False
+    form.add_error(match[2], error.message)
+    return True
 
 
 def _recipe_yaml(recipe: dict[str, Any]) -> str:
@@ -112,26 +162,40 @@ def wizard(request: HttpRequest, step: str) -> HttpResponse:
     if step not in names:
         return redirect(_step_url("pick"))
     # A step needs the ones before it.
-    needs = {"goal": "model_version", "params": "stages", "targets": "stages", "review": "stages"}
+    needs = {"goal": "dataset", "params": "stages", "targets": "stages", "review": "stages"}
     if step in needs and needs[step] not in state:
         return redirect(_step_url("pick"))
-    ctx: dict[str, Any] = {"steps": STEPS, "step": step, "state": state, "presets": PRESETS}
+    ctx: dict[str, Any] = {"steps": STEPS, "step": step, "state": state}
     post = request.method == "POST"
+    version = dataset = None
+    if step != "pick":
+        version = catalog_selectors.model_version_get(organization=org, pk=state["model_version"])
+        dataset = catalog_selectors.dataset_get(organization=org, pk=state["dataset"])
+        ctx["model_version"], ctx["dataset"] = version, dataset
 
     if step == "pick":
         initial = {k: state.get(k) for k in ("model_version", "dataset")}
-        form = PickForm(request.POST if post else None, organization=org, initial=initial)
+        derived = request.GET.get("derived") == "1"
+        form = PickForm(
+            request.POST if post else None, organization=org, initial=initial, derived=derived
+        )
         if post and form.is_valid():
+            if state.get("model_version") != form.cleaned_data["model_version"].pk:
+                state.pop("stages", None)  # presets are built for the model: pick again
             state["model_version"] = form.cleaned_data["model_version"].pk
             state["dataset"] = form.cleaned_data["dataset"].pk
             _save(request, state)
             return redirect(_step_url("goal"))
-        ctx["form"] = form
+        ctx["form"], ctx["derived"] = form, derived
     elif step == "goal":
+        profile = model_profile_for_version(version)  # type: ignore[arg-type]
+        presets = presets_for_model(profile)
         goal_form = GoalForm(
             request.POST if post else None,
+            presets=presets,
+            devices=_device_choices(org),
             initial={
-                "goal": state.get("goal", "smallest"),
+                "goal": state.get("goal") or next((p.key for p in presets if p.stages), "custom"),
                 "target_device": state.get("target_device", ""),
             },
         )
@@ -141,17 +205,28 @@ def wizard(request: HttpRequest, step: str) -> HttpResponse:
             state["target_device"] = goal_form.cleaned_data["target_device"]
             if goal == "custom":
                 state["stages"] = [{"method": m, "config": {}} for m in goal_form.custom_stages()]
+                state["reference"] = "baseline"
             else:
-                state["stages"] = preset_stages(goal, target_device=state["target_device"])
+                built = build_preset(goal, profile, arm=_device_is_arm(org, state["target_device"]))
+                state["stages"], state["reference"] = built.stages, built.reference
             _save(request, state)
             return redirect(_step_url("params"))
-        ctx["form"] = goal_form
+        ctx["form"], ctx["presets"], ctx["profile"] = goal_form, presets, profile
     elif step == "params":
         forms_ = stage_forms(state["stages"], request.POST if post else None)
         if post and all(f.is_valid() for f in forms_):
-            state["stages"] = [{"method": f.method, "config": f.config()} for f in forms_]
-            _save(request, state)
-            return redirect(_step_url("targets"))
+            stages = [{"method": f.method, "config": f.config()} for f in forms_]
+            error = _check_errors(
+                _recipe_from_state({**state, "stages": stages}),
+                model_version=version,
+                dataset=dataset,
+            )
+            if error is None:
+                state["stages"] = stages
+                _save(request, state)
+                return redirect(_step_url("targets"))
+            if not _stage_field_error(forms_, error):
+                ctx["recipe_error"] = error
         ctx["stage_forms"] = forms_
     elif step == "targets":
         targets_form = TargetsForm(
@@ -159,7 +234,6 @@ def wizard(request: HttpRequest, step: str) -> HttpResponse:
             initial={
                 "name": state.get("name", ""),
                 "max_accuracy_drop": state.get("max_accuracy_drop"),
-                "target_device": state.get("target_device", ""),
             },
         )
         if post and targets_form.is_valid():
@@ -167,22 +241,22 @@ def wizard(request: HttpRequest, step: str) -> HttpResponse:
             _save(request, state)
             return redirect(_step_url("review"))
         ctx["form"] = targets_form
-    else:  # review
+    else:  # review: the recipe is checked against the model before it is shown and on launch
         review_form = ReviewForm(
             request.POST if post else None,
             initial={"recipe_yaml": _recipe_yaml(_recipe_from_state(state))},
         )
-        ctx["model_version"] = catalog_selectors.model_version_get(
-            organization=org, pk=state["model_version"]
-        )
-        ctx["dataset"] = catalog_selectors.dataset_get(organization=org, pk=state["dataset"])
+        if not post:
+            ctx["recipe_error"] = _check_errors(
+                _recipe_from_state(state), model_version=version, dataset=dataset
+            )
         if post and review_form.is_valid():
             try:
                 job = services.job_create(
                     organization=org,
                     user=request.user,  # type: ignore[arg-type]
-                    model_version=ctx["model_version"],
-                    dataset=ctx["dataset"],
+                    model_version=version,  # type: ignore[arg-type]
+                    dataset=dataset,  # type: ignore[arg-type]
                     recipe=review_form.cleaned_data["recipe_yaml"],
                     target_device=state.get("target_device", ""),
                 )
