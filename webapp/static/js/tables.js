@@ -5,7 +5,7 @@
   "use strict";
   function wrap(root) {
     root.querySelectorAll("main table").forEach(function (table) {
-      if (table.closest(".table-scroll")) return;
+      if (table.closest(".table-scroll, .table-wrap")) return;
       var box = document.createElement("div");
       box.className = "table-scroll";
       table.parentNode.insertBefore(box, table);
