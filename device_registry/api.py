@@ -11,9 +11,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from device_registry import model_versions, selectors, services
+from device_registry import conf, model_versions, selectors, services
 from device_registry.agent.protocol import BenchSettings, ProtocolError
+from device_registry.agent_wheel import agent_wheel_name
 from device_registry.models import DeployableArtifact, Deployment, Device, TargetKind
+from device_registry.public_url import enrollment_commands
 from webapp.accounts.models import Organization
 from webapp.accounts.selectors import get_object_for_org_or_404, membership_current
 from webapp.catalog.models import Dataset, ModelVersion
@@ -54,8 +56,8 @@ class DeviceRegisteredSerializer(serializers.Serializer[Any]):
 
 
 def _enroll_command(request: Request, code: str) -> str:
-    base = request.build_absolute_uri("/").rstrip("/")
-    return f"edgeslim-agent enroll --server {base} --code {code}"
+    base = conf.public_url() or request.build_absolute_uri("/").rstrip("/")
+    return enrollment_commands(base_url=base, wheel_name=agent_wheel_name(), code=code).enroll
 
 
 class DeviceListView(APIView):
@@ -100,7 +102,7 @@ class DeviceRevokeView(APIView):
     @extend_schema(request=None, responses=DeviceSerializer, summary="Revoke a device at once")
     def post(self, request: Request, pk: int) -> Response:
         device = get_object_for_org_or_404(Device, org=_org(request), pk=pk)
-        services.device_revoke(device=device)
+        services.device_revoke(device=device, reason=f"revoked by {request.user} (API)")
         return Response(DeviceSerializer(device).data)
 
 

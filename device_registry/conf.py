@@ -41,3 +41,11 @@ def agent_rate() -> tuple[float, float]:
 def eval_set_max_samples() -> int:
     """How many test-split images a catalog version's evaluation set holds at most (first N)."""
     return int(_num("EDGESLIM_EVAL_SET_MAX_SAMPLES", 1000))
+
+
+def public_url() -> str:
+    """``EDGESLIM_PUBLIC_URL`` without its trailing slash, or "" when it is not configured."""
+    value: Any = getattr(settings, "EDGESLIM_PUBLIC_URL", None)
+    if value is None:
+        value = os.environ.get("EDGESLIM_PUBLIC_URL", "")
+    return str(value or "").strip().rstrip("/")

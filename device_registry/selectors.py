@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 from django.db.models import QuerySet
@@ -77,7 +78,39 @@ def deployment_list(
     qs = Deployment.objects.for_org(organization).select_related("artifact")
     if device is not None:
         qs = qs.filter(targets__device=device).distinct()
-    return qs.prefetch_related("targets")
+    return qs.prefetch_related("targets__device")
+
+
+def deployment_rows(deployments: Iterable[Deployment]) -> list[dict[str, Any]]:
+    """What a deployment list shows: the deployment, its overall status and its devices by name."""
+    return [
+        {
+            "deployment": d,
+            "status": deployment_status(d),
+            "devices": sorted((t.device for t in d.targets.all()), key=lambda dev: dev.name),
+        }
+        for d in deployments
+    ]
+
+
+def _yes_no(value: Any) -> str:
+    return "yes" if value else "no"
+
+
+def deployment_settings_table(deployment: Deployment) -> list[tuple[str, str]]:
+    """The benchmark settings of a deployment as (label, value) rows, in the deploy form's order."""
+    s = deployment.settings or {}
+    shape = s.get("input_shape")
+    return [
+        ("Warm-up runs", str(s.get("warmup", "—"))),
+        ("Timed runs", str(s.get("runs", "—"))),
+        ("Threads", str(s.get("threads", "—"))),
+        ("Batch sizes", ", ".join(str(b) for b in s.get("batch_sizes") or []) or "—"),
+        ("Providers", ", ".join(s.get("providers") or []) or "—"),
+        ("Input shape", " × ".join(str(d) for d in shape) if shape else "the model's own"),
+        ("Per-operator profile", _yes_no(s.get("profile"))),
+        ("Accuracy", _yes_no(s.get("accuracy"))),
+    ]
 
 
 def deployment_status(deployment: Deployment) -> str:

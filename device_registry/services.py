@@ -182,8 +182,11 @@ def device_host_credential(*, device: Device) -> str:
     return credential
 
 
-def device_revoke(*, device: Device) -> Device:
-    """Revoke at once: the credential stops working and the live connection is closed."""
+def device_revoke(*, device: Device, reason: str = "revoked") -> Device:
+    """Revoke at once: the credential stops working and the live connection is closed.
+
+    ``reason`` (e.g. "revoked by alice") reaches the agent, which logs it before it exits.
+    """
     now = timezone.now()
     device.revoked_at = now
     device.credential_hash = None
@@ -192,8 +195,8 @@ def device_revoke(*, device: Device) -> Device:
     DeploymentTarget.objects.filter(device=device).exclude(status__in=FINISHED_STATUSES).update(
         status=TargetStatus.FAILED, message="device revoked"
     )
-    bus.publish(device.pk, {"type": "revoke", "reason": "revoked"})
-    log.info("device %s (%s) revoked", device.pk, device.name)
+    bus.publish(device.pk, {"type": "revoke", "reason": reason[:200]})
+    log.info("device %s (%s) %s", device.pk, device.name, reason)
     _org_event(
         device.organization_id, "device.status", {"device_id": device.pk, "state": "revoked"}
     )

@@ -8,6 +8,7 @@ app_name = "devices"
 
 urlpatterns = [
     path("register/", views.device_register, name="register"),
+    path("help/", views.device_help, name="help"),
     path("<int:pk>/", views.device_detail, name="detail"),
     path("<int:pk>/revoke/", views.device_revoke, name="revoke"),
     path("<int:pk>/code/", views.device_new_code, name="new_code"),

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import segno
 from django.contrib import messages
+from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
-from device_registry import eval_sets, model_versions, selectors, services
+from device_registry import conf, eval_sets, model_versions, public_url, selectors, services
 from device_registry.agent.protocol import BenchSettings, ProtocolError
 from device_registry.agent_wheel import agent_wheel_name
 from device_registry.forms import ArtifactUploadForm, DeploymentForm, DeviceRegisterForm
@@ -33,13 +36,75 @@ def _int_or_404(value: str) -> int:
         raise Http404("no such item") from exc
 
 
-def _install_commands(request: HttpRequest, code: str) -> dict[str, str]:
-    base = request.build_absolute_uri("/").rstrip("/")
-    return {
-        "install": f"pip install {base}/agent/{agent_wheel_name()}",
-        "enroll": f"edgeslim-agent enroll --server {base} --code {code}",
-        "run": "edgeslim-agent run",
-    }
+def _studio_base(request: HttpRequest) -> str:
+    """The studio's address for devices: ``EDGESLIM_PUBLIC_URL``, else the browser's own."""
+    return conf.public_url() or request.build_absolute_uri("/").rstrip("/")
+
+
+def _public_url_warning(request: HttpRequest, base: str) -> str:
+    """Why the printed address may not work on a device ("" when it is configured and routable)."""
+    configured = bool(conf.public_url())
+    if configured and not public_url.is_loopback(base):
+        return ""
+    lan = public_url.suggested_public_url(int(request.get_port() or 80))
+    example = f" (this host's LAN address would be {lan})" if lan else ""
+    if configured:
+        return (
+            f"EDGESLIM_PUBLIC_URL is {base}, a loopback address that works only on the studio's "
+            f"own machine. Set it to the address devices reach the studio at{example} and "
+            "restart the studio."
+        )
+    where = (
+        "a loopback address that works only on this machine, not on a device"
+        if public_url.is_loopback(base)
+        else "check that the device can reach it"
+    )
+    return (
+        f"EDGESLIM_PUBLIC_URL is not set, so these commands use the address this browser used, "
+        f"{base}: {where}. Set EDGESLIM_PUBLIC_URL to the address devices reach the studio "
+        f"at{example} and restart the studio."
+    )
+
+
+def enrollment_qr_svg(command: str) -> str:
+    """The enroll command as an inline SVG QR code, for phones and boards with a camera."""
+    qr = segno.make(command, error="m")
+    return str(qr.svg_inline(scale=3, border=2, title="Enrollment command"))
+
+
+def _enrollment_page(request: HttpRequest, device: Device, code: str) -> HttpResponse:
+    base = _studio_base(request)
+    commands = public_url.enrollment_commands(
+        base_url=base, wheel_name=agent_wheel_name(), code=code
+    )
+    return render(
+        request,
+        "device_registry/device_enroll.html",
+        {
+            "device": device,
+            "code": code,
+            "base": base,
+            "commands": commands,
+            "public_url_warning": _public_url_warning(request, base),
+            "qr_svg": mark_safe(enrollment_qr_svg(commands.enroll)),  # segno's own markup
+        },
+    )
+
+
+@login_required
+def device_help(request: HttpRequest) -> HttpResponse:
+    """Install, Raspberry Pi and systemd instructions with this studio's address filled in."""
+    base = _studio_base(request)
+    return render(
+        request,
+        "device_registry/device_help.html",
+        {
+            "base": base,
+            "wheel_url": f"{base}/agent/{agent_wheel_name()}",
+            "venv": public_url.AGENT_VENV,
+            "public_url_warning": _public_url_warning(request, base),
+        },
+    )
 
 
 @org_required
@@ -53,7 +118,9 @@ def device_list(request: HttpRequest) -> HttpResponse:
             "devices": devices,
             "tags": selectors.device_tags(organization=_org(request)),
             "tag": tag,
-            "deployments": selectors.deployment_list(organization=_org(request))[:10],
+            "deployments": selectors.deployment_rows(
+                selectors.deployment_list(organization=_org(request))[:10]
+            ),
         },
     )
 
@@ -70,11 +137,7 @@ def device_register(request: HttpRequest) -> HttpResponse:
             created_by=request.user,  # type: ignore[arg-type]
         )
         # Rendered, not redirected: the code is shown this once and never stored in clear.
-        return render(
-            request,
-            "device_registry/device_enroll.html",
-            {"device": device, "code": code, "commands": _install_commands(request, code)},
-        )
+        return _enrollment_page(request, device, code)
     return render(request, "device_registry/device_register.html", {"form": form})
 
 
@@ -86,18 +149,14 @@ def device_new_code(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, "A revoked device cannot enroll again; register a new one.")
         return redirect("devices:detail", pk=pk)
     code = services.enrollment_code_issue(device=device)
-    return render(
-        request,
-        "device_registry/device_enroll.html",
-        {"device": device, "code": code, "commands": _install_commands(request, code)},
-    )
+    return _enrollment_page(request, device, code)
 
 
 @org_required
 @require_POST
 def device_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     device = get_object_for_org_or_404(Device, org=_org(request), pk=pk)
-    services.device_revoke(device=device)
+    services.device_revoke(device=device, reason=f"revoked by {request.user} in the studio")
     messages.success(request, f"{device.name} is revoked; its connection was closed.")
     return redirect("devices:detail", pk=pk)
 
@@ -112,8 +171,11 @@ def device_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "device_registry/device_detail.html",
         {
             "device": device,
-            "deployments": selectors.deployment_list(organization=_org(request), device=device),
+            "deployments": selectors.deployment_rows(
+                selectors.deployment_list(organization=_org(request), device=device)
+            ),
             "rows": rows,
+            "has_op_profile": any(r["op_profile_ms"] for r in rows),
         },
     )
 
@@ -232,7 +294,11 @@ def model_version_deploy(request: HttpRequest, pk: int) -> HttpResponse:
 @org_required
 def deployment_list(request: HttpRequest) -> HttpResponse:
     deployments = selectors.deployment_list(organization=_org(request))[:200]
-    return render(request, "device_registry/deployment_list.html", {"deployments": deployments})
+    return render(
+        request,
+        "device_registry/deployment_list.html",
+        {"deployments": selectors.deployment_rows(deployments)},
+    )
 
 
 @org_required
@@ -250,6 +316,8 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "status": selectors.deployment_status(deployment),
             "targets": selectors.deployment_targets(deployment=deployment),
             "rows": rows,
+            "has_op_profile": any(r["op_profile_ms"] for r in rows),
+            "settings_table": selectors.deployment_settings_table(deployment),
             "accuracy": selectors.accuracy_by_device(results),
             "eval_set": eval_sets.describe(deployment.artifact.eval_meta or {}),
             "failures": [r for r in results if r.kind == "failed"],

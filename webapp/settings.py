@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -49,6 +50,12 @@ SECRET_KEY = _secret_key()
 DEBUG = envbool("DEBUG", False)
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "" if PRODUCTION else "127.0.0.1,localhost,[::1]")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
+# The studio's address as devices reach it (e.g. http://192.168.1.20:8000): the enrollment page
+# prints it in every command; its host is allowed. Unset: the browser's own address, with a warning.
+EDGESLIM_PUBLIC_URL = env("EDGESLIM_PUBLIC_URL", "").strip().rstrip("/")
+if EDGESLIM_PUBLIC_URL and "*" not in ALLOWED_HOSTS:
+    _public_host = urlsplit(EDGESLIM_PUBLIC_URL).hostname or ""
+    ALLOWED_HOSTS.append(f"[{_public_host}]" if ":" in _public_host else _public_host)
 
 INSTALLED_APPS = [
     "daphne",

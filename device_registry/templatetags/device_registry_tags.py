@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import template
+from django.utils.text import slugify
 
 from device_registry import model_versions
 from webapp.catalog.models import ModelVersion
@@ -16,3 +17,10 @@ register = template.Library()
 def eval_set_plan(version: ModelVersion) -> dict[str, Any]:
     """``{% eval_set_plan version as plan %}``: what a deploy of ``version`` measures on."""
     return model_versions.eval_set_plan(version)
+
+
+@register.filter
+def status_badge(status: str) -> str:
+    """CSS class of a device state or deployment status badge: ``badge-online``,
+    ``badge-awaiting-enrollment``, ``badge-failed`` (colours in device_registry/devices.css)."""
+    return "badge-" + slugify(str(status or "unknown"))

@@ -38,12 +38,21 @@ def test_register_enroll_deploy_and_watch_live_results(daphne_server, tmp_path, 
     page.fill("#id_tags", "pi lab")
     page.click("#register-form button[type=submit]")
     code = page.inner_text("#enrollment-code").strip()
+    # The steps use the agent's own venv (Raspberry Pi OS refuses a bare pip install); with no
+    # EDGESLIM_PUBLIC_URL the page prints the browser's address and warns about it.
     command = shlex.split(page.inner_text("#enroll-command"))
-    assert command[:2] == ["edgeslim-agent", "enroll"]
+    assert command[:2] == ["~/edgeslim-agent/bin/edgeslim-agent", "enroll"]
     assert command[command.index("--code") + 1] == code
     server = command[command.index("--server") + 1]
     assert server == base
-    assert page.inner_text("#install-command").startswith(f"pip install {base}/agent/")
+    assert page.inner_text("#install-command").startswith(
+        f"python3 -m venv ~/edgeslim-agent && ~/edgeslim-agent/bin/pip install {base}/agent/"
+    )
+    assert page.inner_text("#run-command") == "~/edgeslim-agent/bin/edgeslim-agent run"
+    assert "EDGESLIM_PUBLIC_URL is not set" in page.inner_text("#public-url-warning")
+    assert page.locator("#enroll-qr svg").count() == 1
+    page.click('[data-copy-target="enroll-command"]')
+    page.wait_for_selector('[data-copy-target="enroll-command"][data-copied="yes"]')
 
     # 2. Enroll and run a real agent process on this machine.
     state = tmp_path / "agent"
@@ -89,6 +98,11 @@ def test_register_enroll_deploy_and_watch_live_results(daphne_server, tmp_path, 
         assert page.inner_text("#target-table [data-target-accuracy]").startswith("90.00 %")
         page.wait_for_selector('#deployment-status:text("finished")', timeout=10_000)
         page.wait_for_selector("#latency-chart .main-svg", timeout=10_000)
+        assert page.locator("[data-results-empty]").is_hidden()
+        assert "badge-succeeded" in (
+            page.get_attribute("#target-table [data-target-status]", "class") or ""
+        )
+        assert "badge-finished" in (page.get_attribute("#deployment-status", "class") or "")
         shots = Path(os.environ.get("EDGESLIM_SCREENSHOT_DIR") or tmp_path)
         page.screenshot(path=str(shots / "device-deployment-live.png"), full_page=True)
 
@@ -98,4 +112,6 @@ def test_register_enroll_deploy_and_watch_live_results(daphne_server, tmp_path, 
         assert page.text_content("[data-device-state]") == "online"
     finally:
         agent.stop()
-    assert "connected to" in agent.output()
+    log = agent.output()
+    assert "connected to" in log
+    assert "received: linear.onnx" in log and "accuracy top-1 90.00 %" in log

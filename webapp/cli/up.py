@@ -198,6 +198,12 @@ def run(args: argparse.Namespace) -> int:
                 )  # fmt: skip
             wait_for_port(args.host, args.port, timeout=60, proc=web)
             say(f"EdgeSlim is up at http://{args.host}:{args.port}/  (logs: {log_dir})")
+            from device_registry.public_url import startup_advice
+
+            for line in startup_advice(
+                host=args.host, port=args.port, public_url=env.get("EDGESLIM_PUBLIC_URL", "")
+            ):
+                say(line)
             say("press Ctrl-C to stop")
             while True:
                 dead = stack.first_dead()

@@ -11,8 +11,42 @@
 
   function fmt(v, digits) { return (typeof v === "number") ? v.toFixed(digits) : "—"; }
 
+  function showResults() {
+    document.querySelectorAll("[data-results-empty]").forEach(function (el) { el.hidden = true; });
+    document.querySelectorAll("[data-results-present]").forEach(function (el) { el.hidden = false; });
+  }
+
+  // Per-operator time (ms per inference) as horizontal bars, one trace per device and batch;
+  // operator types sorted so the most expensive sits on top.
+  function drawOpProfile() {
+    var profiled = rows.filter(function (r) { return r.op_profile_ms && Object.keys(r.op_profile_ms).length; });
+    var section = document.querySelector("[data-op-profile-section]");
+    if (!profiled.length || !section) return;
+    section.hidden = false;
+    var totals = {};
+    profiled.forEach(function (r) {
+      Object.keys(r.op_profile_ms).forEach(function (op) { totals[op] = (totals[op] || 0) + r.op_profile_ms[op]; });
+    });
+    var ops = Object.keys(totals).sort(function (a, b) { return totals[a] - totals[b]; });
+    var traces = profiled.map(function (r) {
+      return {
+        type: "bar", orientation: "h", y: ops,
+        x: ops.map(function (op) { return r.op_profile_ms[op] || 0; }),
+        name: (deviceId ? "#" + r.deployment_id + " " : r.device + " ") + "b" + r.batch_size,
+      };
+    });
+    window.Plotly.react("op-profile-chart", traces, {
+      barmode: "group", margin: { t: 10, r: 10, b: 40, l: 140 },
+      xaxis: { title: { text: "ms per inference" }, rangemode: "tozero" },
+      height: Math.max(240, 60 + ops.length * 22 * Math.min(profiled.length, 4)),
+    }, { displayModeBar: false, responsive: true });
+  }
+
   function draw() {
     if (!window.Plotly || !document.getElementById("latency-chart")) return;
+    if (!rows.length) return;  // the empty state stays: no axes without data
+    showResults();
+    drawOpProfile();
     var labels = rows.map(function (r) {
       return (deviceId ? "#" + r.deployment_id + " " : r.device + " ") + "b" + r.batch_size;
     });
@@ -40,6 +74,7 @@
       batch_size: d.batch_size, p50_ms: d.p50_ms, p90_ms: d.p90_ms, p99_ms: d.p99_ms,
       mean_ms: d.mean_ms, throughput: d.throughput, peak_rss_mb: d.peak_rss_mb,
       load_time_ms: d.load_time_ms, cv: d.cv, unstable: d.unstable,
+      op_profile_ms: d.op_profile_ms || {},
     };
     rows.push(row);
     var tr = document.createElement("tr");
@@ -55,6 +90,7 @@
       tr.appendChild(td);
     });
     table.appendChild(tr);
+    showResults();
     draw();
   }
 
@@ -62,9 +98,19 @@
     return document.querySelector('#target-table tr[data-device-id="' + p.device_id + '"]');
   }
 
+  // Badges carry their state as a class too (badge-online, badge-failed, ...): keep both in step.
   function setText(root, sel, text) {
     var el = root && root.querySelector(sel);
-    if (el) el.textContent = text;
+    if (!el) return;
+    el.textContent = text;
+    if (el.classList.contains("badge")) setBadgeClass(el, text);
+  }
+
+  function setBadgeClass(el, text) {
+    Array.prototype.slice.call(el.classList).forEach(function (c) {
+      if (c.indexOf("badge-") === 0) el.classList.remove(c);
+    });
+    el.classList.add("badge-" + String(text).toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, ""));
   }
 
   // Results that arrived between the page render and the socket's (re)connection are fetched
@@ -104,6 +150,7 @@
     var done = states.every(function (s) { return s === "succeeded" || s === "failed"; });
     if (!done) return;
     el.textContent = states.every(function (s) { return s === "failed"; }) ? "failed" : "finished";
+    setBadgeClass(el, el.textContent);
   }
 
   function handle(ev, fromResync) {
