@@ -149,6 +149,8 @@ class Agent:
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._trust_lock = threading.Lock()
+        # The server's last error message: a revocation's reason arrives in it before the close.
+        self._last_server_error = ""
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -239,6 +241,7 @@ class Agent:
         code = ws.close_code
         reason = ws.close_reason or ""
         if code == CLOSE_REVOKED:
+            reason = reason or self._last_server_error or "no reason given"
             raise AgentStop(EXIT_REFUSED, f"this device was revoked by the server: {reason}")
         if code == CLOSE_EVICTED:
             raise AgentStop(
@@ -263,10 +266,25 @@ class Agent:
                 return
             state = DeploymentState(self.deployments_dir, deployment_id)
             if state.finished:
+                log.debug("deployment %s: already finished here, not run again", deployment_id)
                 return  # its terminal result is in the outbox or already acknowledged
             self._known.add(deployment_id)
+            log.info(
+                "deployment %s received: %s (%s bytes), batch sizes %s, %d warm-up + %d runs, "
+                "%d threads, %s%s",
+                deployment_id,
+                msg.manifest.name,
+                msg.manifest.size,
+                msg.settings.batch_sizes,
+                msg.settings.warmup,
+                msg.settings.runs,
+                msg.settings.threads,
+                ", ".join(msg.settings.providers),
+                ", with accuracy" if msg.settings.accuracy else "",
+            )
             await self._queue.put(msg)
         elif isinstance(msg, ErrorMessage):
+            self._last_server_error = f"{msg.code}: {msg.message}"
             log.error("server says %s: %s", msg.code, msg.message)
 
     # --- sending from the worker thread --------------------------------------------------------
@@ -345,6 +363,8 @@ class Agent:
         if state.finished:
             return
         done = state.done | self.outbox.seqs(dep_id)
+        if done:
+            log.info("deployment %s: resuming, %d result(s) already reported", dep_id, len(done))
         terminal_seq = result_seq(settings, RESULT_COMPLETE)
 
         def progress(stage: str, fraction: float, message: str = "") -> None:
@@ -376,8 +396,12 @@ class Agent:
             return
         model = self.artifacts_dir / f"{manifest.artifact_id}-{manifest.sha256[:16]}.onnx"
         eval_set = None
+        log.info("deployment %s: manifest signature verified", dep_id)
         try:
             progress("downloading", 0.0, manifest.name)
+            log.info(
+                "deployment %s: downloading %s (%d bytes)", dep_id, manifest.name, manifest.size
+            )
             download(
                 self.config.server + deploy.artifact_url,
                 model,
@@ -388,6 +412,12 @@ class Agent:
                     "downloading", got / max(total, 1), f"{got}/{total} bytes"
                 ),
             )
+            log.info(
+                "deployment %s: downloaded %d bytes, size and sha256 %s… verified",
+                dep_id,
+                manifest.size,
+                manifest.sha256[:12],
+            )
             if settings.accuracy and deploy.eval_url and manifest.eval_sha256:
                 eval_set = self.artifacts_dir / f"{manifest.artifact_id}-eval.npz"
                 download(
@@ -396,6 +426,11 @@ class Agent:
                     credential=self.config.credential,
                     size=manifest.eval_size or 0,
                     sha256=manifest.eval_sha256,
+                )
+                log.info(
+                    "deployment %s: evaluation set downloaded (%d bytes), sha256 verified",
+                    dep_id,
+                    manifest.eval_size or 0,
                 )
         except VerificationError as exc:
             fail(exc.reason, str(exc))
@@ -406,8 +441,21 @@ class Agent:
         progress("verifying", 1.0, "size, sha256 and signature verified")
         try:
             skip = {s - 1 for s in done if s <= len(settings.batch_sizes)}
+            log.info(
+                "deployment %s: benchmark started (batch sizes %s)",
+                dep_id,
+                [b for i, b in enumerate(settings.batch_sizes) if i not in skip],
+            )
             for index, data in latency_runs(model, settings, on_progress=progress, skip=skip):
                 seq = result_seq(settings, RESULT_LATENCY, index)
+                log.info(
+                    "deployment %s: batch %s: p50 %.3f ms, p90 %.3f ms, %.1f samples/s",
+                    dep_id,
+                    data.get("batch_size"),
+                    float(data.get("p50_ms") or 0.0),
+                    float(data.get("p90_ms") or 0.0),
+                    float(data.get("throughput") or 0.0),
+                )
                 self._emit(
                     state, Result(deployment_id=dep_id, seq=seq, kind=RESULT_LATENCY, data=data)
                 )
@@ -415,6 +463,13 @@ class Agent:
             if eval_set is not None and accuracy_seq not in done:
                 progress("evaluating", 0.0, "accuracy on the evaluation set")
                 data = accuracy_check(model, eval_set, settings)
+                log.info(
+                    "deployment %s: accuracy top-1 %.2f %% (%s of %s images)",
+                    dep_id,
+                    float(data.get("top1_pct") or 0.0),
+                    data.get("correct"),
+                    data.get("samples"),
+                )
                 self._emit(
                     state,
                     Result(deployment_id=dep_id, seq=accuracy_seq, kind=RESULT_ACCURACY, data=data),
@@ -434,6 +489,12 @@ class Agent:
                 },
             ),
             finished=True,
+        )
+        log.info(
+            "deployment %s finished: %d latency result(s)%s",
+            dep_id,
+            len(settings.batch_sizes),
+            ", accuracy measured" if eval_set is not None else "",
         )
         for path in (model, eval_set):
             if path is not None:

@@ -60,7 +60,8 @@ def download(
         DownloadError: the server could not be reached or kept failing.
     """
     if dest.exists() and dest.stat().st_size == size and sha256_file(dest) == sha256:
-        return dest  # already verified by an earlier run
+        log.info("%s: already downloaded and verified by an earlier run", dest.name)
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     last_error: Exception | None = None
@@ -118,10 +119,12 @@ def _fetch(
         return sha256_file(part)
     request = urllib.request.Request(url, headers={"Authorization": f"Device {credential}"})
     if have:
+        log.info("resuming %s from byte %d of %d", part.name, have, size)
         request.add_header("Range", f"bytes={have}-")
     with urllib.request.urlopen(request, timeout=timeout) as response:
         if have and response.status != 206:
-            have = 0  # the server ignored the range: start over
+            log.info("the server ignored the range request: downloading from the start")
+            have = 0
         # Hash while writing (the bytes already on disk first), so nothing is read twice.
         digest = _hash_prefix(part, have)
         mode = "ab" if have else "wb"

@@ -79,11 +79,13 @@ def test_a_dropped_download_resumes_with_range_and_is_verified(server, tmp_path)
     assert not (tmp_path / "model.onnx.part").exists()
 
 
-def test_a_part_left_by_a_killed_agent_is_resumed(server, tmp_path):
+def test_a_part_left_by_a_killed_agent_is_resumed(server, tmp_path, caplog):
     (tmp_path / "m.onnx.part").write_bytes(PAYLOAD[:5000])
-    download(_url(server), tmp_path / "m.onnx", credential="c", size=len(PAYLOAD), sha256=SHA)
+    with caplog.at_level("INFO", logger="edgeslim.agent.download"):
+        download(_url(server), tmp_path / "m.onnx", credential="c", size=len(PAYLOAD), sha256=SHA)
     assert server.ranges == ["bytes=5000-"]
     assert (tmp_path / "m.onnx").read_bytes() == PAYLOAD
+    assert f"resuming m.onnx.part from byte 5000 of {len(PAYLOAD)}" in caplog.messages
 
 
 def test_tampered_bytes_are_refused_and_never_kept(server, tmp_path):
