@@ -93,7 +93,7 @@ def test_the_dashboard_shows_jobs_verdicts_best_versions_fleet_and_attention(lab
     assert ">v1</a>" in page and "98.00%" in page  # v1 (98.0) beats the job's v2 (97.5)
     assert "pi-kitchen" in page and "jetson-lab" in page
     assert "1/2" in page  # devices online / total
-    assert "Out of memory in stage 2" in page
+    assert "failed: Out of memory in stage 2</li>" in page
     assert "is offline with 1 deployment waiting" in page
     assert "Get started" not in page
     assert "Send a test event" not in page

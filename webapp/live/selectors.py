@@ -212,7 +212,8 @@ def attention_items(
         .filter(status=JobStatus.FAILED, created_at__gte=since)
         .order_by("-finished_at", "-id")[:limit]
     ):
-        reason = (job.message or job.error.strip().splitlines()[-1:] or [""])[0]
+        # The short message first; else the last line of the error (a traceback's exception).
+        reason = job.message.strip() or next(iter(job.error.strip().splitlines()[-1:]), "")
         items.append(
             Attention(
                 text=f"failed{': ' + reason[:160] if reason else ''}",
