@@ -659,6 +659,7 @@ def _flat(m: ModelMetrics) -> dict[str, Any]:
     """The few numbers a progress line shows."""
     return {
         "accuracy": m.accuracy,
+        "val_accuracy": m.val_accuracy,
         "params": m.params,
         "nonzero_params": m.nonzero_params,
         "macs": m.macs,

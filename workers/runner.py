@@ -13,7 +13,6 @@ import errno
 import logging
 import threading
 import time
-import traceback
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,10 +239,9 @@ class JobRunner:
             )
             return RunOutcome("cancelled", job.pk)
         reason = failure_reason(exc, soft_time_limit_s=self.soft_time_limit_s)
+        # The tail handler captures this record with its traceback: the log holds it once.
         logger.error("job %s failed: %s", job.pk, reason, exc_info=exc)
-        lines = list(tail.lines)
-        lines += traceback.format_exception(exc)[-3:]
-        for line in lines[-LOG_TAIL_LINES:]:
+        for line in list(tail.lines)[-LOG_TAIL_LINES:]:
             self._log(job, line.rstrip())
         job_services.job_finish(
             job_id=job.pk, owner=self.owner, status=JobStatus.FAILED, message="failed", error=reason
