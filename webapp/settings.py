@@ -220,6 +220,11 @@ EDGESLIM_UPLOAD_EXPIRY_S = envint("EDGESLIM_UPLOAD_EXPIRY_S", 24 * 3600)
 # (torch alone needs about 3 GiB of it) and this timeout.
 EDGESLIM_INSPECT_MEMORY_BYTES = envint("EDGESLIM_INSPECT_MEMORY_BYTES", 6 * 1024**3)
 EDGESLIM_INSPECT_TIMEOUT_S = envint("EDGESLIM_INSPECT_TIMEOUT_S", 600)
+# Built-in sample models are trained on the built-in MNIST at first start: epochs for each
+# (0: each model's own) and batches per epoch (0: all). Tests train a few batches only.
+_TEST = EDGESLIM_ENV == "test"
+EDGESLIM_BUILTIN_TRAIN_EPOCHS = envint("EDGESLIM_BUILTIN_TRAIN_EPOCHS", 1 if _TEST else 0)
+EDGESLIM_BUILTIN_TRAIN_MAX_BATCHES = envint("EDGESLIM_BUILTIN_TRAIN_MAX_BATCHES", 5 if _TEST else 0)
 
 # --- compression jobs ----------------------------------------------------------------------------
 # A run holds a lease on its Job row and renews it while it reports progress; a worker that dies

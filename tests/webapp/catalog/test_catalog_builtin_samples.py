@@ -30,17 +30,39 @@ def test_builtin_samples_are_created_once_per_organisation(
     assert len(callbacks) == len(keys) + 2  # one inspection per model, one validation per set
 
 
-def test_the_builtin_lenet5_is_built_trained_and_inspected_on_the_worker(org_a):
+def test_the_builtin_lenet5_is_trained_on_mnist_and_recorded_as_such(org_a, settings):
+    # Two full epochs (about 7 s); the test settings otherwise train a few batches only.
+    settings.EDGESLIM_BUILTIN_TRAIN_EPOCHS = 2
+    settings.EDGESLIM_BUILTIN_TRAIN_MAX_BATCHES = 0
     services.builtin_samples_ensure(organization=org_a)
     version = ModelVersion.objects.get(organization=org_a, builtin_key="zoo:lenet5")
     assert not version.file and version.status == ItemStatus.PENDING
+    assert "training on the built-in mnist (2 epochs)" in version.info["pending_message"]
 
     services.model_version_inspect(version=version)
 
     version.refresh_from_db()
     assert version.status == ItemStatus.READY, version.error
     assert version.file and version.params == 61706
-    assert version.info["builtin"]["weights"] == "trained on digits"
-    # Percent, like every accuracy: chance on ten digits is 10%, one epoch reaches about 86%.
-    val_acc = version.info["builtin"]["val_acc"]
-    assert 80.0 < val_acc <= 100.0, val_acc
+    trained = version.info["trained"]
+    assert (trained["dataset"], trained["epochs"]) == ("mnist", 2)
+    # Percent on the 1,000 test images: chance on ten digits is 10%, two epochs reach about 94%.
+    assert 85.0 < trained["test_accuracy"] <= 100.0, trained
+    assert version.info["builtin"]["weights"] == "trained on mnist"
+    # The record it was trained with: 32x32 grayscale, MNIST's own statistics.
+    pre = version.preprocessing
+    assert (pre["input_size"], pre["channels"]) == ([32, 32], 1) and pre["mean"][0] > 0.05
+
+
+@pytest.mark.parametrize("key", ["zoo:resnet20"])  # VGG-11-BN: the same path, 40 s slower
+def test_every_builtin_is_trained_even_in_the_shortened_test_build(org_a, key):
+    services.builtin_samples_ensure(organization=org_a)
+    version = ModelVersion.objects.get(organization=org_a, builtin_key=key)
+
+    services.model_version_inspect(version=version)
+
+    version.refresh_from_db()
+    assert version.status == ItemStatus.READY, version.error
+    assert version.info["trained"]["epochs"] == 1  # the test settings' one short epoch
+    assert 0.0 <= version.info["trained"]["test_accuracy"] <= 100.0
+    assert version.preprocessing["mean"]
