@@ -153,3 +153,70 @@ def report_on_device(*, organization: Organization, job: Job) -> list[dict[str, 
         }
         for v in versions
     ]
+
+
+def report_verdict_flags(
+    report: dict[str, Any], rows: list[dict[str, Any]], artifacts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What the verdict must not hide: a final model slower or larger than the reference it is
+    judged against, and the stage that did better when the final one is worse.
+
+    The reference is the recipe's (``targets.reference``: the baseline, or stage N when the
+    first stage trained untrained weights). Returns ``{"problems": [...], "best": {...} | None}``
+    with the reason of each problem and, for the best stage, its figures and the key of its
+    downloadable checkpoint (an ONNX file when the stage produced one).
+    """
+    verdict = _dict(report.get("targets"))
+    ref_name = str(verdict.get("reference") or "baseline")
+    ref_row = rows[0]
+    if ref_name.startswith("stage:") and ref_name.split(":", 1)[1].isdigit():
+        index = int(ref_name.split(":", 1)[1]) + 1  # rows[0] is the baseline
+        if index < len(rows) - 1:
+            ref_row = rows[index]
+    number, _, name = str(ref_row["label"]).partition(". ")
+    ref_label = "the baseline" if ref_row is rows[0] else f"its reference, stage {number} ({name})"
+    final = rows[-1]
+    stages = [r for r in rows[1:-1] if r is not ref_row]
+
+    def speed(row: dict[str, Any]) -> float | None:
+        ref, own = ref_row["p50_ms"], row["p50_ms"]
+        return ref / own if ref and own else None
+
+    def smaller(row: dict[str, Any]) -> float | None:
+        ref, own = ref_row["size_bytes"], row["size_bytes"]
+        return ref / own if ref and own else None
+
+    problems: list[str] = []
+    best: dict[str, Any] | None = None
+    final_speed, final_small = speed(final), smaller(final)
+    if final_speed is not None and final_speed < 1.0:
+        problems.append(
+            f"The final model is slower than {ref_label}: {final_speed:.2f}x its speed "
+            f"(p50 {final['p50_ms']:.3f} ms against {ref_row['p50_ms']:.3f} ms)."
+        )
+        faster = [(s, r) for r in stages if (s := speed(r)) is not None and s > final_speed]
+        if faster:
+            value, row = max(faster, key=lambda sr: sr[0])
+            best = {"row": row, "what": "faster", "ratio": value}
+    if final_small is not None and final_small < 1.0:
+        problems.append(
+            f"The final model is larger than {ref_label}: {final_small:.2f}x its size "
+            f"({final['size_bytes']} bytes against {ref_row['size_bytes']} bytes)."
+        )
+        if best is None:
+            small = [(s, r) for r in stages if (s := smaller(r)) is not None and s > final_small]
+            if small:
+                value, row = max(small, key=lambda sr: sr[0])
+                best = {"row": row, "what": "smaller", "ratio": value}
+    if best is not None:
+        number, _, name = str(best["row"]["label"]).partition(". ")
+        prefix = f"checkpoint:stage_{int(number) - 1:02d}_"
+        files = [a for a in artifacts if str(a.get("key", "")).startswith(prefix)]
+        onnx = [a for a in files if str(a["key"]).endswith(".onnx")]
+        best.update(
+            number=int(number),
+            name=name,
+            artifact=(onnx or files)[0] if files else None,
+            is_onnx=bool(onnx),
+        )
+    return {"problems": problems, "best": best}

@@ -58,4 +58,5 @@ def report_detail(request: HttpRequest, pk: int) -> HttpResponse:
             artifacts=job_selectors.job_artifact_list(job=job),
             versions=report.get("model_versions", []),
         )
+        ctx["flags"] = selectors.report_verdict_flags(report, rows, ctx["artifacts"])
     return render(request, "reports/report_detail.html", ctx)
