@@ -74,7 +74,7 @@ def test_upload_a_model_and_a_dataset_and_see_them_turn_ready(edgeslim_stack, tm
     assert progress[-1] == 100, progress
     page.wait_for_selector('#item-body[data-item-status="ready"]', timeout=READY_TIMEOUT_MS)
     assert page.inner_text("[data-classes]") == "2"
-    assert page.inner_text("[data-totals]") == "8 train / 2 val"
+    assert page.inner_text("[data-totals]") == "6 train / 2 val / 2 test"
     rows = page.locator("[data-class-table] tbody tr")
     assert rows.count() == 2 and "cat" in rows.nth(0).inner_text()
     page.wait_for_function(
