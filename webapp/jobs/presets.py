@@ -50,8 +50,9 @@ PRESETS: dict[str, GoalPreset] = {
         GoalPreset(
             "fastest",
             "Fastest on a device",
-            "Cut MACs by 3x with channel pruning (fewer MACs is what makes a CPU or NPU faster), "
-            "fine-tune, then quantize with settings suited to the chosen device.",
+            "Cut MACs by 3x with channel pruning, or as far as the model allows (fewer MACs is "
+            "what makes a CPU or NPU faster), fine-tune, then quantize with settings suited to "
+            "the chosen device.",
         ),
         GoalPreset(
             "balanced",
@@ -130,7 +131,13 @@ def _goal_stages(key: str, facts: ModelFacts, *, arm: bool) -> list[tuple[str, d
         ]
     if key == "fastest":
         return [
-            ("channel_pruning", {**prune, "target_mac_reduction": 3.0}),
+            # A small model (LeNet-5: 1.7x at most with channels rounded to 8) cannot reach
+            # 3x; the preset then prunes as far as the layer floors allow, and the report
+            # shows the factor reached, instead of failing the job.
+            (
+                "channel_pruning",
+                {**prune, "target_mac_reduction": 3.0, "allow_mac_shortfall": True},
+            ),
             ("finetune", {"epochs": 2}),
             (
                 "ptq_int8",
