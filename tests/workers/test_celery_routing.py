@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 
 import pytest
 import redis
-from django.conf import settings
 
 from workers import catalog_tasks
 from workers.celery import CATALOG_QUEUE, app
@@ -38,17 +38,19 @@ def test_every_catalog_task_goes_to_the_catalog_queue_and_jobs_do_not() -> None:
 
 
 def test_an_inspection_lands_on_the_catalog_list_in_the_real_broker() -> None:
-    prefix = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "")
-    assert prefix, "tests run with their own broker key prefix (tests/conftest.py)"
+    # A producer with a key prefix of its own: the suite's session-wide worker consumes the
+    # suite's prefix and would take the message before it could be seen on the list.
+    prefix = f"edgeslim-routing-{uuid.uuid4().hex[:8]}:"
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
     keys = [f"{prefix}{q}" for q in ("catalog", "cpu", "gpu")]
-    client.delete(*keys)
-    try:
-        catalog_tasks.model_version_inspect.delay(10**12)
-        assert client.llen(f"{prefix}catalog") == 1
-        assert client.llen(f"{prefix}cpu") == client.llen(f"{prefix}gpu") == 0
-        message = json.loads(client.lindex(f"{prefix}catalog", 0) or b"{}")
-        assert message["headers"]["task"] == "catalog.model_version_inspect"
-    finally:
-        client.delete(*keys)
-        client.close()
+    with app.connection_for_write() as conn:
+        conn.transport_options.update({"global_keyprefix": prefix})
+        try:
+            catalog_tasks.model_version_inspect.apply_async((10**12,), connection=conn)
+            assert client.llen(f"{prefix}catalog") == 1
+            assert client.llen(f"{prefix}cpu") == client.llen(f"{prefix}gpu") == 0
+            message = json.loads(client.lindex(f"{prefix}catalog", 0) or b"{}")
+            assert message["headers"]["task"] == "catalog.model_version_inspect"
+        finally:
+            client.delete(*keys)
+            client.close()

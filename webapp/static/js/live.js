@@ -35,7 +35,11 @@
         .then(function (html) {
           if (html === null) return;
           var before = listEl.firstElementChild ? listEl.firstElementChild.textContent : "";
+          // Messages that arrived on the socket alone (a worker ping) are not in the server's
+          // feed: keep them on top instead of wiping them with the re-read list.
+          var kept = Array.prototype.slice.call(listEl.querySelectorAll("li[data-ephemeral]"));
           listEl.innerHTML = html;
+          for (var i = kept.length - 1; i >= 0; i--) listEl.prepend(kept[i]);
           var first = listEl.firstElementChild;
           if (first && first.textContent !== before) first.classList.add("is-new");
         })
@@ -58,6 +62,7 @@
     var li = document.createElement("li");
     li.className = "is-new";
     li.setAttribute("data-kind", event.kind);
+    li.setAttribute("data-ephemeral", "");
     var kind = document.createElement("span");
     kind.className = "badge";
     kind.textContent = event.kind;
