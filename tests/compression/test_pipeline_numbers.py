@@ -122,9 +122,7 @@ def test_latency_is_interleaved_rounds_with_spread_and_no_p99_below_100_runs(
     assert report["eval"]["rounds"] == 3
 
 
-def test_resume_refuses_another_model_or_other_data(
-    tmp_path: Path, data: DatasetBundle
-) -> None:
+def test_resume_refuses_another_model_or_other_data(tmp_path: Path, data: DatasetBundle) -> None:
     out = tmp_path / "run"
     one_stage = _recipe(stages=RECIPE["stages"][:1], eval={"latency_runs": 0})
     run_recipe(one_stage, _lenet(0), data, out)

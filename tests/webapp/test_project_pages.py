@@ -52,4 +52,3 @@ def test_the_dashboard_has_the_nav_live_panel_and_no_plotly():
         assert text in page, text
     assert "plotly" not in page
     assert "Send a test event" not in page
-
