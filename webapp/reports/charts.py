@@ -5,6 +5,7 @@ Built from selector output only, so the same figures serve the page and any expo
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import plotly.graph_objects as go
@@ -14,6 +15,22 @@ _LAYOUT: dict[str, Any] = {
     "height": 340,
     "template": "plotly_white",
 }
+
+
+# An accuracy axis in percent, rounded to a tenth (never 90.733).
+ACCURACY_AXIS: dict[str, Any] = {"tickformat": ".1f", "ticksuffix": " %"}
+
+
+def epoch_axis(n: int) -> dict[str, Any]:
+    """An x axis over epochs 1..n with whole-number ticks only (at most about ten of them)."""
+    return {
+        "title": "epoch (all stages)",
+        "tickmode": "linear",
+        "tick0": 1,
+        "dtick": max(1, math.ceil(n / 10)),
+        "tickformat": "d",
+        "range": [0.5, n + 0.5],
+    }
 
 
 def _fig(fig: go.Figure) -> dict[str, Any]:
@@ -69,7 +86,7 @@ def accuracy_vs_size(rows: list[dict[str, Any]]) -> dict[str, Any]:
     fig.update_layout(
         title="Accuracy against size",
         xaxis_title="ONNX size (KiB)",
-        yaxis_title="accuracy (%)",
+        yaxis={**ACCURACY_AXIS, "title": "accuracy"},
         **_LAYOUT,
     )
     return _fig(fig)
@@ -118,9 +135,18 @@ def training_curves(epochs: list[dict[str, Any]]) -> dict[str, Any]:
     )
     fig.update_layout(
         title="Training",
-        xaxis_title="epoch (all stages)",
+        xaxis=epoch_axis(len(epochs)),
         yaxis={"title": "loss"},
-        yaxis2={"title": "val acc (%)", "overlaying": "y", "side": "right"},
+        yaxis2={
+            **ACCURACY_AXIS,
+            "title": "val accuracy",
+            "overlaying": "y",
+            "side": "right",
+            # An overlaying axis syncs its ticks to the left axis's grid by default, which
+            # lands them on values like 90.733; its own rounded ticks read better.
+            "tickmode": "auto",
+            "showgrid": False,
+        },
         **_LAYOUT,
     )
     return _fig(fig)

@@ -64,3 +64,21 @@ def test_versions_a_job_produced_carry_the_reports_preprocessing_record(finished
     assert produced.count() == 2  # fp32 and int8 ONNX
     assert all(v.preprocessing == record for v in produced)
     assert record["channels"] == 1 and record["input_size"] == [32, 32]
+
+
+@pytest.mark.parametrize("n", [2, 5, 37])
+def test_the_training_chart_ticks_whole_epochs_and_rounded_accuracy(n):
+    epochs = [{"loss": 1.0 / (i + 1), "val_acc": 89.4 + i * 0.173} for i in range(n)]
+    layout = charts.training_curves(epochs)["layout"]
+    x = layout["xaxis"]
+    assert (x["tickmode"], x["tick0"], x["tickformat"]) == ("linear", 1, "d")
+    assert isinstance(x["dtick"], int) and x["dtick"] >= 1 and n / x["dtick"] <= 10
+    acc = layout["yaxis2"]
+    # Its own ticks (not synced to the loss grid), to a tenth of a percent.
+    assert (acc["tickmode"], acc["tickformat"], acc["ticksuffix"]) == ("auto", ".1f", " %")
+
+
+def test_the_accuracy_against_size_chart_rounds_its_accuracy_axis():
+    rows = [{"size_bytes": 4096, "accuracy": 90.733, "kind": "baseline", "label": "baseline"}]
+    y = charts.accuracy_vs_size(rows)["layout"]["yaxis"]
+    assert (y["tickformat"], y["ticksuffix"]) == (".1f", " %")

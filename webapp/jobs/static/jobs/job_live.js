@@ -53,7 +53,10 @@
       xaxis: { title: "epoch (all stages)", tickmode: "linear", tick0: 1,
         dtick: Math.max(1, Math.ceil(n / 10)), tickformat: "d", range: [0.5, n + 0.5] },
       yaxis: { title: "loss" },
-      yaxis2: { title: "val accuracy (%)", overlaying: "y", side: "right" },
+      // An overlaying axis syncs its ticks to the loss grid by default (90.733, 91.153...):
+      // give it its own ticks, rounded to a tenth of a percent.
+      yaxis2: { title: "val accuracy", overlaying: "y", side: "right", tickmode: "auto",
+        tickformat: ".1f", ticksuffix: " %", showgrid: false },
       legend: { orientation: "h", y: -0.25 }, shapes: shapes, annotations: annotations,
     };
     Plotly.react(curves, data, layout, { displayModeBar: false, responsive: true });
