@@ -196,6 +196,11 @@ class JobRunner:
         from webapp.catalog.services import model_version_create_from_job
 
         out: list[dict[str, Any]] = []
+        # The report's final state carries the MACs counted on the torch module before export;
+        # the ONNX files (fp32 and int8 of one graph) can't be counted, so their versions keep it.
+        final = report.get("final")
+        counted = final.get("macs") if isinstance(final, dict) else None
+        macs = counted if type(counted) is int and counted >= 0 else None
         for filename, label in (("final.onnx", "fp32"), ("final.int8.onnx", "int8")):
             path = out_dir / filename
             if not path.is_file():
@@ -219,6 +224,7 @@ class JobRunner:
                     info=info,
                     user=job.created_by,
                     preprocessing=report.get("preprocessing") or None,
+                    macs=macs,
                 )
             out.append({"id": existing.pk, "label": label, "number": existing.number})
         return out

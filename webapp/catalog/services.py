@@ -487,6 +487,7 @@ def model_version_create_from_job(
     info: dict[str, Any] | None = None,
     user: User | None = None,
     preprocessing: dict[str, Any] | None = None,
+    macs: int | None = None,
 ) -> ModelVersion:
     """Record a model a job produced as the next version of its parent's asset.
 
@@ -495,12 +496,19 @@ def model_version_create_from_job(
     model was measured with; a malformed record is refused.
     With ``info`` (the runner's ``ModelInfo.to_dict()``) the version is ready at once; without
     it a worker inspects the file like an upload.
+    ``macs`` is what the job counted for this model (its report's final state): an ONNX file's
+    inspection cannot count MACs, so the version keeps the job's count in ``info["macs"]``.
     """
     if parent.organization_id != organization.pk:
         raise CatalogInputError("The parent model belongs to another organisation.", field="parent")
     if format not in ModelFormat.values:
         raise CatalogInputError(f"Unknown model format {format!r}.", field="format")
+    if macs is not None and (isinstance(macs, bool) or not isinstance(macs, int) or macs < 0):
+        raise CatalogInputError(f"MACs must be a count, not {macs!r}.", field="macs")
     record = _preprocessing_record(preprocessing) if preprocessing else {}
+    stored_info = dict(info or {})
+    if macs is not None and stored_info.get("macs") is None:
+        stored_info["macs"] = macs
     path = Path(file_path)
     ext = ".onnx" if format == ModelFormat.ONNX else (_extension(path.name) or ".safetensors")
     sha256, size = _hash_and_size(_source_chunks(None, path))
@@ -525,7 +533,7 @@ def model_version_create_from_job(
                 task=parent.task,
                 size_bytes=size,
                 sha256=sha256,
-                info=info or {},
+                info=stored_info,
                 status=ItemStatus.READY if info is not None else ItemStatus.PENDING,
                 inspected_at=timezone.now() if info is not None else None,
                 parent=parent,
@@ -1307,6 +1315,8 @@ def model_version_inspect(*, version: ModelVersion) -> ModelVersion:
         _builtin_record(version, info, built)
     elif version.is_builtin:  # re-inspected weights built earlier: keep how they were trained
         info.update({k: version.info[k] for k in ("trained", "builtin") if k in version.info})
+    if info.get("macs") is None and isinstance(version.info.get("macs"), int):
+        info["macs"] = version.info["macs"]  # counted by the job that made it (ONNX can't be)
     return model_version_mark_ready(
         version=version,
         info=info,
