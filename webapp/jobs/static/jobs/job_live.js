@@ -87,7 +87,23 @@
     el.querySelector("[data-stage-state]").textContent = STATE_LABELS[state] || state;
   }
 
+  // The notice that brought us here ("Job 7 queued.", "Cancel requested.") described the job at
+  // that moment. Django shows a message once, but the page stays open while the job runs, so
+  // once the status has moved on the notice goes (errors stay). The live regions never carry it.
+  let flashTimer = null;
+  function dropStaleNotices(delayMs) {
+    if (flashTimer) return;
+    flashTimer = setTimeout(() => {
+      document.querySelectorAll(".messages .flash-success, .messages .flash-info")
+        .forEach((el) => el.remove());
+      document.querySelectorAll(".messages").forEach((box) => {
+        if (!box.children.length) box.remove();
+      });
+    }, delayMs);
+  }
+
   function setStatus(p) {
+    if (p.status !== "QUEUED") dropStaleNotices(0);
     const badge = $("[data-job-status]");
     badge.dataset.jobStatus = p.status;
     badge.textContent = p.status.charAt(0) + p.status.slice(1).toLowerCase();
@@ -191,6 +207,8 @@
 
   drawCurves();
   startTicking();
+  // Already past QUEUED when the page loaded: let the notice be read, then drop it.
+  if (status() !== "QUEUED") dropStaleNotices(4000);
   if (TERMINAL.includes(history.status)) return;
 
   // A queued job's position moves when other jobs start: look again now and then.
