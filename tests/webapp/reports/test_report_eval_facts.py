@@ -99,7 +99,7 @@ def test_the_report_shows_test_and_val_accuracy_latency_spread_preprocessing_and
     rows = page.context["rows"]
     assert [r["val_accuracy"] for r in rows] == [98.5, 97.0, 96.75]
     assert "97.25%" in html and "98.50%" in html  # percent, one unit
-    assert "p50 1.234 ms ± IQR 0.051, 5 rounds" in html
+    assert "<span data-p50>1.234 ms</span>" in html and "± 0.051 IQR · 5 rounds" in html
     assert "812.5/s" in html
     # p99 below 100 timed runs is null and shows as a dash; the final's is shown
     p99_cells = [c.split(">", 1)[1].split("</td>")[0] for c in html.split("<td data-p99")[1:]]
@@ -125,5 +125,6 @@ def test_an_old_report_without_the_new_fields_still_renders(org_a):
     assert page.status_code == 200
     html = page.content.decode()
     assert "acc. (val split)" in html and "predates the preprocessing record" in html
-    assert "p50 1.000 ms" in html and "IQR" not in html.split("data-report-table")[1][:3000]
+    table = html.split("data-report-table")[1][:3000]
+    assert "<span data-p50>1.000 ms</span>" in html and "IQR" not in table
     assert selectors.report_rows(report)[0]["p99_ms"] is None
