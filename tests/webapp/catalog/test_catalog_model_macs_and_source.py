@@ -20,7 +20,7 @@ JOB_MACS = 251440  # what a job's report counted for its final model
 def _macs_cell(html: str) -> str:
     found = re.search(r"<dd data-macs>(.*?)</dd>", html, re.S)
     assert found
-    return found.group(1).strip()
+    return found.group(1)
 
 
 def _list_row(html: str, version: ModelVersion) -> str:
