@@ -81,6 +81,8 @@ def build_builtin(req: dict[str, Any]) -> dict[str, Any]:
             epochs=epochs,
             size=int(req["input_size"]),
             max_batches=int(req.get("max_batches") or 0) or None,
+            optimizer=str(req.get("train_optimizer") or "adam"),
+            lr=float(req.get("train_lr") or 0.003),
         )
     out = Path(req["out_path"])
     model_io.save_model_safetensors(module, out)
@@ -88,7 +90,14 @@ def build_builtin(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train_on_builtin(
-    module: Any, *, dataset: str, epochs: int, size: int, max_batches: int | None
+    module: Any,
+    *,
+    dataset: str,
+    epochs: int,
+    size: int,
+    max_batches: int | None,
+    optimizer: str = "adam",
+    lr: float = 0.003,
 ) -> dict[str, Any]:
     import torch
 
@@ -107,15 +116,18 @@ def _train_on_builtin(
         report=lambda *_: None,
         check_cancel=lambda: None,
     )
-    # AdamW: SGD at lr 0.05 left the BatchNorm-free LeNet-5 at 30% after an epoch.
+    # AdamW by default: SGD at lr 0.05 left the BatchNorm-free LeNet-5 at 30% after an epoch;
+    # a BatchNorm VGG trains better with SGD (each built-in's spec says which).
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"unknown optimizer {optimizer!r}")
     history = train(
         module,
         data,
         ctx,
         epochs=epochs,
-        lr=0.003,
+        lr=lr,
         batch_size=64,
-        optimizer="adam",
+        optimizer="sgd" if optimizer == "sgd" else "adam",
         max_batches_per_epoch=max_batches,
     )
     return {
