@@ -345,38 +345,30 @@ def activity_feed(*, organization: Organization, limit: int = 20) -> list[Activi
         .select_related("asset", "created_by")
         .order_by("-created_at")[:limit]
     )
-    for version in uploads:
-        refused = version.status == ItemStatus.INVALID
-        rows.append(
-            Activity(
-                at=version.created_at,
-                kind="model",
-                actor=version.created_by.get_username() if version.created_by else "",
-                link_text=f"model {version}",
-                url=reverse("catalog:model_version_detail", args=[version.pk]),
-                text="was uploaded" + (" and refused" if refused else ""),
-                badge="err" if refused else "",
-            )
+    rows += [
+        _upload_activity(
+            version,
+            kind="model",
+            link_text=f"model {version}",
+            url=reverse("catalog:model_version_detail", args=[version.pk]),
         )
+        for version in uploads
+    ]
     datasets = (
         Dataset.objects.for_org(organization)
         .filter(is_builtin=False)
         .select_related("created_by")
         .order_by("-created_at")[:limit]
     )
-    for dataset in datasets:
-        refused = dataset.status == ItemStatus.INVALID
-        rows.append(
-            Activity(
-                at=dataset.created_at,
-                kind="dataset",
-                actor=dataset.created_by.get_username() if dataset.created_by else "",
-                link_text=f"dataset {dataset.name}",
-                url=reverse("catalog:dataset_detail", args=[dataset.pk]),
-                text="was uploaded" + (" and refused" if refused else ""),
-                badge="err" if refused else "",
-            )
+    rows += [
+        _upload_activity(
+            dataset,
+            kind="dataset",
+            link_text=f"dataset {dataset.name}",
+            url=reverse("catalog:dataset_detail", args=[dataset.pk]),
         )
+        for dataset in datasets
+    ]
     deployments = (
         Deployment.objects.for_org(organization)
         .select_related("artifact", "created_by")
@@ -426,3 +418,19 @@ def activity_feed(*, organization: Organization, limit: int = 20) -> list[Activi
             )
     rows.sort(key=lambda row: row.at, reverse=True)
     return rows[:limit]
+
+
+def _upload_activity(
+    item: ModelVersion | Dataset, *, kind: str, link_text: str, url: str
+) -> Activity:
+    """The feed line of an uploaded model version or data set (refused ones in red)."""
+    refused = item.status == ItemStatus.INVALID
+    return Activity(
+        at=item.created_at,
+        kind=kind,
+        actor=item.created_by.get_username() if item.created_by else "",
+        link_text=link_text,
+        url=url,
+        text="was uploaded" + (" and refused" if refused else ""),
+        badge="err" if refused else "",
+    )
