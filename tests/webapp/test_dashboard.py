@@ -13,7 +13,7 @@ from jobs_factories import make_digits, make_model_version, two_stage_recipe
 
 from device_registry.models import DeployableArtifact, Deployment, DeploymentTarget, Device
 from webapp.accounts.models import Organization, Role
-from webapp.catalog.models import ItemStatus, ModelVersion
+from webapp.catalog.models import Dataset, ItemStatus, ModelVersion
 from webapp.jobs.models import Job, JobEvent, JobStatus
 from webapp.live.selectors import activity_feed, best_versions
 
@@ -116,6 +116,15 @@ def test_the_activity_feed_reads_persisted_rows_as_sentences_with_links(lab):
     assert f"Job #{good.pk} lenet5-slim finished: targets met" in texts
     assert any(t.endswith("failed: Out of memory in stage 2") for t in texts)
     assert any(t.startswith("Deployment #") and "went out to one device" in t for t in texts)
+    # Uploads: a model version (make_model_version) and a refused data set, in red.
+    assert any(t.startswith("model lenet") and t.endswith("was uploaded") for t in texts)
+    Dataset.objects.create(
+        organization=org, name="pets", kind="image_zip", status=ItemStatus.INVALID, created_by=owner
+    )
+    refused = [a for a in activity_feed(organization=org) if a.link_text == "dataset pets"]
+    assert [(a.text, a.badge, a.actor) for a in refused] == [
+        ("was uploaded and refused", "err", "ada")
+    ]
     fragment = client_for(owner).get(reverse("live:activity")).content.decode()
     assert f'href="/jobs/{good.pk}/"' in fragment
     assert "finished: targets met" in fragment
