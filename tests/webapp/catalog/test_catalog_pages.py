@@ -3,6 +3,8 @@ downloads as attachments and thumbnails as PNG that browsers never sniff."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from catalog_files import image_folder_zip, lenet5_safetensors, media_files, pickled_module
 
@@ -68,6 +70,20 @@ def test_a_ready_model_page_shows_params_macs_shape_classes_and_the_layer_table(
     assert "61706" in page and "416520" in page and "1 × 32 × 32" in page
     assert "data-layer-table" in page and "features.0" in page
     assert f"/models/{version.pk}/download/" in page
+
+
+def test_a_ready_model_page_starts_a_new_job_with_that_model(client_a, org_a, user_a, tmp_path):
+    version = services.model_upload_create(
+        organization=org_a, user=user_a, path=lenet5_safetensors(tmp_path / "l.safetensors"),
+        arch="lenet5",
+    )  # fmt: skip
+    assert "data-new-job" not in client_a.get(f"/models/{version.pk}/").content.decode()
+    services.model_version_inspect(version=version)
+
+    page = client_a.get(f"/models/{version.pk}/").content.decode()
+    assert f'href="/jobs/new/?model={version.pk}" data-new-job' in page
+    wizard = client_a.get(f"/jobs/new/?model={version.pk}", follow=True).content.decode()
+    assert re.search(rf'<option value="{version.pk}"[^>]*selected', wizard)
 
 
 def test_an_invalid_model_page_shows_the_reason(client_a, org_a, user_a, tmp_path):
