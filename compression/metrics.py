@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,17 +19,6 @@ from compression.macs import count_macs as count_macs  # the one counter, re-exp
 from compression.stage import ModelState
 
 Batch = tuple[torch.Tensor, torch.Tensor] | list[torch.Tensor]
-
-
-def evaluate_accuracy(
-    model: ModelState,
-    loader: Iterable[Any],
-    device: torch.device | str = "cpu",
-    *,
-    check_cancel: Callable[[], None] | None = None,
-) -> float:
-    """Top-1 accuracy in percent (0-100); see :mod:`compression.evaluation` (the one evaluator)."""
-    return accuracy(model, loader, device, check_cancel=check_cancel)
 
 
 def count_params(module: nn.Module) -> int:
@@ -166,8 +155,8 @@ def measure_model(
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    test_acc = evaluate_accuracy(model, data.test_loader(), device, check_cancel=check_cancel)
-    val_acc = evaluate_accuracy(model, data.val_loader(), device, check_cancel=check_cancel)
+    test_acc = accuracy(model, data.test_loader(), device, check_cancel=check_cancel)
+    val_acc = accuracy(model, data.val_loader(), device, check_cancel=check_cancel)
     parity: float | None = None
     if model.module is not None:
         module = model.module
