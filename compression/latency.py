@@ -3,8 +3,9 @@
 Two ways in. :func:`measure_latency_isolated` (the host) times each model in its own fresh child
 process (``python -m compression.latency --child``) that imports no torch and runs with the
 OpenMP/BLAS thread env pinned; several models are timed in interleaved rounds so a drift of the
-machine hits them all alike. :func:`measure_latency` (the edge agent, whose process has no torch)
-times in the calling process. Both time sequential runs after untimed warm-up runs, take
+machine hits them all alike; the edge agent uses it too, one child per batch size.
+:func:`measure_latency` times in the calling process, for callers whose process is already
+torch-free and idle. Both time sequential runs after untimed warm-up runs, take
 throughput from the wall time of the timed runs, give p99 only from at least 100 timed runs,
 and profile operators in a separate ONNX Runtime session after the timed runs. Every result
 carries the ONNX Runtime version, the execution provider and the hardware facts, plus the

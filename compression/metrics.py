@@ -18,9 +18,6 @@ from compression.latency import LatencyResult, measure_latency_isolated
 from compression.macs import count_macs as count_macs  # the one counter, re-exported
 from compression.stage import ModelState
 
-Batch = tuple[torch.Tensor, torch.Tensor] | list[torch.Tensor]
-
-
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
