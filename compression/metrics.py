@@ -18,6 +18,7 @@ from compression.latency import LatencyResult, measure_latency_isolated
 from compression.macs import count_macs as count_macs  # the one counter, re-exported
 from compression.stage import ModelState
 
+
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
