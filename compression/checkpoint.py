@@ -2,7 +2,10 @@
 
 A pruned model has physically fewer channels than its zoo architecture, so the sidecar keeps the
 architecture and loading resizes the rebuilt module's layers to the saved tensor shapes before a
-strict ``load_state_dict``.
+strict ``load_state_dict``. A decomposed model has other layers altogether (one conv became
+three): the sidecar's ``structure`` (see :mod:`compression.structure`) describes the replaced
+subtrees as JSON and loading rebuilds them first. Plain models have no ``structure`` key, so
+older checkpoints load as before.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch import nn
 
 from compression.errors import CompressionError, InvalidModelError
 from compression.stage import ArchSpec, ModelState
+from compression.structure import StructureError, apply_structure, structure_spec
 
 FORMAT_VERSION = 1
 
@@ -167,6 +171,12 @@ def save_checkpoint(model: ModelState, stem: Path | str) -> Path:
     if model.module is not None:
         if model.arch is None:
             raise CheckpointError("a torch model without a zoo architecture cannot be checkpointed")
+        try:
+            structure = structure_spec(model.module)
+        except StructureError as exc:
+            raise CheckpointError(f"the model cannot be checkpointed: {exc}") from exc
+        if structure:
+            meta["structure"] = structure
         weights = stem.with_suffix(".safetensors")
         state = plain_state_dict(model.module)
         meta["shapes"] = {k: list(v.shape) for k, v in state.items()}
@@ -224,6 +234,10 @@ def load_checkpoint(path: Path | str, *, verify: bool = True) -> ModelState:
     if arch is None:
         raise CheckpointError("torch checkpoint without an architecture")
     module = create_model(arch.name, num_classes=arch.num_classes, in_channels=arch.in_channels)
+    try:
+        apply_structure(module, meta.get("structure") or [])
+    except StructureError as exc:
+        raise CheckpointError(f"checkpoint {meta_path.name} does not rebuild: {exc}") from exc
     try:
         state = load_file(str(weights))
         load_state_dict_resized(module, state)
