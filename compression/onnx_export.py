@@ -21,7 +21,12 @@ class ExportError(CompressionError):
 
 
 def export_onnx(
-    module: nn.Module, input_shape: tuple[int, int, int], path: Path | str, *, opset: int = 17
+    module: nn.Module,
+    input_shape: tuple[int, int, int],
+    path: Path | str,
+    *,
+    opset: int = 17,
+    fold_batchnorm: bool = True,
 ) -> Path:
     """Write ``module`` as an ONNX file with a dynamic batch axis.
 
@@ -33,6 +38,10 @@ def export_onnx(
         input_shape: (C, H, W) of one sample.
         path: where to write; parent folders are created.
         opset: ONNX opset version.
+        fold_batchnorm: let the exporter fold eval-mode BatchNorm into the preceding conv (the
+            default, fastest graph). ``False`` keeps BatchNormalization nodes, so the conv
+            weights are written exactly as they are in torch: weight coding needs that, since
+            folding scales every output channel and breaks the shared values.
 
     Returns:
         The path written.
@@ -56,6 +65,13 @@ def export_onnx(
                 export_params=True,
                 opset_version=opset,
                 do_constant_folding=True,
+                # PRESERVE exports the eval-mode module as is, without the eval-mode peephole
+                # pass that fuses Conv+BatchNorm.
+                training=(
+                    torch.onnx.TrainingMode.EVAL
+                    if fold_batchnorm
+                    else torch.onnx.TrainingMode.PRESERVE
+                ),
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
