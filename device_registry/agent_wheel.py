@@ -1,7 +1,8 @@
 """Build the agent's wheel in pure Python: the agent and the latency harness, nothing else.
 
 The wheel holds ``device_registry/__init__.py``, ``device_registry/agent/*.py``,
-``compression/__init__.py`` and ``compression/latency.py``; it depends on onnxruntime, numpy and
+``compression/__init__.py``, ``compression/latency.py`` and ``compression/container.py`` (the
+numpy-only decoder of compressed containers); it depends on onnxruntime, numpy and
 websockets only, and installs the ``edgeslim-agent`` console script. Neither package's
 ``__init__`` imports anything, so neither Django nor torch is needed on the device.
 """
@@ -34,6 +35,7 @@ def agent_source_files() -> list[tuple[str, Path]]:
         ("device_registry/__init__.py", ROOT / "device_registry" / "__init__.py"),
         ("compression/__init__.py", ROOT / "compression" / "__init__.py"),
         ("compression/latency.py", ROOT / "compression" / "latency.py"),
+        ("compression/container.py", ROOT / "compression" / "container.py"),
     ]
     for path in sorted((ROOT / "device_registry" / "agent").glob("*.py")):
         files.append((f"device_registry/agent/{path.name}", path))

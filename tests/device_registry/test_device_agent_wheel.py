@@ -19,11 +19,14 @@ def test_the_wheel_holds_only_the_agent_and_the_latency_harness(tmp_path):
     names = zipfile.ZipFile(path).namelist()
     code = sorted(n for n in names if n.endswith(".py"))
     assert "compression/latency.py" in code and "device_registry/agent/cli.py" in code
-    assert all(
-        n.startswith("device_registry/agent/")
-        or n in ("device_registry/__init__.py", "compression/__init__.py", "compression/latency.py")
-        for n in code
+    assert "compression/container.py" in code  # the agent decodes compressed containers
+    shipped = (
+        "device_registry/__init__.py",
+        "compression/__init__.py",
+        "compression/latency.py",
+        "compression/container.py",
     )
+    assert all(n.startswith("device_registry/agent/") or n in shipped for n in code)
     meta = zipfile.ZipFile(path).read(
         f"edgeslim_agent-{path.name.split('-')[1]}.dist-info/METADATA"
     )
@@ -49,8 +52,14 @@ def test_it_installs_in_a_clean_venv_and_runs(tmp_path):
     assert "enroll" in help_text and "run" in help_text
     probe = subprocess.run(
         [str(venv / "bin" / "python"), "-c",
-         "import importlib.util as u, device_registry.agent.connection, compression.latency;"
+         "import importlib.util as u, device_registry.agent.connection, compression.latency,"
+         " compression.container;"
          "print(u.find_spec('django'), u.find_spec('torch'))"],
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert probe.stdout.strip() == "None None"
+    onnx_probe = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import importlib.util as u; print(u.find_spec('onnx'))"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert onnx_probe.stdout.strip() == "None"  # the decoder needs no onnx package
