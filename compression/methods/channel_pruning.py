@@ -6,15 +6,28 @@ flatten into the classifier). With ``importance: bn_scale`` this is network slim
 2017, "Learning Efficient Convolutional Networks through Network Slimming"; seed 000's "Std
 Prune"): sparsity training with an L1 penalty on the BatchNorm scales drives unimportant
 channels' gamma towards zero, the smallest are pruned, and the slim network is fine-tuned.
+
+``iterative_steps`` > 1 reaches the target in several prune-and-fine-tune steps on a geometric
+schedule (each step removes the same *factor* of MACs), re-ranking channels on the partly
+recovered network before every step; the fine-tuning epochs are split across the steps so the
+total training budget does not change. ``importance: dynamic`` (seed 003) mixes |BN gamma| with
+a channel-independence score measured on ``val`` and re-weighs the two at every step.
+``recovery_distillation`` fine-tunes against the unpruned model's soft targets.
+
+:func:`prune_and_finetune` is the loop; ``statistics_pruning`` runs it with its own importance.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
+import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -25,16 +38,16 @@ from compression.methods._common import (
     classifier_layer,
     example_input,
     finish,
-    history_metrics,
     layer_kind,
     prunable_layers,
     torch_module,
 )
+from compression.methods.importances import DynamicImportance
 from compression.metrics import count_params
 from compression.model_facts import ModelFacts
 from compression.registry import param, register_method
 from compression.stage import LayerChange, StageContext, StageResult
-from compression.training import train
+from compression.training import cross_entropy_loss, evaluate, train
 
 # With a MAC target the pruner removes channels in this many small global steps until the target
 # is met; finer steps overshoot less, each step costs one graph walk and one MAC count. The last
@@ -44,13 +57,24 @@ _MAC_SEARCH_STEPS = 100
 # The largest global fraction of channels a gamma threshold may remove; max_layer_ratio still
 # caps every single layer.
 _MAC_SEARCH_CEILING = 0.95
+# Recovery distillation: Hinton's temperature, and the gradient-norm clip distillation uses
+# (a confident teacher's soft targets can throw a freshly pruned student off in its first steps).
+_KD_TEMPERATURE = 4.0
+_KD_MAX_GRAD_NORM = 5.0
+# Dynamic importance: val batches (of 64) for the independence statistics, train batches for the
+# BatchNorm re-estimation before a candidate is scored, and the first step's weight offset
+# (halved every step: a coarse-to-fine search over alpha).
+_CALIBRATION_BATCHES = 2
+_BN_RECALIBRATION_BATCHES = 8
+_FIRST_WEIGHT_STEP = 0.5
 
 
 @dataclass(frozen=True)
 class ChannelPruningConfig:
-    importance: Literal["bn_scale", "l1", "l2"] = param(
+    importance: Literal["bn_scale", "l1", "l2", "dynamic"] = param(
         "bn_scale",
-        help="channel score: |BN gamma| (network slimming), or L1 / L2 norm of the filters",
+        help="channel score: |BN gamma| (network slimming), L1 / L2 norm of the filters, or "
+        "dynamic (|BN gamma| mixed with channel independence on val, re-weighed every step)",
     )
     ratio: float = param(
         0.5,
@@ -97,7 +121,33 @@ class ChannelPruningConfig:
     sparsity_epochs: int = param(
         5, help="bn_scale only: sparsity-training epochs before pruning", ge=0, le=1000
     )
-    finetune_epochs: int = param(5, help="fine-tuning epochs after pruning", ge=0, le=1000)
+    finetune_epochs: int = param(
+        5,
+        help="fine-tuning epochs after pruning, split across the iterative steps",
+        ge=0,
+        le=1000,
+    )
+    iterative_steps: int = param(
+        1,
+        help="prune in this many steps (each removes the same factor of MACs), fine-tuning "
+        "and re-ranking in between; 1 prunes once",
+        ge=1,
+        le=20,
+    )
+    dynamic_weight: float = param(
+        0.5,
+        help="dynamic only: starting weight of |BN gamma| against channel independence; "
+        "every step tries it and its neighbours and keeps the best on val",
+        ge=0.0,
+        le=1.0,
+    )
+    recovery_distillation: float = param(
+        0.0,
+        help="weight of a soft-target loss (T=4) from the unpruned model while fine-tuning; "
+        "1 - weight stays on the labels (0: off)",
+        ge=0.0,
+        le=1.0,
+    )
     lr: float = param(0.01, help="peak learning rate of each training phase", gt=0.0, le=10.0)
     batch_size: int = param(64, help="training batch size", ge=1, le=4096)
     optimizer: Literal["sgd", "adam"] = param("sgd", help="SGD with Nesterov momentum, or AdamW")
@@ -110,6 +160,37 @@ class ChannelPruningConfig:
             raise ConfigError(
                 "config.threshold", "set either threshold or target_mac_reduction, not both"
             )
+
+
+class PruneSettings(Protocol):
+    """What :func:`prune_and_finetune` reads from a pruning method's config."""
+
+    @property
+    def ratio(self) -> float: ...
+    @property
+    def target_mac_reduction(self) -> float | None: ...
+    @property
+    def allow_mac_shortfall(self) -> bool: ...
+    @property
+    def global_pruning(self) -> bool: ...
+    @property
+    def max_layer_ratio(self) -> float: ...
+    @property
+    def round_to(self) -> int: ...
+    @property
+    def finetune_epochs(self) -> int: ...
+    @property
+    def iterative_steps(self) -> int: ...
+    @property
+    def recovery_distillation(self) -> float: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def optimizer(self) -> Literal["sgd", "adam"]: ...
+    @property
+    def weight_decay(self) -> float: ...
 
 
 def _importance(name: str) -> Any:
@@ -143,6 +224,44 @@ def _ratio_from_threshold(module: nn.Module, threshold: float) -> float:
     return float((gammas < threshold).float().mean())
 
 
+# --- schedules ---------------------------------------------------------------------------------
+
+
+def mac_schedule(target: float, steps: int) -> list[float]:
+    """The MAC reduction each step reaches: ``target ** (k / steps)``, geometric, ending at it.
+
+    Every step removes the same factor of the MACs still there (e.g. 16x in 4 steps: 2x, 4x,
+    8x, 16x), so early steps, which damage a full network, are as gentle as later ones.
+    """
+    return [target ** (k / steps) for k in range(1, steps + 1)]
+
+
+def ratio_schedule(ratio: float, steps: int) -> list[float]:
+    """The cumulative fraction of channels removed after each step: each step keeps the same
+    fraction of the channels still there, ``1 - (1 - ratio) ** (k / steps)``."""
+    return [1.0 - (1.0 - ratio) ** (k / steps) for k in range(1, steps + 1)]
+
+
+def split_batches(total: int, steps: int) -> list[int]:
+    """How many fine-tuning batches follow each prune step; they add up to ``total``.
+
+    The last step, whose network is the one delivered, gets half the budget (all of it for
+    one step, an equal share when there are two); the earlier steps share the other half
+    equally, only enough to recover before the next ranking.
+    """
+    if steps <= 1:
+        return [total]
+    last = max(math.ceil(total / steps), math.ceil(total / 2))
+    rest = total - last
+    shares = [rest // (steps - 1)] * (steps - 1)
+    for i in range(rest - sum(shares)):
+        shares[-1 - i] += 1
+    return [*shares, last]
+
+
+# --- the pruner --------------------------------------------------------------------------------
+
+
 @dataclass
 class _Candidate:
     module: nn.Module
@@ -161,6 +280,11 @@ class _SlimPruner:
     untouched or, with a looser cap, collapsed. Here every layer keeps a floor of
     ``ceil((1 - max_layer_ratio) * initial)`` channels (rounded up to ``round_to``) and the
     channels it may not give up are handed to the next-weakest layers instead.
+
+    ``initial`` (layer name -> channel count) carries the unpruned counts over to a pruner built
+    on a copy of a partly pruned network, so floors and fractions stay relative to the original.
+    An importance with a ``prepare(module)`` method (e.g. one measuring activations) is
+    prepared before every scoring.
     """
 
     def __init__(
@@ -173,16 +297,20 @@ class _SlimPruner:
         global_pruning: bool,
         max_layer_ratio: float,
         round_to: int,
+        initial: dict[str, int] | None = None,
     ) -> None:
+        self.module = module
         self.dg = tp.DependencyGraph().build_dependency(module, example_inputs=example)
         self.importance = importance
         self.ignored = ignored
         self.global_pruning = global_pruning
         self.max_layer_ratio = max_layer_ratio
         self.round_to = round_to
-        self.initial: dict[nn.Module, int] = {}
-        for c in self._candidates():
-            self.initial[c.module] = len(c.scores)
+        self.names = {m: n for n, m in module.named_modules()}
+        self.initial: dict[str, int] = dict(initial or {})
+        if initial is None:
+            for c in self._candidates():
+                self.initial[self.names[c.module]] = len(c.scores)
 
     def _groups(self) -> list[Any]:
         groups = []
@@ -200,6 +328,9 @@ class _SlimPruner:
         return groups
 
     def _candidates(self) -> list[_Candidate]:
+        prepare = getattr(self.importance, "prepare", None)
+        if callable(prepare):
+            prepare(self.module)
         out = []
         for g in self._groups():
             dep, _ = g[0]
@@ -207,7 +338,7 @@ class _SlimPruner:
             if scores is None:
                 continue
             current = len(scores)
-            initial = self.initial.get(dep.target.module, current)
+            initial = self.initial.get(self.names.get(dep.target.module, ""), current)
             floor = max(1, math.ceil(initial * (1.0 - self.max_layer_ratio) - 1e-9))
             floor = min(current, math.ceil(floor / self.round_to) * self.round_to)
             out.append(
@@ -266,11 +397,367 @@ def _snapshot(module: nn.Module) -> dict[str, tuple[str, int, int]]:
     return out
 
 
+# --- recovery distillation ---------------------------------------------------------------------
+
+
+def recovery_kd_loss(
+    teacher: nn.Module, weight: float, temperature: float = _KD_TEMPERATURE
+) -> Any:
+    """A training loss: ``weight * T^2 * KL(teacher_T || student_T) + (1 - weight) * CE``.
+
+    Hinton et al.'s soft targets from the unpruned network (self-distillation): the pruned
+    student re-learns the full model's dark knowledge, not only the labels, which recovers
+    accuracy at high pruning ratios with the same epochs. ``T^2`` keeps the soft term's gradient
+    on the label loss's scale.
+    """
+
+    def loss(
+        module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            t_logits = teacher(inputs)
+        logits = module(inputs)
+        log_p_s = F.log_softmax(logits.float() / temperature, dim=1)
+        log_p_t = F.log_softmax(t_logits.float() / temperature, dim=1)
+        soft = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+        total = weight * soft * temperature**2
+        if weight < 1.0:
+            total = total + (1.0 - weight) * F.cross_entropy(logits.float(), targets)
+        return total, logits
+
+    return loss
+
+
+def _clip_grads(max_norm: float) -> Callable[[nn.Module], None]:
+    def hook(module: nn.Module) -> None:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+
+    return hook
+
+
+# --- dynamic weighting -------------------------------------------------------------------------
+
+
+def _val_inputs(ctx: StageContext, n_batches: int) -> Iterator[torch.Tensor]:
+    for i, (x, _y) in enumerate(ctx.data.val_loader(batch_size=64)):
+        if i >= n_batches:
+            break
+        yield x
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(module: nn.Module, ctx: StageContext, n_batches: int) -> None:
+    """Re-estimate BatchNorm running statistics on a few training batches (no weight change).
+
+    Removing channels shifts every later layer's input distribution; scoring a just-pruned
+    candidate with the old running statistics would measure that mismatch, not the ranking.
+    """
+    bns = [m for m in module.modules() if isinstance(m, _BatchNorm)]
+    if not bns:
+        return
+    saved = [(bn, bn.momentum) for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches below
+    device = next(iter(module.parameters())).device
+    was_training = module.training
+    module.train()
+    loader = ctx.data.train_loader(64, seed=ctx.seed, shuffle=True)
+    for i, (x, _y) in enumerate(loader):
+        if i >= n_batches:
+            break
+        module(x.to(device))
+    module.train(was_training)
+    for bn, momentum in saved:
+        bn.momentum = momentum
+
+
+def _val_loss_and_acc(module: nn.Module, ctx: StageContext) -> tuple[float, float]:
+    acc = evaluate(module, ctx.data.val_loader(), ctx.device, check_cancel=ctx.check_cancel)
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for x, y in ctx.data.val_loader():
+            logits = module(x.to(ctx.device))
+            total += float(F.cross_entropy(logits.float(), y.to(ctx.device), reduction="sum"))
+            n += len(y)
+    return acc, total / max(n, 1)
+
+
+def weight_candidates(alpha: float, step: int) -> list[float]:
+    """The weights tried at prune step ``step`` (1-based): ``alpha`` and ``alpha +- d``,
+    ``d = 0.5 / 2 ** (step - 1)``, clipped to [0, 1], current weight first."""
+    d = _FIRST_WEIGHT_STEP / 2 ** (step - 1)
+    out = [alpha]
+    for a in (alpha - d, alpha + d):
+        a = min(1.0, max(0.0, a))
+        if all(abs(a - b) > 1e-9 for b in out):
+            out.append(a)
+    return out
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+@dataclass
+class PruneOutcome:
+    module: nn.Module
+    history: list[dict[str, float]]
+    metrics: dict[str, float]
+
+
+class _Search:
+    """The MAC search of one network: cumulative sub-steps of ``1 / _MAC_SEARCH_STEPS``."""
+
+    def __init__(self, pruner: _SlimPruner, shape: tuple[int, int, int], macs_before: int) -> None:
+        self.pruner = pruner
+        self.shape = shape
+        self.macs_before = macs_before
+        self.sub_step = 0
+
+    def reached(self) -> float:
+        return self.macs_before / max(count_macs(self.pruner.module, self.shape), 1)
+
+    def to_target(self, target: float, check_cancel: Callable[[], None]) -> float:
+        reached = self.reached()
+        while reached < target and self.sub_step < _MAC_SEARCH_STEPS:
+            check_cancel()
+            self.sub_step += 1
+            self.pruner.prune_to(self.sub_step / _MAC_SEARCH_STEPS)
+            reached = self.reached()
+        return reached
+
+
+def prune_and_finetune(
+    ctx: StageContext,
+    module: nn.Module,
+    cfg: PruneSettings,
+    make_importance: Callable[[float], Any],
+    *,
+    ratio: float,
+    macs_before: int,
+    teacher: nn.Module | None,
+    progress: tuple[float, float],
+    epoch_offset: float = 0.0,
+    dynamic_weight: float | None = None,
+) -> PruneOutcome:
+    """Prune ``module`` to the target in ``cfg.iterative_steps`` steps, fine-tuning after each.
+
+    Each step first re-ranks channels on the current network (a fresh importance call), prunes
+    to the step's point of :func:`mac_schedule` (or :func:`ratio_schedule` without a MAC
+    target), then fine-tunes its share of the budget (:func:`split_batches`, total
+    ``cfg.finetune_epochs`` epochs). With ``dynamic_weight`` set, ``make_importance(alpha)`` is
+    tried for every weight of :func:`weight_candidates` on a copy, each copy's BatchNorm
+    statistics re-estimated, and the one with the best ``val`` accuracy (then loss) is kept, its
+    weight becoming the next step's centre. Among the networks that meet the target (the
+    last step's, or an earlier one that overshot it), the epoch with the best ``val`` accuracy
+    is returned; the test split is never looked at.
+    """
+    shape = ctx.model.input_shape
+    ignored = _ignored(module, ctx.model.num_classes)
+    example = example_input(ctx, module)
+    steps = cfg.iterative_steps
+    target = cfg.target_mac_reduction
+    plan = mac_schedule(target, steps) if target is not None else ratio_schedule(ratio, steps)
+
+    def new_pruner(m: nn.Module, alpha: float, initial: dict[str, int] | None) -> _SlimPruner:
+        return _SlimPruner(
+            m,
+            example_input(ctx, m),
+            importance=make_importance(alpha),
+            ignored=_ignored(m, ctx.model.num_classes),
+            global_pruning=cfg.global_pruning,
+            max_layer_ratio=cfg.max_layer_ratio,
+            round_to=cfg.round_to,
+            initial=initial,
+        )
+
+    alpha = dynamic_weight if dynamic_weight is not None else 0.0
+    search = _Search(
+        _SlimPruner(
+            module,
+            example,
+            importance=make_importance(alpha),
+            ignored=ignored,
+            global_pruning=cfg.global_pruning,
+            max_layer_ratio=cfg.max_layer_ratio,
+            round_to=cfg.round_to,
+        ),
+        shape,
+        macs_before,
+    )
+    steps_per_epoch = len(ctx.data.train_loader(cfg.batch_size, seed=ctx.seed, shuffle=True))
+    shares = split_batches(cfg.finetune_epochs * steps_per_epoch, steps)
+    start, end = progress
+    budget = max(1, sum(shares))
+    done = 0
+    loss_fn = cross_entropy_loss
+    after_backward = None
+    if teacher is not None and cfg.recovery_distillation > 0:
+        teacher.to(ctx.device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        loss_fn = recovery_kd_loss(teacher, cfg.recovery_distillation)
+        after_backward = _clip_grads(_KD_MAX_GRAD_NORM)
+
+    history: list[dict[str, float]] = []
+    metrics: dict[str, float] = {}
+    keeper = _BestOnVal()
+    reached = 1.0
+    for k, point in enumerate(plan, start=1):
+        ctx.check_cancel()
+        module.eval()
+        if dynamic_weight is not None:
+            tried: list[tuple[float, float, float, float, _Search]] = []
+            for a in weight_candidates(alpha, k):
+                m = copy.deepcopy(search.pruner.module)
+                s = _Search(new_pruner(m, a, search.pruner.initial), shape, macs_before)
+                s.sub_step = search.sub_step
+                _advance(s, point, target, ctx)
+                recalibrate_batchnorm(m, ctx, _BN_RECALIBRATION_BATCHES)
+                acc, loss = _val_loss_and_acc(m, ctx)
+                tried.append((acc, -loss, -abs(a - alpha), a, s))
+                ctx.report(
+                    start + (end - start) * done / budget,
+                    f"step {k}/{steps}: weight {a:.3f} on |gamma| -> val acc {acc:.2f}% "
+                    "before fine-tuning",
+                    {},
+                )
+            win = max(tried, key=lambda t: t[:3])
+            alpha, search = win[3], win[4]
+            module = search.pruner.module
+            metrics[f"step{k}_dynamic_weight"] = alpha
+        else:
+            _advance(search, point, target, ctx)
+        reached = search.reached()
+        msg = f"step {k}/{steps}: MACs {macs_before / 1e6:.1f}M -> "
+        msg += f"{macs_before / reached / 1e6:.1f}M ({reached:.2f}x fewer)"
+        ctx.report(start + (end - start) * done / budget, msg, {"mac_reduction": reached})
+        if target is not None and reached < point and not cfg.allow_mac_shortfall:
+            # Every layer is at its floor: later steps cannot do better, so fail before the
+            # epochs are spent on a network the recipe rejects.
+            raise MacTargetError(
+                reached,
+                target,
+                f"every layer is at its floor (max_layer_ratio {cfg.max_layer_ratio:g}, "
+                f"round_to {cfg.round_to}; the classifier and grouped convs are never pruned): "
+                "raise max_layer_ratio, lower round_to or the target",
+            )
+        eligible = k == steps or (target is not None and reached >= target)
+        n = shares[k - 1]
+        if n > 0:
+            epochs = max(1, n // steps_per_epoch)
+            per_epoch = math.ceil(n / epochs)
+            base_epoch = epoch_offset + done / steps_per_epoch
+
+            tap = _EpochTap(
+                ctx.report,
+                keeper,
+                module,
+                label=f"step {k}/{steps} ",
+                base_epoch=base_epoch,
+                scale=per_epoch / steps_per_epoch,
+                eligible=eligible,
+            )
+            step_ctx = dataclasses.replace(ctx, seed=ctx.seed + 7919 * (k - 1), report=tap)
+            rows = train(
+                module,
+                ctx.data,
+                step_ctx,
+                epochs=epochs,
+                lr=cfg.lr,
+                batch_size=cfg.batch_size,
+                optimizer=cfg.optimizer,
+                weight_decay=cfg.weight_decay,
+                loss_fn=loss_fn,
+                after_backward=after_backward,
+                progress=(
+                    start + (end - start) * done / budget,
+                    start + (end - start) * (done + n) / budget,
+                ),
+                label="fine-tuning",
+                max_batches_per_epoch=per_epoch if per_epoch < steps_per_epoch else None,
+            )
+            for row in rows:
+                row["epoch"] = base_epoch + row["epoch"] * per_epoch / steps_per_epoch
+            history += rows
+            done += n
+    if keeper.best is not None:
+        val_acc, chosen, epoch = keeper.best
+        module = chosen
+        metrics["val_acc"] = val_acc
+        metrics["selected_epoch"] = epoch
+        ctx.report(end, f"kept the epoch with the best val accuracy ({val_acc:.2f}%)", {})
+    if dynamic_weight is not None:
+        metrics["dynamic_weight"] = alpha
+    metrics["mac_reduction"] = macs_before / max(count_macs(module, shape), 1)
+    return PruneOutcome(module=module, history=history, metrics=metrics)
+
+
+class _BestOnVal:
+    """The best network so far by val accuracy: (val acc, a copy of the network, epoch)."""
+
+    def __init__(self) -> None:
+        self.best: tuple[float, nn.Module, float] | None = None
+
+    def offer(self, val_acc: float, module: nn.Module, epoch: float) -> None:
+        if self.best is None or val_acc > self.best[0]:
+            self.best = (val_acc, copy.deepcopy(module), epoch)
+
+
+class _EpochTap:
+    """A ``ctx.report`` for one step's ``train``: numbers its epochs on the stage's epoch axis
+    and offers every epoch's network (evaluated on val just before the call) to the keeper."""
+
+    def __init__(
+        self,
+        report: Callable[[float, str, dict[str, Any]], None],
+        keeper: _BestOnVal,
+        module: nn.Module,
+        *,
+        label: str,
+        base_epoch: float,
+        scale: float,
+        eligible: bool,
+    ) -> None:
+        self.report = report
+        self.keeper = keeper
+        self.module = module
+        self.label = label
+        self.base_epoch = base_epoch
+        self.scale = scale
+        self.eligible = eligible
+
+    def __call__(self, frac: float, message: str, row: dict[str, Any]) -> None:
+        if "val_acc" in row and "epoch" in row:
+            row = dict(row)
+            row["epoch"] = self.base_epoch + float(row["epoch"]) * self.scale
+            if self.eligible:
+                self.keeper.offer(float(row["val_acc"]), self.module, row["epoch"])
+        self.report(frac, self.label + message, row)
+
+
+def _ignored(module: nn.Module, num_classes: int) -> list[nn.Module]:
+    # Never remove class logits: the classifier's outputs are the task's contract.
+    classifier = classifier_layer(module, num_classes)
+    return [classifier] if classifier is not None else []
+
+
+def _advance(search: _Search, point: float, target: float | None, ctx: StageContext) -> None:
+    if target is not None:
+        search.to_target(point, ctx.check_cancel)
+    else:
+        search.pruner.prune_to(point)
+
+
+# --- the method --------------------------------------------------------------------------------
+
+
 @register_method(
     "channel_pruning",
     config=ChannelPruningConfig,
-    summary="Remove whole channels (network slimming on BN scales, or L1/L2 filter norms) "
-    "with Torch-Pruning's DependencyGraph, then fine-tune.",
+    summary="Remove whole channels (network slimming on BN scales, L1/L2 filter norms, or a "
+    "dynamic mix of BN scales and channel independence) with Torch-Pruning's DependencyGraph, "
+    "in one or several prune-and-fine-tune steps.",
     inputs=("torch",),
     tasks=("classification",),
     check_model=lambda facts, cfg: check_model(facts, cfg),  # defined at the end of the file
@@ -279,23 +766,14 @@ def run(ctx: StageContext, cfg: ChannelPruningConfig) -> StageResult:
     """Slim ``ctx.model``: optional sparsity training, physical channel removal, fine-tuning."""
     module = torch_module(ctx, "channel_pruning")
     module.to(ctx.device)
-    if cfg.importance == "bn_scale" and not _bn_layers(module):
+    if cfg.importance in ("bn_scale", "dynamic") and not _bn_layers(module):
         raise StageScopeError(
-            "channel_pruning with importance bn_scale needs BatchNorm layers; "
-            "this model has none, use importance l1 or l2"
+            f"channel_pruning with importance {cfg.importance} needs BatchNorm layers; "
+            "this model has none, use importance l1 or l2, or statistics_pruning"
         )
-    classifier = classifier_layer(module, ctx.model.num_classes)
-    # Never remove class logits: the classifier's outputs are the task's contract.
-    ignored: list[nn.Module] = [classifier] if classifier is not None else []
-    example = example_input(ctx, module)
-    macs_before = count_macs(module, ctx.model.input_shape)
-    params_before = count_params(module)
-    before = _snapshot(module)
-
-    train_epochs = cfg.finetune_epochs
+    teacher = copy.deepcopy(module) if cfg.recovery_distillation > 0 else None
     sparsity_epochs = cfg.sparsity_epochs if cfg.importance == "bn_scale" else 0
-    total = max(1, sparsity_epochs + train_epochs)
-    split = sparsity_epochs / total
+    split = sparsity_epochs / max(1, sparsity_epochs + cfg.finetune_epochs)
     history: list[dict[str, float]] = []
     if sparsity_epochs > 0:
         history += train(
@@ -312,77 +790,95 @@ def run(ctx: StageContext, cfg: ChannelPruningConfig) -> StageResult:
             label="sparsity training",
         )
         module.to(ctx.device)
-        example = example.to(ctx.device)
-
     ctx.check_cancel()
     module.eval()
     ratio = cfg.ratio
     if cfg.threshold is not None:
         ratio = min(_ratio_from_threshold(module, cfg.threshold), _MAC_SEARCH_CEILING)
-    pruner = _SlimPruner(
+
+    def make_importance(alpha: float) -> Any:
+        if cfg.importance == "dynamic":
+            return DynamicImportance(
+                lambda: _val_inputs(ctx, _CALIBRATION_BATCHES), alpha=alpha, seed=ctx.seed
+            )
+        return _importance(cfg.importance)
+
+    result = run_pruning(
+        ctx,
         module,
-        example,
-        importance=_importance(cfg.importance),
-        ignored=ignored,
-        global_pruning=cfg.global_pruning,
-        max_layer_ratio=cfg.max_layer_ratio,
-        round_to=cfg.round_to,
+        cfg,
+        make_importance,
+        ratio=ratio,
+        teacher=teacher,
+        history=history,
+        progress_start=split,
+        dynamic_weight=cfg.dynamic_weight if cfg.importance == "dynamic" else None,
     )
-    if cfg.target_mac_reduction is not None:
-        for step in range(1, _MAC_SEARCH_STEPS + 1):
-            ctx.check_cancel()
-            pruner.prune_to(step / _MAC_SEARCH_STEPS)
-            macs = count_macs(module, ctx.model.input_shape)
-            if macs_before / max(macs, 1) >= cfg.target_mac_reduction:
-                break
-    else:
-        pruner.prune_to(ratio)
-    del pruner  # it holds the dependency graph and hooks into the module
-    macs_pruned = count_macs(module, ctx.model.input_shape)
-    params_pruned = count_params(module)
-    reached = macs_before / max(macs_pruned, 1)
-    pruned_metrics = {
+    if cfg.target_mac_reduction is None:
+        result.metrics["channel_ratio"] = ratio
+    return result
+
+
+def run_pruning(
+    ctx: StageContext,
+    module: nn.Module,
+    cfg: PruneSettings,
+    make_importance: Callable[[float], Any],
+    *,
+    ratio: float,
+    teacher: nn.Module | None,
+    history: list[dict[str, float]],
+    progress_start: float = 0.0,
+    dynamic_weight: float | None = None,
+) -> StageResult:
+    """Everything after the optional sparsity training: prune, fine-tune, report per layer.
+
+    Shared by ``channel_pruning`` and ``statistics_pruning`` (which differ only in the
+    importance); the metrics are those of :func:`prune_and_finetune` plus MACs and parameters
+    before and after.
+    """
+    # Counted on the network as the stage received it (sparsity training changes no shape).
+    macs_before = count_macs(module, ctx.model.input_shape)
+    params_before = count_params(module)
+    before = _snapshot(module)
+    epoch_offset = float(len(history))
+    outcome = prune_and_finetune(
+        ctx,
+        module,
+        cfg,
+        make_importance,
+        ratio=ratio,
+        macs_before=macs_before,
+        teacher=teacher,
+        progress=(progress_start, 1.0),
+        epoch_offset=epoch_offset,
+        dynamic_weight=dynamic_weight,
+    )
+    module = outcome.module
+    history += outcome.history
+    macs_after = count_macs(module, ctx.model.input_shape)
+    reached = macs_before / max(macs_after, 1)
+    metrics: dict[str, float] = {
         "macs_before": float(macs_before),
-        "macs_after": float(macs_pruned),
+        "macs_after": float(macs_after),
         "mac_reduction": reached,
+        "params_before": float(params_before),
+        "params_after": float(count_params(module)),
+        "iterative_steps": float(cfg.iterative_steps),
     }
     if cfg.target_mac_reduction is not None:
-        pruned_metrics["target_mac_reduction"] = cfg.target_mac_reduction
-    ctx.report(
-        split,
-        f"pruned: MACs {macs_before / 1e6:.1f}M -> {macs_pruned / 1e6:.1f}M ({reached:.2f}x fewer)",
-        pruned_metrics,
-    )
-    if cfg.target_mac_reduction is not None and reached < cfg.target_mac_reduction:
-        if not cfg.allow_mac_shortfall:
-            # Fail before fine-tuning: the epochs would be spent on a model the recipe rejects.
-            raise MacTargetError(
-                reached,
-                cfg.target_mac_reduction,
-                f"every layer is at its floor (max_layer_ratio {cfg.max_layer_ratio:g}, "
-                f"round_to {cfg.round_to}; the classifier and grouped convs are never pruned): "
-                "raise max_layer_ratio, lower round_to or the target",
+        metrics["target_mac_reduction"] = cfg.target_mac_reduction
+        if reached < cfg.target_mac_reduction:
+            ctx.report(
+                1.0,
+                f"MAC target {cfg.target_mac_reduction:.2f}x not reached ({reached:.2f}x); "
+                "allow_mac_shortfall accepts it",
+                {},
             )
-        ctx.report(
-            split,
-            f"MAC target {cfg.target_mac_reduction:.2f}x not reached ({reached:.2f}x); "
-            "allow_mac_shortfall accepts it",
-            pruned_metrics,
-        )
-
-    history += train(
-        module,
-        ctx.data,
-        ctx,
-        epochs=train_epochs,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        optimizer=cfg.optimizer,
-        weight_decay=cfg.weight_decay,
-        progress=(split, 1.0),
-        label="fine-tuning",
-    )
-
+    if history:
+        metrics["val_acc"] = history[-1]["val_acc"]
+    metrics.update(outcome.metrics)
+    metrics["mac_reduction"] = reached
     after = _snapshot(module)
     layers = [
         LayerChange(
@@ -395,23 +891,22 @@ def run(ctx: StageContext, cfg: ChannelPruningConfig) -> StageResult:
         )
         for name, (kind, ch, n) in before.items()
     ]
-    metrics = {
-        **pruned_metrics,
-        "params_before": float(params_before),
-        "params_after": float(params_pruned),
-        **history_metrics(history),
-    }
-    if cfg.target_mac_reduction is None:
-        metrics["channel_ratio"] = ratio
     ctx.model.module = finish(module)
     return StageResult(model=ctx.model, metrics=metrics, layers=layers, history=history)
 
 
 def check_model(facts: ModelFacts, cfg: ChannelPruningConfig) -> None:
-    """Refuse BN-scale importance on a model without BatchNorm before anything runs."""
+    """Refuse BatchNorm-based importances on a model without BatchNorm before anything runs."""
     if cfg.importance == "bn_scale" and facts.has_batchnorm is False:
         raise ConfigError(
             "config.importance",
             f"importance bn_scale ranks channels by their BatchNorm scales, but {facts.label} "
             "has no BatchNorm layers; use importance l1 or l2 (filter norms) instead",
+        )
+    if cfg.importance == "dynamic" and facts.has_batchnorm is False:
+        raise ConfigError(
+            "config.importance",
+            f"importance dynamic mixes BatchNorm scales with channel independence, but "
+            f"{facts.label} has no BatchNorm layers; use importance l1 or l2 (filter norms), "
+            "or the statistics_pruning method (filter mean and variance) instead",
         )
