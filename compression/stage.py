@@ -43,7 +43,8 @@ class ModelState:
 
 @dataclass(frozen=True)
 class LayerChange:
-    """One layer before and after a stage: channels for structured methods, sparsity otherwise."""
+    """One layer before and after a stage: channels for structured methods, sparsity otherwise,
+    MACs where the layer's cost changed shape (a conv swapped for a lightweight block)."""
 
     name: str
     kind: str  # "conv", "linear", ...
@@ -53,6 +54,8 @@ class LayerChange:
     params_after: int | None = None
     sparsity_before: float | None = None
     sparsity_after: float | None = None
+    macs_before: int | None = None  # one sample's multiply-accumulates in this layer
+    macs_after: int | None = None
 
 
 ProgressFn = Callable[[float, str, dict[str, Any]], None]

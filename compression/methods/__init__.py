@@ -1,6 +1,7 @@
 """The built-in compression methods; importing this package registers every one of them."""
 
 from compression.methods import (  # noqa: F401  (imported for their registration side effect)
+    backbone_swap,
     channel_pruning,
     distillation,
     finetune,
