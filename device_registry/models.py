@@ -90,6 +90,18 @@ class DeployableArtifact(OrgScopedModel):
     file = models.FileField(upload_to="device_artifacts/%Y/%m/")
     sha256 = models.CharField(max_length=64)
     size = models.BigIntegerField()
+    format = models.CharField(
+        max_length=16,
+        choices=[("onnx", "ONNX"), ("container", "Compressed container")],
+        default="onnx",
+        help_text="A plain ONNX file, or an EdgeSlim compressed container the agent decodes into "
+        "an ONNX before it benchmarks it (docs/container-format.md).",
+    )
+    decoded_size = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="For a container: the bytes of the ONNX it decodes to (model.onnx + weights.bin).",
+    )
     eval_file = models.FileField(upload_to="device_artifacts/eval/%Y/%m/", null=True, blank=True)
     eval_sha256 = models.CharField(max_length=64, blank=True)
     eval_size = models.BigIntegerField(null=True, blank=True)
@@ -120,6 +132,10 @@ class DeployableArtifact(OrgScopedModel):
     @property
     def has_eval_set(self) -> bool:
         return bool(self.eval_file)
+
+    @property
+    def is_container(self) -> bool:
+        return self.format == "container"
 
 
 class TargetKind(models.TextChoices):

@@ -142,6 +142,19 @@ def deployment_results(
     return qs.order_by("deployment_id", "device__name", "seq")
 
 
+def decode_by_device(results: QuerySet[DeploymentResult]) -> dict[int, dict[str, Any]]:
+    """What decoding a compressed container cost on each device (from its first latency result):
+    ``decode_ms``, ``decode_peak_rss_mb``, ``container_bytes`` and ``onnx_bytes``."""
+    out: dict[int, dict[str, Any]] = {}
+    for r in results:
+        if r.kind == "latency" and r.device_id not in out and "decode_ms" in r.payload:
+            out[r.device_id] = {
+                key: r.payload.get(key)
+                for key in ("decode_ms", "decode_peak_rss_mb", "container_bytes", "onnx_bytes")
+            }
+    return out
+
+
 def latency_table(results: QuerySet[DeploymentResult]) -> list[dict[str, Any]]:
     """One row per latency result, for tables and the side-by-side chart."""
     rows = []

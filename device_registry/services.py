@@ -17,8 +17,12 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from compression.container import read_header
 from device_registry import bus, conf
 from device_registry.agent.protocol import (
+    DECODE_KEYS,
+    FORMAT_CONTAINER,
+    FORMAT_ONNX,
     RESULT_ACCURACY,
     RESULT_COMPLETE,
     RESULT_FAILED,
@@ -31,6 +35,7 @@ from device_registry.agent.protocol import (
     ProtocolError,
     Result,
     accuracy_percent,
+    decode_figures,
     encode,
 )
 from device_registry.models import (
@@ -268,14 +273,26 @@ def artifact_create(
     eval_meta: dict[str, Any] | None = None,
     source: str = "",
     created_by: User | None = None,
+    format: str = FORMAT_ONNX,
 ) -> DeployableArtifact:
     """Store an ONNX file (and optional .npz evaluation set) that devices can benchmark.
 
     ``file`` is an uploaded file or any binary file object; the catalog calls this with a model
     version's ONNX export, ``source="model_version:<id>"`` and the test split it built
     (``eval_meta`` says what that split holds, see :mod:`device_registry.eval_sets`).
+    ``format="container"`` stores an EdgeSlim compressed container instead: its header is read
+    and its checksum verified here (a refused one raises ``ContainerError``), and the agent
+    decodes it before it benchmarks.
     """
     sha256, size = _sha256_and_size(file)
+    decoded_size = None
+    if format == FORMAT_CONTAINER:
+        file.seek(0)
+        header, _sections = read_header(file.read())
+        file.seek(0)
+        decoded_size = header.graph_length + header.data_length
+    elif format != FORMAT_ONNX:
+        raise ValueError(f"unknown artifact format {format!r}")
     artifact = DeployableArtifact(
         organization=organization,
         name=name.strip()[:200] or "model.onnx",
@@ -283,8 +300,11 @@ def artifact_create(
         size=size,
         source=source[:200],
         created_by=created_by,
+        format=format,
+        decoded_size=decoded_size,
     )
-    artifact.file.save(f"{sha256[:16]}.onnx", File(file), save=False)
+    suffix = "esdc" if format == FORMAT_CONTAINER else "onnx"
+    artifact.file.save(f"{sha256[:16]}.{suffix}", File(file), save=False)
     if eval_file is not None:
         artifact.eval_sha256, artifact.eval_size = _sha256_and_size(eval_file)
         artifact.eval_file.save(f"{artifact.eval_sha256[:16]}.npz", File(eval_file), save=False)
@@ -326,6 +346,7 @@ def deployment_manifest(deployment: Deployment) -> Manifest:
         issued_at=deployment.issued_at,
         eval_sha256=artifact.eval_sha256 if has_eval else None,
         eval_size=artifact.eval_size if has_eval else None,
+        format=artifact.format or FORMAT_ONNX,
     )
 
 
@@ -449,7 +470,7 @@ class StoredResult:
 LATENCY_KEYS = (
     "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "std_ms", "cv", "unstable",
     "throughput", "load_time_ms", "peak_rss_mb", "batch_size", "threads", "runs", "warmup",
-    "provider", "ort_version",
+    "provider", "ort_version", *DECODE_KEYS,
 )  # fmt: skip
 
 
@@ -494,6 +515,7 @@ class TargetInfo:
     settings: dict[str, Any]
     has_eval_set: bool = False
     eval_count: int | None = None  # images in the evaluation set, when the server built it
+    artifact_format: str = FORMAT_ONNX
 
 
 def deployment_target_info(*, device_id: int, deployment_id: int) -> TargetInfo | None:
@@ -505,6 +527,7 @@ def deployment_target_info(*, device_id: int, deployment_id: int) -> TargetInfo 
             "deployment__settings",
             "deployment__artifact__eval_file",
             "deployment__artifact__eval_meta",
+            "deployment__artifact__format",
         )
         .first()
     )
@@ -520,6 +543,7 @@ def deployment_target_info(*, device_id: int, deployment_id: int) -> TargetInfo 
         settings=row["deployment__settings"],
         has_eval_set=bool(row["deployment__artifact__eval_file"]),
         eval_count=count if isinstance(count, int) and not isinstance(count, bool) else None,
+        artifact_format=row["deployment__artifact__format"] or FORMAT_ONNX,
     )
 
 
@@ -599,6 +623,14 @@ def deployment_result_store(
             f"result seq {result.seq} of kind {result.kind!r} does not fit deployment "
             f"{result.deployment_id}"
         )
+    if result.kind == RESULT_LATENCY:
+        if info.artifact_format == FORMAT_CONTAINER:
+            decode_figures(result.data)  # every latency of a container says what decoding cost
+        elif any(key in result.data for key in DECODE_KEYS):
+            raise ProtocolError(
+                f"deployment {result.deployment_id} shipped a plain ONNX, but its result carries "
+                "decode figures"
+            )
     if result.kind == RESULT_ACCURACY:
         if not info.has_eval_set:
             # Nothing was shipped to measure on, so the figure cannot be trusted. Acknowledged

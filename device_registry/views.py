@@ -321,5 +321,6 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "accuracy": selectors.accuracy_by_device(results),
             "eval_set": eval_sets.describe(deployment.artifact.eval_meta or {}),
             "failures": [r for r in results if r.kind == "failed"],
+            "decode": selectors.decode_by_device(results),
         },
     )

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import shutil
 import threading
 import time
 import urllib.parse
@@ -22,6 +23,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from compression.container import ContainerError, DecodeCaps, decode_container_isolated
 from device_registry.agent import __version__, ed25519
 from device_registry.agent.bench import accuracy_check, latency_runs
 from device_registry.agent.config import AgentConfig, ensure_dir, read_json, write_json
@@ -33,9 +35,11 @@ from device_registry.agent.protocol import (
     CLOSE_REVOKED,
     FAIL_BAD_SIGNATURE,
     FAIL_BENCHMARK,
+    FAIL_DECODE,
     FAIL_DOWNLOAD,
     FAIL_ROLLBACK,
     FAIL_UNSIGNED,
+    FORMAT_CONTAINER,
     MAX_MESSAGE_BYTES,
     RESULT_ACCURACY,
     RESULT_COMPLETE,
@@ -439,6 +443,39 @@ class Agent:
             fail(FAIL_DOWNLOAD, str(exc))
             return
         progress("verifying", 1.0, "size, sha256 and signature verified")
+        decoded_dir: Path | None = None
+        decode: dict[str, Any] = {}
+        if manifest.format == FORMAT_CONTAINER:
+            # Decode before anything runs: a container the decoder refuses is reported as
+            # decode_failed and never benchmarked.
+            decoded_dir = self.artifacts_dir / f"{manifest.artifact_id}-{manifest.sha256[:16]}.d"
+            shutil.rmtree(decoded_dir, ignore_errors=True)  # an interrupted earlier run's
+            progress("verifying", 1.0, "decoding the compressed container")
+            try:
+                decoded = decode_container_isolated(model, decoded_dir, caps=DecodeCaps())
+            except ContainerError as exc:
+                shutil.rmtree(decoded_dir, ignore_errors=True)
+                model.unlink(missing_ok=True)
+                if eval_set is not None:
+                    eval_set.unlink(missing_ok=True)
+                fail(FAIL_DECODE, str(exc))
+                return
+            decode = {
+                "decode_ms": decoded.decode_seconds * 1000.0,
+                "decode_peak_rss_mb": decoded.peak_rss_bytes / 2**20,
+                "container_bytes": decoded.container_bytes,
+                "onnx_bytes": decoded.onnx_bytes,
+            }
+            log.info(
+                "deployment %s: decoded a %d-byte container into a %d-byte ONNX in %.1f ms "
+                "(peak RSS %.1f MB)",
+                dep_id,
+                decoded.container_bytes,
+                decoded.onnx_bytes,
+                decode["decode_ms"],
+                decode["decode_peak_rss_mb"],
+            )
+            container_path, model = model, decoded.onnx_path
         try:
             skip = {s - 1 for s in done if s <= len(settings.batch_sizes)}
             log.info(
@@ -456,6 +493,7 @@ class Agent:
                     float(data.get("p90_ms") or 0.0),
                     float(data.get("throughput") or 0.0),
                 )
+                data.update(decode)
                 self._emit(
                     state, Result(deployment_id=dep_id, seq=seq, kind=RESULT_LATENCY, data=data)
                 )
@@ -477,6 +515,10 @@ class Agent:
         except Exception as exc:
             fail(FAIL_BENCHMARK, f"{type(exc).__name__}: {exc}")
             return
+        finally:
+            if decoded_dir is not None:
+                shutil.rmtree(decoded_dir, ignore_errors=True)
+                model = container_path
         self._emit(
             state,
             Result(
@@ -486,6 +528,7 @@ class Agent:
                 data={
                     "latency_results": len(settings.batch_sizes),
                     "accuracy": eval_set is not None,
+                    **decode,
                 },
             ),
             finished=True,

@@ -44,6 +44,16 @@ FAIL_HASH_MISMATCH = "hash_mismatch"
 FAIL_SIZE_MISMATCH = "size_mismatch"
 FAIL_DOWNLOAD = "download_failed"
 FAIL_BENCHMARK = "benchmark_failed"
+FAIL_DECODE = "decode_failed"  # a compressed container the decoder refused: nothing was benchmarked
+
+# What a manifest's artifact is: a plain ONNX file, or an EdgeSlim compressed container
+# (docs/container-format.md) that the agent decodes into an ONNX before benchmarking it.
+FORMAT_ONNX = "onnx"
+FORMAT_CONTAINER = "container"
+ARTIFACT_FORMATS = (FORMAT_ONNX, FORMAT_CONTAINER)
+
+# Fields every latency result of a container deployment carries (the decode, measured once).
+DECODE_KEYS = ("decode_ms", "decode_peak_rss_mb", "container_bytes", "onnx_bytes")
 
 # Websocket close codes the server uses (4000-4999 are the application's).
 CLOSE_EVICTED = 4000  # a newer connection with the same device identity took over
@@ -132,8 +142,13 @@ class Manifest:
     issued_at: int  # milliseconds since the epoch; the agent refuses one older than it has run
     eval_sha256: str | None = None
     eval_size: int | None = None
+    # "onnx" or "container"; covered by the signature whenever it is not the default "onnx" (so
+    # the signatures of manifests issued before the field existed still verify).
+    format: str = FORMAT_ONNX
 
     def validate(self) -> None:
+        if self.format not in ARTIFACT_FORMATS:
+            raise ProtocolError(f"unknown artifact format {self.format!r}")
         for name, digest in (("sha256", self.sha256), ("eval_sha256", self.eval_sha256)):
             if digest is not None and (
                 len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)
@@ -146,6 +161,8 @@ class Manifest:
     def signing_bytes(self) -> bytes:
         """The canonical bytes the server signs: sorted-key compact JSON with a domain tag."""
         body = dataclasses.asdict(self)
+        if body["format"] == FORMAT_ONNX:
+            del body["format"]
         body["_domain"] = "edgeslim-artifact-manifest-v1"
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
@@ -271,6 +288,30 @@ def accuracy_percent(correct: int, samples: int) -> float:
     if samples < 1 or not 0 <= correct <= samples:
         raise ProtocolError(f"accuracy counts out of range: {correct} of {samples}")
     return 100.0 * correct / samples
+
+
+def decode_figures(data: dict[str, Any]) -> dict[str, Any]:
+    """The decode figures of a container deployment's latency result, checked.
+
+    ``decode_ms`` and ``decode_peak_rss_mb`` are non-negative numbers, ``container_bytes`` and
+    ``onnx_bytes`` positive integers (the container downloaded and the ONNX it became).
+
+    Raises:
+        ProtocolError: a figure is missing, of the wrong type or out of range.
+    """
+    out: dict[str, Any] = {}
+    for key in DECODE_KEYS:
+        value = data.get(key)
+        if key.endswith("_bytes"):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ProtocolError(f"a container result needs a positive integer {key!r}")
+            _check_range(key, value, 1, 1 << 40)
+        else:
+            if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
+                raise ProtocolError(f"a container result needs a number {key!r}")
+            _check_range(key, float(value), 0.0, 1e9)
+        out[key] = value
+    return out
 
 
 def result_seq(settings: BenchSettings, kind: str, batch_index: int = 0) -> int:

@@ -1,0 +1,175 @@
+"""A real agent receives a compressed container, decodes it, and streams back latency and accuracy;
+a container its decoder refuses is reported as decode_failed and never benchmarked."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from agent_process import AgentProcess, enroll, wait_for
+from django.urls import reverse
+from factories import client_for, make_organization, make_user
+
+from compression.container import (
+    HEADER,
+    HEADER_SIZE,
+    KIND_SHARED,
+    SECTION_ENTRY,
+    SECTION_ENTRY_SIZE,
+    SHARED_HEADER,
+)
+from compression.weight_coding import encode_onnx
+from device_registry import services
+from device_registry.agent.protocol import BenchSettings
+from device_registry.models import DeploymentResult, DeploymentTarget
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def _shared_mlp(path: Path) -> Path:
+    """x[N, 64] -> MatMul(64x48, 90% zeros, 16 shared values) -> Relu -> MatMul(48x3)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    codebook = np.linspace(-1.0, 1.0, 16, dtype=np.float32)
+    w1 = codebook[rng.integers(0, 16, (64, 48))] * (rng.random((64, 48)) < 0.1)
+    w2 = rng.standard_normal((48, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["logits"]),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        initializer=[
+            numpy_helper.from_array(w1.astype(np.float32), "w1"),
+            numpy_helper.from_array(w2, "w2"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _eval_set(model: Path, path: Path, *, samples: int = 80, wrong: int = 7) -> Path:
+    """Labels = the source model's own predictions, ``wrong`` of them flipped."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(1).standard_normal((samples, 64)).astype(np.float32)
+    pred = ort.InferenceSession(str(model)).run(None, {"x": x})[0].argmax(1)
+    y = pred.copy()
+    y[:wrong] = (y[:wrong] + 1) % 3
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def _broken_huffman_table(blob: bytes) -> bytes:
+    """The same container with an over-subscribed Huffman table, re-checksummed (so only the
+    decoder, not the header or the sha256 of the download, can catch it)."""
+    fields = list(HEADER.unpack_from(blob))
+    payload = bytearray(blob[HEADER_SIZE:])
+    cursor = fields[3] * SECTION_ENTRY_SIZE
+    for i in range(fields[3]):
+        entry = SECTION_ENTRY.unpack_from(payload, i * SECTION_ENTRY_SIZE)
+        if entry[0] == KIND_SHARED:
+            body = cursor + entry[2]
+            k = struct.unpack_from("<H", payload, body)[0]
+            payload[body + SHARED_HEADER.size + 4 * k + 2] = 0x11
+            break
+        cursor += entry[4]
+    else:  # pragma: no cover - the model has a shared layer
+        raise AssertionError("no shared section")
+    fields[7] = hashlib.sha256(payload).digest()
+    return HEADER.pack(*fields) + bytes(payload)
+
+
+def _enrolled(tmp_path: Path, server: str, org: Any) -> tuple[Any, AgentProcess]:
+    device, code = services.device_register(organization=org, name="pi")
+    done = enroll(tmp_path / "pi", server, code)
+    assert done.returncode == 0, done.stderr
+    return device, AgentProcess(tmp_path / "pi", tmp_path / "pi.log")
+
+
+def test_a_real_agent_decodes_a_container_then_benchmarks_and_evaluates_it(tmp_path, daphne_server):
+    user = make_user()
+    org = make_organization(owner=user)
+    source = _shared_mlp(tmp_path / "mlp.onnx")
+    stats = encode_onnx(source, tmp_path / "mlp.esdc", min_elements=64)
+    assert [layer.stored_as for layer in stats.layers] == ["shared", "raw"]
+    npz = _eval_set(source, tmp_path / "eval.npz")
+    art = services.artifact_create(
+        organization=org, name="mlp.esdc", file=io.BytesIO(Path(stats.path).read_bytes()),
+        eval_file=io.BytesIO(npz.read_bytes()), format="container", created_by=user,
+    )  # fmt: skip
+    assert art.size == stats.total_bytes and art.decoded_size == stats.decoded_bytes
+    device, agent = _enrolled(tmp_path, daphne_server.base_url, org)
+    dep = services.deployment_create(
+        organization=org, artifact=art, target_kind="device", target_value=str(device.pk),
+        settings=BenchSettings(warmup=1, runs=5, batch_sizes=[1, 8], accuracy=True),
+    )  # fmt: skip
+    agent.start()
+    try:
+        target = wait_for(
+            lambda: DeploymentTarget.objects.filter(deployment=dep, status__in=["succeeded", "failed"]).first(),
+            timeout=120, what="the deployment to finish", log=agent.output,
+        )  # fmt: skip
+    finally:
+        agent.stop()
+    assert target.status == "succeeded", (target.message, agent.output()[-3000:])
+    rows = {r.seq: r for r in DeploymentResult.objects.filter(deployment=dep)}
+    assert [rows[s].kind for s in sorted(rows)] == ["latency", "latency", "accuracy", "complete"]
+    for seq in (1, 2):
+        data = rows[seq].payload
+        assert data["p50_ms"] > 0 and data["container_bytes"] == stats.total_bytes
+        assert data["onnx_bytes"] == stats.decoded_bytes
+        assert data["decode_ms"] > 0 and data["decode_peak_rss_mb"] > 5
+    # the decoded model predicts exactly what the source does: only the flipped labels miss
+    accuracy = rows[3].payload
+    assert (accuracy["correct"], accuracy["samples"]) == (80 - 7, 80)
+    assert rows[4].payload["onnx_bytes"] == stats.decoded_bytes
+    assert "decoded a" in agent.output()
+
+    page = client_for(user).get(reverse("devices:deployment", args=[dep.pk]))
+    html = page.content.decode()
+    assert "Compressed container:" in html and f"({stats.total_bytes} bytes)" in html
+    assert f"({stats.decoded_bytes} bytes)" in html and "Decode (time, peak RSS)" in html
+
+
+def test_a_container_the_decoder_refuses_is_reported_and_never_benchmarked(tmp_path, daphne_server):
+    org = make_organization()
+    source = _shared_mlp(tmp_path / "mlp.onnx")
+    stats = encode_onnx(source, tmp_path / "mlp.esdc")
+    bad = _broken_huffman_table(Path(stats.path).read_bytes())
+    # the header and checksum are fine, so the server stores and signs it
+    art = services.artifact_create(
+        organization=org, name="bad.esdc", file=io.BytesIO(bad), format="container"
+    )
+    device, agent = _enrolled(tmp_path, daphne_server.base_url, org)
+    dep = services.deployment_create(
+        organization=org, artifact=art, target_kind="device", target_value=str(device.pk),
+        settings=BenchSettings(warmup=1, runs=5),
+    )  # fmt: skip
+    agent.start()
+    try:
+        target = wait_for(
+            lambda: DeploymentTarget.objects.filter(deployment=dep, status__in=["succeeded", "failed"]).first(),
+            timeout=90, what="the deployment to finish", log=agent.output,
+        )  # fmt: skip
+    finally:
+        agent.stop()
+    assert target.status == "failed"
+    assert "does not form a prefix code" in target.message
+    kinds = list(DeploymentResult.objects.filter(deployment=dep).values_list("kind", "payload"))
+    assert [k for k, _ in kinds] == ["failed"]  # no latency: nothing half-decoded was benchmarked
+    assert kinds[0][1]["reason"] == "decode_failed"
+    leftovers = list((tmp_path / "pi").rglob("*.d"))
+    assert leftovers == []
