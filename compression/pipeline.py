@@ -63,6 +63,7 @@ class StageReport:
     checkpoint: str  # relative to out_dir
     artifacts: dict[str, str] = field(default_factory=dict)  # relative to out_dir
     resumed: bool = False  # completed by an earlier attempt and loaded from state.json
+    extras: dict[str, Any] = field(default_factory=dict)  # e.g. weight_coding's size table
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -99,6 +100,8 @@ class RunReport:
     preprocessing: dict[str, Any] = field(default_factory=dict)
     identity: dict[str, Any] = field(default_factory=dict)
     eval_settings: dict[str, Any] = field(default_factory=dict)
+    # The last weight_coding stage's per-layer size table (docs/report-schema.md), else None.
+    deep_compression: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +123,7 @@ class RunReport:
             "preprocessing": self.preprocessing,
             "identity": self.identity,
             "eval": self.eval_settings,
+            "deep_compression": self.deep_compression,
         }
 
 
@@ -512,6 +516,7 @@ def run_recipe(
                 duration_s=duration,
                 checkpoint=str(ckpt.relative_to(out_dir)),
                 artifacts=artifacts,
+                extras=dict(result.extras),
             )
             completed.append({k: v for k, v in report.to_dict().items() if k != "resumed"})
             _write_json_atomic(state_path, state)
@@ -582,6 +587,7 @@ def run_recipe(
             preprocessing=pre.to_dict(),
             identity=identity,
             eval_settings=recipe_to_dict(recipe)["eval"],
+            deep_compression=_deep_compression(reports),
         )
         _write_json_atomic(out_dir / "report.json", run_report.to_dict())
         state["status"] = "done"
@@ -615,6 +621,15 @@ def _verdict(recipe: Recipe, baseline: ModelMetrics, reports: list[StageReport])
         "mac_ratio": ref.macs / final.macs if ref.macs and final.macs else None,
         "latency_speedup": speedup,
     }
+
+
+def _deep_compression(reports: list[StageReport]) -> dict[str, Any] | None:
+    """The last weight_coding stage's size table, with the stage it came from."""
+    for r in reversed(reports):
+        table = r.extras.get("deep_compression")
+        if table:
+            return {"stage": r.index, **table}
+    return None
 
 
 def _copy_state(model: ModelState) -> ModelState:
@@ -745,6 +760,7 @@ def _load_state(
         "final.onnx",
         "final.int8.onnx",
         "final.compressed.onnx",
+        "final.esdc",
     ):
         (out_dir / name).unlink(missing_ok=True)
     return None
@@ -753,7 +769,8 @@ def _load_state(
 def _final_artifacts(
     out_dir: Path, state: dict[str, Any], recipe: Recipe, current: ModelState
 ) -> list[dict[str, Any]]:
-    """Write ``final.onnx`` (fp32) and, after quantization, ``final.int8.onnx``; describe all."""
+    """Write ``final.onnx`` (fp32), after quantization ``final.int8.onnx``, after weight coding
+    ``final.esdc`` (the compressed container); describe all."""
     completed = state["completed"]
     # The newest fp32 ONNX export: the last torch stage's, else the baseline's.
     fp32_source: Path | None = None
@@ -784,6 +801,14 @@ def _final_artifacts(
         target = out_dir / "final.onnx"
         shutil.copyfile(fp32_source, target)
         final_paths.insert(0, (target, "onnx_fp32"))
+    # The newest compressed container (weight_coding), the file a device decodes.
+    for record in reversed(completed):
+        rel = record.get("artifacts", {}).get("container")
+        if rel and (out_dir / rel).exists():
+            target = out_dir / "final.esdc"
+            shutil.copyfile(out_dir / rel, target)
+            final_paths.append((target, "container"))
+            break
     arts = [_artifact(out_dir, p, kind) for p, kind in final_paths]
     for record in completed:
         ckpt = out_dir / record["checkpoint"]

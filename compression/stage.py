@@ -88,3 +88,5 @@ class StageResult:
     layers: list[LayerChange] = field(default_factory=list)
     artifacts: dict[str, Path] = field(default_factory=dict)  # extra files, e.g. {"onnx_int8": p}
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics
+    # JSON-serialisable detail for report.json, e.g. {"deep_compression": table} (weight_coding)
+    extras: dict[str, Any] = field(default_factory=dict)

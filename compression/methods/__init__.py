@@ -7,5 +7,6 @@ from compression.methods import (  # noqa: F401  (imported for their registratio
     finetune,
     magnitude_pruning,
     ptq_int8,
+    weight_coding,
     weight_sharing,
 )
