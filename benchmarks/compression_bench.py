@@ -8,9 +8,13 @@ Runtime on the CPU, batch 1, 2 threads, median and IQR across rounds). Each figu
 ± sd over seeds, and each decision rule (written in the doc before the numbers) is evaluated
 on those numbers, so any of them can come out FAIL.
 
-    .venv/bin/python benchmarks/compression_bench.py           # full run, writes the doc (~30 min on 2 idle cores)
+    .venv/bin/python benchmarks/compression_bench.py           # every section, writes the doc (~60 min on 2 idle cores)
+    .venv/bin/python benchmarks/compression_bench.py --sections curve,kd   # re-measure two sections
     .venv/bin/python benchmarks/compression_bench.py --quick   # smoke run (~3 min idle), doc untouched
-    .venv/bin/python benchmarks/compression_bench.py --render-only benchmarks/out/compression/results.json
+    .venv/bin/python benchmarks/compression_bench.py --render-only   # doc from benchmarks/results/compression.json
+
+Raw numbers are kept in ``benchmarks/results/compression.json`` (in git), one entry per section
+with its own machine load and wall time, so a section can be re-measured alone.
 """
 
 from __future__ import annotations
@@ -54,7 +58,16 @@ HEADING = "## Compression quality (mnist and digits, CPU, decision rules)"
 PRUNE_ARCH = "resnet20"  # the accuracy-vs-MACs curve (cheap enough for 16 points x 3 seeds)
 VGG_ARCH = "vgg11_bn"  # the headline pruning and int8 PTQ (a compute-bound net)
 STUDENT_ARCH = "lenet5"
-IMPORTANCES = ("bn_scale", "l1", "l2")
+KD_TEACHER_ARCH = "resnet20"
+KD_CONFIG: dict[str, Any] = {}  # distillation's own defaults
+# EdgeSlim's curve variants: name -> channel_pruning settings on top of the shared ones
+# (target, round_to 1, lr, batch). Every variant gets the same training epochs after the
+# starting point; bn_scale spends `sparsity_epochs` of them on sparsity training.
+CURVE_VARIANTS: dict[str, dict[str, Any]] = {
+    "bn_scale": {"importance": "bn_scale"},
+    "l1": {"importance": "l1"},
+    "l2": {"importance": "l2"},
+}
 TP_NAME = "plain_tp"
 LR = 0.02  # every pruning, fine-tuning and KD phase
 BASE_LR = 0.05  # training the starting points from scratch
@@ -85,6 +98,7 @@ class Budget:
     headline_sparsity_epochs: int
     headline_finetune_epochs: int
     kd_epochs: int
+    kd_teacher_epochs: int
     latency_rounds: int
     latency_runs: int
     overhead_repeats: int
@@ -108,6 +122,7 @@ FULL = Budget(
     headline_sparsity_epochs=1,
     headline_finetune_epochs=2,
     kd_epochs=5,
+    kd_teacher_epochs=10,
     latency_rounds=7,
     latency_runs=50,
     overhead_repeats=3,
@@ -124,6 +139,7 @@ QUICK = Budget(
     headline_sparsity_epochs=1,
     headline_finetune_epochs=1,
     kd_epochs=1,
+    kd_teacher_epochs=1,
     latency_rounds=2,
     latency_runs=10,
     overhead_repeats=1,
@@ -296,9 +312,10 @@ def curve_point(
         row["base_macs"] = count_macs(trained.module, data.input_shape)
         row["mac_ratio"] = row["base_macs"] / row["macs"]
         return row
-    bn = method == "bn_scale"
+    settings = CURVE_VARIANTS[method]
+    bn = settings["importance"] == "bn_scale"
     config = {
-        "importance": method,
+        **settings,
         "target_mac_reduction": target,
         "round_to": 1,  # resnet20's 16-channel layers cannot reach 16x in multiples of 8
         "sparsity_epochs": budget.sparsity_epochs if bn else 0,
@@ -319,7 +336,7 @@ def curve(
     data: DatasetBundle, targets: Sequence[float], budget: Budget, out: Path
 ) -> dict[str, Any]:
     """resnet20 per seed, then every importance and the plain TP script at every MAC target."""
-    methods = (*IMPORTANCES, TP_NAME)
+    methods = (*CURVE_VARIANTS, TP_NAME)
     points: dict[str, dict[str, list[dict[str, Any]]]] = {
         m: {f"{t:g}": [] for t in targets} for m in methods
     }
@@ -340,7 +357,12 @@ def curve(
                     f"  seed {seed} {m:>8} {t:>4g}x: {row['mac_ratio']:.2f}x MACs, "
                     f"test {row['test']:.2f}% (baseline {acc:.2f}%)"
                 )
-    return {"base_test": base_test, "points": points, "teachers": teachers}
+    return {
+        "base_test": base_test,
+        "points": points,
+        "teachers": teachers,
+        "variants": CURVE_VARIANTS,
+    }
 
 
 def best_importance(points: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
@@ -349,7 +371,7 @@ def best_importance(points: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
     A training-time choice, so it is made on ``val``; the rule then judges it on ``test``.
     """
     return max(
-        IMPORTANCES,
+        [m for m in points if m != TP_NAME],
         key=lambda m: mean([r["val"] for rows in points[m].values() for r in rows]),
     )
 
@@ -438,14 +460,19 @@ def _copy_of(state: ModelState) -> Callable[[str], ModelState]:
     return resolve
 
 
-def distillation(
-    data: DatasetBundle, teachers: dict[int, ModelState], budget: Budget, out: Path
-) -> dict[str, Any]:
-    """lenet5 alone vs lenet5 distilled from that seed's resnet20, same init and epochs."""
+def distillation(data: DatasetBundle, budget: Budget, out: Path) -> dict[str, Any]:
+    """The student alone vs distilled from a teacher trained here, same init, epochs and order.
+
+    The teacher is trained per seed for ``kd_teacher_epochs`` (a clearly stronger model than
+    the student: distillation can only pass on what the teacher knows better).
+    """
     rows = []
     student_cfg = {"epochs": budget.kd_epochs, "lr": LR, "batch_size": BATCH}
     for seed in budget.seeds:
-        teacher = teachers[seed]
+        log(f"{data.name}: KD teacher {KD_TEACHER_ARCH}, seed {seed}")
+        teacher, teacher_acc = train_from_scratch(
+            KD_TEACHER_ARCH, data, seed, budget.kd_teacher_epochs, out / f"teacher_s{seed}"
+        )
         init = fresh(STUDENT_ARCH, data, seed)
         alone, _ = run(
             {"name": "student alone", "seed": seed,
@@ -455,14 +482,20 @@ def distillation(
         kd, _ = run(
             {"name": "student kd", "seed": seed,
              "stages": [{"method": "distillation",
-                         "config": {**student_cfg, "teacher": PRUNE_ARCH}}]},
+                         "config": {**student_cfg, **KD_CONFIG, "teacher": KD_TEACHER_ARCH}}]},
             copy.deepcopy(init), data, out / f"kd_s{seed}",
             load_model=_copy_of(teacher),
         )  # fmt: skip
-        row = {"seed": seed, "alone": alone.final.accuracy, "kd": kd.final.accuracy}
+        row = {
+            "seed": seed,
+            "teacher": teacher_acc,
+            "alone": alone.final.accuracy,
+            "kd": kd.final.accuracy,
+        }
         rows.append(row)
-        log(f"  KD seed {seed}: alone {row['alone']:.2f}%, kd {row['kd']:.2f}%")
-    return {"rows": rows}
+        log(f"  KD seed {seed}: teacher {teacher_acc:.2f}%, alone {row['alone']:.2f}%, "
+            f"kd {row['kd']:.2f}%")  # fmt: skip
+    return {"rows": rows, "teacher_arch": KD_TEACHER_ARCH, "config": KD_CONFIG}
 
 
 def job_overhead(budget: Budget, out: Path) -> dict[str, Any]:
@@ -561,129 +594,178 @@ def load(name: str, size: int, budget: Budget) -> DatasetBundle:
     return data
 
 
+SECTIONS = ("headline", "curve", "kd", "digits", "overhead")
+RESULTS = ROOT / "benchmarks" / "results" / "compression.json"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run; numbers meaningless")
     parser.add_argument(
         "--write", action="store_true", help="with --quick: write the doc anyway (marked)"
     )
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help="comma-separated subset of " + ", ".join(SECTIONS) + " (default: all); the other"
+        " sections keep their numbers from the results file",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "compression")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="raw numbers (JSON)")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--render-only", type=Path, default=None, help="doc from a results JSON")
+    parser.add_argument("--render-only", action="store_true", help="doc from the results file")
     args = parser.parse_args()
     if args.render_only:
-        raw = json.loads(args.render_only.read_text())
+        raw = json.loads(args.results.read_text())
         replace_section(args.doc, SECTION, HEADING, render(raw))
         return
+    wanted = [x.strip() for x in args.sections.split(",") if x.strip()]
+    unknown = sorted(set(wanted) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     budget = QUICK if args.quick else FULL
     torch.set_num_threads(THREADS)
     out: Path = args.out
-    # The pipeline resumes a run whose identity matches; start clean so nothing is reused.
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    started = time.monotonic()
-    r: dict[str, Any] = {"quick": args.quick, "budget": asdict(budget), "env": environment()}
-
-    mnist = load("mnist", 32, budget)
-    r["mnist"] = {"train": len(mnist.train), "val": len(mnist.val), "test": len(mnist.test)}
-    log(f"mnist: {r['mnist']}")
-    c = curve(mnist, budget.curve_targets, budget, out / "mnist_curve")
-    teachers = c.pop("teachers")
-    r["curve"] = {**c, "best": best_importance(c["points"])}
-    r["headline"] = headline_and_ptq(mnist, budget, out / "mnist_vgg")
-    log("distillation")
-    r["kd"] = distillation(mnist, teachers, budget, out / "mnist_kd")
-
-    digits = load("digits", 32, budget)
-    r["digits"] = {"train": len(digits.train), "val": len(digits.val), "test": len(digits.test)}
-    d = curve(digits, budget.digits_targets, budget, out / "digits_curve")
-    d.pop("teachers")
-    r["digits_curve"] = d
-
-    log("warm-to-warm job overhead")
-    r["overhead"] = job_overhead(budget, out / "overhead")
-    r["env"]["load_avg_end"] = os.getloadavg()[0]
-    r["duration_s"] = time.monotonic() - started
-    (out / "results.json").write_text(json.dumps(r, indent=2, default=str))
+    results: Path = args.results if not args.quick else out / "results.json"
+    # Sections not run keep their numbers; each section records its own budget and machine.
+    r: dict[str, Any] = {"quick": args.quick, "budget": asdict(budget), "sections": {}}
+    if results.exists() and not args.quick:
+        r = json.loads(results.read_text())
+        r["budget"] = asdict(budget)
+    for name in wanted:
+        # The pipeline resumes a run whose identity matches; start clean so nothing is reused.
+        shutil.rmtree(out / name, ignore_errors=True)
+        (out / name).mkdir(parents=True)
+        started = time.monotonic()
+        env = environment()
+        section = run_section(name, budget, out / name)
+        env["load_avg_end"] = os.getloadavg()[0]
+        section["env"] = env
+        section["duration_s"] = time.monotonic() - started
+        r["sections"][name] = section
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(json.dumps(r, indent=2, default=str) + "\n")
+        log(f"section {name} done in {section['duration_s'] / 60:.1f} min; saved {results}")
     text = render(r)
     if args.quick and not args.write:
         print(text)
-        log(f"quick run done in {r['duration_s'] / 60:.1f} min; doc not written")
+        log("quick run done; doc not written")
         return
     replace_section(args.doc, SECTION, HEADING, text)
-    log(f"done in {r['duration_s'] / 60:.1f} min; wrote {args.doc}")
+    log(f"wrote {args.doc}")
+
+
+def run_section(name: str, budget: Budget, out: Path) -> dict[str, Any]:
+    """One section of the benchmark; every comparison inside it is measured in this run."""
+    if name == "digits":
+        digits = load("digits", 32, budget)
+        d = curve(digits, budget.digits_targets, budget, out)
+        d.pop("teachers")
+        d["sizes"] = {"train": len(digits.train), "val": len(digits.val), "test": len(digits.test)}
+        return d
+    mnist = load("mnist", 32, budget)
+    sizes = {"train": len(mnist.train), "val": len(mnist.val), "test": len(mnist.test)}
+    if name == "headline":
+        return {**headline_and_ptq(mnist, budget, out), "sizes": sizes}
+    if name == "curve":
+        c = curve(mnist, budget.curve_targets, budget, out)
+        c.pop("teachers")
+        return {**c, "best": best_importance(c["points"]), "sizes": sizes}
+    if name == "kd":
+        return {**distillation(mnist, budget, out), "sizes": sizes}
+    assert name == "overhead"
+    return job_overhead(budget, out)
 
 
 # --- the rules and the doc -------------------------------------------------------------------
 
 
 def evaluate_rules(r: dict[str, Any]) -> dict[str, Any]:
-    """Every rule's numbers and PASS/FAIL, computed from the measurements only."""
-    seeds = r["headline"]["seeds"]
-    drops = [s["fp32_test"] - s["slim"]["test"] for s in seeds]
-    macr = [s["slim"]["mac_ratio"] for s in seeds]
-    spd = [s["slim_speedup"] for s in seeds]
-    headline = {
-        "drop": mean(drops),
-        "mac_min": min(macr),
-        "mac_mean": mean(macr),
-        "speedup": mean(spd),
-        "pass_drop": mean(drops) <= HEADLINE_MAX_DROP,
-        "pass_macs": min(macr) >= HEADLINE_MAC_TARGET,
-        "pass_speedup": mean(spd) >= HEADLINE_SPEEDUP_SHARE * mean(macr),
-    }
-    headline["pass"] = headline["pass_drop"] and headline["pass_macs"] and headline["pass_speedup"]
+    """Every rule's numbers and PASS/FAIL, computed from the measurements only.
 
-    pts, best = r["curve"]["points"], r["curve"]["best"]
-    per_point = []
-    for t in pts[TP_NAME]:
-        b = [x["test"] for x in pts[best][t]]
-        p = [x["test"] for x in pts[TP_NAME][t]]
-        margin = max(sd(b), sd(p))
-        per_point.append(
-            {
-                "target": t,
-                "best": mean(b),
-                "tp": mean(p),
-                "diff": mean(b) - mean(p),
-                "sd": margin,
-                "at_least": mean(b) >= mean(p),
-                "by_sd": not math.isnan(margin) and mean(b) - mean(p) > margin,
-            }
+    A rule whose section has not been measured is ``None``.
+    """
+    sections = r["sections"]
+    v: dict[str, Any] = {"headline": None, "curve": None, "ptq": None, "kd": None}
+    if "headline" in sections:
+        seeds = sections["headline"]["seeds"]
+        drops = [s["fp32_test"] - s["slim"]["test"] for s in seeds]
+        macr = [s["slim"]["mac_ratio"] for s in seeds]
+        spd = [s["slim_speedup"] for s in seeds]
+        headline = {
+            "drop": mean(drops),
+            "mac_min": min(macr),
+            "mac_mean": mean(macr),
+            "speedup": mean(spd),
+            "pass_drop": mean(drops) <= HEADLINE_MAX_DROP,
+            "pass_macs": min(macr) >= HEADLINE_MAC_TARGET,
+            "pass_speedup": mean(spd) >= HEADLINE_SPEEDUP_SHARE * mean(macr),
+        }
+        headline["pass"] = (
+            headline["pass_drop"] and headline["pass_macs"] and headline["pass_speedup"]
         )
-    curve = {
-        "points": per_point,
-        "pass_every": all(x["at_least"] for x in per_point),
-        "pass_high": any(x["by_sd"] for x in per_point if float(x["target"]) >= 8),
-    }
-    curve["pass"] = curve["pass_every"] and curve["pass_high"]
+        v["headline"] = headline
 
-    q_drops = [s["int8_fp32_test"] - s["int8_test"] for s in seeds]
-    sizes = [s["fp32_bytes"] / s["int8_bytes"] for s in seeds]
-    q_spd = [s["int8_speedup"] for s in seeds]
-    ptq = {
-        "size": mean(sizes),
-        "drop": mean(q_drops),
-        "speedup": mean(q_spd),
-        "pass_size": mean(sizes) >= PTQ_MIN_SIZE_RATIO,
-        "pass_drop": mean(q_drops) <= PTQ_MAX_DROP,
-        "pass_speedup": mean(q_spd) >= PTQ_MIN_SPEEDUP,
-    }
-    ptq["pass"] = ptq["pass_size"] and ptq["pass_drop"] and ptq["pass_speedup"]
+        q_drops = [s["int8_fp32_test"] - s["int8_test"] for s in seeds]
+        sizes = [s["fp32_bytes"] / s["int8_bytes"] for s in seeds]
+        q_spd = [s["int8_speedup"] for s in seeds]
+        ptq = {
+            "size": mean(sizes),
+            "drop": mean(q_drops),
+            "speedup": mean(q_spd),
+            "pass_size": mean(sizes) >= PTQ_MIN_SIZE_RATIO,
+            "pass_drop": mean(q_drops) <= PTQ_MAX_DROP,
+            "pass_speedup": mean(q_spd) >= PTQ_MIN_SPEEDUP,
+        }
+        ptq["pass"] = ptq["pass_size"] and ptq["pass_drop"] and ptq["pass_speedup"]
+        v["ptq"] = ptq
 
-    alone = [x["alone"] for x in r["kd"]["rows"]]
-    kd = [x["kd"] for x in r["kd"]["rows"]]
-    margin = max(sd(alone), sd(kd))
-    kdr = {
-        "diff": mean(kd) - mean(alone),
-        "sd": margin,
-        "pass": not math.isnan(margin) and mean(kd) - mean(alone) > margin,
-    }
-    return {"headline": headline, "curve": curve, "ptq": ptq, "kd": kdr}
+    if "curve" in sections:
+        pts, best = sections["curve"]["points"], sections["curve"]["best"]
+        per_point = []
+        for t in pts[TP_NAME]:
+            b = [x["test"] for x in pts[best][t]]
+            p = [x["test"] for x in pts[TP_NAME][t]]
+            margin = max(sd(b), sd(p))
+            per_point.append(
+                {
+                    "target": t,
+                    "best": mean(b),
+                    "tp": mean(p),
+                    "diff": mean(b) - mean(p),
+                    "sd": margin,
+                    "at_least": mean(b) >= mean(p),
+                    "by_sd": not math.isnan(margin) and mean(b) - mean(p) > margin,
+                }
+            )
+        curve = {
+            "points": per_point,
+            "pass_every": all(x["at_least"] for x in per_point),
+            "pass_high": any(x["by_sd"] for x in per_point if float(x["target"]) >= 8),
+        }
+        curve["pass"] = curve["pass_every"] and curve["pass_high"]
+        v["curve"] = curve
+
+    if "kd" in sections:
+        rows = sections["kd"]["rows"]
+        alone = [x["alone"] for x in rows]
+        kd = [x["kd"] for x in rows]
+        margin = max(sd(alone), sd(kd))
+        v["kd"] = {
+            "diff": mean(kd) - mean(alone),
+            "sd": margin,
+            "pass": not math.isnan(margin) and mean(kd) - mean(alone) > margin,
+        }
+    return v
+
+
+def _not_measured(name: str) -> str:
+    return f"_Not measured yet: run `--sections {name}`._"
 
 
 def render(r: dict[str, Any]) -> str:
-    b, env = r["budget"], r["env"]
+    b = r["budget"]
+    S = r["sections"]
     v = evaluate_rules(r)
     n = len(b["seeds"])
     T = b["sparsity_epochs"] + b["finetune_epochs"]
@@ -702,7 +784,8 @@ def render(r: dict[str, Any]) -> str:
         " the order rotated; p50 = median of the per-round medians, IQR across rounds)."
         f" Every figure is mean ± sd (sample) over {n} seeds ({', '.join(map(str, b['seeds']))});"
         " a seed changes the starting model's initialisation and training order and every"
-        " job's seed."
+        " job's seed. Each section is one run (its comparisons side by side); sections may be"
+        " re-run separately (`--sections`), and each states its own machine load and wall time."
     )
     add("")
     add("### Decision rules (fixed before the run)")
@@ -717,10 +800,11 @@ def render(r: dict[str, Any]) -> str:
     add(
         f"2. **Accuracy vs MACs** (`mnist`, `{PRUNE_ARCH}`,"
         f" {'/'.join(f'{t:g}x' for t in b['curve_targets'])} fewer MACs): EdgeSlim's"
-        " best importance — the one with the highest mean *validation* accuracy over all points"
+        " best variant — the one with the highest mean *validation* accuracy over all points"
         " and seeds, so the choice never sees the test split — PASS if its mean test accuracy"
         " is ≥ the plain Torch-Pruning script's at every point, and higher by more than one"
-        " standard deviation (the larger of the two methods' sds) at 8x or at 16x."
+        " standard deviation (the larger of the two methods' sds) at 8x or at 16x. Every"
+        " variant gets the same training epochs after the starting point."
     )
     add(
         f"3. **int8 PTQ** (`mnist`, `{VGG_ARCH}`, `ptq_int8` defaults): PASS if the ONNX file is"
@@ -728,8 +812,8 @@ def render(r: dict[str, Any]) -> str:
         f" and the mean speedup at batch 1 on 2 threads is ≥ {PTQ_MIN_SPEEDUP}x."
     )
     add(
-        f"4. **Knowledge distillation** (`mnist`, `{STUDENT_ARCH}` student, that seed's"
-        f" `{PRUNE_ARCH}` as teacher): PASS if the distilled student's mean test accuracy beats"
+        f"4. **Knowledge distillation** (`mnist`, `{STUDENT_ARCH}` student, a `{KD_TEACHER_ARCH}`"
+        " teacher trained per seed): PASS if the distilled student's mean test accuracy beats"
         " the student trained alone (same initialisation, epochs and data order) by more than"
         " one standard deviation (the larger of the two columns' sds)."
     )
@@ -737,37 +821,47 @@ def render(r: dict[str, Any]) -> str:
     add("| rule | result | verdict |")
     add("|---|---|---|")
     h, cv, q, k = v["headline"], v["curve"], v["ptq"], v["kd"]
-    add(
-        f"| 1. pruning headline | drop {h['drop']:+.2f} pt, MACs {h['mac_mean']:.2f}x (min"
-        f" {h['mac_min']:.2f}x), speedup {h['speedup']:.2f}x vs needed"
-        f" {HEADLINE_SPEEDUP_SHARE * h['mac_mean']:.2f}x | {verdict(h['pass'])} |"
-    )
-    add(
-        f"| 2. accuracy vs MACs | best importance `{r['curve']['best']}`; ≥ plain TP at every"
-        f" point: {'yes' if cv['pass_every'] else 'no'}; > 1 sd at 8x or 16x:"
-        f" {'yes' if cv['pass_high'] else 'no'} | {verdict(cv['pass'])} |"
-    )
-    add(
-        f"| 3. int8 PTQ | {q['size']:.2f}x smaller, drop {q['drop']:+.2f} pt,"
-        f" {q['speedup']:.2f}x faster | {verdict(q['pass'])} |"
-    )
-    add(
-        f"| 4. distillation | KD − alone {k['diff']:+.2f} pt vs one sd {k['sd']:.2f} pt |"
-        f" {verdict(k['pass'])} |"
-    )
+    if h is None:
+        add("| 1. pruning headline | not measured | — |")
+        add("| 3. int8 PTQ | not measured | — |")
+    else:
+        add(
+            f"| 1. pruning headline | drop {h['drop']:+.2f} pt, MACs {h['mac_mean']:.2f}x (min"
+            f" {h['mac_min']:.2f}x), speedup {h['speedup']:.2f}x vs needed"
+            f" {HEADLINE_SPEEDUP_SHARE * h['mac_mean']:.2f}x | {verdict(h['pass'])} |"
+        )
+    if cv is None:
+        add("| 2. accuracy vs MACs | not measured | — |")
+    else:
+        add(
+            f"| 2. accuracy vs MACs | best variant `{S['curve']['best']}`; ≥ plain TP at every"
+            f" point: {'yes' if cv['pass_every'] else 'no'}; > 1 sd at 8x or 16x:"
+            f" {'yes' if cv['pass_high'] else 'no'} | {verdict(cv['pass'])} |"
+        )
+    if q is not None:
+        add(
+            f"| 3. int8 PTQ | {q['size']:.2f}x smaller, drop {q['drop']:+.2f} pt,"
+            f" {q['speedup']:.2f}x faster | {verdict(q['pass'])} |"
+        )
+    if k is None:
+        add("| 4. distillation | not measured | — |")
+    else:
+        add(
+            f"| 4. distillation | KD − alone {k['diff']:+.2f} pt vs one sd {k['sd']:.2f} pt |"
+            f" {verdict(k['pass'])} |"
+        )
     add("")
 
-    # Setup and environment.
-    m, dg = r["mnist"], r["digits"]
-    o = r["overhead"]
     add("### Setup")
     add("")
-    add(
-        f"- Data: built-in `mnist` (5,000 real MNIST digits, fixed split {m['train']} train /"
-        f" {m['val']} val / {m['test']} test, bilinearly resized to 32x32; one test image ="
-        f" {100 / m['test']:.2f} pt) and `digits` ({dg['train']} / {dg['val']} / {dg['test']},"
-        " 8x8 upscaled to 32x32)."
-    )
+    if "headline" in S or "curve" in S or "kd" in S:
+        m = next(S[x]["sizes"] for x in ("curve", "headline", "kd") if x in S)
+        add(
+            f"- Data: built-in `mnist` (5,000 real MNIST digits, fixed split {m['train']} train /"
+            f" {m['val']} val / {m['test']} test, bilinearly resized to 32x32; one test image ="
+            f" {100 / m['test']:.2f} pt) and `digits` (scikit-learn's 8x8 digits upscaled to"
+            " 32x32)."
+        )
     add(
         f"- Starting points, trained from scratch with `finetune` (lr {BASE_LR}, batch {BATCH}):"
         f" `{PRUNE_ARCH}` {b['base_epochs']} epochs, `{VGG_ARCH}` {b['vgg_epochs']} epochs, one"
@@ -775,11 +869,10 @@ def render(r: dict[str, Any]) -> str:
     )
     add(
         f"- Curve budget: {T} training epochs after the starting point for every variant"
-        f" (lr {LR}): `bn_scale` = {b['sparsity_epochs']} sparsity + {b['finetune_epochs']}"
-        f" fine-tuning epoch(s); `l1`, `l2` and plain TP = {T} fine-tuning epochs. EdgeSlim runs"
-        " `channel_pruning` with `target_mac_reduction` and `round_to: 1` (resnet20's 16-channel"
-        " layers cannot reach 16x in multiples of 8), other settings default. The plain"
-        " Torch-Pruning script (in the benchmark): `tp.pruner.MetaPruner` with"
+        f" (lr {LR}). EdgeSlim runs `channel_pruning` with `target_mac_reduction` and"
+        " `round_to: 1` (resnet20's 16-channel layers cannot reach 16x in multiples of 8); the"
+        " variants and their settings are listed with the curve. The plain Torch-Pruning script"
+        " (in the benchmark): `tp.pruner.MetaPruner` with"
         " `tp.importance.MagnitudeImportance(p=2)`, `global_pruning=True`, the classifier"
         " ignored, stepped 1 % of channels at a time until the same MAC target is reached (the"
         " one counter), then fine-tuned with the `finetune` method for the same epochs, lr and"
@@ -788,133 +881,162 @@ def render(r: dict[str, Any]) -> str:
     add(
         f"- Headline: `channel_pruning` defaults (`bn_scale`, `round_to: 8`, `max_layer_ratio:"
         f" 0.9`) with {b['headline_sparsity_epochs']} sparsity + {b['headline_finetune_epochs']}"
-        f" fine-tuning epochs, lr {LR}. KD: {b['kd_epochs']} epochs, `distillation` defaults."
+        f" fine-tuning epochs, lr {LR}. KD: teacher `{KD_TEACHER_ARCH}` trained"
+        f" {b['kd_teacher_epochs']} epochs per seed; student {b['kd_epochs']} epochs alone or"
+        f" with `distillation` ({KD_CONFIG or 'its defaults'})."
     )
     add(
         f"- Latency: {b['latency_rounds']} interleaved rounds of {b['latency_runs']} timed runs"
         " per model after 10 warm-up runs."
     )
-    add(
-        f"- Environment: {env['cpu']} ({env['machine']}), {env['cores']} cores"
-        f" ({env.get('usable_cores')} usable), torch {env['torch']} with"
-        f" {env['torch_threads']} threads, ONNX Runtime {env['onnxruntime']}, Torch-Pruning"
-        f" {env['torch_pruning']}, Python {env['python']}. Budget `{b['name']}`; wall time"
-        f" {r['duration_s'] / 60:.1f} min; 1-min load average {env['load_avg_start']:.1f} at"
-        f" the start and {env.get('load_avg_end', math.nan):.1f} at the end (above 2 means other"
-        " work shared the two cores)."
-    )
+    for name in SECTIONS:
+        if name in S:
+            env = S[name]["env"]
+            add(
+                f"- Section `{name}`: {env['cpu']} ({env['machine']}), {env['cores']} cores"
+                f" ({env.get('usable_cores')} usable), torch {env['torch']} with"
+                f" {env['torch_threads']} threads, ONNX Runtime {env['onnxruntime']},"
+                f" Torch-Pruning {env['torch_pruning']}, Python {env['python']}; wall time"
+                f" {S[name]['duration_s'] / 60:.1f} min; 1-min load average"
+                f" {env['load_avg_start']:.1f} at the start and"
+                f" {env.get('load_avg_end', math.nan):.1f} at the end (above 2 means other work"
+                " shared the two cores)."
+            )
     add("")
 
-    # 1. Headline.
-    seeds = r["headline"]["seeds"]
     add(f"### 1. Channel pruning headline (`mnist`, `{VGG_ARCH}`)")
     add("")
-    add(
-        "| seed | fp32 test | pruned test | drop | MACs | MAC reduction | fp32 p50 (IQR) |"
-        " pruned p50 (IQR) | speedup | speedup / MAC reduction |"
-    )
-    add("|---|---|---|---|---|---|---|---|---|---|")
-    for s in seeds:
-        sl = s["slim"]
+    if "headline" not in S:
+        add(_not_measured("headline"))
+    else:
+        seeds = S["headline"]["seeds"]
         add(
-            f"| {s['seed']} | {s['fp32_test']:.2f}% | {sl['test']:.2f}% |"
-            f" {s['fp32_test'] - sl['test']:+.2f} pt | {sl['base_macs'] / 1e6:.1f}M →"
-            f" {sl['macs'] / 1e6:.1f}M | {sl['mac_ratio']:.2f}x | {lat(s, 'fp32')} |"
-            f" {lat(s, 'slim')} | {s['slim_speedup']:.2f}x |"
-            f" {s['slim_speedup'] / sl['mac_ratio']:.2f} |"
+            "| seed | fp32 test | pruned test | drop | MACs | MAC reduction | fp32 p50 (IQR) |"
+            " pruned p50 (IQR) | speedup | speedup / MAC reduction |"
         )
-    add(
-        f"| mean ± sd | {pm([s['fp32_test'] for s in seeds])}% |"
-        f" {pm([s['slim']['test'] for s in seeds])}% |"
-        f" {pm([s['fp32_test'] - s['slim']['test'] for s in seeds])} pt | |"
-        f" {pm([s['slim']['mac_ratio'] for s in seeds])}x | | |"
-        f" {pm([s['slim_speedup'] for s in seeds])}x | |"
-    )
+        add("|---|---|---|---|---|---|---|---|---|---|")
+        for s in seeds:
+            sl = s["slim"]
+            add(
+                f"| {s['seed']} | {s['fp32_test']:.2f}% | {sl['test']:.2f}% |"
+                f" {s['fp32_test'] - sl['test']:+.2f} pt | {sl['base_macs'] / 1e6:.1f}M →"
+                f" {sl['macs'] / 1e6:.1f}M | {sl['mac_ratio']:.2f}x | {lat(s, 'fp32')} |"
+                f" {lat(s, 'slim')} | {s['slim_speedup']:.2f}x |"
+                f" {s['slim_speedup'] / sl['mac_ratio']:.2f} |"
+            )
+        add(
+            f"| mean ± sd | {pm([s['fp32_test'] for s in seeds])}% |"
+            f" {pm([s['slim']['test'] for s in seeds])}% |"
+            f" {pm([s['fp32_test'] - s['slim']['test'] for s in seeds])} pt | |"
+            f" {pm([s['slim']['mac_ratio'] for s in seeds])}x | | |"
+            f" {pm([s['slim_speedup'] for s in seeds])}x | |"
+        )
     add("")
 
-    # 2. Curve.
     add(f"### 2. Accuracy vs MACs (`mnist`, `{PRUNE_ARCH}`)")
     add("")
-    add(curve_table(r["curve"]["points"], r["curve"]["base_test"]))
-    add("")
-    add(
-        f"Best importance by validation accuracy: `{r['curve']['best']}`. Rule 2 per point"
-        " (test accuracy):"
-    )
-    add("")
-    add("| MAC target | best importance | plain TP | difference | one sd | ≥ TP | > 1 sd |")
-    add("|---|---|---|---|---|---|---|")
-    for x in cv["points"]:
-        spread = "—" if math.isnan(x["sd"]) else f"{x['sd']:.2f}"
+    if cv is None:
+        add(_not_measured("curve"))
+    else:
+        add(curve_table(S["curve"]["points"], S["curve"]["base_test"]))
+        add("")
+        add(variants_list(S["curve"]))
+        add("")
         add(
-            f"| {x['target']}x | {x['best']:.2f}% | {x['tp']:.2f}% | {x['diff']:+.2f} pt |"
-            f" {spread} pt | {'yes' if x['at_least'] else 'no'} |"
-            f" {'yes' if x['by_sd'] else 'no'} |"
+            f"Best variant by validation accuracy: `{S['curve']['best']}`. Rule 2 per point"
+            " (test accuracy):"
         )
+        add("")
+        add("| MAC target | best variant | plain TP | difference | one sd | ≥ TP | > 1 sd |")
+        add("|---|---|---|---|---|---|---|")
+        for x in cv["points"]:
+            spread = "—" if math.isnan(x["sd"]) else f"{x['sd']:.2f}"
+            add(
+                f"| {x['target']}x | {x['best']:.2f}% | {x['tp']:.2f}% | {x['diff']:+.2f} pt |"
+                f" {spread} pt | {'yes' if x['at_least'] else 'no'} |"
+                f" {'yes' if x['by_sd'] else 'no'} |"
+            )
     add("")
     add("`digits` (smaller table, no rule: a 3-4 layer net saturates it), same procedure:")
     add("")
-    add(curve_table(r["digits_curve"]["points"], r["digits_curve"]["base_test"]))
+    if "digits" in S:
+        add(curve_table(S["digits"]["points"], S["digits"]["base_test"]))
+    else:
+        add(_not_measured("digits"))
     add("")
 
-    # 3. PTQ.
     add(f"### 3. int8 post-training quantization (`mnist`, `{VGG_ARCH}`)")
     add("")
-    add("| seed | fp32 | int8 | size ratio | fp32 test | int8 test | drop | fp32 p50 (IQR) |"
-        " int8 p50 (IQR) | speedup |")  # fmt: skip
-    add("|---|---|---|---|---|---|---|---|---|---|")
-    for s in seeds:
+    if "headline" not in S:
+        add(_not_measured("headline"))
+    else:
+        seeds = S["headline"]["seeds"]
+        add("| seed | fp32 | int8 | size ratio | fp32 test | int8 test | drop | fp32 p50 (IQR) |"
+            " int8 p50 (IQR) | speedup |")  # fmt: skip
+        add("|---|---|---|---|---|---|---|---|---|---|")
+        for s in seeds:
+            add(
+                f"| {s['seed']} | {s['fp32_bytes'] / 1e6:.2f} MB |"
+                f" {s['int8_bytes'] / 1e6:.2f} MB | {s['fp32_bytes'] / s['int8_bytes']:.2f}x |"
+                f" {s['int8_fp32_test']:.2f}% | {s['int8_test']:.2f}% |"
+                f" {s['int8_fp32_test'] - s['int8_test']:+.2f} pt |"
+                f" {lat(s, 'fp32')} | {lat(s, 'int8')} | {s['int8_speedup']:.2f}x |"
+            )
         add(
-            f"| {s['seed']} | {s['fp32_bytes'] / 1e6:.2f} MB | {s['int8_bytes'] / 1e6:.2f} MB |"
-            f" {s['fp32_bytes'] / s['int8_bytes']:.2f}x | {s['int8_fp32_test']:.2f}% |"
-            f" {s['int8_test']:.2f}% | {s['int8_fp32_test'] - s['int8_test']:+.2f} pt |"
-            f" {lat(s, 'fp32')} | {lat(s, 'int8')} | {s['int8_speedup']:.2f}x |"
+            f"| mean ± sd | | | {pm([s['fp32_bytes'] / s['int8_bytes'] for s in seeds])}x |"
+            f" {pm([s['int8_fp32_test'] for s in seeds])}% |"
+            f" {pm([s['int8_test'] for s in seeds])}% |"
+            f" {pm([s['int8_fp32_test'] - s['int8_test'] for s in seeds])} pt | | |"
+            f" {pm([s['int8_speedup'] for s in seeds])}x |"
         )
-    add(
-        f"| mean ± sd | | | {pm([s['fp32_bytes'] / s['int8_bytes'] for s in seeds])}x |"
-        f" {pm([s['int8_fp32_test'] for s in seeds])}% | {pm([s['int8_test'] for s in seeds])}% |"
-        f" {pm([s['int8_fp32_test'] - s['int8_test'] for s in seeds])} pt | | |"
-        f" {pm([s['int8_speedup'] for s in seeds])}x |"
-    )
     add("")
 
-    # 4. KD.
-    rows = r["kd"]["rows"]
     add(f"### 4. Knowledge distillation (`mnist`, `{STUDENT_ARCH}` student)")
     add("")
-    add("| seed | student alone | distilled | difference |")
-    add("|---|---|---|---|")
-    for x in rows:
+    if "kd" not in S:
+        add(_not_measured("kd"))
+    else:
+        rows = S["kd"]["rows"]
+        add("| seed | teacher | student alone | distilled | difference |")
+        add("|---|---|---|---|---|")
+        for x in rows:
+            add(
+                f"| {x['seed']} | {x['teacher']:.2f}% | {x['alone']:.2f}% | {x['kd']:.2f}% |"
+                f" {x['kd'] - x['alone']:+.2f} pt |"
+            )
         add(
-            f"| {x['seed']} | {x['alone']:.2f}% | {x['kd']:.2f}% | {x['kd'] - x['alone']:+.2f} pt |"
+            f"| mean ± sd | {pm([x['teacher'] for x in rows])}% |"
+            f" {pm([x['alone'] for x in rows])}% | {pm([x['kd'] for x in rows])}% |"
+            f" {pm([x['kd'] - x['alone'] for x in rows])} pt |"
         )
-    add(
-        f"| mean ± sd | {pm([x['alone'] for x in rows])}% | {pm([x['kd'] for x in rows])}% |"
-        f" {pm([x['kd'] - x['alone'] for x in rows])} pt |"
-    )
     add("")
 
-    # Overhead.
     add("### Warm-to-warm job overhead")
     add("")
-    add(
-        "A tiny recipe (`lenet5` on `digits`, `finetune` for 2 epochs, default eval settings:"
-        f" {o['eval']['rounds']} latency rounds of {o['eval']['latency_runs']} runs) through"
-        " `run_recipe` in a process that has already run it once, against the same stage's"
-        " compute alone (`get_method('finetune').run`, what the pipeline calls), alternating,"
-        f" {len(o['run_recipe_s'])} repeat(s), medians:"
-        f" `run_recipe` {o['run_recipe_median_s']:.2f} s, compute {o['direct_median_s']:.2f} s,"
-        f" **overhead {o['overhead_s']:.2f} s (ratio {o['ratio']:.2f}x)**. The overhead is the"
-        " pipeline's own work: baseline and result measured on test and val, ONNX export and"
-        " parity, checkpoints, the latency children, `report.json`. The server path (API →"
-        " Celery worker → websocket) is measured by `benchmarks/jobs_bench.py` (the jobs section"
-        " above): its warm worker adds the queue and database on top of this."
-    )
+    if "overhead" not in S:
+        add(_not_measured("overhead"))
+    else:
+        o = S["overhead"]
+        add(
+            "A tiny recipe (`lenet5` on `digits`, `finetune` for 2 epochs, default eval settings:"
+            f" {o['eval']['rounds']} latency rounds of {o['eval']['latency_runs']} runs) through"
+            " `run_recipe` in a process that has already run it once, against the same stage's"
+            " compute alone (`get_method('finetune').run`, what the pipeline calls), alternating,"
+            f" {len(o['run_recipe_s'])} repeat(s), medians:"
+            f" `run_recipe` {o['run_recipe_median_s']:.2f} s, compute"
+            f" {o['direct_median_s']:.2f} s, **overhead {o['overhead_s']:.2f} s (ratio"
+            f" {o['ratio']:.2f}x)**. The overhead is the pipeline's own work: baseline and result"
+            " measured on test and val, ONNX export and parity, checkpoints, the latency"
+            " children, `report.json`. The server path (API → Celery worker → websocket) is"
+            " measured by `benchmarks/jobs_bench.py` (the jobs section above): its warm worker"
+            " adds the queue and database on top of this."
+        )
     add("")
     add(
-        "Re-run: `.venv/bin/python benchmarks/compression_bench.py` (full, writes this"
-        " section); `--quick` for a smoke run; `--render-only"
-        " benchmarks/out/compression/results.json` re-renders from the raw numbers."
+        "Re-run: `.venv/bin/python benchmarks/compression_bench.py` (every section, writes this"
+        " section of the doc); `--sections curve,kd` re-measures only those (the others keep"
+        " their numbers from `benchmarks/results/compression.json`); `--quick` for a smoke run;"
+        " `--render-only` re-renders from the results file."
     )
     return "\n".join(lines)
 
@@ -925,13 +1047,22 @@ def lat(s: dict[str, Any], key: str) -> str:
     return f"{s[f'{key}_p50_ms']:.3f} ms ({spread})"
 
 
+def variants_list(curve: dict[str, Any]) -> str:
+    """The settings of each EdgeSlim variant on the curve."""
+    items = [
+        f"`{name}`: " + ", ".join(f"`{k}: {v}`" for k, v in settings.items())
+        for name, settings in curve.get("variants", {}).items()
+    ]
+    return "EdgeSlim variants: " + "; ".join(items) + "." if items else ""
+
+
 def curve_table(points: dict[str, dict[str, list[dict[str, Any]]]], base: list[float]) -> str:
     """Test accuracy (mean ± sd) and reached MAC reduction per method and target."""
     targets = list(points[TP_NAME])
     head = "| method | " + " | ".join(f"{t}x fewer MACs" for t in targets) + " |"
     rows = [head, "|---|" + "---|" * len(targets)]
     rows.append(f"| unpruned ({pm(base)}%) | " + " | ".join("" for _ in targets) + " |")
-    for m in (*IMPORTANCES, TP_NAME):
+    for m in (*(x for x in points if x != TP_NAME), TP_NAME):
         name = "plain Torch-Pruning" if m == TP_NAME else f"EdgeSlim `{m}`"
         cells = []
         for t in targets:
