@@ -3,14 +3,11 @@
 from compression.methods import (  # noqa: F401  (imported for their registration side effect)
     backbone_swap,
     channel_pruning,
-    cp_decomposition,
     distillation,
     finetune,
     magnitude_pruning,
     ptq_int8,
-    qat_int8,
     tt_decomposition,
-    tucker_decomposition,
     weight_coding,
     weight_sharing,
 )
