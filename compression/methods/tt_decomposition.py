@@ -152,8 +152,13 @@ class _Decision:
     error_budget: float | None = None
     measurements: int = 0
 
-    def details(self) -> dict[str, Any]:
+    def row(self) -> dict[str, Any]:
+        """One row of ``extras.tensor_train.layers`` in report.json (docs/report-schema.md)."""
         return {
+            "name": self.name,
+            "kind": self.kind,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
             "action": self.action,
             "reason": self.reason or None,
             "out_modes": list(self.out_modes) or None,
@@ -487,25 +492,16 @@ def run(ctx: StageContext, cfg: TTDecompositionConfig) -> StageResult:
         metrics={**_summary(decisions), **history_metrics(history)},
         layers=[_layer_change(d) for d in decisions],
         history=history,
+        extras={"tensor_train": {"layers": [d.row() for d in decisions]}},
     )
 
 
-@dataclass(frozen=True)
-class TTLayerChange(LayerChange):
-    """A LayerChange row plus the TT facts of the layer (``details`` in report.json's layers):
-    action, reason, modes, ranks, relative error, pixels, and FLOPs of the dense layer, the
-    greedy and the DP contraction order (docs/report-schema.md)."""
-
-    details: dict[str, Any] | None = None
-
-
 def _layer_change(dec: _Decision) -> LayerChange:
-    return TTLayerChange(
+    return LayerChange(
         name=dec.name,
         kind=dec.kind,
         params_before=dec.params_before,
         params_after=dec.params_after,
-        details=dec.details(),
     )
 
 

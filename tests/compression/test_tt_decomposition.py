@@ -198,11 +198,12 @@ def test_method_decomposes_lists_skips_and_reports(digits: DatasetBundle, tmp_pa
         min_params=0,
         dense_fallback=False,
     )
-    rows = {r.name: asdict(r) for r in res.layers}
+    rows = {r["name"]: r for r in res.extras["tensor_train"]["layers"]}
+    changes = {r.name: asdict(r) for r in res.layers}
     assert isinstance(model.expand, TTLayer) and isinstance(model.project, TTLayer)
     assert isinstance(model.dw, nn.Conv2d)  # never touched: not a channel matrix
     for name in ("expand", "project"):
-        d = rows[name]["details"]
+        d = rows[name]
         assert d["action"] == "tt"
         assert d["rel_error"] <= 0.3 + 1e-6
         assert math.prod(d["out_modes"]) * math.prod(d["in_modes"]) == 64 * (
@@ -210,8 +211,9 @@ def test_method_decomposes_lists_skips_and_reports(digits: DatasetBundle, tmp_pa
         )
         assert d["flops_dp"] <= d["flops_greedy"]
         assert d["flops_dense"] > 0
-        assert rows[name]["params_after"] < rows[name]["params_before"]
-    assert rows["project"]["details"]["input_hw"] == 64  # 16x16 -> stride 2 -> 8x8
+        assert changes[name]["params_after"] < changes[name]["params_before"]
+        assert d["params_after"] == changes[name]["params_after"]
+    assert rows["project"]["input_hw"] == 64  # 16x16 -> stride 2 -> 8x8
     assert res.metrics["tt_layers"] >= 2
     after = model(x).detach()
     rel = float((after - before).norm() / before.norm())
@@ -221,11 +223,11 @@ def test_method_decomposes_lists_skips_and_reports(digits: DatasetBundle, tmp_pa
 def test_dense_fallback_recontracts_and_says_so(digits: DatasetBundle, tmp_path: Path) -> None:
     model = OneByOneNet()
     res = _run(model, digits, tmp_path, rank=8, modes=2, layers="expand", min_params=0)
-    row = asdict(res.layers[0])
+    row = res.extras["tensor_train"]["layers"][0]
     # 16 -> 64 at 16x16 pixels with rank 8: every order costs more than the dense conv
-    assert row["details"]["action"] == "recontracted"
-    assert "no contraction order beats the dense layer" in row["details"]["reason"]
-    assert row["details"]["flops_dp"] >= row["details"]["flops_dense"]
+    assert row["action"] == "recontracted"
+    assert "no contraction order beats the dense layer" in row["reason"]
+    assert row["flops_dp"] >= row["flops_dense"]
     assert type(model.expand) is nn.Conv2d
 
 
@@ -249,7 +251,7 @@ def test_bad_input_gives_errors_or_listed_skips(digits: DatasetBundle, tmp_path:
         min_params=0,
         dense_fallback=False,
     )
-    rows = {r.name: asdict(r)["details"] for r in res.layers}
+    rows = {r["name"]: r for r in res.extras["tensor_train"]["layers"]}
     assert rows["dw"]["action"] == "skipped" and "depthwise" in rows["dw"]["reason"]
     assert rows["stem"]["action"] == "skipped" and "3x3" in rows["stem"]["reason"]
     assert rows["expand"]["action"] == "tt" and rows["project"]["action"] == "tt"
@@ -264,7 +266,7 @@ def test_bad_input_gives_errors_or_listed_skips(digits: DatasetBundle, tmp_path:
         min_params=0,
         dense_fallback=False,
     )
-    rows = {r.name: asdict(r)["details"] for r in res.layers}
+    rows = {r["name"]: r for r in res.extras["tensor_train"]["layers"]}
     assert (
         rows["expand"]["action"] == "skipped"
         and "larger than this layer allows" in rows["expand"]["reason"]
@@ -299,7 +301,7 @@ def test_accuracy_criterion_measures_on_val(digits: DatasetBundle, tmp_path: Pat
         min_params=0,
         dense_fallback=False,
     )
-    d = asdict(res.layers[0])["details"]
+    d = res.extras["tensor_train"]["layers"][0]
     # any accuracy is within a 100-point budget, so bisection climbs to the loosest budget
     assert d["action"] == "tt" and d["error_budget"] == pytest.approx(0.95)
     assert res.metrics["accuracy_measurements"] >= 3
