@@ -144,6 +144,12 @@ class DeploymentCreateSerializer(serializers.Serializer[Any]):
         help_text="With model_version: the data set whose test split evaluates an uploaded "
         "version (a job's version uses the job's).",
     )
+    container = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="With model_version: deploy its compressed container (a weight_coding job's) "
+        "instead of its ONNX; devices decode it first and report the decode time and memory.",
+    )
     target_kind = serializers.ChoiceField(choices=TargetKind.choices)
     target_value = serializers.CharField(required=False, allow_blank=True, default="")
     settings = BenchSettingsSerializer(required=False)
@@ -229,6 +235,7 @@ class DeploymentListView(APIView):
                     user=request.user,  # type: ignore[arg-type]
                     model_version=version,
                     dataset=dataset,
+                    container=bool(data.get("container")),
                 )
             except model_versions.NotDeployable as exc:
                 raise ValidationError({"model_version": str(exc)}) from exc

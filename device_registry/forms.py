@@ -21,7 +21,10 @@ class DeviceRegisterForm(forms.Form):
 
 class ArtifactUploadForm(forms.Form):
     name = forms.CharField(max_length=200, required=False)
-    file = forms.FileField(help_text="An ONNX model.")
+    file = forms.FileField(
+        help_text="An ONNX model, or an EdgeSlim compressed container (.esdc) that devices "
+        "decode before they benchmark it."
+    )
     eval_file = forms.FileField(
         required=False, help_text="Optional .npz with arrays x (inputs) and y (labels)."
     )

@@ -12,6 +12,7 @@ from django.db import transaction
 from django.db.models import Q
 
 from device_registry import conf, eval_sets, selectors, services
+from device_registry.agent.protocol import FORMAT_CONTAINER, FORMAT_ONNX
 from device_registry.models import DeployableArtifact
 from webapp.accounts.models import Organization, User
 from webapp.catalog.models import Dataset, ItemStatus, ModelFormat, ModelVersion
@@ -26,8 +27,14 @@ def model_version_source(model_version: ModelVersion) -> str:
     return f"model_version:{model_version.pk}"
 
 
-def deploy_refusal_reason(model_version: ModelVersion) -> str:
-    """Why this version cannot be deployed to devices; empty when it can."""
+def deploy_refusal_reason(model_version: ModelVersion, *, container: bool = False) -> str:
+    """Why this version (or, with ``container``, its compressed container) cannot be deployed
+    to devices; empty when it can."""
+    if container and not model_version.container:
+        return (
+            "This version has no compressed container: only a job whose recipe ends with "
+            "weight_coding writes one."
+        )
     if model_version.format != ModelFormat.ONNX:
         return (
             "Devices run ONNX only and this version is PyTorch weights. Export it via a job "
@@ -40,9 +47,10 @@ def deploy_refusal_reason(model_version: ModelVersion) -> str:
     return ""
 
 
-def _artifact_name(model_version: ModelVersion) -> str:
+def _artifact_name(model_version: ModelVersion, *, container: bool = False) -> str:
     label = f"-{model_version.label}" if model_version.label else ""
-    return f"{model_version.asset.name}-v{model_version.number}{label}.onnx"
+    ext = "esdc" if container else "onnx"
+    return f"{model_version.asset.name}-v{model_version.number}{label}.{ext}"
 
 
 def eval_dataset_for(
@@ -75,8 +83,12 @@ def artifact_for_model_version(
     user: User | None,
     model_version: ModelVersion,
     dataset: Dataset | None = None,
+    container: bool = False,
 ) -> DeployableArtifact:
     """The deployable artifact of a ready ONNX version, made once per (version, data set).
+
+    With ``container`` the artifact is the version's compressed container (format
+    ``container``): devices decode it into the version's ONNX before they benchmark it.
 
     The artifact carries the test split of the version's data set (``dataset`` when given,
     else the lineage's, see :func:`eval_dataset_for`) as its evaluation set, built once and
@@ -91,7 +103,7 @@ def artifact_for_model_version(
     """
     if model_version.organization_id != organization.pk:
         raise NotDeployable("This model version belongs to another organisation.")
-    reason = deploy_refusal_reason(model_version)
+    reason = deploy_refusal_reason(model_version, container=container)
     if reason:
         raise NotDeployable(reason)
     eval_dataset = eval_dataset_for(model_version, dataset=dataset)
@@ -102,9 +114,13 @@ def artifact_for_model_version(
     source = model_version_source(model_version)
     with transaction.atomic():
         ModelVersion.objects.select_for_update().filter(pk=model_version.pk).first()
-        existing = DeployableArtifact.objects.for_org(organization).filter(source=source)
-        if model_version.sha256:
-            existing = existing.filter(sha256=model_version.sha256)
+        fmt = FORMAT_CONTAINER if container else FORMAT_ONNX
+        existing = DeployableArtifact.objects.for_org(organization).filter(
+            source=source, format=fmt
+        )
+        digest = model_version.container_sha256 if container else model_version.sha256
+        if digest:
+            existing = existing.filter(sha256=digest)
         no_eval = Q(eval_file="") | Q(eval_file__isnull=True)
         if eval_dataset is None:
             existing = existing.filter(no_eval)
@@ -122,24 +138,28 @@ def artifact_for_model_version(
                     )
                 except eval_sets.EvalSetError as exc:
                     raise NotDeployable(str(exc)) from exc
-            with default_storage.open(str(model_version.file.name), "rb") as fh:
+            stored = model_version.container if container else model_version.file
+            name = _artifact_name(model_version, container=container)
+            with default_storage.open(str(stored.name), "rb") as fh:
                 if built is None:
                     return services.artifact_create(
                         organization=organization,
-                        name=_artifact_name(model_version),
+                        name=name,
                         file=fh,
                         source=source,
                         created_by=user,
+                        format=fmt,
                     )
                 with built.path.open("rb") as eval_fh:
                     return services.artifact_create(
                         organization=organization,
-                        name=_artifact_name(model_version),
+                        name=name,
                         file=fh,
                         eval_file=eval_fh,
                         eval_meta=built.meta,
                         source=source,
                         created_by=user,
+                        format=fmt,
                     )
 
 

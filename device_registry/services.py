@@ -17,6 +17,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from compression.container import MAGIC as CONTAINER_MAGIC
 from compression.container import read_header
 from device_registry import bus, conf
 from device_registry.agent.protocol import (
@@ -262,6 +263,14 @@ def _sha256_and_size(fileobj: Any) -> tuple[str, int]:
         size += len(chunk)
     fileobj.seek(0)
     return digest.hexdigest(), size
+
+
+def sniff_format(fileobj: Any) -> str:
+    """``container`` when the file starts with the container's magic bytes, else ``onnx``."""
+    fileobj.seek(0)
+    head = fileobj.read(len(CONTAINER_MAGIC))
+    fileobj.seek(0)
+    return FORMAT_CONTAINER if head == CONTAINER_MAGIC else FORMAT_ONNX
 
 
 def artifact_create(

@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
+from compression.container import ContainerError
 from device_registry import conf, eval_sets, model_versions, public_url, selectors, services
 from device_registry.agent.protocol import BenchSettings, ProtocolError
 from device_registry.agent_wheel import agent_wheel_name
@@ -185,16 +186,23 @@ def artifact_list(request: HttpRequest) -> HttpResponse:
     form = ArtifactUploadForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
-        artifact = services.artifact_create(
-            organization=_org(request),
-            name=form.cleaned_data["name"] or upload.name,
-            file=upload,
-            eval_file=form.cleaned_data.get("eval_file"),
-            source="upload",
-            created_by=request.user,  # type: ignore[arg-type]
-        )
-        messages.success(request, f"{artifact.name} is stored (sha256 {artifact.sha256[:12]}…).")
-        return redirect("devices:artifacts")
+        try:
+            artifact = services.artifact_create(
+                organization=_org(request),
+                name=form.cleaned_data["name"] or upload.name,
+                file=upload,
+                eval_file=form.cleaned_data.get("eval_file"),
+                source="upload",
+                created_by=request.user,  # type: ignore[arg-type]
+                format=services.sniff_format(upload),
+            )
+        except ContainerError as exc:
+            form.add_error("file", str(exc))
+        else:
+            messages.success(
+                request, f"{artifact.name} is stored (sha256 {artifact.sha256[:12]}…)."
+            )
+            return redirect("devices:artifacts")
     return render(
         request,
         "device_registry/artifact_list.html",
@@ -278,6 +286,7 @@ def model_version_deploy(request: HttpRequest, pk: int) -> HttpResponse:
             user=request.user,  # type: ignore[arg-type]
             model_version=version,
             dataset=dataset,
+            container=request.POST.get("container") == "1",
         )
     except model_versions.NotDeployable as exc:
         messages.error(request, str(exc))

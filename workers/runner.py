@@ -193,7 +193,10 @@ class JobRunner:
         """Each final ONNX becomes a new ModelVersion (idempotent across retries)."""
         from compression.inspection import inspect_onnx
         from webapp.catalog.models import ModelVersion
-        from webapp.catalog.services import model_version_create_from_job
+        from webapp.catalog.services import (
+            model_version_attach_container,
+            model_version_create_from_job,
+        )
 
         out: list[dict[str, Any]] = []
         # The report's final state carries the MACs counted on the torch module before export;
@@ -227,6 +230,12 @@ class JobRunner:
                     macs=macs,
                 )
             out.append({"id": existing.pk, "label": label, "number": existing.number})
+            container = out_dir / "final.esdc"
+            if label == "fp32" and container.is_file():
+                # weight_coding's container decodes to this fp32 ONNX: the version keeps it, so a
+                # deployment can push the container instead (devices decode it first).
+                model_version_attach_container(version=existing, path=container)
+                out[-1]["container"] = True
         return out
 
     # --- endings ----------------------------------------------------------------------------

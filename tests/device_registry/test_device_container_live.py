@@ -173,3 +173,96 @@ def test_a_container_the_decoder_refuses_is_reported_and_never_benchmarked(tmp_p
     assert kinds[0][1]["reason"] == "decode_failed"
     leftovers = list((tmp_path / "pi").rglob("*.d"))
     assert leftovers == []
+
+
+def _shared_centroid_version(org: Any, tmp_path: Path) -> Any:
+    """A job's fp32 ONNX version on the digits whose MatMul weight is shared (32 values, 40%
+    zeros), with the container weight_coding would write for it attached."""
+    import onnx
+    from catalog_versions import SIZE, centroid_onnx
+    from jobs_factories import make_digits, make_model_version
+    from onnx import numpy_helper
+
+    from webapp.catalog.services import (
+        model_version_attach_container,
+        model_version_create_from_job,
+    )
+    from webapp.jobs.models import Job, JobStatus
+
+    parent = make_model_version(org)
+    parent.input_size = SIZE
+    parent.save(update_fields=["input_size"])
+    digits = make_digits(org)
+    job = Job.objects.create(
+        organization=org, name="deep", model_version=parent, dataset=digits, recipe={},
+        status=JobStatus.SUCCEEDED,
+    )  # fmt: skip
+    path = centroid_onnx(tmp_path / "centroids.onnx", dataset=digits)
+    model = onnx.load(str(path))
+    for tensor in model.graph.initializer:
+        if tensor.name == "w":
+            w = numpy_helper.to_array(tensor).copy()
+            w[np.abs(w) < np.quantile(np.abs(w), 0.4)] = 0
+            nz = w != 0
+            levels = np.linspace(w[nz].min(), w[nz].max(), 32, dtype=np.float32)
+            w[nz] = levels[np.abs(w[nz][:, None] - levels[None]).argmin(1)]
+            tensor.CopyFrom(numpy_helper.from_array(w.astype(np.float32), "w"))
+    onnx.save(model, str(path))
+    version = model_version_create_from_job(
+        organization=org, parent=parent, job_id=job.pk, recipe={}, file_path=path,
+        format="onnx", label="fp32", info={"params": 650},
+    )  # fmt: skip
+    stats = encode_onnx(path, tmp_path / "final.esdc", min_elements=64)
+    assert [layer.stored_as for layer in stats.layers] == ["shared"]
+    return model_version_attach_container(version=version, path=tmp_path / "final.esdc"), stats
+
+
+def test_a_catalog_versions_container_deploys_from_its_page_and_scores_like_its_onnx(
+    tmp_path, daphne_server, settings
+):
+    from catalog_versions import host_accuracy
+
+    settings.EDGESLIM_EVAL_SET_MAX_SAMPLES = 200
+    user = make_user()
+    org = make_organization(owner=user)
+    version, stats = _shared_centroid_version(org, tmp_path)
+    client = client_for(user)
+    page = client.get(reverse("catalog:model_version_detail", args=[version.pk])).content.decode()
+    assert "Deploy the compressed container" in page
+    assert f"({stats.total_bytes} bytes)" in page and f"({stats.decoded_bytes} bytes)" in page
+    response = client.post(
+        reverse("devices:deploy_model_version", args=[version.pk]), {"container": "1"}
+    )
+    assert response.status_code == 302
+    from device_registry.models import DeployableArtifact
+
+    art = DeployableArtifact.objects.get(source=f"model_version:{version.pk}")
+    assert art.is_container and art.sha256 == version.container_sha256
+    assert art.eval_meta["count"] == 200 and art.name.endswith(".esdc")
+    # the ONNX deploy of the same version stays a separate, plain artifact
+    client.post(reverse("devices:deploy_model_version", args=[version.pk]))
+    assert DeployableArtifact.objects.filter(source=f"model_version:{version.pk}").count() == 2
+
+    device, agent = _enrolled(tmp_path, daphne_server.base_url, org)
+    dep = services.deployment_create(
+        organization=org, artifact=art, target_kind="device", target_value=str(device.pk),
+        settings=BenchSettings(warmup=1, runs=5, accuracy=True),
+    )  # fmt: skip
+    agent.start()
+    try:
+        target = wait_for(
+            lambda: DeploymentTarget.objects.filter(deployment=dep, status__in=["succeeded", "failed"]).first(),
+            timeout=120, what="the deployment to finish", log=agent.output,
+        )  # fmt: skip
+    finally:
+        agent.stop()
+    assert target.status == "succeeded", (target.message, agent.output()[-3000:])
+    model = tmp_path / "host.onnx"
+    model.write_bytes(version.file.open("rb").read())
+    npz = tmp_path / "host.npz"
+    npz.write_bytes(art.eval_file.open("rb").read())
+    correct, samples = host_accuracy(model, npz)
+    measured = DeploymentResult.objects.get(deployment=dep, kind="accuracy").payload
+    assert (measured["correct"], measured["samples"]) == (correct, samples) == (correct, 200)
+    latency = DeploymentResult.objects.get(deployment=dep, kind="latency").payload
+    assert latency["container_bytes"] == stats.total_bytes == version.container_size

@@ -75,6 +75,14 @@ class ModelVersion(OrgScopedModel):
     task = models.CharField(max_length=32, default="classification")
     size_bytes = models.BigIntegerField(default=0)
     sha256 = models.CharField(max_length=64, blank=True)
+    # The EdgeSlim compressed container (docs/container-format.md) a weight_coding job wrote for
+    # this version: it decodes to this version's ONNX, and deploys instead of it when chosen.
+    container = models.FileField(max_length=500, blank=True)
+    container_size = models.BigIntegerField(null=True, blank=True)
+    container_sha256 = models.CharField(max_length=64, blank=True)
+    container_decoded_size = models.BigIntegerField(
+        null=True, blank=True, help_text="Bytes of the ONNX the container decodes to."
+    )
     info = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=ItemStatus.choices, default=ItemStatus.PENDING)
     error = models.TextField(blank=True)

@@ -562,6 +562,44 @@ def model_version_create_from_job(
     return version
 
 
+def model_version_attach_container(*, version: ModelVersion, path: Path | str) -> ModelVersion:
+    """Store the compressed container a job wrote for ``version`` (idempotent).
+
+    The container's header and sha256 are checked before it is stored (a refused one raises
+    :class:`CatalogInputError`), so a version never carries a container its devices would
+    refuse for corruption.
+    """
+    from compression.container import ContainerError, read_header
+
+    path = Path(path)
+    sha256, size = _hash_and_size(_source_chunks(None, path))
+    if version.container and version.container_sha256 == sha256:
+        return version
+    try:
+        header, _sections = read_header(path)
+    except ContainerError as exc:
+        raise CatalogInputError(str(exc), field="container") from exc
+    stored = _store(
+        uploaded_file=None,
+        path=path,
+        storage_name=storage_name_for(version.organization, "containers", ".esdc"),
+    )
+    old = str(version.container.name or "") if version.container else ""
+    try:
+        ModelVersion.objects.filter(pk=version.pk).update(
+            container=stored,
+            container_size=size,
+            container_sha256=sha256,
+            container_decoded_size=header.graph_length + header.data_length,
+        )
+    except BaseException:
+        storage_delete_quietly(stored)
+        raise
+    storage_delete_quietly(old)
+    version.refresh_from_db()
+    return version
+
+
 def _preprocessing_record(data: dict[str, Any]) -> dict[str, Any]:
     from compression.preprocessing import Preprocessing, PreprocessingError
 

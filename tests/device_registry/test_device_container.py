@@ -1,0 +1,94 @@
+"""Container artifacts on the server: stored only when their header and checksum hold, their
+latency results must carry the decode figures, and a job's container lands on its version."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from device_factories import artifact, deployment, enrolled_device
+from factories import make_organization
+
+from compression.container import ContainerError
+from compression.weight_coding import encode_onnx
+from device_registry import services
+from device_registry.agent.protocol import ProtocolError, Result
+from device_registry.models import DeploymentResult
+
+pytestmark = pytest.mark.django_db
+
+FIGURES = {"decode_ms": 3.0, "decode_peak_rss_mb": 30.0, "container_bytes": 10, "onnx_bytes": 20}
+
+
+def _container(tmp_path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = np.linspace(-1, 1, 8, dtype=np.float32)[rng.integers(0, 8, (32, 4))]
+    w[rng.random(w.shape) < 0.7] = 0
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    encode_onnx(tmp_path / "m.onnx", tmp_path / "m.esdc", min_elements=16)
+    return tmp_path / "m.esdc"
+
+
+def test_a_container_upload_is_sniffed_checked_and_stored(tmp_path: Path) -> None:
+    org = make_organization()
+    blob = _container(tmp_path).read_bytes()
+    assert services.sniff_format(io.BytesIO(blob)) == "container"
+    assert services.sniff_format(io.BytesIO(b"\x08\x07onnx")) == "onnx"
+    art = services.artifact_create(
+        organization=org, name="m.esdc", file=io.BytesIO(blob), format="container"
+    )
+    assert art.is_container and art.size == len(blob) and art.decoded_size > len(blob) // 2
+    assert art.file.name.endswith(".esdc")
+    manifest = services.deployment_manifest(deployment(org, art, enrolled_device(org)[0]))
+    assert manifest.format == "container" and manifest.size == len(blob)
+    with pytest.raises(ContainerError, match="checksum"):
+        services.artifact_create(
+            organization=org, name="bad", file=io.BytesIO(blob[:-1] + b"\x00"), format="container"
+        )
+
+
+def _store(dep: Any, device: Any, data: dict[str, Any]) -> services.StoredResult:
+    return services.deployment_result_store(
+        device_id=device.pk,
+        result=Result(deployment_id=dep.pk, seq=1, kind="latency", data=data),
+    )
+
+
+def test_a_container_deployments_latency_needs_the_decode_figures(tmp_path: Path) -> None:
+    org = make_organization()
+    device, _ = enrolled_device(org)
+    art = services.artifact_create(
+        organization=org, name="m.esdc", file=io.BytesIO(_container(tmp_path).read_bytes()),
+        format="container",
+    )  # fmt: skip
+    dep = deployment(org, art, device)
+    with pytest.raises(ProtocolError, match="decode_ms"):
+        _store(dep, device, {"p50_ms": 1.0})
+    stored = _store(dep, device, {"p50_ms": 1.0, **FIGURES})
+    assert stored.created and stored.event is not None
+    assert stored.event["data"]["decode_ms"] == 3.0
+    assert DeploymentResult.objects.get(deployment=dep).payload["onnx_bytes"] == 20
+
+
+def test_a_plain_onnx_deployment_refuses_decode_figures(tmp_path: Path) -> None:
+    org = make_organization()
+    device, _ = enrolled_device(org)
+    dep = deployment(org, artifact(org, tmp_path), device)
+    with pytest.raises(ProtocolError, match="plain ONNX"):
+        _store(dep, device, {"p50_ms": 1.0, **FIGURES})
+    assert _store(dep, device, {"p50_ms": 1.0}).created

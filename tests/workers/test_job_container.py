@@ -1,0 +1,72 @@
+"""A job that wrote ``final.esdc`` (weight_coding) gives its fp32 catalog version the container,
+once, however often the registration is retried; a corrupt one is refused, not stored."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from factories import make_organization, make_user
+from jobs_factories import make_digits, make_model_version
+
+from webapp.catalog.models import ModelVersion
+from webapp.catalog.services import CatalogInputError, model_version_attach_container
+from webapp.jobs.models import Job, JobStatus
+from workers.runner import JobRunner
+
+pytestmark = pytest.mark.django_db
+
+
+def _job_outputs(tmp_path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compression.weight_coding import encode_onnx
+
+    w = np.linspace(-1, 1, 4, dtype=np.float32)[np.arange(64 * 10).reshape(64, 10) % 4]
+    w[::3] = 0
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    out = tmp_path / "job"
+    out.mkdir()
+    onnx.save(model, str(out / "final.onnx"))
+    encode_onnx(out / "final.onnx", out / "final.esdc")
+    return out
+
+
+def test_the_fp32_version_gets_the_jobs_container_once(tmp_path: Path) -> None:
+    user = make_user()
+    org = make_organization(owner=user)
+    job = Job.objects.create(
+        organization=org, name="deep", model_version=make_model_version(org),
+        dataset=make_digits(org), recipe={}, status=JobStatus.RUNNING, created_by=user,
+    )  # fmt: skip
+    out = _job_outputs(tmp_path)
+    runner = JobRunner(job.pk)
+    first = runner._register_artifacts(job, out, {})
+    assert first == [{"id": first[0]["id"], "label": "fp32", "number": 2, "container": True}]
+    version = ModelVersion.objects.get(pk=first[0]["id"])
+    blob = (out / "final.esdc").read_bytes()
+    assert version.container_size == len(blob) and version.container.read() == blob
+    assert version.container_decoded_size and version.container_decoded_size > len(blob)
+    name = version.container.name
+    again = runner._register_artifacts(job, out, {})  # a retried run
+    assert again == first and ModelVersion.objects.get(pk=version.pk).container.name == name
+
+    bad = tmp_path / "bad.esdc"
+    shutil.copyfile(out / "final.esdc", bad)
+    with bad.open("r+b") as fh:
+        fh.seek(-3, 2)
+        fh.write(b"\xff\xff\xff")
+    with pytest.raises(CatalogInputError, match="checksum"):
+        model_version_attach_container(version=version, path=bad)
+    assert ModelVersion.objects.get(pk=version.pk).container.name == name
