@@ -383,6 +383,20 @@ class NoTargets(ValueError):
     """The deployment's selection matches no enrolled, unrevoked device."""
 
 
+class AgentTooOld(NoTargets):
+    """A container deployment targets a device whose agent cannot decode containers."""
+
+
+CONTAINER_AGENT = (0, 2, 0)  # the first agent version that decodes compressed containers
+
+
+def _version_tuple(text: str) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(part) for part in text.strip().split(".")[:3])
+    except ValueError:
+        return None
+
+
 class NoEvalSet(ValueError):
     """Accuracy was asked for but the artifact has no evaluation set."""
 
@@ -416,6 +430,18 @@ def deployment_create(
     )
     if not devices:
         raise NoTargets("No enrolled device matches this target.")
+    if artifact.format == FORMAT_CONTAINER:
+        old = [
+            f"{d.name} ({d.agent_version})"
+            for d in devices
+            if (v := _version_tuple(d.agent_version or "")) is not None and v < CONTAINER_AGENT
+        ]
+        if old:
+            raise AgentTooOld(
+                f"A compressed container needs agent {'.'.join(map(str, CONTAINER_AGENT))} or "
+                f"newer to decode it, and these devices run an older one: {', '.join(old)}. "
+                "Update their agent from the Devices page's install command, or deploy the ONNX."
+            )
     with transaction.atomic():
         deployment = Deployment.objects.create(
             organization=organization,

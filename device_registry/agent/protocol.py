@@ -142,9 +142,11 @@ class Manifest:
     issued_at: int  # milliseconds since the epoch; the agent refuses one older than it has run
     eval_sha256: str | None = None
     eval_size: int | None = None
-    # "onnx" or "container"; covered by the signature whenever it is not the default "onnx" (so
-    # the signatures of manifests issued before the field existed still verify).
+    # "onnx" or "container" (agent 0.2.0 on). At its default "onnx" it is left out of the frame
+    # and of the signed bytes, so agents and signatures from before the field see what they knew.
     format: str = FORMAT_ONNX
+
+    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("format",)
 
     def validate(self) -> None:
         if self.format not in ARTIFACT_FORMATS:
@@ -329,7 +331,12 @@ def result_seq(settings: BenchSettings, kind: str, batch_index: int = 0) -> int:
 
 def _to_wire(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        omit = getattr(value, "OMIT_IF_DEFAULT", ())
+        return {
+            f.name: _to_wire(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not (f.name in omit and getattr(value, f.name) == f.default)
+        }
     return value
 
 

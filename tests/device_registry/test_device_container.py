@@ -16,7 +16,7 @@ from compression.container import ContainerError
 from compression.weight_coding import encode_onnx
 from device_registry import services
 from device_registry.agent.protocol import ProtocolError, Result
-from device_registry.models import DeploymentResult
+from device_registry.models import DeploymentResult, Device
 
 pytestmark = pytest.mark.django_db
 
@@ -54,12 +54,31 @@ def test_a_container_upload_is_sniffed_checked_and_stored(tmp_path: Path) -> Non
     )
     assert art.is_container and art.size == len(blob) and art.decoded_size > len(blob) // 2
     assert art.file.name.endswith(".esdc")
-    manifest = services.deployment_manifest(deployment(org, art, enrolled_device(org)[0]))
+    manifest = services.deployment_manifest(deployment(org, art, _new_agent(org)))
     assert manifest.format == "container" and manifest.size == len(blob)
     with pytest.raises(ContainerError, match="checksum"):
         services.artifact_create(
             organization=org, name="bad", file=io.BytesIO(blob[:-1] + b"\x00"), format="container"
         )
+
+
+def _new_agent(org: Any) -> Device:
+    device, _ = enrolled_device(org, name="pi5")
+    device.agent_version = "0.2.0"
+    device.save(update_fields=["agent_version"])
+    return device
+
+
+def test_a_container_is_not_sent_to_an_agent_that_cannot_decode_it(tmp_path: Path) -> None:
+    org = make_organization()
+    old, _ = enrolled_device(org)  # enrolled as agent 0.1.0
+    art = services.artifact_create(
+        organization=org, name="m.esdc", file=io.BytesIO(_container(tmp_path).read_bytes()),
+        format="container",
+    )  # fmt: skip
+    with pytest.raises(services.AgentTooOld, match=r"pi \(0\.1\.0\)"):
+        deployment(org, art, old)
+    assert deployment(org, art, _new_agent(org)).pk
 
 
 def _store(dep: Any, device: Any, data: dict[str, Any]) -> services.StoredResult:
@@ -71,7 +90,7 @@ def _store(dep: Any, device: Any, data: dict[str, Any]) -> services.StoredResult
 
 def test_a_container_deployments_latency_needs_the_decode_figures(tmp_path: Path) -> None:
     org = make_organization()
-    device, _ = enrolled_device(org)
+    device = _new_agent(org)
     art = services.artifact_create(
         organization=org, name="m.esdc", file=io.BytesIO(_container(tmp_path).read_bytes()),
         format="container",

@@ -12,6 +12,8 @@ from agent_process import AgentProcess, enroll
 from device_onnx import write_eval_set, write_linear_model
 from factories import PASSWORD, make_organization, make_user
 
+from device_registry.agent import __version__ as agent_version
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
@@ -69,7 +71,7 @@ def test_register_enroll_deploy_and_watch_live_results(daphne_server, tmp_path, 
             page.reload()
         assert row.locator("[data-device-state]").text_content() == "online", agent.output()
         assert "CPUExecutionProvider" in row.inner_text()
-        assert "0.1.0" in row.inner_text()
+        assert agent_version in row.inner_text()
 
         # 3. Upload an artifact with an evaluation set, and deploy it from the browser.
         page.goto(f"{base}/devices/artifacts/")

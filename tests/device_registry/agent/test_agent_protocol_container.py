@@ -44,6 +44,12 @@ def test_an_unknown_format_is_refused_on_the_wire() -> None:
     )  # fmt: skip
     text = encode(msg)
     assert decode(text) == msg
+    # a plain ONNX deploy leaves the field out, so agents from before it still read the frame
+    plain = Deploy(
+        manifest=_manifest(), signature="", artifact_url="/a", eval_url=None,
+        settings=BenchSettings(),
+    )  # fmt: skip
+    assert '"format"' not in encode(plain) and decode(encode(plain)) == plain
     with pytest.raises(ProtocolError, match="unknown artifact format"):
         decode(text.replace('"format":"container"', '"format":"tar"'))
 
