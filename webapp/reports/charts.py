@@ -5,6 +5,7 @@ Built from selector output only, so the same figures serve the page and any expo
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -174,6 +175,7 @@ def report_figures(
     changes: dict[str, Any],
     epochs: list[dict[str, Any]],
     on_device: dict[str, dict[str, float]] | None = None,
+    deep_compression: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every chart of the report page, by element id; empty ones are left out."""
     figs = {
@@ -182,5 +184,35 @@ def report_figures(
         "chart-layers": layer_changes(changes),
         "chart-training": training_curves(epochs),
         "chart-devices": on_device_p50(on_device or {}),
+        "chart-deep-compression": deep_compression_waterfall(deep_compression),
     }
     return {k: v for k, v in figs.items() if v}
+
+
+def deep_compression_waterfall(dc: dict[str, Any] | None) -> dict[str, Any]:
+    """The whole model's size (KiB) through Deep Compression's steps: dense fp32, what pruning,
+    weight sharing and Huffman coding each take away, and the container that is left."""
+    steps = (dc or {}).get("steps") or []
+    if len(steps) < 2:
+        return {}
+    kib = [float(s["bytes"]) / 1024 for s in steps]
+    x = [s["step"] for s in steps] + ["container"]
+    y = [kib[0]] + [b - a for a, b in itertools.pairwise(kib)] + [0.0]
+    measure = ["absolute"] + ["relative"] * (len(steps) - 1) + ["total"]
+    text = [f"{kib[0]:.1f}"]
+    text += [f"{d:+.1f} (to {s['ratio']:.1f}x)" for d, s in zip(y[1:-1], steps[1:], strict=True)]
+    text.append(f"{kib[-1]:.1f} ({steps[-1]['ratio']:.1f}x)")
+    fig = go.Figure(
+        go.Waterfall(
+            x=x,
+            y=y,
+            measure=measure,
+            text=text,
+            textposition="outside",
+            connector={"line": {"color": "#999"}},
+        )
+    )
+    fig.update_layout(
+        title="Deep Compression: size by step (whole model, KiB)", yaxis_title="KiB", **_LAYOUT
+    )
+    return _fig(fig)

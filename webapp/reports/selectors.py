@@ -220,3 +220,91 @@ def report_verdict_flags(
             is_onnx=bool(onnx),
         )
     return {"problems": problems, "best": best}
+
+
+def report_deep_compression(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The weight-coding size table (``report["deep_compression"]``) shaped for the page: the
+    paper's per-layer columns, a totals row, and each step's size and ratio; None without one.
+
+    Read defensively, like the rest of the report: a key missing from an older or hand-made
+    report shows as a dash rather than failing the page.
+    """
+    dc = report.get("deep_compression")
+    if not isinstance(dc, dict) or not isinstance(dc.get("layers"), list):
+        return None
+    totals = dc.get("totals") or {}
+    whole = totals.get("whole_model_bytes") or {}
+    weights_only = totals.get("weights_only_bytes") or {}
+    layers = []
+    for row in dc["layers"]:
+        if not isinstance(row, dict):
+            continue
+        layers.append(
+            {
+                "name": row.get("name", "?"),
+                "kind": row.get("kind", ""),
+                "stored_as": row.get("stored_as", ""),
+                "weights": row.get("weights"),
+                "kept_pct": _pct(row.get("kept")),
+                "codebook_size": row.get("codebook_size"),
+                "weight_bits": row.get("weight_bits") if row.get("stored_as") == "shared" else None,
+                "weight_bits_huffman": _number(row.get("weight_bits_huffman")),
+                "index_bits": row.get("index_bits") if row.get("stored_as") == "shared" else None,
+                "index_bits_huffman": _number(row.get("index_bits_huffman")),
+                "filler_entries": row.get("filler_entries"),
+                "bytes_dense_fp32": row.get("bytes_dense_fp32"),
+                "bytes_pruned": row.get("bytes_pruned"),
+                "bytes_shared": row.get("bytes_shared"),
+                "bytes_huffman": row.get("bytes_huffman"),
+                "ratio": _ratio(row.get("bytes_dense_fp32"), row.get("bytes_huffman")),
+            }
+        )
+    dense = _number(whole.get("dense_fp32"))
+    # (the state's label, the step that led to it, its size)
+    steps = [
+        ("dense fp32", "dense fp32", whole.get("dense_fp32")),
+        ("after pruning", "pruning", whole.get("pruned")),
+        ("+ weight sharing", "weight sharing", whole.get("shared")),
+        ("+ Huffman: the container", "Huffman coding", whole.get("container")),
+    ]
+    verification = dc.get("verification") or {}
+    return {
+        "stage": dc.get("stage"),
+        "layers": layers,
+        "total": {
+            "weights": totals.get("weights"),
+            "kept_pct": _pct(totals.get("kept")),
+            "bytes_dense_fp32": weights_only.get("dense_fp32"),
+            "bytes_pruned": weights_only.get("pruned"),
+            "bytes_shared": weights_only.get("shared"),
+            "bytes_huffman": weights_only.get("huffman"),
+            "ratio": _ratio(weights_only.get("dense_fp32"), weights_only.get("huffman")),
+        },
+        "steps": [
+            {"label": label, "step": step, "bytes": b, "ratio": _ratio(dense, b)}
+            for label, step, b in steps
+            if _number(b) is not None
+        ],
+        "other_fp32_bytes": totals.get("other_fp32_bytes"),
+        "graph_bytes": totals.get("graph_bytes"),
+        "header_bytes": totals.get("header_bytes"),
+        "container_bytes": totals.get("container_bytes"),
+        "verified": verification.get("predictions_equal") is True,
+        "verified_samples": verification.get("samples"),
+        "decode_ms": _times_1000(verification.get("decode_seconds")),
+    }
+
+
+def _pct(value: Any) -> float | None:
+    v = _number(value)
+    return None if v is None else 100.0 * v
+
+
+def _times_1000(value: Any) -> float | None:
+    v = _number(value)
+    return None if v is None else 1000.0 * v
+
+
+def _ratio(dense: Any, size: Any) -> float | None:
+    d, s = _number(dense), _number(size)
+    return d / s if d and s else None

@@ -48,11 +48,13 @@ def report_detail(request: HttpRequest, pk: int) -> HttpResponse:
             s["version"].label or f"v{s['version'].number}": p50_by_device(s["device_rows"])
             for s in on_device
         }
+        dc = selectors.report_deep_compression(report)
         ctx.update(
             rows=rows,
+            deep_compression=dc,
             facts=selectors.report_eval_facts(report),
             changes=changes,
-            figures=charts.report_figures(rows, changes, epochs, p50),
+            figures=charts.report_figures(rows, changes, epochs, p50, dc),
             on_device=on_device,
             targets=report.get("targets") or {},
             artifacts=job_selectors.job_artifact_list(job=job),
