@@ -7,9 +7,11 @@ import hashlib
 import json
 import logging
 import secrets
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from django.core.files import File
@@ -18,7 +20,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from compression.container import MAGIC as CONTAINER_MAGIC
-from compression.container import read_header
+from compression.container import decode_container
 from device_registry import bus, conf
 from device_registry.agent.protocol import (
     DECODE_KEYS,
@@ -273,6 +275,17 @@ def sniff_format(fileobj: Any) -> str:
     return FORMAT_CONTAINER if head == CONTAINER_MAGIC else FORMAT_ONNX
 
 
+def _container_verify(fileobj: Any) -> int:
+    """Decode a container once on the server (into a temporary folder) and return the size of
+    the ONNX it becomes; raises ``ContainerError`` with the decoder's sentence when refused, so a
+    container no device could decode is never stored or signed."""
+    fileobj.seek(0)
+    data = fileobj.read()
+    fileobj.seek(0)
+    with tempfile.TemporaryDirectory(prefix="edgeslim-container-") as tmp:
+        return decode_container(data, Path(tmp) / "decoded").onnx_bytes
+
+
 def artifact_create(
     *,
     organization: Organization,
@@ -289,17 +302,14 @@ def artifact_create(
     ``file`` is an uploaded file or any binary file object; the catalog calls this with a model
     version's ONNX export, ``source="model_version:<id>"`` and the test split it built
     (``eval_meta`` says what that split holds, see :mod:`device_registry.eval_sets`).
-    ``format="container"`` stores an EdgeSlim compressed container instead: its header is read
-    and its checksum verified here (a refused one raises ``ContainerError``), and the agent
-    decodes it before it benchmarks.
+    ``format="container"`` stores an EdgeSlim compressed container instead: it is decoded once
+    here (a refused one raises ``ContainerError``), and the agent decodes it again before it
+    benchmarks.
     """
     sha256, size = _sha256_and_size(file)
     decoded_size = None
     if format == FORMAT_CONTAINER:
-        file.seek(0)
-        header, _sections = read_header(file.read())
-        file.seek(0)
-        decoded_size = header.graph_length + header.data_length
+        decoded_size = _container_verify(file)
     elif format != FORMAT_ONNX:
         raise ValueError(f"unknown artifact format {format!r}")
     artifact = DeployableArtifact(

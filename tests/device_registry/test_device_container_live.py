@@ -22,6 +22,7 @@ from compression.container import (
     SECTION_ENTRY,
     SECTION_ENTRY_SIZE,
     SHARED_HEADER,
+    ContainerError,
 )
 from compression.weight_coding import encode_onnx
 from device_registry import services
@@ -148,11 +149,22 @@ def test_a_container_the_decoder_refuses_is_reported_and_never_benchmarked(tmp_p
     org = make_organization()
     source = _shared_mlp(tmp_path / "mlp.onnx")
     stats = encode_onnx(source, tmp_path / "mlp.esdc")
-    bad = _broken_huffman_table(Path(stats.path).read_bytes())
-    # the header and checksum are fine, so the server stores and signs it
+    good = Path(stats.path).read_bytes()
+    bad = _broken_huffman_table(good)
+    # the server decodes what it is given, so it refuses the broken one outright
+    with pytest.raises(ContainerError, match="does not form a prefix code"):
+        services.artifact_create(
+            organization=org, name="bad.esdc", file=io.BytesIO(bad), format="container"
+        )
+    # a stored container whose bytes go bad after upload (and are signed as they are): only the
+    # agent's decoder can catch it, since its header and checksum are consistent
     art = services.artifact_create(
-        organization=org, name="bad.esdc", file=io.BytesIO(bad), format="container"
+        organization=org, name="bad.esdc", file=io.BytesIO(good), format="container"
     )
+    with art.file.open("wb") as fh:
+        fh.write(bad)
+    art.sha256 = hashlib.sha256(bad).hexdigest()
+    art.save(update_fields=["sha256"])
     device, agent = _enrolled(tmp_path, daphne_server.base_url, org)
     dep = services.deployment_create(
         organization=org, artifact=art, target_kind="device", target_value=str(device.pk),
