@@ -376,12 +376,84 @@ def _print_summary(console: Console, report: RunReport, out: Path) -> None:
     elif t.get("met") is False:
         verdict = f" — [red]target missed[/] (max drop {t['max_accuracy_drop']:g} pt)"
     console.print(", ".join(parts) + verdict, highlight=False)
+    if report.deep_compression:
+        _print_deep_compression(console, report.deep_compression)
     console.print("~ marks latencies whose run-to-run variation is above 5%", style="dim")
     console.print(
         f"report: {out / 'report.json'}  artifacts: "
         + ", ".join(a["path"] for a in report.artifacts if a["kind"] != "checkpoint"),
         highlight=False,
     )
+
+
+def _kib(v: Any) -> str:
+    return "—" if v is None else f"{float(v) / 1024:,.1f}"
+
+
+def _print_deep_compression(console: Console, dc: dict[str, Any]) -> None:
+    """The weight-coding stage's table, laid out like Han et al.'s (P pruning, Q sharing, H
+    Huffman), then the whole model's size after each step."""
+    from rich.table import Table
+
+    table = Table(title="Deep Compression: the container, layer by layer", title_justify="left")
+    table.caption = (
+        "bits Q: codebook bits per non-zero weight; +H: its Huffman-coded stream per weight; "
+        "idx: relative-index bits, before and after Huffman; sizes after pruning (P), "
+        "weight sharing (Q) and Huffman coding (H), in KiB"
+    )
+    cols = ("layer", "weights", "kept", "bits Q", "+H", "idx", "+H ", "fp32", "P", "P+Q",
+            "P+Q+H", "ratio")  # fmt: skip
+    for col in cols:
+        table.add_column(col, justify="left" if col == "layer" else "right", no_wrap=True)
+
+    def bits(row: dict[str, Any], key: str) -> str:
+        v = row.get(key)
+        return (
+            "—"
+            if v is None or row.get("stored_as") != "shared"
+            else f"{v:.2f}".rstrip("0").rstrip(".")
+        )
+
+    for row in dc.get("layers", []):
+        dense, coded = row.get("bytes_dense_fp32"), row.get("bytes_huffman")
+        table.add_row(
+            row["name"]
+            + ("" if row.get("stored_as") == "shared" else f" ({row.get('stored_as')})"),
+            _fmt_int(row.get("weights")),
+            f"{100 * row['kept']:.1f}%" if row.get("kept") is not None else "—",
+            bits(row, "weight_bits"),
+            bits(row, "weight_bits_huffman"),
+            bits(row, "index_bits"),
+            bits(row, "index_bits_huffman"),
+            _kib(dense),
+            _kib(row.get("bytes_pruned")),
+            _kib(row.get("bytes_shared")),
+            _kib(coded),
+            f"{dense / coded:.1f}x" if dense and coded else "—",
+        )
+    console.print(table)
+    totals = dc.get("totals", {})
+    whole = totals.get("whole_model_bytes", {})
+    dense = whole.get("dense_fp32")
+    steps = [("dense fp32", dense), ("pruned", whole.get("pruned")),
+             ("+ shared", whole.get("shared")), ("+ Huffman (container)", whole.get("container"))]  # fmt: skip
+    console.print(
+        "whole model: "
+        + " -> ".join(
+            f"{label} {_fmt_bytes(b)}"
+            + (f" ({dense / b:.1f}x)" if dense and b and b != dense else "")
+            for label, b in steps
+            if b
+        ),
+        highlight=False,
+    )
+    ver = dc.get("verification", {})
+    if ver.get("predictions_equal"):
+        console.print(
+            f"container verified: decoded in {1000 * ver.get('decode_seconds', 0):.1f} ms, "
+            f"identical predictions on all {ver.get('samples')} test images",
+            highlight=False,
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover
