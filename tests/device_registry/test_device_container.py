@@ -111,3 +111,25 @@ def test_a_plain_onnx_deployment_refuses_decode_figures(tmp_path: Path) -> None:
     with pytest.raises(ProtocolError, match="plain ONNX"):
         _store(dep, device, {"p50_ms": 1.0, **FIGURES})
     assert _store(dep, device, {"p50_ms": 1.0}).created
+
+
+def test_the_artifacts_page_takes_a_container_and_refuses_a_broken_one(tmp_path: Path) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.urls import reverse
+    from factories import client_for, make_user
+
+    from device_registry.models import DeployableArtifact
+
+    user = make_user()
+    org = make_organization(owner=user)
+    blob = _container(tmp_path).read_bytes()
+    client = client_for(user)
+    url = reverse("devices:artifacts")
+    ok = client.post(url, {"file": SimpleUploadedFile("m.esdc", blob)})
+    assert ok.status_code == 302
+    art = DeployableArtifact.objects.get(organization=org)
+    assert art.is_container and art.decoded_size and art.size == len(blob)
+    refused = client.post(url, {"file": SimpleUploadedFile("bad.esdc", blob[:-20])})
+    assert refused.status_code == 200
+    assert "The container is truncated" in refused.content.decode()
+    assert DeployableArtifact.objects.filter(organization=org).count() == 1

@@ -86,7 +86,8 @@ class ModelVersionSerializer(serializers.ModelSerializer[ModelVersion]):
             "num_classes", "in_channels", "input_size", "task", "size_bytes", "sha256",
             "status", "error", "params", "macs", "info", "parent_id", "produced_by_job_id",
             "recipe", "preprocessing", "preprocessing_summary", "is_builtin", "created_at",
-            "inspected_at", "url", "download_url",
+            "inspected_at", "url", "download_url", "container_size", "container_sha256",
+            "container_decoded_size",
         ]  # fmt: skip
         read_only_fields = fields
 
