@@ -27,6 +27,7 @@ def export_onnx(
     *,
     opset: int = 17,
     fold_batchnorm: bool = True,
+    fuse: bool = False,
 ) -> Path:
     """Write ``module`` as an ONNX file with a dynamic batch axis.
 
@@ -42,6 +43,8 @@ def export_onnx(
             default, fastest graph). ``False`` keeps BatchNormalization nodes, so the conv
             weights are written exactly as they are in torch: weight coding needs that, since
             folding scales every output channel and breaks the shared values.
+        fuse: fold Conv+BN in torch first and simplify the exported graph with onnxslim
+            (:mod:`compression.fusion`); the export is float, so simplifying is always safe.
 
     Returns:
         The path written.
@@ -49,6 +52,10 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(module).to("cpu").eval()
+    if fuse:
+        from compression.fusion import fold_conv_bn
+
+        fold_conv_bn(model)
     example = torch.zeros((1, *input_shape), dtype=torch.float32)
     # Write via a temp name so a crash never leaves a half-written model behind.
     tmp = path.with_name(path.name + ".tmp")
@@ -79,6 +86,14 @@ def export_onnx(
     except Exception as exc:
         tmp.unlink(missing_ok=True)
         raise ExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
+    if fuse:
+        from compression.fusion import simplify_onnx
+
+        try:
+            simplify_onnx(tmp, tmp)
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            raise ExportError(f"simplifying the exported graph failed: {exc}") from exc
     tmp.replace(path)
     return path
 
