@@ -396,6 +396,7 @@ def _inflate(stream: memoryview | bytes, expected: int, what: str) -> bytes:
 
 
 MAX_CODE_LENGTH = 15  # code lengths are stored as 4-bit nibbles
+_BLOCK_BITS = 6  # the Huffman decoder follows code boundaries in blocks of 64 symbols
 
 
 def huffman_table_bytes(alphabet: int) -> int:
@@ -422,8 +423,9 @@ def huffman_decode(stream: memoryview | bytes, count: int, what: str) -> np.ndar
 
     The table is checked first: the code lengths must form a complete prefix code (Kraft sum
     exactly 1), or a single symbol of length 1. Decoding is vectorised: every bit offset's next
-    code boundary is looked up at once, and the chain of boundaries from offset 0 is followed by
-    pointer doubling, so the work is numpy-sized rather than a Python loop per symbol.
+    code boundary is looked up at once, and the chain of boundaries from offset 0 is followed in
+    blocks (pointer doubling over a block, then one step per symbol of a block for all blocks at
+    once), so the work is numpy-sized rather than a Python loop per symbol.
     """
     data = bytes(stream)
     if len(data) < 2:
@@ -490,13 +492,26 @@ def huffman_decode(stream: memoryview | bytes, count: int, what: str) -> np.ndar
     nxt[:nbits] += step
     nxt[:nbits][step == 0] = sentinel
     np.minimum(nxt, sentinel, out=nxt)
-    starts = np.zeros(1, dtype=index)
+    # Follow the chain of code boundaries from bit 0 in blocks of BLOCK symbols: BLOCK_BITS rounds
+    # of pointer doubling give the jump over a whole block, a short scalar walk finds each block's
+    # first boundary, and BLOCK vectorised steps fill in the rest of every block at once.
+    block = 1 << _BLOCK_BITS
     jump = nxt
-    while starts.size < count:
-        starts = np.concatenate([starts, jump[starts]])
-        if starts.size < count:
-            jump = jump[jump]
-    starts = starts[:count]
+    for _ in range(_BLOCK_BITS):
+        jump = jump[jump]
+    blocks = -(-count // block)
+    firsts = np.empty(blocks, dtype=index)
+    cursor = 0
+    for b in range(blocks):
+        firsts[b] = cursor
+        cursor = int(jump[cursor])
+    del jump
+    grid = np.empty((block, blocks), dtype=index)
+    current = firsts
+    for j in range(block):
+        grid[j] = current
+        current = nxt[current]
+    starts = grid.T.reshape(-1)[:count]
     if int(starts[-1]) >= nbits or step[starts[-1]] == 0:
         raise ContainerError(
             f"The Huffman stream of {what} ends before its {count} declared symbols, or holds a "
@@ -611,6 +626,19 @@ def _decode_shared(
 
 
 def _peak_rss_bytes() -> int:
+    """This process's peak resident set size in bytes (0 where the platform does not say).
+
+    On Linux it is ``VmHWM`` from ``/proc/self/status``, the high-water mark of this process's
+    own address space. ``ru_maxrss`` is not used there: Linux carries it across ``fork`` and
+    ``exec``, so a child started by a large parent would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:  # Windows: no resource module
