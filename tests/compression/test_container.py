@@ -366,7 +366,9 @@ def test_isolated_decode_measures_the_child_and_passes_refusals_on(
 ) -> None:
     _, stats = containers["lenet300_100"]
     decoded = decode_container_isolated(stats.path, tmp_path / "ok")
-    assert decoded.peak_rss_bytes > 10 << 20 and decoded.onnx_path.exists()
+    # the child's own peak (numpy and a 1 MB model), not this torch-laden process's: Linux
+    # carries ru_maxrss across fork and exec, so the decoder reads VmHWM instead
+    assert 10 << 20 < decoded.peak_rss_bytes < 200 << 20 and decoded.onnx_path.exists()
     bad = tmp_path / "bad.esdc"
     bad.write_bytes(Path(stats.path).read_bytes()[:-5])
     with pytest.raises(ContainerError, match="truncated"):
