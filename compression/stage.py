@@ -56,6 +56,8 @@ class LayerChange:
     sparsity_after: float | None = None
     macs_before: int | None = None  # one sample's multiply-accumulates in this layer
     macs_after: int | None = None
+    ranks: tuple[int, ...] | None = None  # a decomposition's ranks (Tucker-2: out, in; CP: R)
+    note: str | None = None  # what was done to the layer, or why it was skipped
 
 
 ProgressFn = Callable[[float, str, dict[str, Any]], None]

@@ -3,6 +3,7 @@
 from compression.methods import (  # noqa: F401  (imported for their registration side effect)
     backbone_swap,
     channel_pruning,
+    cp_decomposition,
     distillation,
     finetune,
     fuse_operators,
@@ -10,6 +11,7 @@ from compression.methods import (  # noqa: F401  (imported for their registratio
     ptq_int8,
     qat_int8,
     tt_decomposition,
+    tucker_decomposition,
     weight_coding,
     weight_sharing,
 )

@@ -1,0 +1,197 @@
+"""What the decomposition methods share: choosing convs, counting their MACs, swapping them in.
+
+A decomposed conv is only worth it when the chain of small convs costs fewer MACs than the dense
+one, so every candidate is built, counted with :mod:`compression.macs` (the one counter) on the
+input shape the layer really sees, and kept only when it cuts the layer's MACs by at least
+``min_mac_reduction``. Convs that cannot or should not be decomposed are listed with a reason
+instead of failing the stage: the job goes on with the layers that can be.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from compression.errors import ConfigError
+from compression.macs import count_macs
+from compression.methods._common import classifier_layer
+from compression.stage import LayerChange
+from compression.structure import replace_module
+
+
+@dataclass
+class ConvSite:
+    """A conv the stage may decompose, with the per-sample input shape it sees (C, H, W)."""
+
+    name: str
+    conv: nn.Conv2d
+    input_shape: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Skip:
+    name: str
+    reason: str
+    params: int | None = None
+
+
+def conv_input_shapes(
+    module: nn.Module, input_shape: tuple[int, ...]
+) -> dict[str, tuple[int, ...]]:
+    """The input shape (without batch) every Conv2d sees in one eval forward pass."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Conv2d):
+
+            def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], name: str = name) -> None:
+                shapes.setdefault(name, tuple(int(s) for s in inp[0].shape[1:]))
+
+            handles.append(m.register_forward_pre_hook(hook))
+    was_training = module.training
+    device = next(iter(module.parameters()), torch.empty(0)).device
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        module.train(was_training)
+    return shapes
+
+
+def select_convs(
+    module: nn.Module,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    *,
+    min_channels: int,
+    layers: str,
+    field: str = "config.layers",
+) -> tuple[list[ConvSite], list[Skip]]:
+    """The dense k x k convs to decompose, and the convs left alone with a reason.
+
+    ``layers`` is a regular expression searched in each qualified name (empty: every conv);
+    convs it does not match are not listed. Grouped and depthwise convs, 1x1 convs, convs with
+    non-zero padding modes, the classifier and convs with fewer than ``min_channels`` input or
+    output channels are listed as skipped.
+    """
+    try:
+        pattern = re.compile(layers) if layers else None
+    except re.error as exc:
+        raise ConfigError(field, f"is not a valid regular expression: {exc}") from None
+    shapes = conv_input_shapes(module, input_shape)
+    head = classifier_layer(module, num_classes)
+    sites: list[ConvSite] = []
+    skips: list[Skip] = []
+    for name, m in module.named_modules():
+        if not isinstance(m, nn.Conv2d) or (pattern is not None and not pattern.search(name)):
+            continue
+        params = m.weight.numel()
+        reason = None
+        if m is head:
+            reason = "the classifier keeps its full rank"
+        elif m.groups != 1:
+            kind = "depthwise" if m.groups == m.in_channels else "grouped"
+            reason = (
+                f"{kind} conv (groups={m.groups}): only dense convs have channel modes to factor"
+            )
+        elif m.kernel_size == (1, 1):
+            reason = "1x1 conv: it has no spatial mode (tt_decomposition factors 1x1 convs)"
+        elif m.padding_mode != "zeros" or isinstance(m.padding, str):
+            reason = (
+                f"padding {m.padding!r} / mode {m.padding_mode!r} is not split across the chain"
+            )
+        elif min(m.in_channels, m.out_channels) < min_channels:
+            reason = (
+                f"{m.in_channels} -> {m.out_channels} channels: below min_channels "
+                f"{min_channels} (a low-dimensional conv)"
+            )
+        elif name not in shapes:
+            reason = "not called in the forward pass"
+        if reason is not None:
+            skips.append(Skip(name, reason, params))
+            continue
+        c, h, w = shapes[name]
+        sites.append(ConvSite(name, m, (c, h, w)))
+    return sites, skips
+
+
+def layer_macs(layer: nn.Module, input_shape: tuple[int, int, int]) -> int:
+    return count_macs(layer, input_shape)
+
+
+def params_of(layer: nn.Module) -> int:
+    return sum(p.numel() for p in layer.parameters())
+
+
+def conv_from(weight: np.ndarray, template: nn.Conv2d, **kwargs: object) -> nn.Conv2d:
+    """A conv with ``weight`` (float64 numpy, cast to the template's dtype and device)."""
+    out_ch, in_per_group = int(weight.shape[0]), int(weight.shape[1])
+    groups = int(kwargs.pop("groups", 1))  # type: ignore[call-overload]
+    conv = nn.Conv2d(
+        in_per_group * groups,
+        out_ch,
+        tuple(int(s) for s in weight.shape[2:]),  # type: ignore[arg-type]
+        groups=groups,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
+    return conv.to(device=template.weight.device, dtype=template.weight.dtype)
+
+
+def apply_decomposition(
+    root: nn.Module,
+    site: ConvSite,
+    build: Callable[[], nn.Module],
+    *,
+    min_mac_reduction: float,
+    describe: str,
+    ranks: tuple[int, ...],
+) -> LayerChange | Skip:
+    """Build the replacement, count both, swap it in if it cuts the MACs enough.
+
+    Returns the layer's change row, or a skip when the chain would not save enough MACs.
+    """
+    new = build()
+    new.train(site.conv.training)
+    before = layer_macs(site.conv, site.input_shape)
+    after = layer_macs(new, site.input_shape)
+    params_before, params_after = params_of(site.conv), params_of(new)
+    if after * min_mac_reduction >= before:
+        return Skip(
+            site.name,
+            f"{describe} would cost {after:,} MACs against {before:,} dense "
+            f"(needs {min_mac_reduction:g}x fewer)",
+            params_before,
+        )
+    replace_module(root, site.name, new)
+    return LayerChange(
+        name=site.name,
+        kind="conv",
+        channels_before=site.conv.out_channels,
+        channels_after=site.conv.out_channels,
+        params_before=params_before,
+        params_after=params_after,
+        macs_before=before,
+        macs_after=after,
+        ranks=ranks,
+        note=describe,
+    )
+
+
+def skip_row(skip: Skip) -> LayerChange:
+    return LayerChange(
+        name=skip.name,
+        kind="conv",
+        params_before=skip.params,
+        params_after=skip.params,
+        note=f"skipped: {skip.reason}",
+    )
