@@ -70,3 +70,20 @@ def test_the_fp32_version_gets_the_jobs_container_once(tmp_path: Path) -> None:
     with pytest.raises(CatalogInputError, match="checksum"):
         model_version_attach_container(version=version, path=bad)
     assert ModelVersion.objects.get(pk=version.pk).container.name == name
+
+
+def test_the_jobs_container_is_a_downloadable_artifact(tmp_path: Path) -> None:
+    from webapp.jobs import selectors
+
+    org = make_organization()
+    job = Job.objects.create(
+        organization=org, name="deep", model_version=make_model_version(org),
+        dataset=make_digits(org), recipe={}, status=JobStatus.SUCCEEDED,
+    )  # fmt: skip
+    assert "container" not in {a["key"] for a in selectors.job_artifact_list(job=job)}
+    folder = selectors.job_dir(job)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_job_outputs(tmp_path) / "final.esdc", folder / "final.esdc")
+    listed = {a["key"]: a for a in selectors.job_artifact_list(job=job)}
+    assert listed["container"]["filename"] == "final.esdc"
+    assert selectors.job_artifact_path(job=job, key="container") == folder / "final.esdc"

@@ -302,12 +302,14 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "onnx": ("final.onnx", "application/octet-stream"),
     "onnx_int8": ("final.int8.onnx", "application/octet-stream"),
     "report": ("report.json", "application/json"),
+    # weight_coding's compressed container (docs/container-format.md)
+    "container": ("final.esdc", "application/octet-stream"),
 }
 
 
 def job_artifact_list(*, job: Job) -> list[dict[str, Any]]:
-    """The job's downloadable files that exist: final ONNX (fp32, int8), report, checkpoints,
-    and the recipe YAML (always)."""
+    """The job's downloadable files that exist: final ONNX (fp32, int8), the compressed
+    container, report, checkpoints, and the recipe YAML (always)."""
     folder = job_dir(job)
     out: list[dict[str, Any]] = []
     for key, (name, _) in ARTIFACTS.items():
