@@ -76,7 +76,8 @@ class ModelVersion(OrgScopedModel):
     size_bytes = models.BigIntegerField(default=0)
     sha256 = models.CharField(max_length=64, blank=True)
     # The EdgeSlim compressed container (docs/container-format.md) a weight_coding job wrote for
-    # this version: it decodes to this version's ONNX, and deploys instead of it when chosen.
+    # this version: the same weights (exported with BatchNorm unfolded, so its decoded ONNX can
+    # differ from this file in layout), deployed instead of the ONNX when chosen.
     container = models.FileField(max_length=500, blank=True)
     container_size = models.BigIntegerField(null=True, blank=True)
     container_sha256 = models.CharField(max_length=64, blank=True)
