@@ -10,6 +10,7 @@ from compression.methods import (  # noqa: F401  (imported for their registratio
     magnitude_pruning,
     ptq_int8,
     qat_int8,
+    statistics_pruning,
     tt_decomposition,
     tucker_decomposition,
     weight_coding,

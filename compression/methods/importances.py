@@ -36,9 +36,9 @@ _BN_OUT = tp.prune_batchnorm_out_channels
 # Rows (batch x positions) of one feature map that go into a layer's channel covariance per
 # batch; a random subset of positions is as good for a C x C covariance and keeps the cost flat.
 _MAX_ROWS_PER_BATCH = 8192
-# Ridge of the independence regression, relative to the layer's mean channel variance: large
-# enough that a channel copied exactly (a singular covariance) stays solvable, small enough that
-# such a copy still scores ~0 (its residual is ~ridge * its variance).
+# Ridge of the independence regression on the channels' correlation matrix: large enough that a
+# channel copied exactly (a singular matrix) stays solvable, small enough that such a copy still
+# scores ~0 (about sqrt(2 * ridge) of its spread).
 _RIDGE = 1e-4
 
 
@@ -104,20 +104,27 @@ class _ChannelCovariance:
     def independence(self) -> torch.Tensor:
         """Per channel: the standard deviation of what a ridge regression on the others leaves.
 
-        With ``A = Cov + lam * I``, ``1 / (A^-1)_cc - lam`` is the residual variance of regressing
-        channel ``c`` on every other channel of the layer (the Schur complement). A channel that
-        is a linear combination of others scores ~0; so does a dead channel (zero variance); a
-        channel carrying information no other channel has scores its own spread.
+        On the correlation matrix ``R`` (channels standardised, so one ridge ``lam`` suits
+        every layer and every channel's scale), ``1 / ((R + lam I)^-1)_cc - lam`` is the
+        fraction of channel ``c``'s variance that regressing it on every other channel of the
+        layer cannot explain (``1 - R^2``, the Schur complement). Times the channel's standard
+        deviation it is the residual's spread: ~0 for a channel that is a linear combination of
+        others and for a dead (constant) channel, the channel's own spread for one carrying
+        information no other channel has.
         """
         assert self.s1 is not None and self.s2 is not None and self.n > 1
         mean = self.s1 / self.n
         cov = self.s2 / self.n - torch.outer(mean, mean)
-        var = cov.diagonal().clamp_min(0.0)
-        lam = _RIDGE * float(var.mean()) + 1e-12
-        a = cov + lam * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
-        inv = torch.linalg.pinv(a, hermitian=True)
-        resid = (1.0 / inv.diagonal().clamp_min(1e-30) - lam).clamp_min(0.0)
-        return resid.sqrt().float().cpu()
+        std = cov.diagonal().clamp_min(0.0).sqrt()
+        live = std > 1e-12 * float(std.max().clamp_min(1e-30))
+        safe = torch.where(live, std, torch.ones_like(std))
+        corr = cov / torch.outer(safe, safe)
+        corr = torch.where(torch.outer(live, live), corr, torch.zeros_like(corr))
+        corr.fill_diagonal_(1.0)
+        eye = torch.eye(corr.shape[0], dtype=corr.dtype, device=corr.device)
+        inv = torch.linalg.pinv(corr + _RIDGE * eye, hermitian=True)
+        unexplained = (1.0 / inv.diagonal().clamp_min(1e-30) - _RIDGE).clamp(0.0, 1.0)
+        return (torch.where(live, std, torch.zeros_like(std)) * unexplained.sqrt()).float().cpu()
 
 
 def channel_independence(
