@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from factories import make_organization, make_user
 from jobs_factories import make_digits, make_model_version
+from jobs_fixtures import _jobs_not_sent_to_a_shared_worker  # noqa: F401
 
 from webapp.catalog.models import ModelVersion
 from webapp.catalog.services import CatalogInputError, model_version_attach_container
@@ -87,3 +88,52 @@ def test_the_jobs_container_is_a_downloadable_artifact(tmp_path: Path) -> None:
     listed = {a["key"]: a for a in selectors.job_artifact_list(job=job)}
     assert listed["container"]["filename"] == "final.esdc"
     assert selectors.job_artifact_path(job=job, key="container") == folder / "final.esdc"
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_deep_compression_job_gives_its_version_a_container_that_decodes(tmp_path: Path) -> None:
+    """prune -> share -> code as a real job: the fp32 version carries final.esdc, and the numpy
+    decoder turns it into an ONNX that predicts like the version's own ONNX."""
+    import onnxruntime as ort
+
+    from compression.container import decode_container
+    from webapp.jobs import services as job_services
+
+    user = make_user()
+    org = make_organization(owner=user)
+    recipe = {
+        "name": "deep-compression-quick",
+        "seed": 0,
+        "eval": {"latency_runs": 3, "warmup": 1, "threads": 1},
+        "stages": [
+            {"method": "magnitude_pruning", "config": {"sparsity": 0.9, "steps": 1,
+             "epochs_per_step": 0, "finetune_epochs": 0}},
+            {"method": "weight_sharing", "config": {"fc_bits": 5, "conv_bits": 8,
+             "finetune_epochs": 0, "max_iter": 20}},
+            {"method": "weight_coding", "config": {}},
+        ],
+    }  # fmt: skip
+    job = job_services.job_create(
+        organization=org, user=user, model_version=make_model_version(org),
+        dataset=make_digits(org), recipe=recipe, queue="cpu",
+    )  # fmt: skip
+    outcome = JobRunner(job.pk).run()
+    job.refresh_from_db()
+    assert outcome.outcome == "succeeded", job.error
+    [entry] = [v for v in job.report["model_versions"] if v["label"] == "fp32"]
+    assert entry.get("container") is True
+    version = ModelVersion.objects.get(pk=entry["id"])
+    blob = version.container.read()
+    assert version.container_size == len(blob) < version.size_bytes / 4
+    (tmp_path / "m.esdc").write_bytes(blob)
+    decoded = decode_container(tmp_path / "m.esdc", tmp_path / "out")
+    source = tmp_path / "version.onnx"
+    source.write_bytes(version.file.open("rb").read())
+    x = np.random.default_rng(0).random((32, 1, 32, 32), dtype=np.float32)
+    outputs = []
+    for path in (source, decoded.onnx_path):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        outputs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+    assert np.array_equal(outputs[0].argmax(1), outputs[1].argmax(1))
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
