@@ -129,6 +129,8 @@ def test_the_artifacts_page_takes_a_container_and_refuses_a_broken_one(tmp_path:
     assert ok.status_code == 302
     art = DeployableArtifact.objects.get(organization=org)
     assert art.is_container and art.decoded_size and art.size == len(blob)
+    listing = client.get(url).content.decode()
+    assert "data-container" in listing and f"{art.decoded_size} bytes" in listing
     refused = client.post(url, {"file": SimpleUploadedFile("bad.esdc", blob[:-20])})
     assert refused.status_code == 200
     assert "The container is truncated" in refused.content.decode()
