@@ -448,6 +448,7 @@ def run(ctx: StageContext, cfg: TTDecompositionConfig) -> StageResult:
         else None
     )
     total = max(len(chosen), 1)
+    to_apply: list[tuple[str, nn.Conv2d | nn.Linear, _Decision]] = []
     for k, (name, m) in enumerate(chosen):
         ctx.check_cancel()
         ctx.report(0.5 * k / total, f"TT: {name}", {})
@@ -466,13 +467,21 @@ def run(ctx: StageContext, cfg: TTDecompositionConfig) -> StageResult:
         try:
             dec = _choose(name, m, cfg, evaluator, pixels.get(name, 1))
             dec.spatial = pixels.get(name, 1)
-            if dec.action == "tt":
-                _apply(module, name, m, dec, cfg)
         except np.linalg.LinAlgError as exc:
             dec = _Decision(name, _kind(m), params, reason=f"the SVD did not converge ({exc})")
+        decisions.append(dec)
+        if dec.action == "tt":
+            to_apply.append((name, m, dec))
+    # Swap only once every layer is chosen: the accuracy criterion measures each layer against
+    # the dense model, not against a model whose earlier layers are already factorised.
+    for name, m, dec in to_apply:
+        try:
+            _apply(module, name, m, dec, cfg)
+        except np.linalg.LinAlgError as exc:
+            dec.action, dec.reason = "skipped", f"the SVD did not converge ({exc})"
+    for dec in decisions:
         if dec.action == "skipped":
             dec.params_after = dec.params_before
-        decisions.append(dec)
 
     history = train(
         module,
