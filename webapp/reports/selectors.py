@@ -126,6 +126,32 @@ def report_layer_changes(report: dict[str, Any]) -> dict[str, Any]:
     return {"metric": metric, "layers": items}
 
 
+def report_factored_layers(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The layers a decomposition stage factored (with their ranks) or left alone (with why),
+    stage by stage, for the report's table; empty when no stage wrote ranks or notes."""
+    out = []
+    for stage in report.get("stages", []):
+        for change in stage.get("layers") or []:
+            if not isinstance(change, dict) or not (change.get("ranks") or change.get("note")):
+                continue
+            note = str(change.get("note") or "")
+            out.append(
+                {
+                    "stage": stage.get("index"),
+                    "method": stage.get("method", ""),
+                    "name": change.get("name", "?"),
+                    "ranks": "/".join(str(r) for r in change.get("ranks") or []),
+                    "note": note,
+                    "skipped": note.startswith("skipped"),
+                    "params_before": change.get("params_before"),
+                    "params_after": change.get("params_after"),
+                    "macs_before": change.get("macs_before"),
+                    "macs_after": change.get("macs_after"),
+                }
+            )
+    return out
+
+
 def report_epochs(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Every training epoch of every stage, in order (for the training-curve chart)."""
     out = []

@@ -52,6 +52,7 @@ def report_detail(request: HttpRequest, pk: int) -> HttpResponse:
         ctx.update(
             rows=rows,
             deep_compression=dc,
+            factored=selectors.report_factored_layers(report),
             facts=selectors.report_eval_facts(report),
             changes=changes,
             figures=charts.report_figures(rows, changes, epochs, p50, dc),
