@@ -388,3 +388,28 @@ def test_decoder_imports_neither_torch_nor_onnx() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False
     )
     assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_random_corruption_is_refused_with_a_container_error_or_decodes(
+    blob: bytes, tmp_path: Path
+) -> None:
+    """Bytes changed anywhere, header fields included (checksum recomputed, so the decoder's own
+    checks must hold): the decoder refuses with a ContainerError or decodes; nothing else."""
+    import random
+
+    rng = random.Random(0)
+    refused = 0
+    for i in range(120):
+        data = bytearray(blob)
+        for _ in range(rng.choice([1, 2, 5])):
+            data[rng.randrange(HEADER_SIZE - 32 if i % 4 == 0 else HEADER_SIZE, len(data))] = (
+                rng.randrange(256)
+            )
+        fields = list(HEADER.unpack_from(data))
+        fields[7] = hashlib.sha256(data[HEADER_SIZE:]).digest()
+        try:
+            decode_container(HEADER.pack(*fields) + bytes(data[HEADER_SIZE:]), tmp_path / str(i))
+        except ContainerError:
+            refused += 1
+            assert not (tmp_path / str(i)).exists() or os.listdir(tmp_path / str(i)) == []
+    assert refused > 40
