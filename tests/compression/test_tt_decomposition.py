@@ -370,3 +370,24 @@ def test_checkpoint_rebuilds_tt_layers(tmp_path: Path) -> None:
     module.eval()
     loaded.module.eval()
     assert torch.allclose(module(x), loaded.module(x), atol=1e-5)
+
+
+def test_thesis001_recipe_fits_mobilenet_v2() -> None:
+    import yaml
+
+    from compression.recipe import check_recipe_for_model, parse_recipe
+
+    root = Path(__file__).resolve().parents[2]
+    recipe = parse_recipe(
+        yaml.safe_load((root / "recipes/thesis001_mobilenet_tt.yaml").read_text())
+    )
+    assert [s.method for s in recipe.stages] == ["finetune", "tt_decomposition", "ptq_int8"]
+    facts = ModelFacts.from_state(
+        ModelState(
+            input_shape=(1, 32, 32),
+            num_classes=10,
+            module=create_model("mobilenet_v2", num_classes=10, in_channels=1),
+            arch=ArchSpec("mobilenet_v2", 10, 1),
+        )
+    )
+    check_recipe_for_model(recipe, facts)
