@@ -391,3 +391,53 @@ def test_thesis001_recipe_fits_mobilenet_v2() -> None:
         )
     )
     check_recipe_for_model(recipe, facts)
+
+
+def test_a_crashed_run_resumes_from_the_tt_checkpoint(tmp_path: Path) -> None:
+    """The TT stage's checkpoint rebuilds its layers; the resumed run quantizes that model."""
+    from compression.pipeline import run_recipe
+    from compression.recipe import parse_recipe
+
+    data = load_digits(size=32).subset(train=64, val=32, test=32, seed=0)
+    recipe = parse_recipe(
+        {
+            "name": "tt-resume",
+            "seed": 0,
+            "eval": {"latency_runs": 0},
+            "stages": [
+                {
+                    "method": "tt_decomposition",
+                    "config": {
+                        "rank": 8,
+                        "modes": 2,
+                        "finetune_epochs": 0,
+                        "dense_fallback": False,
+                    },
+                },
+                {"method": "ptq_int8", "config": {"calibration_samples": 8}},
+            ],
+        }
+    )
+    torch.manual_seed(0)
+    model = ModelState(
+        input_shape=data.input_shape,
+        num_classes=10,
+        module=create_model("lenet5", num_classes=10, in_channels=1),
+        arch=ArchSpec("lenet5", 10, 1),
+    )
+    out = tmp_path / "run"
+
+    def crash(_f: float, _m: str, metrics: dict[str, Any]) -> None:
+        if (metrics.get("event"), metrics.get("stage")) == ("stage_start", 1):
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_recipe(recipe, model, data, out, progress=crash)
+    stage0 = load_checkpoint(next((out / "checkpoints").glob("stage_00_*.safetensors")))
+    assert stage0.module is not None
+    assert any(isinstance(m, TTLayer) for m in stage0.module.modules())
+    report = run_recipe(recipe, model, data, out)
+    assert report.resumed_from_stage == 1
+    assert report.final_format == "onnx"
+    # the int8 model agrees with the resumed TT stage's fp32 accuracy within a few points
+    assert abs(report.final.accuracy - report.stages[0].metrics.accuracy) <= 10.0
