@@ -52,7 +52,7 @@ def test_compress_with_the_lenet300_recipe_prints_the_container_table(
     report = json.loads((out / "report.json").read_text())
     dc = report["deep_compression"]
     assert [row["weight_bits"] for row in dc["layers"]] == [5, 5, 5]
-    assert 0.07 < dc["totals"]["kept"] < 0.09
+    assert 0.06 < dc["totals"]["kept"] < 0.09
     assert (out / "final.esdc").stat().st_size == dc["totals"]["container_bytes"]
     printed = capsys.readouterr().out
     assert "Deep Compression: the container, layer by layer" in printed
