@@ -100,7 +100,9 @@ def _enrolled(tmp_path: Path, server: str, org: Any) -> tuple[Any, AgentProcess]
     return device, AgentProcess(tmp_path / "pi", tmp_path / "pi.log")
 
 
-def test_a_real_agent_decodes_a_container_then_benchmarks_and_evaluates_it(tmp_path, daphne_server):
+def test_a_real_agent_decodes_a_container_then_benchmarks_and_evaluates_it(
+    tmp_path: Path, daphne_server: Any
+) -> None:
     user = make_user()
     org = make_organization(owner=user)
     source = _shared_mlp(tmp_path / "mlp.onnx")
@@ -145,7 +147,9 @@ def test_a_real_agent_decodes_a_container_then_benchmarks_and_evaluates_it(tmp_p
     assert f"({stats.decoded_bytes} bytes)" in html and "Decode (time, peak RSS)" in html
 
 
-def test_a_container_the_decoder_refuses_is_reported_and_never_benchmarked(tmp_path, daphne_server):
+def test_a_container_the_decoder_refuses_is_reported_and_never_benchmarked(
+    tmp_path: Path, daphne_server: Any
+) -> None:
     org = make_organization()
     source = _shared_mlp(tmp_path / "mlp.onnx")
     stats = encode_onnx(source, tmp_path / "mlp.esdc")
@@ -230,8 +234,8 @@ def _shared_centroid_version(org: Any, tmp_path: Path) -> Any:
 
 
 def test_a_catalog_versions_container_deploys_from_its_page_and_scores_like_its_onnx(
-    tmp_path, daphne_server, settings
-):
+    tmp_path: Path, daphne_server: Any, settings: Any
+) -> None:
     from catalog_versions import host_accuracy
 
     settings.EDGESLIM_EVAL_SET_MAX_SAMPLES = 200

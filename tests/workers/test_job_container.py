@@ -12,8 +12,9 @@ from factories import make_organization, make_user
 from jobs_factories import make_digits, make_model_version
 from jobs_fixtures import _jobs_not_sent_to_a_shared_worker  # noqa: F401
 
+from webapp.catalog.errors import CatalogInputError
 from webapp.catalog.models import ModelVersion
-from webapp.catalog.services import CatalogInputError, model_version_attach_container
+from webapp.catalog.services import model_version_attach_container
 from webapp.jobs.models import Job, JobStatus
 from workers.runner import JobRunner
 
@@ -121,6 +122,7 @@ def test_a_deep_compression_job_gives_its_version_a_container_that_decodes(tmp_p
     outcome = JobRunner(job.pk).run()
     job.refresh_from_db()
     assert outcome.outcome == "succeeded", job.error
+    assert job.report is not None
     [entry] = [v for v in job.report["model_versions"] if v["label"] == "fp32"]
     assert entry.get("container") is True
     version = ModelVersion.objects.get(pk=entry["id"])
