@@ -178,7 +178,19 @@ def _cpu_model() -> str:
 
 
 def peak_rss_mb() -> float | None:
-    """The process's peak resident set size in MiB, where the platform reports it."""
+    """The process's peak resident set size in MiB, where the platform reports it.
+
+    On Linux it is ``VmHWM`` (the high-water mark of this process's own address space):
+    ``ru_maxrss`` is carried across ``fork`` and ``exec``, so an isolated child started by a
+    torch-laden worker would report the worker's peak, not its own.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:  # Windows
