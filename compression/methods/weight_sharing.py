@@ -119,8 +119,10 @@ def cluster_layer(
         # A centroid that k-means emptied or that lands exactly on 0 would be merged or read as
         # pruned; drop duplicates and keep the ones that are used.
         centroids = np.unique(centroids[centroids != 0.0])
-    c32 = centroids.astype(np.float32)
-    assign = np.abs(values.astype(np.float32)[:, None] - c32[None, :]).argmin(axis=1)
+    c32 = np.sort(centroids.astype(np.float32))
+    # Nearest centroid in 1-D: the midpoints between sorted centroids split the line. (An
+    # n x k distance matrix would need gigabytes for a dense VGG layer.)
+    assign = np.searchsorted((c32[1:] + c32[:-1]) / 2, values.astype(np.float32))
     used = np.unique(assign)
     if used.size < c32.size:
         remap = np.full(c32.size, -1, dtype=np.int64)
