@@ -170,6 +170,20 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
         help_text="What the shipped evaluation set holds (dataset, split, split_seed, count); "
         "{} when none or an uploaded .npz. Accuracy results carry top1_pct in percent.",
     )
+    artifact_format = serializers.CharField(
+        source="artifact.format",
+        read_only=True,
+        help_text='"onnx", or "container": a compressed container the devices decode first '
+        "(their latency results then carry decode_ms, decode_peak_rss_mb, container_bytes and "
+        "onnx_bytes).",
+    )
+    artifact_size = serializers.IntegerField(source="artifact.size", read_only=True)
+    artifact_decoded_size = serializers.IntegerField(
+        source="artifact.decoded_size",
+        read_only=True,
+        allow_null=True,
+        help_text="For a container: the bytes of the ONNX it decodes to.",
+    )
     status = serializers.SerializerMethodField()
     targets = serializers.SerializerMethodField()
     results = serializers.SerializerMethodField()
@@ -177,7 +191,8 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
     class Meta:
         model = Deployment
         fields = [
-            "id", "artifact", "artifact_name", "eval_set", "target_kind", "target_value", "settings",
+            "id", "artifact", "artifact_name", "artifact_format", "artifact_size",
+            "artifact_decoded_size", "eval_set", "target_kind", "target_value", "settings",
             "issued_at", "created_at", "status", "targets", "results",
         ]  # fmt: skip
         read_only_fields = fields

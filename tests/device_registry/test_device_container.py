@@ -99,6 +99,13 @@ def test_a_container_deployments_latency_needs_the_decode_figures(tmp_path: Path
     dep = deployment(org, art, device)
     with pytest.raises(ProtocolError, match="decode_ms"):
         _store(dep, device, {"p50_ms": 1.0})
+    from device_factories import org_admin
+    from django.urls import reverse
+    from factories import client_for
+
+    api = client_for(org_admin(org)).get(reverse("api_deployment", args=[dep.pk]))
+    assert api.json()["artifact_format"] == "container"
+    assert api.json()["artifact_decoded_size"] == art.decoded_size
     stored = _store(dep, device, {"p50_ms": 1.0, **FIGURES})
     assert stored.created and stored.event is not None
     assert stored.event["data"]["decode_ms"] == 3.0
