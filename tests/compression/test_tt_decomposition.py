@@ -59,7 +59,8 @@ class OneByOneNet(nn.Module):
         x = torch.relu(self.stem(x))
         x = torch.relu(self.dw(torch.relu(self.expand(x))))
         x = self.project(x).mean(dim=(2, 3))
-        return self.head(x)
+        out: torch.Tensor = self.head(x)
+        return out
 
 
 def _ctx(module: nn.Module, data: DatasetBundle, work: Path, arch: ArchSpec | None = None) -> Any:
@@ -358,14 +359,15 @@ def test_checkpoint_rebuilds_tt_layers(tmp_path: Path) -> None:
     )
     res = spec.run(_ctx(model, data, tmp_path, arch), cfg)
     module = res.model.module
-    assert isinstance(module.features[18][0], TTLayer)
+    original = module.get_submodule("features.18.0")
+    assert isinstance(original, TTLayer)
     stem = tmp_path / "ckpt" / "stage"
     stem.parent.mkdir()
     save_checkpoint(res.model, stem)
     loaded = load_checkpoint(stem.with_suffix(".safetensors"))
     assert loaded.module is not None
-    rebuilt = loaded.module.features[18][0]
-    assert isinstance(rebuilt, TTLayer) and rebuilt.ranks == module.features[18][0].ranks
+    rebuilt = loaded.module.get_submodule("features.18.0")
+    assert isinstance(rebuilt, TTLayer) and rebuilt.ranks == original.ranks
     x = torch.randn(2, 1, 32, 32)
     module.eval()
     loaded.module.eval()
