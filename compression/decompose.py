@@ -68,7 +68,7 @@ def _rel_error(w: np.ndarray, approx: np.ndarray) -> float:
 
 
 def tucker2(
-    weight: np.ndarray, ranks: tuple[int, int], *, n_iter_max: int = 100, seed: int = 0
+    weight: np.ndarray, ranks: tuple[int, int], *, n_iter_max: int = 20, seed: int = 0
 ) -> Tucker2:
     """Tucker-2 of a conv weight ``(O, I, kh, kw)`` on its two channel modes (HOOI).
 
@@ -93,7 +93,7 @@ def tucker2(
     core, factors = (first, second) if isinstance(first, np.ndarray) else first
     core = np.asarray(core)
     u_out, u_in = (np.asarray(f) for f in factors)
-    approx = np.einsum("abyx,oa,ib->oiyx", core, u_out, u_in)
+    approx = np.einsum("abyx,oa,ib->oiyx", core, u_out, u_in, optimize=True)
     return Tucker2(core=core, u_out=u_out, u_in=u_in, rel_error=_rel_error(w, approx))
 
 
@@ -146,5 +146,5 @@ def cp(
     share = np.abs(weights) ** 0.25
     a, b, c, d = (np.asarray(f) * share[None, :] for f in factors)
     a = a * np.sign(weights)[None, :]
-    approx = np.einsum("or,ir,yr,xr->oiyx", a, b, c, d)
+    approx = np.einsum("or,ir,yr,xr->oiyx", a, b, c, d, optimize=True)
     return CP(out=a, inp=b, vert=c, horiz=d, rel_error=_rel_error(w, approx), init=init)
