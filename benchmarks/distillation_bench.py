@@ -274,15 +274,30 @@ def main() -> None:
     parser.add_argument("--no-ablation", action="store_true", help="skip the one-loss arms")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "distillation")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--render-only", type=Path, default=None, help="doc from a results JSON")
+    parser.add_argument(
+        "--seeds",
+        type=str,
+        default=None,
+        help="only these seeds, e.g. 1,2 (merge with --render-only)",
+    )
+    parser.add_argument(
+        "--render-only",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="doc from results JSONs (several: runs of different seeds, merged)",
+    )
     args = parser.parse_args()
     if args.render_only:
-        raw = json.loads(args.render_only.read_text())
+        raw = merge([json.loads(p.read_text()) for p in args.render_only])
         replace_section(args.doc, SECTION, HEADING, render(raw))
         return
     budget = QUICK if args.quick else FULL
     if args.no_ablation:
         budget = Budget(**{**asdict(budget), "ablation": False})
+    if args.seeds:
+        seeds = tuple(int(x) for x in args.seeds.split(","))
+        budget = Budget(**{**asdict(budget), "seeds": seeds})
     torch.set_num_threads(THREADS)
     out: Path = args.out
     shutil.rmtree(out, ignore_errors=True)  # the pipeline would resume a matching run
@@ -314,6 +329,35 @@ def main() -> None:
         return
     replace_section(args.doc, SECTION, HEADING, text)
     log(f"done in {r['duration_s'] / 60:.1f} min; wrote {args.doc}")
+
+
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from runs of the same settings on different seeds (run side by side).
+
+    Refuses runs whose arms, data or epochs differ, or that repeat a seed.
+    """
+    first = runs[0]
+    out = {**first, "rows": [], "parts": len(runs)}
+    for r in runs:
+        for key in ("arms", "data", "quick"):
+            if r[key] != first[key]:
+                raise SystemExit(f"cannot merge: the runs differ in {key}")
+        for key in ("teacher_epochs", "student_epochs", "subset"):
+            if r["budget"][key] != first["budget"][key]:
+                raise SystemExit(f"cannot merge: the runs differ in {key}")
+        out["rows"] += r["rows"]
+    seeds = [row["seed"] for row in out["rows"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"cannot merge: a seed appears twice ({seeds})")
+    out["rows"].sort(key=lambda row: row["seed"])
+    out["budget"] = {**first["budget"], "seeds": sorted(seeds)}
+    out["duration_s"] = max(r.get("duration_s", math.nan) for r in runs)
+    out["env"] = {
+        **first["env"],
+        "load_avg_start": max(r["env"]["load_avg_start"] for r in runs),
+        "load_avg_end": max(r["env"].get("load_avg_end", math.nan) for r in runs),
+    }
+    return out
 
 
 # --- the rules and the doc --------------------------------------------------------------------

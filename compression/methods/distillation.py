@@ -514,6 +514,13 @@ def run(ctx: StageContext, cfg: DistillationConfig) -> StageResult:
         s_layers, t_layers, metrics_extra = _feature_pairs(
             student, teacher, s_cls, t_cls, cfg, shape
         )
+    if cfg.uses_feature_maps:
+        shown = "; ".join(
+            f"{p['student']} ({'x'.join(map(str, p['student_shape']))}) -> "
+            f"{p['teacher']} ({'x'.join(map(str, p['teacher_shape']))})"
+            for p in metrics_extra["pairs"]
+        )
+        ctx.report(0.0, f"distillation: feature maps compared, student -> teacher: {shown}", {})
     trained_extra: list[nn.Module] = []
     adapter: nn.Module | None = None
     if cfg.feature_weight > 0:

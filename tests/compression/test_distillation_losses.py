@@ -312,6 +312,11 @@ def test_default_feature_layers_are_the_last_convolutions(
     ctx = _ctx(TinyConvNet(4), digits, tmp_path, teacher)
     result = _run(ctx, teacher="t", channel_correlation_weight=1.0, epochs=1, batch_size=64)
     assert len(result.history) == 1
+    # The job's log says which maps were compared (the classifier is never one of them).
+    assert ctx.calls[0] == (  # type: ignore[attr-defined]
+        "distillation: feature maps compared, student -> teacher: "
+        "block2.0 (8x16x16) -> block2.0 (16x16x16)"
+    )
 
 
 def test_no_convolution_for_the_default_layers_is_a_clear_error(
