@@ -258,7 +258,8 @@ def render(res: dict[str, Any]) -> str:
         "784). Every model is trained from scratch inside the run by its recipe's `train` stage, "
         "then pruned, weight-shared and coded by `run_recipe` with the shipped recipes "
         "(`recipes/deep_compression_lenet300.yaml`, `recipes/deep_compression_lenet5.yaml`, "
-        "settings chosen on the validation split only) and the VGG recipe in the script. "
+        "settings chosen on the validation split only: the runs are in "
+        "`benchmarks/results/deep_compression_tuning.json`) and the VGG recipe in the script. "
         f"Seeds {', '.join(map(str, res['budget']['seeds']))} (VGG: "
         f"{', '.join(map(str, res['budget']['vgg_seeds']))}); mean ± sd over seeds. "
         f"CPU: {env['cpu']}, torch threads {env['threads']}, on a machine shared with other "
@@ -416,10 +417,10 @@ def render(res: dict[str, Any]) -> str:
         add(f"### VGG ({VGG_ARCH} on mnist, 32x32)\n")
         add(
             "| trained test acc. | container test acc. | change (pt) | kept | fp32 | container "
-            "| smaller (whole) | pruning / + sharing (whole) | decode on the host agent "
-            "| decode peak RSS |"
+            "| smaller (whole) | pruning / + sharing (whole) | paper (VGG-16, ImageNet) "
+            "| decode on the host agent | decode peak RSS |"
         )
-        add("|---|---|---|---|---|---|---|---|---|---|")
+        add("|---|---|---|---|---|---|---|---|---|---|---|")
         add(
             f"| {pm(_agg(runs, 'trained_acc'))} % | {pm(_agg(runs, 'container_acc'))} % "
             f"| {pm([-d for d in _agg(runs, 'drop')])} | {100 * mean(_agg(runs, 'kept')):.1f} % "
@@ -427,7 +428,7 @@ def render(res: dict[str, Any]) -> str:
             f"| {pm([r['container_bytes'] / 1024 for r in runs], 1)} KiB "
             f"| {pm([r['ratios_whole']['container'] for r in runs], 1)}x "
             f"| {mean([r['ratios_whole']['pruned'] for r in runs]):.1f}x / "
-            f"{mean([r['ratios_whole']['shared'] for r in runs]):.1f}x "
+            f"{mean([r['ratios_whole']['shared'] for r in runs]):.1f}x | 49x "
             f"| {pm(_agg(runs, 'decode_ms'), 1)} ms | {mean(_agg(runs, 'decode_peak_rss_mb')):.0f} MiB |"
         )
         add(
