@@ -109,41 +109,40 @@ def prune_config(variant: str, plan: ModelPlan, steps: int) -> tuple[str, dict[s
     return "channel_pruning", {**common, "importance": "l1", "sparsity_epochs": 0}
 
 
-def measure(data: DatasetBundle, budget: Budget, out: Path) -> dict[str, Any]:
-    rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for plan in budget.models:
-        rows[plan.arch] = {v: [] for v in (*VARIANTS, "base")}
-        for seed in budget.seeds:
-            log(f"{plan.arch}: from scratch, seed {seed}")
-            recipe = {
-                "name": f"{plan.arch} from scratch",
-                "seed": seed,
-                "stages": [
-                    {
-                        "method": "finetune",
-                        "config": {"epochs": plan.base_epochs, "lr": BASE_LR, "batch_size": BATCH},
-                    }
-                ],
-            }
-            report, trained = run(
-                recipe, fresh(plan.arch, data, seed), data, out / f"{plan.arch}_s{seed}"
-            )
-            assert trained is not None
-            rows[plan.arch]["base"].append({"test": report.final.accuracy})
-            for variant in VARIANTS:
-                method, config = prune_config(variant, plan, budget.steps)
-                job = {
-                    "name": f"{plan.arch} {variant}",
-                    "seed": seed,
-                    "stages": [{"method": method, "config": config}],
+def measure(data: DatasetBundle, plan: ModelPlan, budget: Budget, out: Path) -> dict[str, Any]:
+    """One model: per seed the starting model, then both variants; rows per variant."""
+    rows: dict[str, list[dict[str, Any]]] = {v: [] for v in (*VARIANTS, "base")}
+    for seed in budget.seeds:
+        log(f"{plan.arch}: from scratch, seed {seed}")
+        recipe = {
+            "name": f"{plan.arch} from scratch",
+            "seed": seed,
+            "stages": [
+                {
+                    "method": "finetune",
+                    "config": {"epochs": plan.base_epochs, "lr": BASE_LR, "batch_size": BATCH},
                 }
-                rep, _ = run(job, trained, data, out / f"{plan.arch}_{variant}_s{seed}")
-                row = outcome(rep)
-                rows[plan.arch][variant].append(row)
-                log(
-                    f"  {variant:>10}: {row['mac_ratio']:.2f}x MACs, test {row['test']:.2f}% "
-                    f"(val {row['val']:.2f}%, unpruned {row['base_test']:.2f}%)"
-                )
+            ],
+        }
+        report, trained = run(
+            recipe, fresh(plan.arch, data, seed), data, out / f"{plan.arch}_s{seed}"
+        )
+        assert trained is not None
+        rows["base"].append({"test": report.final.accuracy})
+        for variant in VARIANTS:
+            method, config = prune_config(variant, plan, budget.steps)
+            job = {
+                "name": f"{plan.arch} {variant}",
+                "seed": seed,
+                "stages": [{"method": method, "config": config}],
+            }
+            rep, _ = run(job, trained, data, out / f"{plan.arch}_{variant}_s{seed}")
+            row = outcome(rep)
+            rows[variant].append(row)
+            log(
+                f"  {variant:>10}: {row['mac_ratio']:.2f}x MACs, test {row['test']:.2f}% "
+                f"(val {row['val']:.2f}%, unpruned {row['base_test']:.2f}%)"
+            )
     return rows
 
 
@@ -161,7 +160,12 @@ def evaluate_rule(rows: dict[str, Any]) -> dict[str, Any]:
             "pass": diff >= -one_sd,
             "better": diff > one_sd,
         }
-    return {"per_model": per, "pass": all(p["pass"] for p in per.values())}
+    complete = set(rows) == {p.arch for p in FULL.models}
+    return {
+        "per_model": per,
+        "pass": complete and all(p["pass"] for p in per.values()),
+        "complete": complete,
+    }
 
 
 def _cell(xs: list[dict[str, Any]]) -> str:
@@ -170,7 +174,8 @@ def _cell(xs: list[dict[str, Any]]) -> str:
 
 
 def render(raw: dict[str, Any]) -> str:
-    b, rows, env = raw["budget"], raw["rows"], raw["env"]
+    b, models = raw["budget"], raw["models"]
+    rows = {arch: m["rows"] for arch, m in models.items()}
     v = evaluate_rule(rows)
     lines = [
         "Written by `benchmarks/statistics_pruning_bench.py`. Every job runs through"
@@ -199,12 +204,16 @@ def render(raw: dict[str, Any]) -> str:
             f" then pruned to {p['target']:g}x fewer MACs, `round_to: {p['round_to']}`,"
             f" {p['finetune_epochs']} fine-tuning epoch(s) in all."
         )
+    for arch, m in models.items():
+        env = m["env"]
+        lines.append(
+            f"- `{arch}` measured {m['date']} on {env['cpu']}, {env['usable_cores']} usable cores,"
+            f" torch {env['torch']} with {THREADS} threads, Torch-Pruning {env['torch_pruning']};"
+            f" budget `{b['name']}`; wall time {m['wall_s'] / 60:.1f} min; 1-min load average"
+            f" {env['load_avg_start']:.1f} at the start and {m['load_avg_end']:.1f} at the end"
+            " (above 2: the two cores were shared with other work)."
+        )
     lines += [
-        f"- Environment: {env['cpu']}, {env['usable_cores']} usable cores, torch {env['torch']}"
-        f" with {THREADS} threads, Torch-Pruning {env['torch_pruning']}, Python {env['python']}."
-        f" Budget `{b['name']}`; wall time {raw['wall_s'] / 60:.1f} min; 1-min load average"
-        f" {env['load_avg_start']:.1f} at the start and {raw['load_avg_end']:.1f} at the end"
-        " (the machine's two cores were shared with other work).",
         "",
         "| model | unpruned test | statistics pruning | L1 importance | difference | one sd |"
         " rule |",
@@ -220,7 +229,12 @@ def render(raw: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"Overall: **{verdict(v['pass'])}**. Per seed (test %, statistics / L1):",
+        (
+            f"Overall: {verdict(v['pass'])}."
+            if v["complete"]
+            else "Overall: no verdict yet (not every model has been measured)."
+        )
+        + " Per seed (test %, statistics / L1):",
         "",
     ]
     for arch, r in rows.items():
@@ -236,6 +250,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run; doc untouched")
     parser.add_argument("--render-only", action="store_true", help="doc from the results file")
+    parser.add_argument(
+        "--models",
+        default=",".join(p.arch for p in FULL.models),
+        help="comma-separated models to (re-)measure; the others keep their rows in the results",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / SECTION)
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
@@ -243,31 +262,41 @@ def main() -> None:
         replace_section(args.doc, SECTION, HEADING, render(json.loads(RESULTS.read_text())))
         return
     budget = QUICK if args.quick else FULL
+    wanted = [m.strip() for m in args.models.split(",") if m.strip()]
+    plans = [p for p in budget.models if p.arch in wanted]
+    if len(plans) != len(wanted):
+        parser.error(f"--models: choose from {', '.join(p.arch for p in budget.models)}")
     torch.set_num_threads(THREADS)
-    shutil.rmtree(args.out, ignore_errors=True)
-    args.out.mkdir(parents=True)
     data = load_mnist(size=32)
     if budget.subset:
         tr, va, te = budget.subset
         data = data.subset(train=tr, val=va, test=te, seed=0)
-    env = environment()
-    started = time.monotonic()
-    rows = measure(data, budget, args.out)
-    raw = {
-        "budget": asdict(budget),
-        "rows": rows,
-        "env": env,
-        "wall_s": time.monotonic() - started,
-        "load_avg_end": os.getloadavg()[0],
-    }
+    results = RESULTS if not args.quick else args.out / "results.json"
+    raw: dict[str, Any] = {"budget": asdict(budget), "models": {}}
+    if results.exists() and not args.quick:
+        raw = json.loads(results.read_text())
+        raw["budget"] = asdict(budget)
+    for plan in plans:
+        out = args.out / plan.arch
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        env = environment()
+        started = time.monotonic()
+        rows = measure(data, plan, budget, out)
+        raw["models"][plan.arch] = {
+            "rows": rows,
+            "env": env,
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
+            "wall_s": time.monotonic() - started,
+            "load_avg_end": os.getloadavg()[0],
+        }
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(json.dumps(raw, indent=1))
     if args.quick:
-        (args.out / "results.json").write_text(json.dumps(raw, indent=1))
         print(render(raw))
         return
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(raw, indent=1))
     replace_section(args.doc, SECTION, HEADING, render(raw))
-    log(f"wrote {args.doc} and {RESULTS}")
+    log(f"wrote {args.doc} and {results}")
 
 
 if __name__ == "__main__":
