@@ -1,0 +1,522 @@
+"""Tensor decomposition benchmark with decision rules: Tucker-2 and CP on VGG-11-BN and ResNet-20.
+
+Every job runs through ``parse_recipe`` + ``run_recipe``, the path a user's job takes. Accuracy
+is the pipeline's figure on the fixed **test** split of the built-in ``mnist``; MACs are
+:func:`compression.macs.count_macs`; conv parameters are the weights of every ``Conv2d`` (the
+decomposed chains included); latency is one interleaved
+:func:`compression.latency.measure_latency_isolated` call per (architecture, seed) with the
+trained model and every decomposed variant side by side (ONNX Runtime, CPU, batch 1, 2 threads).
+A second part times single convs against their Tucker-2 and CP chains, to show measured where a
+decomposition is slower than the dense conv on this CPU.
+
+    nice -n 10 .venv/bin/python benchmarks/decomposition_bench.py          # writes the doc
+    .venv/bin/python benchmarks/decomposition_bench.py --quick             # smoke run, doc untouched
+    .venv/bin/python benchmarks/decomposition_bench.py --render-only       # doc from the results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._docs import replace_section  # noqa: E402
+from compression.checkpoint import load_checkpoint  # noqa: E402
+from compression.datasets import DatasetBundle, load_mnist  # noqa: E402
+from compression.decompose import CP, tensorly_version  # noqa: E402
+from compression.latency import measure_latency_isolated  # noqa: E402
+from compression.macs import count_macs  # noqa: E402
+from compression.methods.cp_decomposition import cp_chain, ratio_rank  # noqa: E402
+from compression.methods.tucker_decomposition import ratio_ranks, tucker_chain  # noqa: E402
+from compression.onnx_export import export_onnx  # noqa: E402
+from compression.pipeline import RunReport, run_recipe  # noqa: E402
+from compression.recipe import parse_recipe  # noqa: E402
+from compression.stage import ArchSpec, ModelState  # noqa: E402
+from compression.zoo import create_model  # noqa: E402
+
+SECTION = "decomposition"
+HEADING = "## Tensor decomposition: Tucker-2 and CP (mnist, CPU, decision rules)"
+RESULTS = ROOT / "benchmarks" / "results" / "decomposition.json"
+ARCHS = ("vgg11_bn", "resnet20")
+BASE_LR = 0.05
+BATCH = 64
+THREADS = 2
+# name -> (method, config, architectures). The rule is judged on HEADLINE; the others are shown.
+VARIANTS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
+    "tucker_ratio4": (
+        "tucker_decomposition",
+        {"rank_method": "ratio", "target_ratio": 4.0, "lr": 0.02},
+        ARCHS,
+    ),
+    # The thesis's rank choice; on ResNet-20 only, to fit the run into the shared CPU's time.
+    "tucker_evbmf": ("tucker_decomposition", {"rank_method": "evbmf", "lr": 0.02}, ("resnet20",)),
+    "cp_ratio4": (
+        "cp_decomposition",
+        {"rank_method": "ratio", "target_ratio": 4.0, "lr": 0.01},
+        ("resnet20",),  # ALS on VGG's 512x512x3x3 convs takes minutes per layer on 2 cores
+    ),
+}
+HEADLINE = "tucker_ratio4"
+# The rules, fixed before any number is seen; render() states them before the tables.
+MIN_CONV_PARAM_RATIO = 3.0
+MAX_DROP = 1.0
+SPEEDUP_SHARE = 0.75
+# Single-conv timing: (channels in = out, feature map side) and the per-layer ratio.
+LAYER_SHAPES = ((16, 32), (32, 16), (64, 8), (128, 16), (256, 8), (512, 4), (512, 2))
+LAYER_RATIO = 4.0
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    seeds: tuple[int, ...]
+    epochs: dict[str, int]  # training from scratch, per architecture
+    finetune_epochs: int
+    latency_rounds: int
+    latency_runs: int
+    subset: tuple[int, int, int] | None = None
+
+
+# 1000 of the 3500 training images (the test split is whole): the two cores are shared with
+# other work, and VGG-11-BN epochs on all of them did not fit the time this run had.
+FULL = Budget("full", (0, 1, 2), {"vgg11_bn": 2, "resnet20": 3}, 2, 5, 40, (1000, 500, 1000))
+QUICK = Budget("quick", (0, 1), {"vgg11_bn": 1, "resnet20": 1}, 1, 2, 10, (256, 128, 200))
+
+_T0 = time.monotonic()
+
+
+def log(msg: str) -> None:
+    print(f"[{(time.monotonic() - _T0) / 60:5.1f} min] {msg}", flush=True)
+
+
+def mean(xs: Sequence[float]) -> float:
+    return statistics.fmean(xs) if xs else math.nan
+
+
+def sd(xs: Sequence[float]) -> float:
+    return statistics.stdev(xs) if len(xs) >= 2 else math.nan
+
+
+def pm(xs: Sequence[float], digits: int = 2, unit: str = "") -> str:
+    s = sd(xs)
+    return f"{mean(xs):.{digits}f} ± {'—' if math.isnan(s) else f'{s:.{digits}f}'}{unit}"
+
+
+def verdict(ok: bool) -> str:
+    return "**PASS**" if ok else "**FAIL**"
+
+
+def conv_params(module: nn.Module) -> int:
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Conv2d))
+
+
+def run(recipe: dict[str, Any], model: ModelState, data: DatasetBundle, out: Path) -> RunReport:
+    full = {"eval": {"latency_runs": 0, "threads": THREADS}, **recipe}
+    return run_recipe(parse_recipe(full), model, data, out, device="cpu", restart=True)
+
+
+def one_seed(
+    arch: str, data: DatasetBundle, seed: int, budget: Budget, out: Path
+) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    module = create_model(arch, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    state = ModelState(
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        module=module,
+        arch=ArchSpec(arch, data.num_classes, data.input_shape[0]),
+    )
+    train_recipe = {
+        "name": f"{arch} from scratch",
+        "seed": seed,
+        "stages": [
+            {
+                "method": "finetune",
+                "config": {"epochs": budget.epochs[arch], "lr": BASE_LR, "batch_size": BATCH},
+            }
+        ],
+    }
+    base_report = run(train_recipe, state, data, out / "train")
+    trained = load_checkpoint(out / "train" / base_report.stages[-1].checkpoint)
+    assert trained.module is not None
+    row: dict[str, Any] = {
+        "seed": seed,
+        "test": base_report.final.accuracy,
+        "macs": base_report.final.macs,
+        "conv_params": conv_params(trained.module),
+        "variants": {},
+    }
+    onnx = [out / "train" / "final.onnx"]
+    names = []
+    for name, (method, config, archs) in VARIANTS.items():
+        if arch not in archs:
+            continue
+        log(f"{arch} seed {seed}: {name}")
+        cfg = {**config, "epochs": budget.finetune_epochs, "batch_size": BATCH}
+        recipe = {"name": name, "seed": seed, "stages": [{"method": method, "config": cfg}]}
+        vdir = out / name
+        rep = run(recipe, trained, data, vdir)
+        final = load_checkpoint(vdir / rep.stages[-1].checkpoint)
+        assert final.module is not None
+        layers = rep.stages[-1].layers
+        row["variants"][name] = {
+            "test": rep.final.accuracy,
+            "macs": rep.final.macs,
+            "conv_params": conv_params(final.module),
+            "decomposed": [
+                {"name": r["name"], "ranks": r.get("ranks"), "note": r.get("note")}
+                for r in layers
+                if r.get("ranks")
+            ],
+            "skipped": [
+                {"name": r["name"], "note": r.get("note")}
+                for r in layers
+                if str(r.get("note") or "").startswith("skipped")
+            ],
+            "duration_s": rep.duration_s,
+        }
+        onnx.append(vdir / "final.onnx")
+        names.append(name)
+    lat = measure_latency_isolated(
+        onnx,
+        input_shapes=(1, *data.input_shape),
+        threads=THREADS,
+        runs=budget.latency_runs,
+        rounds=budget.latency_rounds,
+    )
+    row["p50_ms"], row["iqr_ms"] = lat[0].p50_ms, lat[0].iqr_ms
+    for name, res in zip(names, lat[1:], strict=True):
+        v = row["variants"][name]
+        v["p50_ms"], v["iqr_ms"] = res.p50_ms, res.iqr_ms
+        v["speedup"] = lat[0].p50_ms / res.p50_ms
+        v["mac_ratio"] = row["macs"] / v["macs"]
+        v["conv_param_ratio"] = row["conv_params"] / v["conv_params"]
+        v["drop"] = row["test"] - v["test"]
+    return row
+
+
+def layer_timing(budget: Budget, out: Path) -> list[dict[str, Any]]:
+    """Dense conv vs its Tucker-2 and CP chains (random factors: timing needs only shapes)."""
+    rng = np.random.default_rng(0)
+    rows: list[dict[str, Any]] = []
+    paths: list[Path] = []
+    shapes: list[tuple[int, ...]] = []
+    for ch, side in LAYER_SHAPES:
+        conv = nn.Conv2d(ch, ch, 3, padding=1, bias=True).eval()
+        r_out, r_in = ratio_ranks(ch, ch, 3, LAYER_RATIO)
+        tucker = tucker_chain(
+            conv,
+            rng.normal(size=(r_out, r_in, 3, 3)),
+            rng.normal(size=(ch, r_out)),
+            rng.normal(size=(ch, r_in)),
+        )
+        rank = ratio_rank((ch, ch, 3, 3), LAYER_RATIO)
+        f = CP(
+            out=rng.normal(size=(ch, rank)),
+            inp=rng.normal(size=(ch, rank)),
+            vert=rng.normal(size=(3, rank)),
+            horiz=rng.normal(size=(3, rank)),
+            rel_error=0.0,
+            init="random",
+        )
+        cpc = cp_chain(conv, f)
+        row: dict[str, Any] = {"channels": ch, "side": side, "tucker_ranks": [r_out, r_in]}
+        row["cp_rank"] = rank
+        for kind, m in (("dense", conv), ("tucker", tucker), ("cp", cpc)):
+            row[f"{kind}_macs"] = count_macs(m, (ch, side, side))
+            row[f"{kind}_params"] = sum(p.numel() for p in m.parameters())
+            path = export_onnx(m.eval(), (ch, side, side), out / f"{kind}_{ch}_{side}.onnx")
+            paths.append(path)
+            shapes.append((1, ch, side, side))
+        rows.append(row)
+    log(f"timing {len(paths)} single-layer models")
+    lat = measure_latency_isolated(
+        paths,
+        input_shapes=shapes,
+        threads=THREADS,
+        runs=budget.latency_runs * 4,
+        rounds=budget.latency_rounds,
+    )
+    it = iter(lat)
+    for row in rows:
+        for kind in ("dense", "tucker", "cp"):
+            res = next(it)
+            row[f"{kind}_p50_ms"], row[f"{kind}_iqr_ms"] = res.p50_ms, res.iqr_ms
+        for kind in ("tucker", "cp"):
+            row[f"{kind}_speedup"] = row["dense_p50_ms"] / row[f"{kind}_p50_ms"]
+            row[f"{kind}_mac_ratio"] = row["dense_macs"] / row[f"{kind}_macs"]
+            # Slower: its median is above the dense median by more than both IQRs together.
+            margin = row["dense_iqr_ms"] + row[f"{kind}_iqr_ms"]
+            row[f"{kind}_slower"] = row[f"{kind}_p50_ms"] > row["dense_p50_ms"] + margin
+    return rows
+
+
+def evaluate(r: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for arch, seeds in r["models"].items():
+        vs = [s["variants"][HEADLINE] for s in seeds]
+        pr = [v["conv_param_ratio"] for v in vs]
+        drop = mean([v["drop"] for v in vs])
+        macr = mean([v["mac_ratio"] for v in vs])
+        spd = mean([v["speedup"] for v in vs])
+        out[arch] = {
+            "param_mean": mean(pr),
+            "param_min": min(pr),
+            "drop": drop,
+            "mac": macr,
+            "speedup": spd,
+            "needed": SPEEDUP_SHARE * macr,
+            "pass": min(pr) >= MIN_CONV_PARAM_RATIO
+            and drop <= MAX_DROP
+            and spd >= SPEEDUP_SHARE * macr,
+        }
+    return out
+
+
+def render(r: dict[str, Any]) -> str:
+    b = r["budget"]
+    env = r["env"]
+    r = {**r, "models": {a: seeds for a, seeds in r["models"].items() if seeds}}
+    measured = sorted({s["seed"] for seeds in r["models"].values() for s in seeds})
+    lines = [
+        "Written by `benchmarks/decomposition_bench.py`. Every job runs through `parse_recipe` + "
+        "`run_recipe`; accuracy is the pipeline's figure on the fixed **test** split of the "
+        "built-in `mnist` (percent); MACs are `compression.macs.count_macs`; conv parameters are "
+        "the weights of every `Conv2d`, decomposed chains included; latency is ONNX Runtime on "
+        "the CPU at batch 1 with 2 threads, the trained model and its decomposed variants timed "
+        "in one `measure_latency_isolated` call per architecture and seed (interleaved rounds; "
+        "p50 = median of the round medians). Figures are mean ± sd over seeds "
+        f"{', '.join(str(s) for s in measured)}"
+        + (
+            f" (**partial run: {len(measured)} of the budget's {len(b['seeds'])} seeds**)."
+            if len(measured) < len(b["seeds"])
+            else "."
+        ),
+        "",
+        "### Decision rules (fixed before the run)",
+        "",
+        f"1. **Tucker-2 headline** (`{HEADLINE}`: `tucker_decomposition` with "
+        "`rank_method: ratio, target_ratio: 4`, other settings default, then its fine-tuning), "
+        "for each of `vgg11_bn` and `resnet20`: PASS if every seed has "
+        f"≥ {MIN_CONV_PARAM_RATIO:g}x fewer conv parameters, the mean test-accuracy drop is "
+        f"≤ {MAX_DROP:g} pt, and the mean measured speedup is ≥ {SPEEDUP_SHARE:g} × the mean MAC "
+        "reduction.",
+        "2. **Slower than dense** (single convs, no verdict): a chain counts as slower when its "
+        "median latency exceeds the dense conv's by more than the two IQRs together.",
+        "",
+    ]
+    if r.get("quick"):
+        lines += ["**Quick smoke run: the numbers below mean nothing.**", ""]
+    ev = evaluate(r)
+    lines += ["| rule | architecture | result | verdict |", "|---|---|---|---|"]
+    for arch, e in ev.items():
+        lines.append(
+            f"| 1. Tucker-2 headline | `{arch}` | conv params {e['param_mean']:.2f}x (min "
+            f"{e['param_min']:.2f}x), drop {e['drop']:+.2f} pt, MACs {e['mac']:.2f}x, speedup "
+            f"{e['speedup']:.2f}x vs needed {e['needed']:.2f}x | {verdict(e['pass'])} |"
+        )
+    lines += [
+        "",
+        "### Setup",
+        "",
+        f"- Data: built-in `mnist` ({r['sizes']['train']} train / {r['sizes']['val']} val / "
+        f"{r['sizes']['test']} test), resized to 32x32"
+        + (
+            "; the training and validation images are a seeded subset, the test split is whole."
+            if b.get("subset")
+            else "."
+        ),
+        "- Starting points trained from scratch with `finetune` (lr "
+        f"{BASE_LR:g}, batch {BATCH}): "
+        + ", ".join(f"`{a}` {e} epochs" for a, e in b["epochs"].items())
+        + "; one per seed, shared by every variant of that seed.",
+        f"- Variants, each followed by its own {b['finetune_epochs']} fine-tuning epochs: "
+        + "; ".join(
+            f"`{n}` = `{m}` {json.dumps(c)} on {', '.join(a)}" for n, (m, c, a) in VARIANTS.items()
+        )
+        + ". `min_channels` 16 and `min_mac_reduction` 1.5 (defaults) leave the first conv and "
+        "the 1x1 shortcuts alone.",
+        f"- Latency: {b['latency_rounds']} interleaved rounds of {b['latency_runs']} timed runs "
+        "per model (single convs: 4x the runs).",
+        f"- Environment: {env['cpu']} ({env['machine']}), {env['cores']} cores, torch "
+        f"{env['torch']}, ONNX Runtime {env['onnxruntime']}, tensorly {env['tensorly']}, Python "
+        f"{env['python']}. Budget `{b['name']}`; wall time {r['duration_s'] / 60:.1f} min; "
+        f"1-min load average {env['load_avg_start']:.1f} at the start and "
+        f"{env.get('load_avg_end', math.nan):.1f} at the end (above 2 means other work shared the two cores).",
+        "",
+    ]
+    for arch, seeds in r["models"].items():
+        lines += [
+            f"### `{arch}`",
+            "",
+            "| variant | test | drop | conv params | conv param reduction | MACs | MAC reduction "
+            "| p50 (IQR) | speedup | speedup / MAC reduction |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            f"| trained (fp32) | {pm([s['test'] for s in seeds], unit='%')} | | "
+            f"{mean([s['conv_params'] for s in seeds]) / 1e6:.2f}M | | "
+            f"{mean([s['macs'] for s in seeds]) / 1e6:.1f}M | | "
+            f"{mean([s['p50_ms'] for s in seeds]):.3f} ms "
+            f"({mean([s['iqr_ms'] for s in seeds]):.3f}) | | |",
+        ]
+        for name in VARIANTS:
+            vs = [s["variants"][name] for s in seeds if name in s["variants"]]
+            if not vs:
+                continue
+            share = [v["speedup"] / v["mac_ratio"] for v in vs]
+            lines.append(
+                f"| `{name}` | {pm([v['test'] for v in vs], unit='%')} | "
+                f"{pm([v['drop'] for v in vs], unit=' pt')} | "
+                f"{mean([v['conv_params'] for v in vs]) / 1e6:.2f}M | "
+                f"{pm([v['conv_param_ratio'] for v in vs], unit='x')} | "
+                f"{mean([v['macs'] for v in vs]) / 1e6:.1f}M | "
+                f"{pm([v['mac_ratio'] for v in vs], unit='x')} | "
+                f"{mean([v['p50_ms'] for v in vs]):.3f} ms ({mean([v['iqr_ms'] for v in vs]):.3f})"
+                f" | {pm([v['speedup'] for v in vs], unit='x')} | {pm(share)} |"
+            )
+        first = seeds[0]
+        lines += ["", f"Ranks chosen on seed {first['seed']} (per decomposed conv):", ""]
+        for name, v in first["variants"].items():
+            ranks = ", ".join(
+                f"{d['name']} {'/'.join(str(x) for x in d['ranks'])}" for d in v["decomposed"]
+            )
+            lines.append(
+                f"- `{name}`: {ranks or 'none'}; skipped {len(v['skipped'])}"
+                + (
+                    f" (e.g. {v['skipped'][0]['name']}: {v['skipped'][0]['note']})"
+                    if v["skipped"]
+                    else ""
+                )
+            )
+        lines.append("")
+    lines += [
+        "### Single convs: which decompositions are slower than dense here",
+        "",
+        f"3x3 convs with as many output as input channels, stride 1, and their chains at "
+        f"{LAYER_RATIO:g}x fewer weights (Tucker-2 ranks from `ratio`, CP rank from `ratio`), "
+        "random weights (timing depends only on shapes).",
+        "",
+        "| channels | map | dense p50 | Tucker-2 ranks | Tucker-2 p50 | MAC ratio | speedup "
+        "| CP rank | CP p50 | MAC ratio | speedup |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in r["layers"]:
+
+        def cell(kind: str, row: dict[str, Any] = row) -> str:
+            slow = " **slower**" if row[f"{kind}_slower"] else ""
+            return (
+                f"{row[f'{kind}_p50_ms'] * 1000:.0f} µs | {row[f'{kind}_mac_ratio']:.2f}x | "
+                f"{row[f'{kind}_speedup']:.2f}x{slow}"
+            )
+
+        lines.append(
+            f"| {row['channels']} | {row['side']}x{row['side']} | "
+            f"{row['dense_p50_ms'] * 1000:.0f} µs | {'/'.join(map(str, row['tucker_ranks']))} | "
+            f"{cell('tucker')} | {row['cp_rank']} | {cell('cp')} |"
+        )
+    slow = [
+        f"{kind} at {row['channels']} ch {row['side']}x{row['side']}"
+        for row in r["layers"]
+        for kind in ("tucker", "cp")
+        if row[f"{kind}_slower"]
+    ]
+    lines += [
+        "",
+        "Slower than dense, measured: " + (", ".join(slow) if slow else "none") + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def environment() -> dict[str, Any]:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "tensorly": tensorly_version(),
+        "python": platform.python_version(),
+        "load_avg_start": os.getloadavg()[0],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run; numbers meaningless")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / SECTION)
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--render-only", action="store_true", help="doc from the results file")
+    args = parser.parse_args()
+    if args.render_only:
+        replace_section(args.doc, SECTION, HEADING, render(json.loads(RESULTS.read_text())))
+        return
+    budget = QUICK if args.quick else FULL
+    torch.set_num_threads(THREADS)
+    out: Path = args.out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    env = environment()
+    data = load_mnist(size=32)
+    if budget.subset:
+        tr, va, te = budget.subset
+        data = data.subset(train=tr, val=va, test=te, seed=0)
+    r: dict[str, Any] = {
+        "quick": args.quick,
+        "budget": asdict(budget),
+        "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        "env": env,
+        "models": {arch: [] for arch in ARCHS},
+    }
+    results = out / "results.json" if args.quick else RESULTS
+    results.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        # Saved after every seed, so an interrupted run still renders what it measured.
+        env["load_avg_end"] = os.getloadavg()[0]
+        r["duration_s"] = time.monotonic() - _T0
+        results.write_text(json.dumps(r, indent=2, default=str) + "\n")
+
+    log("single-conv timing")
+    r["layers"] = layer_timing(budget, out / "layers")
+    save()
+    for seed in budget.seeds:  # seed-major: a partial run has every architecture
+        for arch in ARCHS:
+            log(f"{arch} seed {seed}")
+            r["models"][arch].append(one_seed(arch, data, seed, budget, out / arch / str(seed)))
+            save()
+    text = render(r)
+    if args.quick:
+        print(text)
+        log("quick run done; doc not written")
+        return
+    replace_section(args.doc, SECTION, HEADING, text)
+    log(f"wrote {args.doc}")
+
+
+if __name__ == "__main__":
+    main()
