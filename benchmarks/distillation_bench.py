@@ -275,6 +275,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "distillation")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument(
+        "--threads", type=int, default=THREADS, help="torch threads (1 on a crowded CPU)"
+    )
+    parser.add_argument(
         "--seeds",
         type=str,
         default=None,
@@ -298,7 +301,7 @@ def main() -> None:
     if args.seeds:
         seeds = tuple(int(x) for x in args.seeds.split(","))
         budget = Budget(**{**asdict(budget), "seeds": seeds})
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     out: Path = args.out
     shutil.rmtree(out, ignore_errors=True)  # the pipeline would resume a matching run
     out.mkdir(parents=True)
@@ -337,7 +340,26 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     Refuses runs whose arms, data or epochs differ, or that repeat a seed.
     """
     first = runs[0]
-    out = {**first, "rows": [], "parts": len(runs)}
+    # Arms every run has (a run with --no-ablation has fewer); the others are dropped.
+    common = [a for a in first["arms"] if all(a in r["arms"] for r in runs)]
+    dropped = sorted({a for r in runs for a in r["arms"]} - set(common))
+    extra_arms = {a: cfg for r in runs for a, cfg in r["arms"].items() if a in dropped}
+    extra_rows = [
+        {"seed": row["seed"], **{a: row[a] for a in dropped if a in row}}
+        for r in runs
+        for row in r["rows"]
+        if any(a in row for a in dropped)
+    ]
+    for r in runs:
+        r["arms"] = {a: r["arms"][a] for a in common}
+        r["rows"] = [{k: v for k, v in row.items() if k not in dropped} for row in r["rows"]]
+    out = {
+        **first,
+        "rows": [],
+        "parts": len(runs),
+        "extra_arms": extra_arms,
+        "extra_rows": extra_rows,
+    }
     for r in runs:
         for key in ("arms", "data", "quick"):
             if r[key] != first[key]:
@@ -354,6 +376,9 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["duration_s"] = max(r.get("duration_s", math.nan) for r in runs)
     out["env"] = {
         **first["env"],
+        "torch_threads": "/".join(
+            str(t) for t in sorted({r["env"]["torch_threads"] for r in runs})
+        ),
         "load_avg_start": max(r["env"]["load_avg_start"] for r in runs),
         "load_avg_end": max(r["env"].get("load_avg_end", math.nan) for r in runs),
     }
@@ -479,6 +504,34 @@ def render(r: dict[str, Any]) -> str:
         f"{r.get('duration_s', math.nan) / 60:.0f} min in all."
     )
     add("")
+    if r.get("extra_rows"):
+        extra = list(r["extra_arms"])
+        seeds_x = ", ".join(str(row["seed"]) for row in r["extra_rows"])
+        add(
+            f"One-loss ablations, run on seed(s) {seeds_x} only (too few seeds for a rule; shown "
+            "for direction, not judged):"
+        )
+        add("")
+        for name in extra:
+            add(
+                f"- **{LABELS.get(name, name)}** (`{name}`): {_config_text(r['extra_arms'][name], b)}"
+            )
+        add("")
+        add("| seed | " + " | ".join(f"{LABELS.get(n, n)} (test / val)" for n in extra) + " |")
+        add("|---|" + "---|" * len(extra))
+        for row in r["extra_rows"]:
+            cells = " | ".join(
+                f"{row[n]['test']:.2f}% / {row[n]['val']:.2f}%" if n in row else "—" for n in extra
+            )
+            add(f"| {row['seed']} | {cells} |")
+        add("")
+    if r.get("parts", 1) > 1:
+        add(
+            f"The seeds ran side by side in {r['parts']} processes (`--seeds`), merged with "
+            "`--render-only`; the wall times above are per process on a CPU shared with other "
+            "work."
+        )
+        add("")
     add(
         "Re-run: `.venv/bin/python benchmarks/distillation_bench.py` (writes this section); "
         "`--quick` for a smoke run; `--render-only benchmarks/out/distillation/results.json` "
