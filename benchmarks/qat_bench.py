@@ -499,10 +499,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.merge:
-        r = merge([json.loads(Path(p).read_text()) for p in args.merge.split(",")])
+        merged = merge([json.loads(Path(p).read_text()) for p in args.merge.split(",")])
         args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(r, indent=2, default=str) + "\n")
-        replace_section(args.doc, SECTION, HEADING, render(r))
+        args.results.write_text(json.dumps(merged, indent=2, default=str) + "\n")
+        replace_section(args.doc, SECTION, HEADING, render(merged))
         log(f"merged into {args.results}; wrote {args.doc}")
         return
     if args.render_only:
