@@ -67,6 +67,11 @@ CURVE_VARIANTS: dict[str, dict[str, Any]] = {
     "bn_scale": {"importance": "bn_scale"},
     "l1": {"importance": "l1"},
     "l2": {"importance": "l2"},
+    # seed 003's dynamic importance re-weighs |BN gamma| against channel independence between
+    # steps, so it needs at least two
+    "dynamic": {"importance": "dynamic", "iterative_steps": 2},
+    # fine-tuning against the unpruned model's soft targets (recovery distillation)
+    "l2_kd": {"importance": "l2", "recovery_distillation": 0.7},
 }
 TP_NAME = "plain_tp"
 LR = 0.02  # every pruning, fine-tuning and KD phase
