@@ -469,7 +469,7 @@ def render(r: dict[str, Any]) -> str:
     for name, cfg in r["arms"].items():
         add(f"- **{LABELS.get(name, name)}** (`{name}`): {_config_text(cfg, b)}")
     add("")
-    add(f"How the settings were chosen: {SETTINGS_NOTE}")
+    add(f"How the settings were chosen: {SETTINGS_NOTE}.")
     add("")
     names = list(r["arms"])
     add("| seed | teacher | " + " | ".join(LABELS.get(n, n) for n in names) + " |")
@@ -489,7 +489,7 @@ def render(r: dict[str, Any]) -> str:
         if n == "alone":
             continue
         d = [row[n]["test"] - row["alone"]["test"] for row in r["rows"]]
-        diffs.append(f"{LABELS.get(n, n)} {pm(d)} pt")
+        diffs.append(f"{LABELS.get(n, n)} {mean(d):+.2f} ± {sd(d):.2f} pt")
     add(
         "Paired difference to the student alone, per seed then mean ± sd: " + "; ".join(diffs) + "."
     )
