@@ -299,6 +299,17 @@ def render(res: dict[str, Any]) -> str:
     )
 
     lenets = [a for a in LENETS if a in res["runs"]]
+    summary = []
+    for arch in lenets:
+        runs = res["runs"][arch]
+        mean_ratio = mean([r["ratios_whole"]["container"] for r in runs])
+        mean_drop = mean(_agg(runs, "drop"))
+        summary.append(
+            f"{arch}: size {'PASS' if mean_ratio >= MIN_RATIO else 'FAIL'} ({mean_ratio:.1f}x), "
+            f"accuracy {'PASS' if mean_drop <= MAX_DROP else 'FAIL'} ({mean_drop:.2f} pt)"
+        )
+    if summary:
+        add("**Verdicts:** " + "; ".join(summary) + ". Details and the other rules below.\n")
     add("### Headline: size and accuracy\n")
     add(
         "| model | trained test acc. | container test acc. | drop (pt) | kept | fp32 | container "
@@ -348,6 +359,12 @@ def render(res: dict[str, Any]) -> str:
         )
     add("")
 
+    add(
+        "The P+Q estimate counts the layers' bits and codebooks and the other tensors at fp32, "
+        "but no graph and no section headers; the container counts everything, so for a model "
+        "as small as this LeNet-5 (a 5 KB file, 2 KB of it graph and header) the container can "
+        "be larger than the P+Q estimate.\n"
+    )
     add("### Per layer (seed 0), like the paper's Tables 2 and 3\n")
     for arch in lenets:
         run0 = next((r for r in res["runs"][arch] if r["seed"] == 0), res["runs"][arch][0])
