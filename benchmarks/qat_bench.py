@@ -361,6 +361,11 @@ def render(r: dict[str, Any]) -> str:
     )
     add("")
     sections = r["sections"]
+    if "qat_vgg" not in sections:
+        add("### QAT vs PTQ on `vgg11_bn`")
+        add("")
+        add("Not measured in this run: rules 1-3 have no verdict.")
+        add("")
     for key in ("qat_vgg", "qat_resnet"):
         if key not in sections:
             continue
