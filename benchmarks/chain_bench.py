@@ -319,34 +319,15 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
-def render(results: dict[str, Any]) -> str:
-    seeds = results["seeds"]
-    budget = results["budget"]
-    summaries = [seed_summary(r) for r in seeds]
-    speedups = [s["speedup"] for s in summaries]
-    changes = [s["change"] for s in summaries]
-    speed_ok = mean(speedups) >= TARGET_SPEEDUP
-    acc_ok = -mean(changes) <= MAX_DROP
-    cores = int(results.get("cores") or os.cpu_count() or 1)
-    peak_load = max(results["timing"]["load_before"][0], results["timing"]["load_after"][0])
-    quiet = peak_load <= MAX_LOAD_PER_CORE * cores
-
-    def speed_verdict(ok: bool) -> str:
-        return (
-            verdict(ok)
-            if quiet
-            else f"**NOT VALID** (load average {peak_load:.1f} on {cores} cores)"
-        )
-
-    methods = seeds[0]["recipe_stages"]
-    missing = [m for m in ("fuse_operators",) if m not in methods]
-
-    lines = [
+def intro_and_rules(methods: list[str], train_images: int | None) -> list[str]:
+    """What the run does and the decision rules, fixed before any number (also rendered when
+    nothing was measured)."""
+    return [
         "`nice -n 10 .venv/bin/python benchmarks/chain_bench.py` runs "
         "`recipes/thesis003_chain.yaml` through `run_recipe` (the pipeline `edgeslim compress` "
         f"runs) on `{ARCH}` and the built-in `{DATASET}` at 32x32, once per seed, with only the "
         "epochs set by the budget and, to fit two shared cores, a seeded subset of "
-        f"{budget['train_images'] or 3500} of the 3,500 training images (validation and test "
+        f"{train_images or 3500} of the 3,500 training images (validation and test "
         "stay whole). Accuracy is each stage's top-1 on the fixed **test** split (1,000 images), "
         "MACs from `compression.macs.count_macs`. Latency is timed after all training, every "
         "stage's ONNX model and every final model of every seed in one interleaved "
@@ -370,6 +351,49 @@ def render(results: dict[str, Any]) -> str:
         "fp32 inference is preempted many times and a sub-millisecond int8 one is not, which "
         "inflates the speedup.",
         "",
+    ]
+
+
+def render_not_measured(reason: str) -> str:
+    """The section without numbers: the rules, the chain, and why nothing was measured."""
+    methods = [str(st["method"]) for st in yaml.safe_load(RECIPE.read_text())["stages"]]
+    return "\n".join(
+        [
+            *intro_and_rules(methods, FULL.train_images),
+            f"Chain: {' → '.join(f'`{m}`' for m in methods)}.",
+            "",
+            f"**Not measured yet**: {reason}",
+            "",
+            "Run: `nice -n 10 .venv/bin/python benchmarks/chain_bench.py --parallel` on a quiet "
+            "machine (writes this section with the numbers and verdicts).",
+        ]
+    )
+
+
+def render(results: dict[str, Any]) -> str:
+    seeds = results["seeds"]
+    budget = results["budget"]
+    summaries = [seed_summary(r) for r in seeds]
+    speedups = [s["speedup"] for s in summaries]
+    changes = [s["change"] for s in summaries]
+    speed_ok = mean(speedups) >= TARGET_SPEEDUP
+    acc_ok = -mean(changes) <= MAX_DROP
+    cores = int(results.get("cores") or os.cpu_count() or 1)
+    peak_load = max(results["timing"]["load_before"][0], results["timing"]["load_after"][0])
+    quiet = peak_load <= MAX_LOAD_PER_CORE * cores
+
+    def speed_verdict(ok: bool) -> str:
+        return (
+            verdict(ok)
+            if quiet
+            else f"**NOT VALID** (load average {peak_load:.1f} on {cores} cores)"
+        )
+
+    methods = seeds[0]["recipe_stages"]
+    missing = [m for m in ("fuse_operators",) if m not in methods]
+
+    lines = [
+        *intro_and_rules(methods, budget["train_images"]),
         f"Chain: {' → '.join(f'`{m}`' for m in methods)}."
         + (
             f" Not in the chain: {', '.join(f'`{m}`' for m in missing)} (not available when this "
@@ -476,6 +500,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", help="comma-separated seeds (default: the budget's)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument(
+        "--not-measured",
+        metavar="REASON",
+        help="write the section with the rules and this reason instead of numbers",
+    )
+    parser.add_argument(
         "--resume", action="store_true", help="continue stopped runs after their last stage"
     )
     parser.add_argument(
@@ -487,6 +516,10 @@ def main(argv: list[str] | None = None) -> int:
     budget = QUICK if args.quick else FULL
     if args.child is not None:
         return child(budget, args.child)
+    if args.not_measured:
+        replace_section(DOC, SECTION, HEADING, render_not_measured(args.not_measured))
+        log(f"wrote the {SECTION} section of {DOC.relative_to(ROOT)} (not measured)")
+        return 0
     if args.seeds:
         budget = Budget(**{**asdict(budget), "seeds": tuple(int(s) for s in args.seeds.split(","))})
     results_path = OUT / f"results_{budget.name}.json" if args.quick else OUT / "results.json"
