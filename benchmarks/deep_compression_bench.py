@@ -191,13 +191,20 @@ def run_one(arch: str, recipe: dict[str, Any], seed: int, budget: Budget) -> dic
         for kind in ("values", "gaps"):
             coded, ent = row.get(f"{kind}_coded_bytes"), row.get(f"{kind}_entropy_bytes")
             if coded is not None and ent is not None:
+                table, n = row.get(f"{kind}_table_bytes"), row.get(f"{kind}_symbols")
                 streams.append(
                     {
                         "layer": row["name"],
                         "stream": kind,
+                        "symbols": n,
                         "coded_bytes": coded,
+                        "table_bytes": table,
                         "entropy_bytes": ent,
                         "overhead": coded / ent - 1.0 if ent > 0 else math.inf,
+                        # the codes alone (and their last byte's padding), without the table
+                        "payload_overhead": (coded - table) / ent - 1.0
+                        if ent > 0 and table is not None
+                        else None,
                     }
                 )
     accs = [s.metrics.accuracy for s in report.stages]
@@ -238,6 +245,16 @@ def run_one(arch: str, recipe: dict[str, Any], seed: int, budget: Budget) -> dic
 
 def _agg(runs: list[dict[str, Any]], key: str) -> list[float]:
     return [float(r[key]) for r in runs]
+
+
+def _miss_kind(s: dict[str, Any]) -> str:
+    """Why a stream misses the 2%: see rule 4 (older results lack the table size)."""
+    table, ent, n = s.get("table_bytes"), s["entropy_bytes"], s.get("symbols")
+    if table is not None and table > MAX_HUFFMAN_OVERHEAD * ent:
+        return "short"
+    if n and ent * 8 / n < 1 / (1 + MAX_HUFFMAN_OVERHEAD):
+        return "below 1 bit"
+    return "coding"
 
 
 def _overhead(x: float) -> str:
@@ -290,8 +307,16 @@ def render(res: dict[str, Any]) -> str:
     add(
         f"4. *Huffman*: every Huffman stream of every run is within "
         f"**{100 * MAX_HUFFMAN_OVERHEAD:g}%** of the empirical entropy of the symbols it "
-        "codes (coded bytes, its code-length table included, over symbols x entropy / 8). "
-        "Reported as well: all streams of a model together."
+        "codes: the stream's bytes as stored (its code-length table, every code and the zero "
+        "padding of its last byte) over symbols x entropy / 8, the entropy being that of the "
+        "stream's own symbol frequencies. Nothing is left out of the numerator and the rule is "
+        "not relaxed for any stream; a stream that misses is counted as a miss. Reported beside "
+        "it, so a miss can be read: the payload alone (codes and padding, no table), and each "
+        "missing stream's kind of miss: *short* when its table alone is over the 2% allowance "
+        "(0.02 x entropy bytes), so no code that ships a table of that size can meet the rule; "
+        "*below 1 bit* when its entropy is under 1/1.02 bit per symbol, which a code of one "
+        "symbol per codeword cannot reach at any length; otherwise a *coding* miss. Reported "
+        "as well: all streams of a model together."
     )
     add(
         "5. *Per step and VGG*: reported next to the paper's numbers, no verdict (the paper's "
@@ -404,29 +429,43 @@ def render(res: dict[str, Any]) -> str:
 
     add("### Huffman coding against the entropy\n")
     add(
-        "| model | streams | within 2 % | worst stream (overhead, symbols' entropy) "
+        "| model | streams | within 2 % | misses: short / below 1 bit / coding "
+        "| payload alone within 2 % | worst stream (overhead, symbols' entropy) "
         "| all streams together | rule 4 |"
     )
-    add("|---|---|---|---|---|---|")
+    add("|---|---|---|---|---|---|---|---|")
     all_runs = [(a, r) for a in res["runs"] for r in res["runs"][a]]
     for arch in res["runs"]:
         streams = [s for r in res["runs"][arch] for s in r["streams"]]
         if not streams:
             continue
         ok = sum(s["overhead"] <= MAX_HUFFMAN_OVERHEAD for s in streams)
+        kinds = [_miss_kind(s) for s in streams if s["overhead"] > MAX_HUFFMAN_OVERHEAD]
+        payload = [s["payload_overhead"] for s in streams if s.get("payload_overhead") is not None]
+        payload_ok = (
+            f"{sum(p <= MAX_HUFFMAN_OVERHEAD for p in payload)}/{len(payload)}" if payload else "—"
+        )
         worst = max(streams, key=lambda s: s["overhead"])
         together = sum(s["coded_bytes"] for s in streams) / sum(s["entropy_bytes"] for s in streams)
         add(
-            f"| {arch} | {len(streams)} | {ok} | {_overhead(worst['overhead'])} "
+            f"| {arch} | {len(streams)} | {ok} | {kinds.count('short')} / "
+            f"{kinds.count('below 1 bit')} / {kinds.count('coding')} | {payload_ok} "
+            f"| {_overhead(worst['overhead'])} "
             f"(`{worst['layer']}` {worst['stream']}, {worst['entropy_bytes']:.0f} bytes of "
             f"entropy) | {100 * (together - 1):.2f} % "
             f"| {verdict(ok == len(streams))} |"
         )
     add(
-        "\nA Huffman code spends at least one bit per symbol, so a stream whose entropy is far "
-        "below one bit per symbol (the gaps of a dense last layer: nearly every gap is 1) cannot "
-        "come within 2 % of it; nor can a stream of a few hundred symbols whose table is a "
-        "noticeable share of it.\n"
+        "\nEach stream's table is 2 bytes (alphabet size; shortest code length and field width) "
+        "and one field of 1 to 4 bits per symbol of its alphabet (format version 2; version 1 "
+        "spent 2 bytes and a nibble per symbol: 18 bytes for a 32-entry codebook, now 6 to 14). "
+        "With a table of about 10 bytes the 2% allowance is only reached by streams of some 500 "
+        "bytes of entropy and more; every LeNet-5 stream and the last layer of LeNet-300-100 "
+        "are shorter, and those misses are *short*. Coding symbol pairs (extended Huffman) "
+        "would bring a *below 1 bit* stream under 1 bit per symbol, but its table grows with "
+        "the square of the alphabet, and every such stream here (the gaps of the nearly dense "
+        "last layer) has under 150 bytes of entropy, so the pair table alone would be over the "
+        "allowance: it is not implemented.\n"
     )
 
     if VGG_ARCH in res["runs"]:

@@ -199,8 +199,26 @@ def huffman_lengths(counts: np.ndarray) -> np.ndarray:
         work[used] = np.maximum(work[used], floor)
 
 
+def huffman_table(lengths: np.ndarray) -> bytes:
+    """The stored table for per-symbol code lengths (0 = absent): see docs/container-format.md.
+
+    Byte 0 is the alphabet size minus one, byte 1 the shortest code length (high nibble) and the
+    field width w (low nibble, 1 to 4); then one w-bit field per symbol, MSB first, 0 for an
+    absent symbol and ``length - shortest + 1`` otherwise, zero-padded to a byte.
+    """
+    alphabet = int(lengths.size)
+    used = lengths[lengths > 0]
+    min_len = int(used.min()) if used.size else 1
+    width = max(1, (int(used.max()) - min_len + 1).bit_length()) if used.size else 1
+    fields = np.where(lengths > 0, lengths - min_len + 1, 0).astype(np.int64)
+    bits = ((fields[:, None] >> np.arange(width - 1, -1, -1)) & 1).astype(np.uint8).reshape(-1)
+    body = np.packbits(bits).tobytes() if bits.size else b""
+    assert len(body) + 2 == huffman_table_bytes(alphabet, width)
+    return bytes([alphabet - 1, (min_len << 4) | width]) + body
+
+
 def huffman_encode(symbols: np.ndarray) -> bytes:
-    """A canonical Huffman stream: u16 alphabet size, 4-bit code lengths, MSB-first codes.
+    """A canonical Huffman stream: its table (see :func:`huffman_table`), MSB-first codes.
 
     The alphabet runs to the largest symbol present, so a gap stream whose gaps stay small does
     not pay for a 256-entry table.
@@ -209,9 +227,7 @@ def huffman_encode(symbols: np.ndarray) -> bytes:
     counts = np.bincount(symbols, minlength=alphabet)[:alphabet]
     lengths = huffman_lengths(counts)
     codes = canonical_codes(lengths)
-    nibbles = np.zeros(2 * huffman_table_bytes(alphabet) - 4, dtype=np.uint8)
-    nibbles[:alphabet] = lengths
-    table = int(alphabet).to_bytes(2, "little") + (nibbles[0::2] | (nibbles[1::2] << 4)).tobytes()
+    table = huffman_table(lengths)
     sym_len = lengths[symbols]
     sym_code = codes[symbols]
     starts = np.cumsum(sym_len) - sym_len
@@ -230,7 +246,7 @@ def _stream_stats(symbols: np.ndarray, coded: bytes) -> StreamStats:
         entropy_bits_per_symbol=h,
         entropy_bytes=symbols.size * h / 8,
         coded_bytes=len(coded),
-        table_bytes=huffman_table_bytes(int.from_bytes(coded[:2], "little")),
+        table_bytes=huffman_table_bytes(coded[0] + 1, coded[1] & 0x0F),
     )
 
 
@@ -272,6 +288,38 @@ def _weight_kinds(model: onnx.ModelProto) -> dict[str, str]:
                 if name in inits:
                     kinds.setdefault(name, "fc")
     return kinds
+
+
+def _minify_graph(model: onnx.ModelProto) -> None:
+    """Drop what the graph carries only for humans: node names, doc strings, long value names.
+
+    The exporter names every intermediate value after its module path
+    (``/features/features.1/Relu_output_0``); for a LeNet those names are a third of the stored
+    graph, as much as its biases. Intermediate values are renamed to short ones (``v0``, ``v1``,
+    ...) in node order; the graph's inputs, outputs and initializers keep their names, so the
+    decoded model is fed and read like the original and its weights stay findable by name.
+    Computation is untouched: the same nodes, in the same order, with the same attributes.
+    """
+    graph = model.graph
+    model.doc_string = ""
+    graph.doc_string = ""
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    keep |= {t.name for t in graph.initializer} | {""}
+    rename: dict[str, str] = {}
+    for node in graph.node:
+        for out in node.output:
+            if out not in keep and out not in rename:
+                rename[out] = f"v{len(rename)}"
+    for node in graph.node:
+        node.name = ""
+        node.doc_string = ""
+        for i, name in enumerate(node.input):
+            node.input[i] = rename.get(name, name)
+        for i, name in enumerate(node.output):
+            node.output[i] = rename.get(name, name)
+    for info in graph.value_info:
+        info.name = rename.get(info.name, info.name)
+        info.doc_string = ""
 
 
 def _deflate(data: bytes) -> bytes:
@@ -431,6 +479,7 @@ def encode_onnx(
         ):
             entry = tensor.external_data.add()
             entry.key, entry.value = key, text
+    _minify_graph(model)
     graph_raw = model.SerializeToString()
     graph_deflated = _deflate(graph_raw)
     if len(graph_deflated) < len(graph_raw):
@@ -439,6 +488,11 @@ def encode_onnx(
         graph_body, graph_coding = graph_raw, CODING_STORED
     all_sections = [_Section(KIND_GRAPH, graph_coding, 0, graph_body, 0, 0, len(graph_raw), 0)]
     all_sections += sections
+    if data_length + len(graph_raw) >= 1 << 32 or sum(len(s.body) for s in all_sections) >= 1 << 31:
+        raise InvalidModelError(
+            f"{onnx_path.name} is too large for a container: format version {FORMAT_VERSION} "
+            "stores sizes in 32 bits (4 GiB), and the decoder's caps are lower still."
+        )
     table = b"".join(
         SECTION_ENTRY.pack(
             s.kind, s.coding, s.name_length, s.dtype, len(s.body), s.offset, s.length, s.elements, 0

@@ -140,6 +140,10 @@ def deep_compression_table(stats: dict[str, Any]) -> dict[str, Any]:
                 "values_coded_bytes": values["coded_bytes"] if values else None,
                 "gaps_entropy_bytes": gaps["entropy_bytes"] if gaps else None,
                 "gaps_coded_bytes": gaps["coded_bytes"] if gaps else None,
+                "values_table_bytes": values["table_bytes"] if values else None,
+                "gaps_table_bytes": gaps["table_bytes"] if gaps else None,
+                "values_symbols": values["symbols"] if values else None,
+                "gaps_symbols": gaps["symbols"] if gaps else None,
             }
         )
     dense_layers = int(stats["bytes_dense_fp32"])

@@ -274,10 +274,37 @@ def test_wrong_checksum_is_refused(blob: bytes, tmp_path: Path) -> None:
     _refused(bytes(bad), tmp_path, "checksum does not match")
 
 
-def test_unknown_version_is_refused(blob: bytes, tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [1, 3])
+def test_unknown_version_is_refused(blob: bytes, tmp_path: Path, version: int) -> None:
+    # Version 1 (64-bit sizes) is as unknown to this decoder as a future version 3.
     fields, entries, bodies = _split(blob)
-    fields[1] = 2
-    _refused(_join(fields, entries, bodies), tmp_path, "format version 2; this decoder reads")
+    fields[1] = version
+    _refused(
+        _join(fields, entries, bodies),
+        tmp_path,
+        f"format version {version}; this decoder reads version 2 only",
+    )
+
+
+def test_stored_graph_drops_names_but_keeps_interface(
+    containers: dict[str, Any], tmp_path: Path
+) -> None:
+    source, stats = containers["lenet5"]
+    decoded = onnx.load(
+        str(decode_container(stats.path, tmp_path / "out").onnx_path), load_external_data=False
+    )
+    original = onnx.load(str(source), load_external_data=False)
+    assert [i.name for i in decoded.graph.input] == [i.name for i in original.graph.input]
+    assert [o.name for o in decoded.graph.output] == [o.name for o in original.graph.output]
+    assert {t.name for t in decoded.graph.initializer} == {
+        t.name for t in original.graph.initializer
+    }
+    assert [n.op_type for n in decoded.graph.node] == [n.op_type for n in original.graph.node]
+    assert all(not n.name for n in decoded.graph.node)
+    inner = {o for n in decoded.graph.node for o in n.output} - {
+        o.name for o in decoded.graph.output
+    }
+    assert inner and all(len(name) <= 4 for name in inner)
 
 
 def test_declared_sizes_over_the_caps_are_refused_before_allocating(
@@ -287,9 +314,9 @@ def test_declared_sizes_over_the_caps_are_refused_before_allocating(
 
     fields, entries, bodies = _split(blob)
     i = _shared_index(entries)
-    # a bomb: a 100-byte section that claims 2**31 float elements (8 GiB)
-    entries[i][7] = 1 << 31
-    entries[i][6] = 4 << 31
+    # a bomb: a 100-byte section that claims 2**29 float elements (2 GiB; sizes are 32-bit)
+    entries[i][7] = 1 << 29
+    entries[i][6] = 4 << 29
     fields[6] = entries[i][5] + entries[i][6]
     bomb = _join(fields, entries, bodies)
     tracemalloc.start()
@@ -311,13 +338,37 @@ def test_huffman_table_that_is_no_prefix_code_is_refused(blob: bytes, tmp_path: 
     name_len = entries[i][2]
     rest = bytearray(bodies[i][name_len:])
     kk = SHARED_HEADER.unpack_from(rest)[0]
-    table_at = SHARED_HEADER.size + 4 * kk + 2  # the values stream's first code-length nibbles
+    table_at = SHARED_HEADER.size + 4 * kk + 1  # the values stream's (shortest, width) byte
     over = bytearray(rest)
-    over[table_at] = 0x11  # symbols 0 and 1 both get 1-bit codes, on top of the others
+    assert over[table_at] >> 4 >= 2  # 32 symbols: no code is shorter than 2 bits
+    # Every code one bit shorter or more: the Kraft sum doubles at least.
+    over[table_at] = 0x10 | (over[table_at] & 0x0F)
     bodies[i] = bodies[i][:name_len] + bytes(over)
     _refused(_join(fields, entries, bodies), tmp_path / "a", "does not form a prefix code")
+    # 3 symbols, shortest 1 bit, 2-bit fields 01 10 00: lengths 1, 2, absent: Kraft sum 3/4
     with pytest.raises(ContainerError, match="incomplete"):
-        huffman_decode(b"\x03\x00\x21\x00\x00", 4, "test")  # lengths 1, 2, 0: Kraft sum 3/4
+        huffman_decode(b"\x02\x12\x60\x00", 4, "test")
+    with pytest.raises(ContainerError, match="padding bits"):
+        huffman_decode(b"\x02\x12\x61\x00", 4, "test")
+    with pytest.raises(ContainerError, match="1 to 4 are allowed"):
+        huffman_decode(b"\x02\x15\x60\x00", 4, "test")
+
+
+def test_compact_huffman_table_round_trips() -> None:
+    rng = np.random.default_rng(7)
+    for symbols in (
+        np.zeros(9, dtype=np.uint8),  # a lone symbol: one 1-bit code
+        np.array([255, 0, 0, 3], dtype=np.uint8),  # a sparse alphabet up to 255
+        rng.integers(0, 32, 3000).astype(np.uint8),
+        np.minimum(rng.geometric(0.05, 4000) - 1, 255).astype(np.uint8),  # lengths 1 to 15
+    ):
+        coded = huffman_encode(symbols)
+        assert np.array_equal(huffman_decode(coded, symbols.size, "test"), symbols)
+        alphabet, width = coded[0] + 1, coded[1] & 0x0F
+        assert alphabet == int(symbols.max()) + 1 and 1 <= width <= 4
+    # 32 equally likely symbols all get 5-bit codes: 1-bit fields, a 6-byte table (v1: 18)
+    coded = huffman_encode(np.tile(np.arange(32, dtype=np.uint8), 50))
+    assert coded[1] == (5 << 4) | 1 and len(coded) == 6 + 32 * 50 * 5 // 8
 
 
 def test_corrupt_graph_deflate_stream_is_refused(blob: bytes, tmp_path: Path) -> None:
@@ -351,7 +402,7 @@ def test_position_past_the_tensor_end_is_refused(blob: bytes, tmp_path: Path) ->
 
 def test_read_header_and_cli_info(blob: bytes, tmp_path: Path) -> None:
     header, sections = read_header(blob)
-    assert header.version == 1 and sections[0][1].kind == 1
+    assert header.version == 2 and sections[0][1].kind == 1
     assert [name for name, _ in sections[1:]] == [
         "features.0.weight",
         "features.3.weight",

@@ -84,7 +84,8 @@ def _broken_huffman_table(blob: bytes) -> bytes:
         if entry[0] == KIND_SHARED:
             body = cursor + entry[2]
             k = struct.unpack_from("<H", payload, body)[0]
-            payload[body + SHARED_HEADER.size + 4 * k + 2] = 0x11
+            at = body + SHARED_HEADER.size + 4 * k + 1  # (shortest code, field width) byte
+            payload[at] = 0x10 | (payload[at] & 0x0F)  # every code shorter: over-subscribed
             break
         cursor += entry[4]
     else:  # pragma: no cover - the model has a shared layer
