@@ -306,6 +306,43 @@ def evaluate(r: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+RULES = [
+    "### Decision rules (fixed before the run)",
+    "",
+    f"1. **Tucker-2 headline** (`{HEADLINE}`: `tucker_decomposition` with "
+    "`rank_method: ratio, target_ratio: 4`, other settings default, then its fine-tuning), "
+    "for each of `vgg11_bn` and `resnet20`: PASS if every seed has "
+    f"≥ {MIN_CONV_PARAM_RATIO:g}x fewer conv parameters, the mean test-accuracy drop is "
+    f"≤ {MAX_DROP:g} pt against the control (the trained model fine-tuned for the same epochs "
+    "at the same learning rate, undecomposed), and the mean measured speedup is ≥ "
+    f"{SPEEDUP_SHARE:g} × the mean MAC reduction.",
+    "2. **Slower than dense** (single convs, no verdict): a chain counts as slower when its "
+    "median latency exceeds the dense conv's by more than the two IQRs together.",
+    "",
+]
+
+
+def render_not_measured(reason: str) -> str:
+    """The section before a valid run: what will be measured, the rules, and why no numbers."""
+    return (
+        "\n".join(
+            [
+                "Written by `benchmarks/decomposition_bench.py` (`--not-measured`). Tucker-2 "
+                f"({', '.join(n for n in VARIANTS if n.startswith('tucker'))}) and CP on `vgg11_bn` "
+                "and `resnet20`, built-in `mnist`, 3 seeds, test split, every job through "
+                "`run_recipe`; single convs timed against their chains.",
+                "",
+                *RULES,
+                f"**Not measured yet:** {reason}",
+                "",
+                "Run `nice -n 10 .venv/bin/python benchmarks/decomposition_bench.py` on a quiet "
+                "machine; it replaces this section with the numbers and the computed verdicts.",
+            ]
+        )
+        + "\n"
+    )
+
+
 def render(r: dict[str, Any]) -> str:
     b = r["budget"]
     env = r["env"]
@@ -326,18 +363,7 @@ def render(r: dict[str, Any]) -> str:
             else "."
         ),
         "",
-        "### Decision rules (fixed before the run)",
-        "",
-        f"1. **Tucker-2 headline** (`{HEADLINE}`: `tucker_decomposition` with "
-        "`rank_method: ratio, target_ratio: 4`, other settings default, then its fine-tuning), "
-        "for each of `vgg11_bn` and `resnet20`: PASS if every seed has "
-        f"≥ {MIN_CONV_PARAM_RATIO:g}x fewer conv parameters, the mean test-accuracy drop is "
-        f"≤ {MAX_DROP:g} pt against the control (the trained model fine-tuned for the same epochs "
-        "at the same learning rate, undecomposed), and the mean measured speedup is ≥ {SPEEDUP_SHARE:g} × the mean MAC "
-        "reduction.",
-        "2. **Slower than dense** (single convs, no verdict): a chain counts as slower when its "
-        "median latency exceeds the dense conv's by more than the two IQRs together.",
-        "",
+        *RULES,
     ]
     if r.get("quick"):
         lines += ["**Quick smoke run: the numbers below mean nothing.**", ""]
@@ -490,7 +516,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / SECTION)
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--render-only", action="store_true", help="doc from the results file")
+    parser.add_argument(
+        "--not-measured", metavar="REASON", help="write the section with the rules and REASON only"
+    )
     args = parser.parse_args()
+    if args.not_measured:
+        replace_section(args.doc, SECTION, HEADING, render_not_measured(args.not_measured))
+        return
     if args.render_only:
         replace_section(args.doc, SECTION, HEADING, render(json.loads(RESULTS.read_text())))
         return
