@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -232,7 +233,10 @@ def dp_vs_greedy(rows: list[dict[str, Any]]) -> tuple[int, int, int, int]:
     )
 
 
-def measure(results: list[dict[str, Any]], budget: Budget, data: DatasetBundle) -> None:
+def measure(results: list[dict[str, Any]], budget: Budget, data: DatasetBundle) -> list[float]:
+    """Time every seed's dense and TT model in one interleaved call; returns the load average
+    (1, 5, 15 min) before and after, which the doc states next to the latencies."""
+    load = list(os.getloadavg())
     paths = [p for r in results for p in (r["base_onnx"], r["tt_onnx"])]
     lats = measure_latency_isolated(
         paths,
@@ -246,6 +250,7 @@ def measure(results: list[dict[str, Any]], budget: Budget, data: DatasetBundle) 
     for r in results:
         r["base_latency"] = asdict(next(it))
         r["tt_latency"] = asdict(next(it))
+    return load + list(os.getloadavg())
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -407,6 +412,22 @@ def render(payload: dict[str, Any]) -> str:
             f"({payload['env']['cpu']}, {THREADS} threads, ORT {payload['env']['ort']}, "
             f"{b['latency_rounds']} interleaved rounds of {b['latency_runs']} runs)."
         )
+        load = payload.get("load_avg")
+        if load:
+            busy = max(load[0], load[3]) > payload["env"].get("cores", 2)
+            add("")
+            add(
+                f"Load average (1 min) {load[0]:.1f} before and {load[3]:.1f} after the timing "
+                f"on {payload['env'].get('cores', 2)} cores"
+                + (
+                    ": the machine was oversubscribed by other work, so the absolute "
+                    "milliseconds are inflated; the dense and TT models were timed in "
+                    "alternating rounds of the same call, so read their ratio, which also shifts "
+                    "with the load."
+                    if busy
+                    else "."
+                )
+            )
     add("")
     add(
         f"Wall time: {payload['wall_s'] / 60:.0f} min on a shared 2-core machine "
@@ -424,7 +445,7 @@ def finish(
     *,
     write_doc: bool,
 ) -> None:
-    measure(results, budget, data)
+    load = measure(results, budget, data)
     import onnxruntime as ort
 
     payload = {
@@ -432,11 +453,13 @@ def finish(
         "images": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         "results": results,
         "wall_s": wall_s,
+        "load_avg": load,
         "env": {
             "python": platform.python_version(),
             "torch": torch.__version__,
             "ort": ort.__version__,
             "cpu": results[0]["base_latency"]["hardware"]["cpu_model"],
+            "cores": results[0]["base_latency"]["hardware"]["cores"],
         },
     }
     (out / "results.json").write_text(json.dumps(payload, indent=1, default=str))
