@@ -487,7 +487,7 @@ def render(res: dict[str, Any]) -> str:
         "spent 2 bytes and a nibble per symbol: 18 bytes for a 32-entry codebook, now 6 to 14). "
         "With a table of about 10 bytes the 2% allowance is only reached by streams of at least "
         "500 bytes of entropy; the streams of a few hundred bytes (LeNet-5's, the last layer of "
-        "LeNet-300-100) miss as *short*, whatever the code. Coding symbol pairs (extended Huffman) "
+        "LeNet-300-100) miss as *short*: their tables alone are over the allowance. Coding symbol pairs (extended Huffman) "
         "would bring a *below 1 bit* stream under 1 bit per symbol, but its table grows with "
         "the square of the alphabet, and every such stream here (the gaps of the nearly dense "
         "last layer) has under 150 bytes of entropy, so the pair table alone would be over the "
