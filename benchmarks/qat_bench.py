@@ -405,7 +405,8 @@ def render(r: dict[str, Any]) -> str:
     if "fusion" in sections:
         rows = sections["fusion"]["rows"]
         add(
-            "### Operator fusion (`fuse_operators`, untrained weights: speed does not depend on them)"
+            "### Operator fusion (`fuse_operators`; untrained weights, BatchNorm statistics from 10"
+            " training batches: speed does not depend on the weights)"
         )
         add("")
         add(
