@@ -96,12 +96,12 @@ class _LoopBus:
                         task.add_done_callback(self.pending.discard)
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
                 raise
             except (redis.RedisError, OSError):
                 log.warning("device bus subscription lost; resubscribing", exc_info=True)
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
                 await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
