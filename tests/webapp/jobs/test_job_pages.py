@@ -21,7 +21,7 @@ def test_stage_forms_are_generated_from_the_registry_with_help_bounds_and_choice
     ratio = form.fields["ratio"]
     assert ratio.initial == 0.3
     assert "fraction of channels to remove" in ratio.help_text
-    assert [c for c, _ in form.fields["importance"].choices] == ["bn_scale", "l1", "l2"]
+    assert [c for c, _ in form.fields["importance"].choices] == ["bn_scale", "l1", "l2", "dynamic"]
     bad = StageConfigForm(
         {
             "ratio": "1.5",
