@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,9 +20,10 @@ from torch import nn
 
 from compression.errors import ConfigError
 from compression.macs import count_macs
-from compression.methods._common import classifier_layer
-from compression.stage import LayerChange
+from compression.methods._common import classifier_layer, finish, history_metrics
+from compression.stage import LayerChange, StageContext, StageResult
 from compression.structure import replace_module
+from compression.training import train
 
 
 @dataclass
@@ -194,4 +196,44 @@ def skip_row(skip: Skip) -> LayerChange:
         params_before=skip.params,
         params_after=skip.params,
         note=f"skipped: {skip.reason}",
+    )
+
+
+def finetune_and_report(
+    ctx: StageContext,
+    module: nn.Module,
+    cfg: Any,
+    changes: list[LayerChange],
+    skips: list[Skip],
+    *,
+    start: float,
+) -> StageResult:
+    """Fine-tune the decomposed ``module`` with the stage's settings and build its result.
+
+    ``cfg`` carries ``epochs``, ``lr``, ``batch_size``, ``optimizer`` and ``weight_decay``;
+    progress runs from ``start`` to 1. Skipped layers are listed after the decomposed ones.
+    """
+    history = train(
+        module,
+        ctx.data,
+        ctx,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        optimizer=cfg.optimizer,
+        weight_decay=cfg.weight_decay,
+        progress=(start, 1.0),
+        label="fine-tuning",
+    )
+    ctx.model.module = finish(module)
+    metrics = {
+        **history_metrics(history),
+        "layers_decomposed": float(len(changes)),
+        "layers_skipped": float(len(skips)),
+    }
+    return StageResult(
+        model=ctx.model,
+        metrics=metrics,
+        layers=changes + [skip_row(s) for s in skips],
+        history=history,
     )

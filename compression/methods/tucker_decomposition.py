@@ -28,19 +28,18 @@ from torch import nn
 from compression.decompose import tucker2
 from compression.errors import ConfigError
 from compression.evbmf import evbmf
-from compression.methods._common import finish, history_metrics, torch_module
+from compression.methods._common import torch_module
 from compression.methods._decomposition import (
     ConvSite,
     Skip,
     apply_decomposition,
     conv_from,
+    finetune_and_report,
     select_convs,
-    skip_row,
 )
 from compression.model_facts import ModelFacts
 from compression.registry import param, register_method
 from compression.stage import LayerChange, StageContext, StageResult
-from compression.training import train
 
 
 @dataclass(frozen=True)
@@ -280,27 +279,4 @@ def run(ctx: StageContext, cfg: TuckerDecompositionConfig) -> StageResult:
         f"Tucker-2: {len(changes)} convs decomposed, {len(skips)} left as they were",
         {},
     )
-    history = train(
-        module,
-        ctx.data,
-        ctx,
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        optimizer=cfg.optimizer,
-        weight_decay=cfg.weight_decay,
-        progress=(0.1, 1.0),
-        label="fine-tuning",
-    )
-    ctx.model.module = finish(module)
-    metrics = {
-        **history_metrics(history),
-        "layers_decomposed": float(len(changes)),
-        "layers_skipped": float(len(skips)),
-    }
-    return StageResult(
-        model=ctx.model,
-        metrics=metrics,
-        layers=changes + [skip_row(s) for s in skips],
-        history=history,
-    )
+    return finetune_and_report(ctx, module, cfg, changes, skips, start=0.1)
