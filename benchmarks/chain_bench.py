@@ -30,7 +30,6 @@ import math
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -45,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._docs import replace_section  # noqa: E402
+from benchmarks._stats import mean, sd, verdict  # noqa: E402
 
 SECTION = "chain"
 HEADING = "## Seed 003's chain on VGG-11-BN (mnist, CPU, decision rules)"
@@ -115,21 +115,9 @@ def log(msg: str) -> None:
     print(f"[{(time.monotonic() - _T0) / 60:5.1f} min] {msg}", flush=True)
 
 
-def mean(xs: Sequence[float]) -> float:
-    return statistics.fmean(xs) if xs else math.nan
-
-
-def sd(xs: Sequence[float]) -> float:
-    return statistics.stdev(xs) if len(xs) >= 2 else math.nan
-
-
 def pm(xs: Sequence[float], digits: int = 2, unit: str = "") -> str:
     s = sd(xs)
     return f"{mean(xs):.{digits}f} ± {'—' if math.isnan(s) else f'{s:.{digits}f}'}{unit}"
-
-
-def verdict(ok: bool) -> str:
-    return "**PASS**" if ok else "**FAIL**"
 
 
 def budget_recipe(budget: Budget, seed: int) -> dict[str, Any]:

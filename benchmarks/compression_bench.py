@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._docs import replace_section  # noqa: E402
+from benchmarks._stats import mean, sd, verdict  # noqa: E402
 from compression.checkpoint import load_checkpoint  # noqa: E402
 from compression.datasets import DatasetBundle, load_digits, load_mnist  # noqa: E402
 from compression.latency import LatencyResult, measure_latency_isolated  # noqa: E402
@@ -161,23 +162,10 @@ def log(msg: str) -> None:
     print(f"[{(time.monotonic() - _T0) / 60:5.1f} min] {msg}", flush=True)
 
 
-def mean(xs: Sequence[float]) -> float:
-    return statistics.fmean(xs) if xs else math.nan
-
-
-def sd(xs: Sequence[float]) -> float:
-    """Sample standard deviation over seeds; NaN with fewer than two."""
-    return statistics.stdev(xs) if len(xs) >= 2 else math.nan
-
-
 def pm(xs: Sequence[float], digits: int = 2, unit: str = "") -> str:
     s = sd(xs)
     spread = "—" if math.isnan(s) else f"{s:.{digits}f}"
     return f"{mean(xs):.{digits}f} ± {spread}{unit}"
-
-
-def verdict(ok: bool) -> str:
-    return "**PASS**" if ok else "**FAIL**"
 
 
 def state_for(module: torch.nn.Module, data: DatasetBundle, arch: str) -> ModelState:

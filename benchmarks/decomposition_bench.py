@@ -22,7 +22,6 @@ import math
 import os
 import platform
 import shutil
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._docs import replace_section  # noqa: E402
+from benchmarks._stats import mean, sd, verdict  # noqa: E402
 from compression.checkpoint import load_checkpoint  # noqa: E402
 from compression.datasets import DatasetBundle, load_mnist  # noqa: E402
 from compression.decompose import CP, tensorly_version  # noqa: E402
@@ -106,21 +106,9 @@ def log(msg: str) -> None:
     print(f"[{(time.monotonic() - _T0) / 60:5.1f} min] {msg}", flush=True)
 
 
-def mean(xs: Sequence[float]) -> float:
-    return statistics.fmean(xs) if xs else math.nan
-
-
-def sd(xs: Sequence[float]) -> float:
-    return statistics.stdev(xs) if len(xs) >= 2 else math.nan
-
-
 def pm(xs: Sequence[float], digits: int = 2, unit: str = "") -> str:
     s = sd(xs)
     return f"{mean(xs):.{digits}f} ± {'—' if math.isnan(s) else f'{s:.{digits}f}'}{unit}"
-
-
-def verdict(ok: bool) -> str:
-    return "**PASS**" if ok else "**FAIL**"
 
 
 def conv_params(module: nn.Module) -> int:

@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._docs import replace_section  # noqa: E402
+from benchmarks._stats import mean, sd, verdict  # noqa: E402
 from compression.container import (  # noqa: E402
     FORMAT_VERSION,
     decode_container,
@@ -117,22 +118,10 @@ def log(msg: str) -> None:
     print(f"[{(time.monotonic() - _T0) / 60:5.1f} min] {msg}", flush=True)
 
 
-def mean(xs: Sequence[float]) -> float:
-    return statistics.fmean(xs) if xs else math.nan
-
-
-def sd(xs: Sequence[float]) -> float:
-    return statistics.stdev(xs) if len(xs) >= 2 else math.nan
-
-
 def pm(xs: Sequence[float], digits: int = 2, unit: str = "") -> str:
     s = sd(xs)
     spread = "—" if math.isnan(s) else f"{s:.{digits}f}"
     return f"{mean(xs):.{digits}f} ± {spread}{unit}"
-
-
-def verdict(ok: bool) -> str:
-    return "**PASS**" if ok else "**FAIL**"
 
 
 def clamp_epochs(recipe: dict[str, Any], budget: Budget) -> dict[str, Any]:

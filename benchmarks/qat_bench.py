@@ -21,7 +21,6 @@ import math
 import os
 import platform
 import shutil
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._docs import replace_section  # noqa: E402
+from benchmarks._stats import mean, sd, verdict  # noqa: E402
 from compression.checkpoint import load_checkpoint  # noqa: E402
 from compression.datasets import DatasetBundle, load_mnist  # noqa: E402
 from compression.latency import measure_latency_isolated  # noqa: E402
@@ -107,21 +107,9 @@ def log(msg: str) -> None:
     print(f"[{(time.monotonic() - _T0) / 60:5.1f} min] {msg}", flush=True)
 
 
-def mean(xs: Sequence[float]) -> float:
-    return statistics.fmean(xs) if xs else math.nan
-
-
-def sd(xs: Sequence[float]) -> float:
-    return statistics.stdev(xs) if len(xs) >= 2 else math.nan
-
-
 def pm(xs: Sequence[float], digits: int = 2) -> str:
     s = sd(xs)
     return f"{mean(xs):.{digits}f} ± {'—' if math.isnan(s) else f'{s:.{digits}f}'}"
-
-
-def verdict(ok: bool) -> str:
-    return "**PASS**" if ok else "**FAIL**"
 
 
 def fresh(arch: str, data: DatasetBundle, seed: int) -> ModelState:

@@ -30,16 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._docs import replace_section  # noqa: E402
-from benchmarks.compression_bench import (  # noqa: E402
-    environment,
-    fresh,
-    mean,
-    outcome,
-    pm,
-    run,
-    sd,
-    verdict,
-)
+from benchmarks._stats import mean, sd, verdict  # noqa: E402
+from benchmarks.compression_bench import environment, fresh, outcome, pm, run  # noqa: E402
 from compression.datasets import DatasetBundle, load_mnist  # noqa: E402
 
 SECTION = "statistics_pruning"
