@@ -17,16 +17,23 @@ django_asgi_app.chunk_size = 1 << 20
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
+from webapp.proxy import TrustedProxyMiddleware  # noqa: E402
 from webapp.routing import websocket_urlpatterns  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
-    }
+# Behind a trusted proxy (EDGESLIM_TRUSTED_PROXIES), Django's REMOTE_ADDR and Channels'
+# scope["client"] are the real client's address.
+application = TrustedProxyMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": AllowedHostsOriginValidator(
+                AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            ),
+        }
+    ),
+    trusted=settings.EDGESLIM_TRUSTED_PROXIES,
 )
 
 # Everything imported so far lives as long as the process: keep it out of the cyclic GC's

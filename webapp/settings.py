@@ -15,6 +15,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from webapp.env import env, envbool, envint, envlist
+from webapp.proxy import parse_networks
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 EDGESLIM_ENV = env("EDGESLIM_ENV", "embedded")
@@ -79,6 +80,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: a container's own health check (127.0.0.1, plain HTTP) skips the host and HTTPS checks.
+    "webapp.middleware.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -141,12 +144,14 @@ CHANNEL_LAYERS = {
         },
     }
 }
-# Login throttling counts failures here, so the cache is shared by every web process.
+# Login throttling counts failures here, so the cache is shared by every web process. Values are
+# stored as JSON, not pickles: whoever can write to Redis cannot make a web process unpickle code.
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": env("EDGESLIM_CACHE_PREFIX", "edgeslim"),
+        "OPTIONS": {"serializer": "webapp.cache.JSONSerializer"},
     }
 }
 CELERY_BROKER_URL = REDIS_URL
@@ -277,14 +282,28 @@ CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cook
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+# Reverse proxies (addresses or networks) whose X-Forwarded-For names the real client
+# (webapp/proxy.py); empty: REMOTE_ADDR is the connection's peer, whatever the headers say.
+try:
+    EDGESLIM_TRUSTED_PROXIES = parse_networks(envlist("EDGESLIM_TRUSTED_PROXIES", ""))
+except ValueError as exc:
+    raise ImproperlyConfigured(
+        f"EDGESLIM_TRUSTED_PROXIES: {exc} (use addresses or networks, e.g. 10.0.0.5,172.16.0.0/12)"
+    ) from exc
 if PRODUCTION:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", True)
+    # Load balancers probe over plain HTTP (a container's own check is answered before this).
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
-    SECURE_HSTS_PRELOAD = True
+    # Preloading puts the domain into browsers' built-in lists, which takes months to undo: only
+    # when the operator asks for it. Its deploy-check warning is silenced while it is off.
+    SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+    if not SECURE_HSTS_PRELOAD:
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
 # --- REST API ----------------------------------------------------------------------------------
 REST_FRAMEWORK = {

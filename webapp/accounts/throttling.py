@@ -24,7 +24,8 @@ def _normalise_username(username: str) -> str:
 
 
 def client_ip(request: HttpRequest) -> str:
-    # REMOTE_ADDR only: X-Forwarded-For is client-controlled unless a trusted proxy rewrites it.
+    # REMOTE_ADDR only: behind a trusted proxy webapp.proxy has already set it from
+    # X-Forwarded-For; anyone else's X-Forwarded-For is client-controlled.
     return str(request.META.get("REMOTE_ADDR") or "unknown")
 
 
