@@ -119,7 +119,7 @@ class Budget:
 FULL = Budget(
     "full",
     seeds=(0, 1, 2),
-    base_epochs=3,
+    base_epochs=10,  # the same resnet20 budget as the KD teacher: a converged starting point
     sparsity_epochs=1,
     finetune_epochs=1,
     curve_targets=(2.0, 4.0, 8.0, 16.0),
@@ -885,6 +885,16 @@ def render(r: dict[str, Any]) -> str:
         f" `{PRUNE_ARCH}` {b['base_epochs']} epochs, `{VGG_ARCH}` {b['vgg_epochs']} epochs, one"
         " per seed, shared by every variant of that seed."
     )
+    if b["base_epochs"] > 3:
+        add(
+            "- History: until 2026-12-06 the curve started from a `resnet20` trained 3 epochs"
+            " (96.73 ± 0.76 % test), weaker than its own 2x-pruned students after their 2"
+            " epochs, so the curve measured continued training and recovery distillation pulled"
+            " the students toward a weaker teacher. That run failed rule 2 at 2x by 0.17 pt"
+            " (sd 0.49) and passed it at 4x, 8x and 16x (the previous version of this section"
+            " is in git). The starting point now gets the KD teacher's 10 epochs; the variants,"
+            " their settings and the rules are unchanged."
+        )
     add(
         f"- Curve budget: {T} training epochs after the starting point for every variant"
         f" (lr {LR}). EdgeSlim runs `channel_pruning` with `target_mac_reduction` and"

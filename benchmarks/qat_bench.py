@@ -77,15 +77,16 @@ class Budget:
 FULL = Budget(
     "full",
     seeds=(0, 1, 2),
-    base_epochs=3,
+    base_epochs=8,
     qat_epochs=2,
     qat_bn_update_epochs=1,
     qat_observer_update_epochs=1,
     qat_lr=0.001,
-    latency_rounds=5,
-    latency_runs=20,
-    # 800 of the 3,250 training images: the run shares 2 cores with other work.
-    subset=(800, 200, None),
+    latency_rounds=9,
+    latency_runs=50,
+    # every image: the fp32 starting point is trained to a plateau, so QAT's extra epochs are
+    # not mistaken for quantization gains (the control below measures what they give alone)
+    subset=None,
 )
 QUICK = Budget(
     "quick",
@@ -163,6 +164,30 @@ def qat_vs_ptq(arch: str, data: DatasetBundle, budget: Budget, out: Path) -> dic
             data,
             out / f"ptq_s{seed}",
         )
+        # The control: the same extra epochs, lr and batches as QAT without fake quantization,
+        # then PTQ of that model. QAT is judged against the better fp32 and the better PTQ, so
+        # training longer is never credited to quantization-aware training.
+        log(f"{arch} seed {seed}: control, fp32 + {budget.qat_epochs} epochs, then ptq_int8")
+        ctrl = run(
+            {
+                "name": f"{arch} fp32+{budget.qat_epochs} ptq",
+                "seed": seed,
+                "stages": [
+                    {
+                        "method": "finetune",
+                        "config": {
+                            "epochs": budget.qat_epochs,
+                            "lr": budget.qat_lr,
+                            "batch_size": BATCH,
+                        },
+                    },
+                    {"method": "ptq_int8"},
+                ],
+            },
+            trained,
+            data,
+            out / f"ctrl_s{seed}",
+        )
         log(f"{arch} seed {seed}: qat_int8 ({budget.qat_epochs} epochs)")
         t0 = time.monotonic()
         qat = run(
@@ -211,6 +236,8 @@ def qat_vs_ptq(arch: str, data: DatasetBundle, budget: Budget, out: Path) -> dic
                 "ptq_test": ptq.final.accuracy,
                 "qat_test": qat.final.accuracy,
                 "qat_fp32_test": qat.baseline.accuracy,
+                "ctrl_fp32_test": ctrl.stages[0].metrics.accuracy,
+                "ctrl_ptq_test": ctrl.final.accuracy,
                 "fp32_bytes": ptq.baseline.onnx_bytes,
                 "ptq_bytes": ptq.final.onnx_bytes,
                 "qat_bytes": qat.final.onnx_bytes,
@@ -286,19 +313,31 @@ def fusion(data: DatasetBundle, budget: Budget, out: Path) -> dict[str, Any]:
 
 
 def qat_rules(sec: dict[str, Any]) -> dict[str, Any]:
+    """Rules 1-3. QAT is held to the better of the fp32 models and the better of the PTQ ones.
+
+    The control (fp32 trained QAT's extra epochs without fake quantization) is absent from runs
+    made before it existed; those fall back to the fp32 model QAT starts from.
+    """
     s = sec["seeds"]
     qat = [x["qat_test"] for x in s]
     ptq = [x["ptq_test"] for x in s]
-    drop = [x["fp32_test"] - x["qat_test"] for x in s]
+    ctrl_fp32 = [x.get("ctrl_fp32_test", x["fp32_test"]) for x in s]
+    ctrl_ptq = [x.get("ctrl_ptq_test", x["ptq_test"]) for x in s]
+    best_fp32 = max(mean([x["fp32_test"] for x in s]), mean(ctrl_fp32))
+    best_ptq = max(mean(ptq), mean(ctrl_ptq))
     size = [x["fp32_bytes"] / x["qat_bytes"] for x in s]
     spd = [x["latency"]["fp32"]["p50_ms"] / x["latency"]["qat"]["p50_ms"] for x in s]
     return {
-        "acc": mean(qat) >= mean(ptq) and mean(drop) <= QAT_MAX_DROP,
+        "acc": mean(qat) >= best_ptq and best_fp32 - mean(qat) <= QAT_MAX_DROP,
         "size": mean(size) >= QAT_MIN_SIZE_RATIO,
         "speed": mean(spd) >= QAT_MIN_SPEEDUP,
         "qat": qat,
         "ptq": ptq,
-        "drop": drop,
+        "ctrl_fp32": ctrl_fp32,
+        "ctrl_ptq": ctrl_ptq,
+        "best_fp32": best_fp32,
+        "best_ptq": best_ptq,
+        "drop": [x["fp32_test"] - x["qat_test"] for x in s],
         "size_ratio": size,
         "speedup": spd,
     }
@@ -321,8 +360,12 @@ def render(r: dict[str, Any]) -> str:
     add("")
     add(
         f"1. **QAT accuracy**: `qat_int8` (the int8 ONNX model, run by ONNX Runtime) reaches at"
-        f" least `ptq_int8`'s test accuracy and is at most {QAT_MAX_DROP} pt below the fp32"
-        " model it starts from (mean over seeds; a gain passes)."
+        " least the better mean test accuracy of the two PTQ models (`ptq_int8` of the fp32"
+        " model, and of the control: the fp32 model trained QAT's extra epochs, lr and batches"
+        f" without fake quantization) and is at most {QAT_MAX_DROP} pt below the better mean of"
+        " the two fp32 models (a gain passes). Revised on 2026-12-06 before the numbers below:"
+        " the first version compared QAT with an under-trained fp32 model and its PTQ only, so"
+        " QAT's 2 extra epochs of training were credited to quantization (+4.3 pt)."
     )
     add(
         f"2. **QAT size**: the fp32 ONNX is at least {QAT_MIN_SIZE_RATIO}x the QAT int8 ONNX"
@@ -343,8 +386,9 @@ def render(r: dict[str, Any]) -> str:
         f"Budget: fp32 trained from scratch for {b['base_epochs']} epochs (SGD, lr {BASE_LR});"
         f" `ptq_int8` with its defaults; `qat_int8` for {b['qat_epochs']} epochs"
         f" (lr {b['qat_lr']}, BatchNorm statistics updated for {b['qat_bn_update_epochs']},"
-        f" ranges for {b['qat_observer_update_epochs']}) from the same fp32 model — QAT trains"
-        f" {b['qat_epochs']} more epochs than PTQ, which is its method. Latency:"
+        f" ranges for {b['qat_observer_update_epochs']}) from the same fp32 model; the control"
+        f" trains that fp32 model {b['qat_epochs']} more epochs with `finetune` (same lr and"
+        " batch) and quantizes it with `ptq_int8`. Latency:"
         f" {b['latency_rounds']} rounds of {b['latency_runs']} runs."
     )
     add("")
@@ -362,14 +406,17 @@ def render(r: dict[str, Any]) -> str:
         add(f"### QAT vs PTQ on `{sec['arch']}`")
         add("")
         add(
-            "| seed | fp32 test | PTQ test | QAT test | QAT − fp32 | size fp32/QAT |"
-            " fp32 p50 (IQR) | PTQ p50 | QAT p50 | QAT speedup | QAT val fake-quant / int8 |"
+            "| seed | fp32 test | PTQ test | control fp32 test | control PTQ test | QAT test |"
+            " QAT − fp32 | size fp32/QAT | fp32 p50 (IQR) | PTQ p50 | QAT p50 | QAT speedup |"
+            " QAT val fake-quant / int8 |"
         )
-        add("|---|---|---|---|---|---|---|---|---|---|---|")
+        add("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for s in sec["seeds"]:
             lat = s["latency"]
             add(
                 f"| {s['seed']} | {s['fp32_test']:.2f}% | {s['ptq_test']:.2f}% |"
+                f" {s.get('ctrl_fp32_test', math.nan):.2f}% |"
+                f" {s.get('ctrl_ptq_test', math.nan):.2f}% |"
                 f" {s['qat_test']:.2f}% | {s['qat_test'] - s['fp32_test']:+.2f} pt |"
                 f" {s['fp32_bytes'] / s['qat_bytes']:.2f}x |"
                 f" {lat['fp32']['p50_ms']:.2f} ms ({lat['fp32']['iqr_ms'] or 0:.2f}) |"
@@ -379,13 +426,15 @@ def render(r: dict[str, Any]) -> str:
             )
         add(
             f"| mean ± sd | {pm([s['fp32_test'] for s in sec['seeds']])}% | {pm(v['ptq'])}% |"
-            f" {pm(v['qat'])}% | {pm([-d for d in v['drop']])} pt | {pm(v['size_ratio'])}x |"
+            f" {pm(v['ctrl_fp32'])}% | {pm(v['ctrl_ptq'])}% | {pm(v['qat'])}% |"
+            f" {pm([-d for d in v['drop']])} pt | {pm(v['size_ratio'])}x |"
             f" | | | {pm(v['speedup'])}x | |"
         )
         add("")
         add(
-            f"- Rule 1 (accuracy): QAT {mean(v['qat']):.2f}% vs PTQ {mean(v['ptq']):.2f}%,"
-            f" {mean(v['drop']):+.2f} pt below fp32 → {verdict(v['acc'])}"
+            f"- Rule 1 (accuracy): QAT {mean(v['qat']):.2f}% vs the better PTQ"
+            f" {v['best_ptq']:.2f}%, {v['best_fp32'] - mean(v['qat']):+.2f} pt below the better"
+            f" fp32 ({v['best_fp32']:.2f}%) → {verdict(v['acc'])}"
         )
         add(f"- Rule 2 (size): {mean(v['size_ratio']):.2f}x → {verdict(v['size'])}")
         add(f"- Rule 3 (speed): {mean(v['speedup']):.2f}x → {verdict(v['speed'])}")
