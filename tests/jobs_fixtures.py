@@ -8,7 +8,7 @@ from jobs_factories import make_digits, make_model_version, two_stage_recipe
 
 from webapp.accounts.services import api_token_create
 from webapp.jobs import services
-from workers.runner import JobRunner
+from webapp.jobs.runner import JobRunner
 
 
 @pytest.fixture

@@ -165,7 +165,6 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
 if env("EDGESLIM_BROKER_PREFIX"):
     # Separates runs that share one Redis (parallel test sessions, several installs).
     CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = env("EDGESLIM_BROKER_PREFIX")
-CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # --- storage -----------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def test_sign_in_browse_sections_and_see_a_test_event_arrive_live(
     page.click("a.brand")
     page.wait_for_url(f"{base}/")
     page.wait_for_selector('[data-live-status="live"]', timeout=20_000)
-    from workers.tasks import org_ping
+    from webapp.live.tasks import org_ping
 
     # The dashboard has no developer button any more; a worker task sends the message instead.
     org_ping.delay(org.pk, "Test event from ada")

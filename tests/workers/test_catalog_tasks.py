@@ -11,8 +11,8 @@ from factories import make_organization
 
 from webapp.accounts.models import Membership
 from webapp.catalog import services
+from webapp.catalog import tasks as catalog_tasks
 from webapp.catalog.models import ItemStatus, Upload, UploadStatus
-from workers import catalog_tasks
 
 pytestmark = pytest.mark.django_db
 

@@ -9,9 +9,9 @@ import uuid
 import pytest
 import redis
 
-from workers import catalog_tasks
+from webapp.catalog import tasks as catalog_tasks
+from webapp.jobs.tasks import job_run
 from workers.celery import CATALOG_QUEUE, app
-from workers.jobs_tasks import job_run
 
 
 def _queue_of(task_name: str, **options: object) -> str:
@@ -54,3 +54,51 @@ def test_an_inspection_lands_on_the_catalog_list_in_the_real_broker() -> None:
         finally:
             client.delete(*keys)
             client.close()
+
+
+def test_the_names_services_send_are_the_tasks_the_apps_register() -> None:
+    from webapp.catalog import services as catalog_services
+    from webapp.jobs import services as job_services
+    from webapp.live import tasks as live_tasks
+
+    # Task names are part of the broker's contract with queued messages: they never change.
+    assert job_services.JOB_RUN_TASK == job_run.name == "edgeslim.job_run"
+    assert live_tasks.org_ping.name == "edgeslim.org_ping"
+    assert {
+        catalog_services.MODEL_VERSION_INSPECT_TASK: catalog_tasks.model_version_inspect,
+        catalog_services.DATASET_VALIDATE_TASK: catalog_tasks.dataset_validate,
+        catalog_services.UPLOADS_CLEANUP_TASK: catalog_tasks.uploads_cleanup,
+    } == {
+        "catalog.model_version_inspect": app.tasks["catalog.model_version_inspect"],
+        "catalog.dataset_validate": app.tasks["catalog.dataset_validate"],
+        "catalog.uploads_cleanup": app.tasks["catalog.uploads_cleanup"],
+    }
+
+
+def test_a_worker_finds_every_apps_tasks_by_autodiscovery() -> None:
+    # What `celery -A workers.celery worker` imports, in a fresh interpreter that has imported
+    # no task module yet: the worker app alone must register every task.
+    import subprocess
+    import sys
+
+    code = (
+        "import django; django.setup(); import sys; from workers.celery import app; "
+        "assert not any(m.endswith('.tasks') for m in sys.modules if m.startswith('webapp')); "
+        "app.loader.import_default_modules(); "
+        "print(sorted(n for n in app.tasks if not n.startswith('celery.')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(
+        sorted(
+            [
+                "catalog.dataset_validate",
+                "catalog.model_version_inspect",
+                "catalog.uploads_cleanup",
+                "edgeslim.job_run",
+                "edgeslim.org_ping",
+            ]
+        )
+    )

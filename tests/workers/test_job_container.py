@@ -16,7 +16,7 @@ from webapp.catalog.errors import CatalogInputError
 from webapp.catalog.models import ModelVersion
 from webapp.catalog.services import model_version_attach_container
 from webapp.jobs.models import Job, JobStatus
-from workers.runner import JobRunner
+from webapp.jobs.runner import JobRunner
 
 pytestmark = pytest.mark.django_db
 

@@ -16,7 +16,7 @@ from compression.errors import DatasetError
 from webapp.catalog.models import ModelVersion
 from webapp.jobs import selectors, services
 from webapp.jobs.models import Job, JobStatus
-from workers.runner import JobRunner, failure_reason
+from webapp.jobs.runner import JobRunner, failure_reason
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

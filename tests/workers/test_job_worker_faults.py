@@ -23,7 +23,7 @@ from stack import subprocess_env
 
 from webapp.jobs import services
 from webapp.jobs.models import Job, JobStatus
-from workers.jobs_tasks import job_run
+from webapp.jobs.tasks import job_run
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

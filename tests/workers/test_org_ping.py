@@ -8,7 +8,7 @@ from factories import make_organization
 from ws_testing import communicator, session_cookie_for
 
 from webapp.accounts.models import Membership
-from workers.tasks import org_ping
+from webapp.live.tasks import org_ping
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

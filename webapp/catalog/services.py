@@ -48,8 +48,15 @@ from webapp.catalog.models import (
     UploadKind,
     UploadStatus,
 )
+from workers.celery import app as celery_app
 
 log = logging.getLogger(__name__)
+
+# The catalog's Celery tasks (webapp/catalog/tasks.py), sent by name: services never import the
+# task module. Every ``catalog.*`` name is routed to the catalog queue (workers/celery.py).
+MODEL_VERSION_INSPECT_TASK = "catalog.model_version_inspect"
+DATASET_VALIDATE_TASK = "catalog.dataset_validate"
+UPLOADS_CLEANUP_TASK = "catalog.uploads_cleanup"
 
 _CHUNK = 1024 * 1024
 
@@ -305,12 +312,7 @@ def catalog_event_send(*, organization_id: int, item: str, pk: int, status: str)
 
 
 def _enqueue(task_name: str, pk: int) -> None:
-    def send() -> None:
-        from workers import catalog_tasks
-
-        getattr(catalog_tasks, task_name).delay(pk)
-
-    transaction.on_commit(send)
+    transaction.on_commit(lambda: celery_app.send_task(task_name, args=(pk,)))
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -473,7 +475,7 @@ def model_upload_create(
                 preprocessing={"normalization": declared} if declared != "dataset" else {},
                 **meta,
             )
-            _enqueue("model_version_inspect", version.pk)
+            _enqueue(MODEL_VERSION_INSPECT_TASK, version.pk)
     except BaseException:
         storage_delete_quietly(stored)
         raise
@@ -548,7 +550,7 @@ def model_version_create_from_job(
                 created_by=user,
             )
             if info is None:
-                _enqueue("model_version_inspect", version.pk)
+                _enqueue(MODEL_VERSION_INSPECT_TASK, version.pk)
             else:
                 org_id, pk = organization.pk, version.pk
                 transaction.on_commit(
@@ -802,7 +804,7 @@ def dataset_upload_create(
                 status=ItemStatus.PENDING,
                 created_by=user,
             )
-            _enqueue("dataset_validate", dataset.pk)
+            _enqueue(DATASET_VALIDATE_TASK, dataset.pk)
     except BaseException:
         storage_delete_quietly(stored)
         raise
@@ -915,7 +917,7 @@ def builtin_samples_ensure(*, organization: Organization) -> None:
                         is_builtin=True,
                         builtin_key=key,
                     )
-                    _enqueue("dataset_validate", dataset.pk)
+                    _enqueue(DATASET_VALIDATE_TASK, dataset.pk)
             except IntegrityError:
                 pass  # another request made it first
         for spec in BUILTIN_MODELS:
@@ -954,7 +956,7 @@ def builtin_samples_ensure(*, organization: Organization) -> None:
                             "the background; ready in a few minutes",
                         },
                     )
-                    _enqueue("model_version_inspect", version.pk)
+                    _enqueue(MODEL_VERSION_INSPECT_TASK, version.pk)
             except IntegrityError:
                 continue
 
@@ -980,7 +982,7 @@ def datasets_revalidate_stale(*, organization: Organization | None = None) -> in
             status=ItemStatus.PENDING
         )
         for pk in ids:
-            _enqueue("dataset_validate", pk)
+            _enqueue(DATASET_VALIDATE_TASK, pk)
     return int(changed)
 
 
@@ -1088,9 +1090,7 @@ def upload_create(
 
 
 def _enqueue_cleanup() -> None:
-    from workers import catalog_tasks
-
-    catalog_tasks.uploads_cleanup.delay()
+    celery_app.send_task(UPLOADS_CLEANUP_TASK)
 
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")

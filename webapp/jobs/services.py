@@ -22,10 +22,14 @@ from webapp.jobs.errors import JobInputError, JobStateError
 from webapp.jobs.models import Job, JobEvent, JobEventKind, JobQueue, JobStatus
 from webapp.jobs.recipes import RecipeCheck, recipe_check
 from webapp.live.services import org_event_send
+from workers.celery import app as celery_app
 
 logger = logging.getLogger(__name__)
 
 JOB_EVENT_TYPE = "job.event"
+# The Celery task that runs a job (webapp/jobs/tasks.py). Services send it by name: they never
+# import the task module, which imports the runner, which imports these services.
+JOB_RUN_TASK = "edgeslim.job_run"
 
 
 def job_group_name(job_id: int) -> str:
@@ -49,10 +53,7 @@ def _queue_for(wants: str) -> str:
 
 
 def _enqueue(job: Job) -> None:
-    # Imported here: the task module imports the runner, which imports these services.
-    from workers.jobs_tasks import job_run
-
-    job_run.apply_async(args=(job.pk,), queue=job.queue)
+    celery_app.send_task(JOB_RUN_TASK, args=(job.pk,), queue=job.queue)
 
 
 def job_create(

@@ -100,7 +100,7 @@ def test_the_reason_comes_first_and_the_traceback_once_behind_details(org_a):
     _event(
         job,
         "log",
-        line="ERROR workers.runner: job 1 failed: classes differ\n"
+        line="ERROR webapp.jobs.runner: job 1 failed: classes differ\n"
         "Traceback (most recent call last):\n" + frames + "DatasetError: classes differ",
     )
     _event(job, "log", line=frames.rstrip())  # the runner's last frames, logged again

@@ -1,4 +1,5 @@
-"""The runner: drive ``compression.pipeline.run_recipe`` for one Job row.
+"""The job runner: drive ``compression.pipeline.run_recipe`` for one Job row (the jobs app's
+domain runner; the Celery task in ``webapp/jobs/tasks.py`` only calls :func:`job_run`).
 
 It takes the job's lease (never two runs at once), counts the attempt, loads the model and the
 data set through the catalog, and runs the recipe in ``DATA_DIR/jobs/<id>/`` so that a retried

@@ -12,13 +12,13 @@ from typing import Any
 
 from django.conf import settings
 
-from workers import worker_device  # noqa: F401  (registers the device report on worker start)
+from webapp.jobs.runner import job_run as run_job
+from webapp.jobs.services import JOB_RUN_TASK
 from workers.celery import app
-from workers.runner import job_run as run_job
 
 
 @app.task(
-    name="edgeslim.job_run",
+    name=JOB_RUN_TASK,
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,

@@ -1,4 +1,4 @@
-"""Celery tasks. Each is thin: it takes ids and plain values, and calls a service."""
+"""The live app's Celery tasks. Each is thin: it takes ids and plain values, and calls a service."""
 
 from __future__ import annotations
 

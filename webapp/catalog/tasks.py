@@ -1,4 +1,4 @@
-"""Catalog tasks: inspect an uploaded model version, validate a dataset, clean up uploads.
+"""The catalog's Celery tasks: inspect an uploaded model version, validate a dataset, clean up uploads.
 
 Thin on purpose: fetch the row by id, call the service. The service runs the untrusted file in
 a separate, memory-capped process, so a hostile upload cannot take this worker down.
@@ -15,7 +15,7 @@ from workers.celery import app
 log = logging.getLogger(__name__)
 
 
-@app.task(name="catalog.model_version_inspect", ignore_result=True, acks_late=True)
+@app.task(name=services.MODEL_VERSION_INSPECT_TASK, ignore_result=True, acks_late=True)
 def model_version_inspect(version_id: int) -> None:
     version = (
         ModelVersion.objects.select_related("asset", "organization").filter(pk=version_id).first()
@@ -26,7 +26,7 @@ def model_version_inspect(version_id: int) -> None:
     services.model_version_inspect(version=version)
 
 
-@app.task(name="catalog.dataset_validate", ignore_result=True, acks_late=True)
+@app.task(name=services.DATASET_VALIDATE_TASK, ignore_result=True, acks_late=True)
 def dataset_validate(dataset_id: int) -> None:
     dataset = Dataset.objects.select_related("organization").filter(pk=dataset_id).first()
     if dataset is None:
@@ -35,6 +35,6 @@ def dataset_validate(dataset_id: int) -> None:
     services.dataset_validate(dataset=dataset)
 
 
-@app.task(name="catalog.uploads_cleanup", ignore_result=True)
+@app.task(name=services.UPLOADS_CLEANUP_TASK, ignore_result=True)
 def uploads_cleanup() -> int:
     return services.upload_expired_cleanup()
