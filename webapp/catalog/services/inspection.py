@@ -1,0 +1,184 @@
+"""Inspection on a worker (the catalog's tasks call these): open an uploaded model or data set in
+a memory-capped child process and record what it found."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from webapp.catalog.models import (
+    Dataset,
+    DatasetKind,
+    ItemStatus,
+    ModelVersion,
+)
+from webapp.catalog.services.builtin_samples import (
+    BUILTIN_TRAIN_DATASET,
+    builtin_spec,
+    builtin_train_epochs,
+)
+from webapp.catalog.services.versions import (
+    _preprocessing_record,
+    dataset_mark_invalid,
+    dataset_mark_ready,
+    declared_preprocessing,
+    model_version_mark_invalid,
+    model_version_mark_ready,
+    model_version_set_file,
+)
+
+
+def work_dir_remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _work_dir(prefix: str) -> Path:
+    base = Path(settings.DATA_DIR) / "work"
+    base.mkdir(parents=True, exist_ok=True)
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+
+
+def model_version_inspect(*, version: ModelVersion) -> ModelVersion:
+    """Inspect a pending version in the sandbox child and mark it ready or invalid.
+
+    A built-in sample without a file gets its weights built first. Re-running on a version that
+    is no longer pending does nothing (a redelivered task is harmless).
+    """
+    from webapp.catalog.loaders import stored_file_local_path
+    from webapp.catalog.sandbox import SandboxError, run_child
+
+    if version.status != ItemStatus.PENDING:
+        return version
+    work = _work_dir(f"inspect-{version.pk}-")
+    try:
+        built: dict[str, Any] = {}
+        if version.is_builtin and not version.file:
+            spec = builtin_spec(version) or {}
+            built = run_child(
+                {
+                    "action": "builtin",
+                    "arch": version.arch,
+                    "num_classes": version.num_classes or 10,
+                    "in_channels": version.in_channels or 1,
+                    "input_size": version.input_size or 32,
+                    "train_epochs": builtin_train_epochs(spec) if spec else 0,
+                    "train_dataset": BUILTIN_TRAIN_DATASET,
+                    "train_optimizer": str(spec.get("train_optimizer", "adam")),
+                    "train_lr": float(spec.get("train_lr", 0.003)),
+                    "max_batches": int(
+                        getattr(settings, "EDGESLIM_BUILTIN_TRAIN_MAX_BATCHES", 0) or 0
+                    ),
+                    "out_path": str(work / f"{version.arch}.safetensors"),
+                },
+                work_dir=work,
+                # Training takes longer than an inspection; the cap on memory stays.
+                timeout_s=3 * float(settings.EDGESLIM_INSPECT_TIMEOUT_S),
+            )
+            model_version_set_file(version=version, path=built["path"])
+        path = stored_file_local_path(version.file, work_dir=work)
+        result = run_child(
+            {
+                "action": "model",
+                "path": str(path),
+                "format": version.format,
+                "arch": version.arch,
+                "num_classes": version.num_classes,
+                "in_channels": version.in_channels,
+                "input_size": version.input_size,
+            },
+            work_dir=work,
+        )
+    except (SandboxError, FileNotFoundError) as exc:
+        # Errors name the stored file; show the name the user uploaded instead.
+        message = str(exc)
+        if version.file:
+            message = message.replace(Path(version.file.name or "").name, version.source_filename)
+        return model_version_mark_invalid(version=version, error=message)
+    finally:
+        work_dir_remove(work)
+    from compression.preprocessing import PreprocessingError
+
+    try:
+        declared_preprocessing(
+            normalization=version.declared_normalization,
+            in_channels=version.in_channels or result.get("in_channels"),
+            input_size=version.input_size or result.get("input_size"),
+        )
+    except PreprocessingError as exc:
+        return model_version_mark_invalid(
+            version=version, error=f"The declared normalization does not fit the model: {exc}."
+        )
+    info = dict(result["info"])
+    if version.is_builtin and built:
+        _builtin_record(version, info, built)
+    elif version.is_builtin:  # re-inspected weights built earlier: keep how they were trained
+        info.update({k: version.info[k] for k in ("trained", "builtin") if k in version.info})
+    if info.get("macs") is None and isinstance(version.info.get("macs"), int):
+        info["macs"] = version.info["macs"]  # counted by the job that made it (ONNX can't be)
+    return model_version_mark_ready(
+        version=version,
+        info=info,
+        input_size=result.get("input_size"),
+        in_channels=result.get("in_channels"),
+        num_classes=result.get("num_classes"),
+    )
+
+
+def _builtin_record(version: ModelVersion, info: dict[str, Any], built: dict[str, Any]) -> None:
+    """Record how a built-in sample was trained (``info["trained"]``, read by the wizard's
+    presets) and the preprocessing it was trained with, on the version."""
+    history = built.get("history") or []
+    if history:
+        info["trained"] = {
+            "dataset": built.get("dataset", BUILTIN_TRAIN_DATASET),
+            "epochs": len(history),
+            "test_accuracy": built.get("test_accuracy"),
+        }
+    info["builtin"] = {
+        "trained_epochs": len(history),
+        "val_acc": history[-1].get("val_acc") if history else None,
+        "weights": f"trained on {built.get('dataset', BUILTIN_TRAIN_DATASET)}"
+        if history
+        else "untrained (random weights)",
+    }
+    record = built.get("preprocessing")
+    if isinstance(record, dict) and record.get("mean"):
+        version.preprocessing = _preprocessing_record(record)
+
+
+def dataset_validate(*, dataset: Dataset) -> Dataset:
+    """Validate a pending dataset in the sandbox child: report, thumbnails, ready or invalid."""
+    from webapp.catalog.loaders import stored_file_local_path
+    from webapp.catalog.sandbox import SandboxError, run_child
+
+    if dataset.status != ItemStatus.PENDING:
+        return dataset
+    work = _work_dir(f"dataset-{dataset.pk}-")
+    try:
+        request: dict[str, Any] = {
+            "action": "dataset",
+            "kind": dataset.kind,
+            "name": dataset.name,
+            "split_seed": dataset.split_seed,
+            "work_dir": str(work),
+        }
+        if dataset.kind == DatasetKind.IMAGE_ZIP:
+            request["path"] = str(stored_file_local_path(dataset.file, work_dir=work))
+        try:
+            result = run_child(request, work_dir=work)
+        except (SandboxError, FileNotFoundError) as exc:
+            message = str(exc)
+            if dataset.file:
+                message = message.replace(
+                    Path(dataset.file.name or "").name, dataset.source_filename
+                )
+            return dataset_mark_invalid(dataset=dataset, error=message)
+        thumbs = {k: [Path(p) for p in v] for k, v in result.get("thumbnails", {}).items()}
+        return dataset_mark_ready(dataset=dataset, report=result["report"], thumbnail_files=thumbs)
+    finally:
+        work_dir_remove(work)
