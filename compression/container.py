@@ -1,10 +1,13 @@
 """The EdgeSlim compressed container (Deep Compression's file): format constants and the decoder.
 
 A container holds an ONNX graph whose large weight tensors were taken out and stored either
-raw or, for a weight-shared layer, as a codebook plus two Huffman-coded streams: the cluster
-index of every non-zero weight and its position as a relative index (a gap of ``index_bits``
-bits, with filler entries when a gap overflows). ``docs/container-format.md`` describes the
-bytes; :mod:`compression.weight_coding` writes them; this module reads them back.
+raw or, for a weight-shared layer, as a codebook plus its symbols in two Huffman-coded streams:
+the cluster index of every non-zero weight and its position as a relative index (a gap of
+``index_bits`` bits, with filler entries when a gap overflows). Since format version 3 the
+streams are sections of their own, each shared by every layer of one kind (one code table for
+all of them); version 2 kept two streams inside every layer's section and is still read.
+``docs/container-format.md`` describes the bytes; :mod:`compression.weight_coding` writes them;
+this module reads them back.
 
 Why the decoder needs no onnx package: the stored graph already refers to its large tensors as
 ONNX external data (``location=weights.bin, offset, length``), so decoding is writing the graph
@@ -45,8 +48,11 @@ MAGIC = b"ESDC\r\n\x1a\n"  # like PNG's: a text-mode transfer or a truncation to
 # the dtype and reserved fields to a byte: the same fields in the same order, 72 -> 60 bytes of
 # header, 48 -> 22 per section and 36 -> 20 per shared tensor. On a LeNet-5 container of 5 KB
 # that is 250 bytes (5%) of bookkeeping. A version 1 file is refused like any unknown version.
-FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = (2,)
+# Version 3 adds one thing: Huffman streams as sections of their own (kind 4), shared by many
+# weight-shared tensors (coding 3), so a small layer no longer pays for two code tables. Every
+# version 2 file is a valid version 3 file but for its version number, so both are read.
+FORMAT_VERSION = 3
+SUPPORTED_VERSIONS = (2, 3)
 HEADER = struct.Struct(
     "<8sHHIIII32s"
 )  # magic, version, header length, sections, payload, graph, data, sha256
@@ -59,16 +65,29 @@ SHARED_HEADER = struct.Struct(
     "<HBBIIII"
 )  # codebook size, index bits, reserved, nonzero, entries, values len, gaps len
 SHARED_HEADER_SIZE = SHARED_HEADER.size  # 20
+STREAMED_HEADER = struct.Struct(
+    "<HBBIIBB"
+)  # codebook size, index bits, reserved, nonzero, entries, values stream, gaps stream
+STREAMED_HEADER_SIZE = STREAMED_HEADER.size  # 14
 
 KIND_GRAPH = 1
 KIND_RAW = 2
 KIND_SHARED = 3
-KIND_NAMES = {KIND_GRAPH: "graph", KIND_RAW: "raw", KIND_SHARED: "shared"}
+KIND_STREAM = 4  # version 3: the canonical Huffman streams that weight-shared tensors draw from
+KIND_NAMES = {KIND_GRAPH: "graph", KIND_RAW: "raw", KIND_SHARED: "shared", KIND_STREAM: "streams"}
 
 CODING_STORED = 0
 CODING_DEFLATE = 1  # raw DEFLATE (RFC 1951, no zlib wrapper): the graph, and raw tensors
-CODING_HUFFMAN = 2  # the two canonical Huffman streams of a weight-shared tensor
-CODING_NAMES = {CODING_STORED: "stored", CODING_DEFLATE: "deflate", CODING_HUFFMAN: "huffman"}
+CODING_HUFFMAN = 2  # canonical Huffman: a stream section, or a tensor's own two streams (v2)
+CODING_STREAMS = 3  # version 3: a weight-shared tensor whose symbols are in stream sections
+CODING_NAMES = {
+    CODING_STORED: "stored",
+    CODING_DEFLATE: "deflate",
+    CODING_HUFFMAN: "huffman",
+    CODING_STREAMS: "streams",
+}
+MAX_STREAMS = 255  # the streams section counts its streams in a byte; tensors name them in one
+ROLE_VALUES, ROLE_GAPS = "cluster-index", "relative-index"
 
 GRAPH_FILE_NAME = "model.onnx"
 DATA_FILE_NAME = "weights.bin"  # the location every external-data entry of the graph names
@@ -211,9 +230,10 @@ def _parse_header(data: bytes) -> ContainerHeader:
         data
     )
     if version not in SUPPORTED_VERSIONS:
+        known = " and ".join(map(str, SUPPORTED_VERSIONS))
         raise ContainerError(
-            f"The container has format version {version}; this decoder reads version "
-            f"{', '.join(map(str, SUPPORTED_VERSIONS))} only."
+            f"The container has format version {version}; this decoder reads version"
+            f"{'s' if len(SUPPORTED_VERSIONS) > 1 else ''} {known} only."
         )
     if header_len != HEADER_SIZE:
         raise ContainerError(
@@ -281,6 +301,7 @@ def _verify(
     cursor = table_len
     entries: list[tuple[str, SectionEntry, memoryview]] = []
     graphs = 0
+    streams = 0
     total_elements = 0
     regions: list[tuple[int, int, str]] = []
     for i in range(header.section_count):
@@ -306,6 +327,27 @@ def _verify(
             raise ContainerError(f"The reserved field of {label} is not zero.")
         if kind not in KIND_NAMES:
             raise ContainerError(f"{label.capitalize()} has unknown kind {kind}.")
+        if header.version < 3 and (kind == KIND_STREAM or coding == CODING_STREAMS):
+            raise ContainerError(
+                f"{label.capitalize()} uses a shared Huffman stream, which format version 3 "
+                f"introduced, but the container declares version {header.version}."
+            )
+        if kind == KIND_STREAM:
+            if coding != CODING_HUFFMAN:
+                raise ContainerError(
+                    f"{label.capitalize()} holds streams but its coding is {coding}, not "
+                    f"{CODING_HUFFMAN} (canonical Huffman)."
+                )
+            if name_len or dtype or offset or length:
+                raise ContainerError(
+                    f"{label.capitalize()} holds streams; its name length, data type, output "
+                    "offset and output length must be 0."
+                )
+            streams += 1
+            if streams > 1:
+                raise ContainerError("The container has more than one streams section.")
+            entries.append((name, entry, body[name_len:]))
+            continue
         if kind == KIND_GRAPH:
             graphs += 1
             if coding not in (CODING_STORED, CODING_DEFLATE):
@@ -319,10 +361,11 @@ def _verify(
             continue
         if kind == KIND_RAW and coding not in (CODING_STORED, CODING_DEFLATE):
             raise ContainerError(f"{label.capitalize()} has unknown coding {coding}.")
-        if kind == KIND_SHARED and coding != CODING_HUFFMAN:
+        if kind == KIND_SHARED and coding not in (CODING_HUFFMAN, CODING_STREAMS):
             raise ContainerError(
                 f"{label.capitalize()} is weight-shared but its coding is {coding}, not "
-                f"{CODING_HUFFMAN} (canonical Huffman)."
+                f"{CODING_HUFFMAN} (its own Huffman streams) or {CODING_STREAMS} (shared "
+                "Huffman streams)."
             )
         if dtype not in ONNX_DTYPES:
             raise ContainerError(f"{label.capitalize()} has unsupported ONNX data type {dtype}.")
@@ -544,14 +587,31 @@ def huffman_decode(stream: memoryview | bytes, count: int, what: str) -> np.ndar
     return sym_of[windows[starts]]
 
 
-def _decode_shared(
-    body: memoryview, entry: SectionEntry, label: str
-) -> tuple[np.ndarray, SectionInfo]:
-    if len(body) < SHARED_HEADER_SIZE:
-        raise ContainerError(
-            f"The body of {label} is shorter than its {SHARED_HEADER_SIZE}-byte header."
-        )
-    k, bits, reserved, nonzero, count, values_len, gaps_len = SHARED_HEADER.unpack_from(body)
+@dataclass
+class _Shared:
+    """A weight-shared section's header, checked; its symbols come inline (v2) or from streams."""
+
+    label: str
+    k: int
+    bits: int
+    nonzero: int
+    count: int
+    codebook: np.ndarray
+    values: memoryview | int  # the inline stream (coding 2) or the stream's number (coding 3)
+    gaps: memoryview | int
+
+
+def _shared_header(body: memoryview, entry: SectionEntry, label: str) -> _Shared:
+    """Parse and check a weight-shared section up to its codebook (no stream is decoded)."""
+    streamed = entry.coding == CODING_STREAMS
+    size = STREAMED_HEADER_SIZE if streamed else SHARED_HEADER_SIZE
+    if len(body) < size:
+        raise ContainerError(f"The body of {label} is shorter than its {size}-byte header.")
+    if streamed:
+        k, bits, reserved, nonzero, count, v_ref, g_ref = STREAMED_HEADER.unpack_from(body)
+        values_len = gaps_len = 0
+    else:
+        k, bits, reserved, nonzero, count, values_len, gaps_len = SHARED_HEADER.unpack_from(body)
     numel = entry.elements
     if reserved != 0:
         raise ContainerError(f"The reserved byte of {label} is not zero.")
@@ -576,20 +636,35 @@ def _decode_shared(
             f"{label.capitalize()} declares {count} relative-index entries for {nonzero} non-zero "
             f"weights; between {nonzero} and {max_entries} are possible."
         )
-    expected = SHARED_HEADER_SIZE + 4 * k + values_len + gaps_len
+    expected = size + 4 * k + values_len + gaps_len
     if expected != len(body):
         raise ContainerError(
-            f"{label.capitalize()} declares streams that add up to {expected} bytes but its body "
-            f"is {len(body)} bytes."
+            f"{label.capitalize()} declares a header, codebook and streams that add up to "
+            f"{expected} bytes but its body is {len(body)} bytes."
         )
-    at = SHARED_HEADER_SIZE
+    at = size
     codebook = np.frombuffer(body, dtype="<f4", count=k, offset=at).astype(np.float32)
     at += 4 * k
-    values = huffman_decode(
-        body[at : at + values_len], nonzero, f"the cluster-index stream of {label}"
-    )
-    at += values_len
-    gaps = huffman_decode(body[at : at + gaps_len], count, f"the relative-index stream of {label}")
+    if streamed:
+        if v_ref == g_ref:
+            raise ContainerError(
+                f"{label.capitalize()} takes its cluster indices and its relative indices from "
+                f"the same stream {v_ref}; they are two streams."
+            )
+        values: memoryview | int = v_ref
+        gaps: memoryview | int = g_ref
+    else:
+        values, gaps = body[at : at + values_len], body[at + values_len :]
+    return _Shared(label, int(k), int(bits), int(nonzero), int(count), codebook, values, gaps)
+
+
+def _place(
+    sh: _Shared, values: np.ndarray, gaps: np.ndarray, entry: SectionEntry
+) -> tuple[np.ndarray, SectionInfo]:
+    """The dense tensor from a shared section's decoded symbols, after the symbol checks."""
+    label, k, bits, nonzero, count = sh.label, sh.k, sh.bits, sh.nonzero, sh.count
+    numel = entry.elements
+    span = (1 << bits) - 1
     if nonzero and int(values.max()) >= k:
         bad = int(values.max())
         raise ContainerError(
@@ -624,21 +699,101 @@ def _decode_shared(
             f"of its tensor of {numel} elements."
         )
     dense = np.zeros(numel, dtype=np.float32)
-    dense[positions] = codebook[values]
+    dense[positions] = sh.codebook[values]
     info = SectionInfo(
         name="",
         kind="shared",
-        coding="huffman",
+        coding=CODING_NAMES[entry.coding],
         stored_bytes=entry.body_length,
         decoded_bytes=entry.out_length,
         elements=numel,
-        nonzero=int(nonzero),
-        codebook_size=int(k),
-        index_bits=int(bits),
-        entries=int(count),
+        nonzero=nonzero,
+        codebook_size=k,
+        index_bits=bits,
+        entries=count,
         filler_entries=fillers,
     )
     return dense, info
+
+
+def _split_streams(entries: list[tuple[str, SectionEntry, memoryview]]) -> list[memoryview]:
+    """The streams of the container's streams section (none without one), lengths checked."""
+    found = [(i, body) for i, (_n, entry, body) in enumerate(entries) if entry.kind == KIND_STREAM]
+    if not found:
+        return []
+    i, body = found[0]
+    if len(body) < 1 or body[0] == 0:
+        raise ContainerError(f"The streams section (section {i}) holds no stream.")
+    count = body[0]
+    if len(body) < 1 + 4 * count:
+        raise ContainerError(
+            f"The streams section (section {i}) is shorter than its table of {count} lengths."
+        )
+    lengths = struct.unpack_from(f"<{count}I", body, 1)
+    at = 1 + 4 * count
+    if sum(lengths) != len(body) - at:
+        raise ContainerError(
+            f"The streams section (section {i}) declares streams of {sum(lengths)} bytes in all "
+            f"but holds {len(body) - at}."
+        )
+    out = []
+    for n in lengths:
+        out.append(body[at : at + n])
+        at += n
+    return out
+
+
+def _decode_streams(
+    entries: list[tuple[str, SectionEntry, memoryview]], shared: dict[int, _Shared]
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Every shared section's (cluster indices, relative indices), streams checked first.
+
+    A stream's symbols are, in section-table order, those of every section that names it: all
+    of a stream's sections take it for the same role, every stream is named by one section at
+    least, and the streams section declares (as its element count) exactly as many symbols as
+    the sections use. All of that is checked against the declared sizes before any stream is
+    decoded.
+    """
+    streams = _split_streams(entries)
+    role: dict[int, str] = {}
+    users: dict[int, list[tuple[int, str, int]]] = {s: [] for s in range(len(streams))}
+    for i, sh in shared.items():
+        for which, ref, n in ((ROLE_VALUES, sh.values, sh.nonzero), (ROLE_GAPS, sh.gaps, sh.count)):
+            if not isinstance(ref, int):
+                continue
+            if ref >= len(streams):
+                raise ContainerError(
+                    f"{sh.label.capitalize()} takes its {which} symbols from stream {ref}, but "
+                    f"the container has {len(streams)} streams."
+                )
+            if role.setdefault(ref, which) != which:
+                raise ContainerError(
+                    f"Stream {ref} is taken for {role[ref]} symbols by one section and for "
+                    f"{which} symbols by {sh.label}; a stream serves one role."
+                )
+            users[ref].append((i, which, n))
+    for sid in range(len(streams)):
+        if not users[sid]:
+            raise ContainerError(f"Stream {sid} is named by no weight-shared section.")
+    declared = sum(e.elements for _n, e, _b in entries if e.kind == KIND_STREAM)
+    used = sum(n for u in users.values() for _i, _w, n in u)
+    if used != declared:
+        raise ContainerError(
+            f"The streams section declares {declared} symbols but the sections that take from "
+            f"its streams use {used}."
+        )
+    out: dict[int, dict[str, np.ndarray]] = {i: {} for i in shared}
+    for sid, body in enumerate(streams):
+        symbols = huffman_decode(body, sum(n for _i, _w, n in users[sid]), f"stream {sid}")
+        at = 0
+        for j, which, n in users[sid]:
+            out[j][which] = symbols[at : at + n]
+            at += n
+    for i, sh in shared.items():
+        for which, ref, n in ((ROLE_VALUES, sh.values, sh.nonzero), (ROLE_GAPS, sh.gaps, sh.count)):
+            if not isinstance(ref, int):
+                out[i][which] = huffman_decode(ref, n, f"the {which} stream of {sh.label}")
+    return {i: (d[ROLE_VALUES], d[ROLE_GAPS]) for i, d in out.items()}
 
 
 def _peak_rss_bytes() -> int:
@@ -719,12 +874,30 @@ def decode_container(
 def _decode_into(
     tmp: Path, header: ContainerHeader, entries: list[tuple[str, SectionEntry, memoryview]]
 ) -> list[SectionInfo]:
+    shared = {
+        i: _shared_header(body, entry, _label(i, name))
+        for i, (name, entry, body) in enumerate(entries)
+        if entry.kind == KIND_SHARED
+    }
+    symbols = _decode_streams(entries, shared)
     infos: list[SectionInfo] = []
     with open(tmp / DATA_FILE_NAME, "wb") as fh:
         if header.data_length:
             fh.truncate(header.data_length)  # sparse; the regions not written stay zero
         for i, (name, entry, body) in enumerate(entries):
-            label = f"section {i} ({name!r})" if name else f"section {i}"
+            label = _label(i, name)
+            if entry.kind == KIND_STREAM:
+                infos.append(
+                    SectionInfo(
+                        name="streams",
+                        kind="streams",
+                        coding=CODING_NAMES[entry.coding],
+                        stored_bytes=entry.body_length,
+                        decoded_bytes=0,
+                        elements=entry.elements,
+                    )
+                )
+                continue
             if entry.kind == KIND_GRAPH:
                 graph = (
                     bytes(body)
@@ -773,14 +946,17 @@ def _decode_into(
                     )
                 )
                 continue
-            dense, info = _decode_shared(body, entry, label)
+            values, gaps = symbols.pop(i)
+            dense, info = _place(shared[i], values, gaps, entry)
             fh.seek(entry.out_offset)
             fh.write(dense.tobytes())
             del dense
-            infos.append(
-                SectionInfo(**{**asdict(info), "name": name}),
-            )
+            infos.append(SectionInfo(**{**asdict(info), "name": name}))
     return infos
+
+
+def _label(i: int, name: str) -> str:
+    return f"section {i} ({name!r})" if name else f"section {i}"
 
 
 # --- the agent's way in: decode in a child process, measure its peak RSS ----------------------

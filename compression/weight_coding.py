@@ -6,9 +6,14 @@ Per large weight tensor (a Conv or Gemm/MatMul weight of at least ``min_elements
   ``weight_sharing`` clustered), it is stored as a codebook, the cluster index of every non-zero
   weight, and the weight's position as a relative index: the gap since the previous entry in
   ``index_bits`` bits, with a filler entry when a gap overflows (Han et al. 2016, section 2);
-  both streams are coded with a canonical Huffman code of their own (one table per stream), which
-  the tests hold to within 2% of the empirical entropy of the symbols plus the table;
 - otherwise, or when the shared form would be larger, the tensor is stored raw.
+
+The symbols are canonical-Huffman coded in streams (format version 3) that several layers share,
+one code table per stream: each codebook is ordered by how often its values occur, so that the
+cluster-index distributions of different layers line up, and streams of one role (cluster
+indices, or relative indices) are merged greedily for as long as a merge makes the file smaller
+(a table and a section entry saved against the bits a shared code costs). Relative-index widths
+are the caller's, or chosen per layer (``0`` = the width whose own code is the shortest).
 
 Biases, BatchNorm parameters and every other small tensor stay inside the ONNX graph, which is
 stored DEFLATE-compressed with its large initializers replaced by external-data references.
@@ -26,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
+import struct
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +45,7 @@ from compression.container import (
     CODING_DEFLATE,
     CODING_HUFFMAN,
     CODING_STORED,
+    CODING_STREAMS,
     DATA_FILE_NAME,
     FORMAT_VERSION,
     HEADER,
@@ -46,20 +53,27 @@ from compression.container import (
     KIND_GRAPH,
     KIND_RAW,
     KIND_SHARED,
+    KIND_STREAM,
     MAGIC,
     MAX_CODE_LENGTH,
     MAX_CODEBOOK_SIZE,
     MAX_INDEX_BITS,
+    MAX_STREAMS,
     ONNX_DTYPES,
     ONNX_FLOAT,
     SECTION_ENTRY,
     SHARED_HEADER,
+    STREAMED_HEADER,
+    SUPPORTED_VERSIONS,
     canonical_codes,
     huffman_table_bytes,
 )
 from compression.errors import ConfigError, InvalidModelError
 
 DATA_ALIGNMENT = 64  # every tensor starts on a 64-byte boundary of weights.bin
+# A stream is decoded in one piece (about 20 bytes of decoder memory per coded bit), so layers
+# are not merged into a stream past this many symbols; a larger layer keeps a stream of its own.
+MAX_STREAM_SYMBOLS = 1 << 20
 _WEIGHT_INPUTS = {"Conv": ("conv", 1), "ConvTranspose": ("conv", 1), "Gemm": ("fc", 1)}
 
 
@@ -71,8 +85,27 @@ class StreamStats:
     distinct: int
     entropy_bits_per_symbol: float
     entropy_bytes: float  # symbols x entropy / 8: what an ideal entropy coder would need
-    coded_bytes: int  # the stream as stored, its Huffman table included
+    coded_bytes: int  # the stream as stored: its Huffman table, codes and last byte's padding
     table_bytes: int  # of which the table (alphabet size and code lengths)
+    role: str = ""  # values (cluster indices) | gaps (relative indices)
+    layers: tuple[str, ...] = ()  # the tensors whose symbols it holds, in order
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["layers"] = list(self.layers)
+        return out
+
+
+@dataclass(frozen=True)
+class LayerSymbols:
+    """One layer's symbols of one role, inside the stream that holds them."""
+
+    stream: int  # index into ContainerStats.streams
+    symbols: int
+    distinct: int
+    entropy_bits_per_symbol: float  # of this layer's symbols alone
+    entropy_bytes: float
+    code_bits: int  # what its symbols take in the stream (the stream's table not included)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,9 +129,11 @@ class LayerStats:
     bytes_dense_fp32: int
     bytes_pruned: int
     bytes_shared: int
-    bytes_huffman: int  # bytes of the layer's section in the file (name and header included)
-    values: StreamStats | None = None
-    gaps: StreamStats | None = None
+    # the layer's section in the file (name, header, codebook) plus its codes in the streams;
+    # the streams' tables and padding are counted in the container's totals only
+    bytes_huffman: int
+    values: LayerSymbols | None = None
+    gaps: LayerSymbols | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -122,10 +157,12 @@ class ContainerStats:
     bytes_dense_fp32: int  # sums over layers
     bytes_pruned: int
     bytes_shared: int
-    bytes_huffman: int
+    bytes_huffman: int  # the layers' sections and the streams section (bodies) together
     total_bytes: int  # the container file, every byte the device decodes
     decoded_bytes: int  # model.onnx + weights.bin after decoding
     sha256: str  # of the whole file
+    streams: tuple[StreamStats, ...] = field(default_factory=tuple)
+    stream_bytes: int = 0  # the streams section's body (stream lengths, tables, codes, padding)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -135,6 +172,7 @@ class ContainerStats:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["layers"] = [layer.to_dict() for layer in self.layers]
+        out["streams"] = [stream.to_dict() for stream in self.streams]
         out["notes"] = list(self.notes)
         out["ratio"] = self.ratio
         return out
@@ -225,7 +263,18 @@ def huffman_encode(symbols: np.ndarray) -> bytes:
     """
     alphabet = int(symbols.max()) + 1 if symbols.size else 1
     counts = np.bincount(symbols, minlength=alphabet)[:alphabet]
-    lengths = huffman_lengths(counts)
+    return _encode_with(symbols, huffman_lengths(counts))
+
+
+def stream_bytes(counts: np.ndarray) -> int:
+    """Bytes of the Huffman stream (table, codes, padding) for symbol counts, without coding it."""
+    used = np.flatnonzero(counts)
+    alphabet = int(used.max()) + 1 if used.size else 1
+    lengths = huffman_lengths(counts[:alphabet])
+    return len(huffman_table(lengths)) + _ceil_bytes(int((counts[:alphabet] * lengths).sum()))
+
+
+def _encode_with(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
     codes = canonical_codes(lengths)
     table = huffman_table(lengths)
     sym_len = lengths[symbols]
@@ -238,7 +287,9 @@ def huffman_encode(symbols: np.ndarray) -> bytes:
     return table + np.packbits(bits).tobytes()
 
 
-def _stream_stats(symbols: np.ndarray, coded: bytes) -> StreamStats:
+def _stream_stats(
+    symbols: np.ndarray, coded: bytes, role: str, layers: tuple[str, ...]
+) -> StreamStats:
     h = entropy_bits(symbols)
     return StreamStats(
         symbols=int(symbols.size),
@@ -247,7 +298,96 @@ def _stream_stats(symbols: np.ndarray, coded: bytes) -> StreamStats:
         entropy_bytes=symbols.size * h / 8,
         coded_bytes=len(coded),
         table_bytes=huffman_table_bytes(coded[0] + 1, coded[1] & 0x0F),
+        role=role,
+        layers=layers,
     )
+
+
+def _code_lengths(coded: bytes) -> np.ndarray:
+    """Per-symbol code lengths (256 entries, 0 = absent) read back from a stream's table."""
+    alphabet, min_len, width = coded[0] + 1, coded[1] >> 4, coded[1] & 0x0F
+    field_bits = np.unpackbits(np.frombuffer(coded, dtype=np.uint8, offset=2))
+    fields = np.zeros(alphabet, dtype=np.int64)
+    for j in range(width):
+        fields = (fields << 1) | field_bits[j : alphabet * width : width]
+    out = np.zeros(256, dtype=np.int64)
+    out[:alphabet] = np.where(fields > 0, fields + min_len - 1, 0)
+    return out
+
+
+def _layer_symbols(symbols: np.ndarray, stream: int, lengths: np.ndarray) -> LayerSymbols:
+    h = entropy_bits(symbols)
+    return LayerSymbols(
+        stream=stream,
+        symbols=int(symbols.size),
+        distinct=int(np.unique(symbols).size),
+        entropy_bits_per_symbol=h,
+        entropy_bytes=symbols.size * h / 8,
+        code_bits=int(lengths[symbols].sum()),
+    )
+
+
+def frequency_ordered_codebook(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(codebook, indices)`` for non-zero weights, the most frequent value first.
+
+    Ties go to the smaller value. Ordering by frequency makes every layer's cluster-index
+    distribution decreasing, so the layers' distributions line up and one Huffman code serves
+    many of them at little cost.
+    """
+    distinct, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    order = np.lexsort((distinct, -counts))  # by count descending, then value ascending
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    return distinct[order], rank[inverse.reshape(-1)].astype(np.uint8)
+
+
+def best_index_bits(positions: np.ndarray) -> int:
+    """The relative-index width (1 to 8 bits) whose gap stream codes in the fewest bytes."""
+    costs = [
+        stream_bytes(np.bincount(relative_indices(positions, b), minlength=256))
+        for b in range(1, MAX_INDEX_BITS + 1)
+    ]
+    return int(np.argmin(costs)) + 1
+
+
+def group_streams(counts: list[np.ndarray], *, section_bytes: int = 4) -> list[list[int]]:
+    """Greedy grouping of same-role symbol sets into shared streams, fewest bytes first.
+
+    Starts from one stream per set and repeatedly makes the merge that saves the most bytes
+    (a table and a section entry saved, against the bits a code shared by two distributions
+    costs), while any merge saves bytes and the merged stream stays under
+    ``MAX_STREAM_SYMBOLS``. Groups are returned in the order of their first member, members in
+    order.
+    """
+    groups = [[i] for i in range(len(counts))]
+    cnt = [c.astype(np.int64) for c in counts]
+    cost = [stream_bytes(c) + section_bytes for c in cnt]
+    saving: dict[tuple[int, int], int] = {}
+
+    def pair(a: int, b: int) -> None:
+        if int(cnt[a].sum() + cnt[b].sum()) > MAX_STREAM_SYMBOLS:
+            return
+        merged = stream_bytes(cnt[a] + cnt[b]) + section_bytes
+        saving[(a, b)] = cost[a] + cost[b] - merged
+
+    alive = set(range(len(groups)))
+    for a in alive:
+        for b in alive:
+            if a < b:
+                pair(a, b)
+    while saving:
+        (a, b), best = max(saving.items(), key=lambda kv: (kv[1], -kv[0][0], -kv[0][1]))
+        if best <= 0:
+            break
+        groups[a] += groups[b]
+        cnt[a] = cnt[a] + cnt[b]
+        cost[a] = stream_bytes(cnt[a]) + section_bytes
+        alive.discard(b)
+        saving = {k: v for k, v in saving.items() if a not in k and b not in k}
+        for other in alive:
+            if other != a:
+                pair(min(a, other), max(a, other))
+    return sorted((sorted(groups[g]) for g in alive), key=lambda g: g[0])
 
 
 def relative_indices(positions: np.ndarray, index_bits: int) -> np.ndarray:
@@ -330,6 +470,38 @@ def _deflate(data: bytes) -> bytes:
 # --- the encoder -----------------------------------------------------------------------------
 
 
+@dataclass
+class _Tensor:
+    """A large weight tensor on its way into a section."""
+
+    name: str
+    name_bytes: bytes
+    kind: str  # conv | fc
+    shape: tuple[int, ...]
+    dtype: int
+    raw: bytes  # row-major little-endian elements
+    elements: int
+    offset: int  # in weights.bin
+    nonzero: int
+    index_bits: int
+    gaps: np.ndarray
+    codebook: np.ndarray | None = None  # float32, most frequent first; None: stored raw
+    values: np.ndarray | None = None  # cluster index of every non-zero weight
+
+
+def _shared_estimate(t: _Tensor, version: int) -> int:
+    """The shared section's bytes with a stream (and table) of its own for each role."""
+    assert t.codebook is not None and t.values is not None
+    head = STREAMED_HEADER.size if version >= 3 else SHARED_HEADER.size
+    return (
+        len(t.name_bytes)
+        + head
+        + 4 * t.codebook.size
+        + stream_bytes(np.bincount(t.values, minlength=256))
+        + stream_bytes(np.bincount(t.gaps, minlength=256))
+    )
+
+
 def encode_onnx(
     onnx_path: str | Path,
     out_path: str | Path,
@@ -339,18 +511,24 @@ def encode_onnx(
     fc_index_bits: int = 5,
     max_codebook_bits: int = 8,
     min_elements: int = 64,
+    format_version: int = FORMAT_VERSION,
 ) -> ContainerStats:
     """Write the container for ``onnx_path`` to ``out_path`` and return its sizes.
 
     ``index_bits`` (when given) sets the relative-index width of every layer; otherwise conv
     layers use ``conv_index_bits`` and fully connected ones ``fc_index_bits`` (the paper's 8 and
-    5). A tensor with more than ``2**max_codebook_bits`` distinct non-zero values is stored raw.
+    5). A width of 0 chooses, per layer, the width whose gap stream codes in the fewest bytes.
+    A tensor with more than ``2**max_codebook_bits`` distinct non-zero values is stored raw.
+    ``format_version`` 2 writes every layer's two streams inside its own section, for a decoder
+    that reads version 2 only; the default (3) shares streams between layers.
     """
     if index_bits is not None:
         conv_index_bits = fc_index_bits = index_bits
     for name, value in (("conv_index_bits", conv_index_bits), ("fc_index_bits", fc_index_bits)):
-        if not 1 <= value <= MAX_INDEX_BITS:
-            raise ConfigError(name, f"must be between 1 and {MAX_INDEX_BITS} bits, got {value}")
+        if not 0 <= value <= MAX_INDEX_BITS:
+            raise ConfigError(
+                name, f"must be between 1 and {MAX_INDEX_BITS} bits (0: per layer), got {value}"
+            )
     max_k_bits = int(math.log2(MAX_CODEBOOK_SIZE))
     if not 1 <= max_codebook_bits <= max_k_bits:
         raise ConfigError(
@@ -358,6 +536,10 @@ def encode_onnx(
         )
     if min_elements < 1:
         raise ConfigError("min_elements", f"must be at least 1, got {min_elements}")
+    if format_version not in SUPPORTED_VERSIONS:
+        raise ConfigError(
+            "format_version", f"must be one of {list(SUPPORTED_VERSIONS)}, got {format_version}"
+        )
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     try:
         model = onnx.load(str(onnx_path))
@@ -366,8 +548,7 @@ def encode_onnx(
     kinds = _weight_kinds(model)
     params_bytes = 0
     inline_tensors = inline_bytes = 0
-    layers: list[LayerStats] = []
-    sections: list[_Section] = []
+    tensors: list[_Tensor] = []
     data_length = 0
     for tensor in model.graph.initializer:
         arr = numpy_helper.to_array(tensor)
@@ -379,96 +560,40 @@ def encode_onnx(
             continue
         flat = np.ascontiguousarray(arr).reshape(-1)
         nz_mask = flat != 0
-        nonzero = int(nz_mask.sum())
-        bits = conv_index_bits if kind == "conv" else fc_index_bits
-        name_bytes = tensor.name.encode("utf-8")
-        raw = flat.astype(ONNX_DTYPES[tensor.data_type][0], copy=False).tobytes()
-        raw_body = name_bytes + raw
-        dense_fp32 = flat.size * 4
         positions = np.flatnonzero(nz_mask).astype(np.int64)
-        gaps = relative_indices(positions, bits)
-        fillers = int(gaps.size - nonzero)
-        bytes_pruned = _ceil_bytes(nonzero * 32 + gaps.size * bits)
-        stats: LayerStats | None = None
-        body = raw_body
-        section_kind, coding = KIND_RAW, CODING_STORED
-        shareable = tensor.data_type == ONNX_FLOAT and bool(np.isfinite(flat).all())
-        codebook = np.unique(flat[nz_mask]) if shareable else np.empty(0)
-        if shareable and codebook.size <= (1 << max_codebook_bits):
-            if codebook.size == 0:
-                codebook = np.zeros(1, dtype=np.float32)
-            values = np.searchsorted(codebook, flat[nz_mask]).astype(np.uint8)
-            v_stream, g_stream = huffman_encode(values), huffman_encode(gaps)
-            shared_body = (
-                name_bytes
-                + SHARED_HEADER.pack(
-                    codebook.size, bits, 0, nonzero, gaps.size, len(v_stream), len(g_stream)
-                )
-                + codebook.astype("<f4").tobytes()
-                + v_stream
-                + g_stream
-            )
-            k_bits = max(1, math.ceil(math.log2(codebook.size)))
-            bytes_shared = _ceil_bytes(nonzero * k_bits + gaps.size * bits) + 4 * codebook.size
-            if len(shared_body) < len(raw_body):
-                body, section_kind, coding = shared_body, KIND_SHARED, CODING_HUFFMAN
-                stats = LayerStats(
-                    name=tensor.name,
-                    kind=kind,
-                    shape=tuple(int(d) for d in arr.shape),
-                    weights=int(flat.size),
-                    nonzero=nonzero,
-                    stored_as="shared",
-                    codebook_size=int(codebook.size),
-                    codebook_bits=k_bits,
-                    index_bits=bits,
-                    entries=int(gaps.size),
-                    filler_entries=fillers,
-                    bytes_dense_fp32=dense_fp32,
-                    bytes_pruned=bytes_pruned,
-                    bytes_shared=bytes_shared,
-                    bytes_huffman=len(shared_body),
-                    values=_stream_stats(values, v_stream),
-                    gaps=_stream_stats(gaps, g_stream),
-                )
-        if stats is None:
-            stats = LayerStats(
-                name=tensor.name,
-                kind=kind,
-                shape=tuple(int(d) for d in arr.shape),
-                weights=int(flat.size),
-                nonzero=nonzero,
-                stored_as="raw",
-                codebook_size=0,
-                codebook_bits=0,
-                index_bits=bits,
-                entries=int(gaps.size),
-                filler_entries=fillers,
-                bytes_dense_fp32=dense_fp32,
-                bytes_pruned=bytes_pruned,
-                bytes_shared=len(raw),
-                bytes_huffman=len(raw_body),
-            )
-        layers.append(stats)
+        bits = conv_index_bits if kind == "conv" else fc_index_bits
+        if bits == 0:
+            bits = best_index_bits(positions)
+        raw = flat.astype(ONNX_DTYPES[tensor.data_type][0], copy=False).tobytes()
         offset = -(-data_length // DATA_ALIGNMENT) * DATA_ALIGNMENT
-        sections.append(
-            _Section(
-                section_kind,
-                coding,
-                len(name_bytes),
-                body,
-                tensor.data_type,
-                offset,
-                len(raw),
-                int(flat.size),
-            )
+        t = _Tensor(
+            name=tensor.name,
+            name_bytes=tensor.name.encode("utf-8"),
+            kind=kind,
+            shape=tuple(int(d) for d in arr.shape),
+            dtype=tensor.data_type,
+            raw=raw,
+            elements=int(flat.size),
+            offset=offset,
+            nonzero=int(positions.size),
+            index_bits=bits,
+            gaps=relative_indices(positions, bits),
         )
+        shareable = tensor.data_type == ONNX_FLOAT and bool(np.isfinite(flat).all())
+        if shareable and np.unique(flat[nz_mask]).size <= (1 << max_codebook_bits):
+            if t.nonzero:
+                t.codebook, t.values = frequency_ordered_codebook(flat[nz_mask])
+            else:
+                t.codebook, t.values = np.zeros(1, dtype=np.float32), np.zeros(0, dtype=np.uint8)
+            if _shared_estimate(t, format_version) >= len(t.name_bytes) + len(raw):
+                t.codebook = t.values = None  # a few hundred weights and a large codebook
+        tensors.append(t)
         data_length = offset + len(raw)
         # The graph keeps the tensor's name, type and shape and points at weights.bin.
         dims = list(tensor.dims)
         data_type = tensor.data_type
         tensor.Clear()
-        tensor.name = name_bytes.decode("utf-8")
+        tensor.name = t.name
         tensor.data_type = data_type
         tensor.dims.extend(dims)
         tensor.data_location = onnx.TensorProto.EXTERNAL
@@ -479,6 +604,135 @@ def encode_onnx(
         ):
             entry = tensor.external_data.add()
             entry.key, entry.value = key, text
+
+    shared = [t for t in tensors if t.codebook is not None]
+    # Streams: per role, groups of shared tensors (one per tensor in version 2).
+    plan: list[tuple[str, list[_Tensor]]] = []
+    for role in ("values", "gaps"):
+        if format_version >= 3:
+            groups = group_streams([np.bincount(getattr(t, role), minlength=256) for t in shared])
+        else:
+            groups = [[i] for i in range(len(shared))]
+        plan += [(role, [shared[i] for i in g]) for g in groups]
+    plan.sort(key=lambda rg: (tensors.index(rg[1][0]), rg[0] != "values"))
+    if format_version >= 3 and len(plan) > MAX_STREAMS:
+        raise InvalidModelError(
+            f"{onnx_path.name} needs {len(plan)} Huffman streams; a container holds at most "
+            f"{MAX_STREAMS}."
+        )
+    stream_of: dict[tuple[str, str], int] = {}
+    stream_stats: list[StreamStats] = []
+    stream_bodies: list[tuple[bytes, int]] = []  # (body, symbols)
+    coded_by_layer: dict[tuple[str, str], bytes] = {}
+    layer_syms: dict[tuple[str, str], LayerSymbols] = {}
+    for sid, (role, members) in enumerate(plan):
+        stream = np.concatenate([getattr(t, role) for t in members])
+        coded = huffman_encode(stream)
+        lengths = _code_lengths(coded)
+        stream_stats.append(_stream_stats(stream, coded, role, tuple(t.name for t in members)))
+        stream_bodies.append((coded, int(stream.size)))
+        for t in members:
+            stream_of[(t.name, role)] = sid
+            coded_by_layer[(t.name, role)] = coded
+            layer_syms[(t.name, role)] = _layer_symbols(getattr(t, role), sid, lengths)
+
+    sections: list[_Section] = []
+    layers: list[LayerStats] = []
+    for t in tensors:
+        fillers = int(t.gaps.size - t.nonzero)
+        dense_fp32 = t.elements * 4
+        bytes_pruned = _ceil_bytes(t.nonzero * 32 + t.gaps.size * t.index_bits)
+        common: dict[str, Any] = {
+            "name": t.name,
+            "kind": t.kind,
+            "shape": t.shape,
+            "weights": t.elements,
+            "nonzero": t.nonzero,
+            "index_bits": t.index_bits,
+            "entries": int(t.gaps.size),
+            "filler_entries": fillers,
+            "bytes_dense_fp32": dense_fp32,
+            "bytes_pruned": bytes_pruned,
+        }
+        if t.codebook is None or t.values is None:
+            body = t.name_bytes + t.raw
+            sections.append(
+                _Section(
+                    KIND_RAW,
+                    CODING_STORED,
+                    len(t.name_bytes),
+                    body,
+                    t.dtype,
+                    t.offset,
+                    len(t.raw),
+                    t.elements,
+                )
+            )
+            layers.append(
+                LayerStats(
+                    **common,
+                    stored_as="raw",
+                    codebook_size=0,
+                    codebook_bits=0,
+                    bytes_shared=len(t.raw),
+                    bytes_huffman=len(body),
+                )
+            )
+            continue
+        k = int(t.codebook.size)
+        if format_version >= 3:
+            head = STREAMED_HEADER.pack(
+                k,
+                t.index_bits,
+                0,
+                t.nonzero,
+                t.gaps.size,
+                stream_of[(t.name, "values")],
+                stream_of[(t.name, "gaps")],
+            )
+            tail = b""
+            coding = CODING_STREAMS
+        else:
+            v_stream, g_stream = (
+                coded_by_layer[(t.name, "values")],
+                coded_by_layer[(t.name, "gaps")],
+            )
+            head = SHARED_HEADER.pack(
+                k, t.index_bits, 0, t.nonzero, t.gaps.size, len(v_stream), len(g_stream)
+            )
+            tail = v_stream + g_stream
+            coding = CODING_HUFFMAN
+        body = t.name_bytes + head + t.codebook.astype("<f4").tobytes() + tail
+        sections.append(
+            _Section(
+                KIND_SHARED,
+                coding,
+                len(t.name_bytes),
+                body,
+                t.dtype,
+                t.offset,
+                len(t.raw),
+                t.elements,
+            )
+        )
+        v, g = layer_syms[(t.name, "values")], layer_syms[(t.name, "gaps")]
+        k_bits = max(1, math.ceil(math.log2(k)))
+        own = (
+            len(body) if format_version < 3 else len(body) + _ceil_bytes(v.code_bits + g.code_bits)
+        )
+        layers.append(
+            LayerStats(
+                **common,
+                stored_as="shared",
+                codebook_size=k,
+                codebook_bits=k_bits,
+                bytes_shared=_ceil_bytes(t.nonzero * k_bits + t.gaps.size * t.index_bits) + 4 * k,
+                bytes_huffman=own,
+                values=v,
+                gaps=g,
+            )
+        )
+
     _minify_graph(model)
     graph_raw = model.SerializeToString()
     graph_deflated = _deflate(graph_raw)
@@ -487,10 +741,21 @@ def encode_onnx(
     else:
         graph_body, graph_coding = graph_raw, CODING_STORED
     all_sections = [_Section(KIND_GRAPH, graph_coding, 0, graph_body, 0, 0, len(graph_raw), 0)]
+    streams_body = b""
+    if format_version >= 3 and stream_bodies:
+        streams_body = (
+            bytes([len(stream_bodies)])
+            + struct.pack(f"<{len(stream_bodies)}I", *(len(b) for b, _ in stream_bodies))
+            + b"".join(b for b, _ in stream_bodies)
+        )
+        total_symbols = sum(n for _, n in stream_bodies)
+        all_sections.append(
+            _Section(KIND_STREAM, CODING_HUFFMAN, 0, streams_body, 0, 0, 0, total_symbols)
+        )
     all_sections += sections
     if data_length + len(graph_raw) >= 1 << 32 or sum(len(s.body) for s in all_sections) >= 1 << 31:
         raise InvalidModelError(
-            f"{onnx_path.name} is too large for a container: format version {FORMAT_VERSION} "
+            f"{onnx_path.name} is too large for a container: format version {format_version} "
             "stores sizes in 32 bits (4 GiB), and the decoder's caps are lower still."
         )
     table = b"".join(
@@ -502,7 +767,7 @@ def encode_onnx(
     payload = table + b"".join(s.body for s in all_sections)
     header = HEADER.pack(
         MAGIC,
-        FORMAT_VERSION,
+        format_version,
         HEADER_SIZE,
         len(all_sections),
         len(payload),
@@ -515,9 +780,10 @@ def encode_onnx(
     tmp = out_path.with_name(out_path.name + ".tmp")
     tmp.write_bytes(blob)
     tmp.replace(out_path)
+    streams_total = len(streams_body)
     return ContainerStats(
         path=str(out_path),
-        version=FORMAT_VERSION,
+        version=format_version,
         layers=tuple(layers),
         header_bytes=HEADER_SIZE + len(table),
         graph_bytes=len(graph_body),
@@ -528,8 +794,10 @@ def encode_onnx(
         bytes_dense_fp32=sum(layer.bytes_dense_fp32 for layer in layers),
         bytes_pruned=sum(layer.bytes_pruned for layer in layers),
         bytes_shared=sum(layer.bytes_shared for layer in layers),
-        bytes_huffman=sum(layer.bytes_huffman for layer in layers),
+        bytes_huffman=sum(len(s.body) for s in sections) + streams_total,
         total_bytes=len(blob),
         decoded_bytes=len(graph_raw) + data_length,
         sha256=hashlib.sha256(blob).hexdigest(),
+        streams=tuple(stream_stats),
+        stream_bytes=streams_total,
     )

@@ -397,7 +397,9 @@ class AgentTooOld(NoTargets):
     """A container deployment targets a device whose agent cannot decode containers."""
 
 
-CONTAINER_AGENT = (0, 2, 0)  # the first agent version that decodes compressed containers
+# The first agent version that decodes the containers the server writes: 0.2.0 read container
+# format 2 only; 0.3.0 reads format 3 (streams shared between layers) and 2.
+CONTAINER_AGENT = (0, 3, 0)
 
 
 def _version_tuple(text: str) -> tuple[int, ...] | None:

@@ -42,12 +42,14 @@ class CodingVerificationError(CompressionError):
 @dataclass(frozen=True)
 class WeightCodingConfig:
     conv_index_bits: int = param(
-        8, help="bits of a conv layer's relative index (gap); longer gaps take filler entries",
-        ge=1, le=8,
+        8, help="bits of a conv layer's relative index (gap); longer gaps take filler entries; "
+        "0 chooses per layer the width that codes in the fewest bytes",
+        ge=0, le=8,
     )  # fmt: skip
     fc_index_bits: int = param(
-        5, help="bits of a linear layer's relative index (the paper's 5 for LeNet)", ge=1, le=8
-    )
+        5, help="bits of a linear layer's relative index (the paper's 5 for LeNet); 0 chooses "
+        "per layer", ge=0, le=8,
+    )  # fmt: skip
     max_codebook_bits: int = param(
         8, help="a weight with more than 2**bits distinct non-zero values is stored raw",
         ge=1, le=8,
@@ -113,6 +115,9 @@ def deep_compression_table(stats: dict[str, Any]) -> dict[str, Any]:
     for s in stats["layers"]:
         nz = max(int(s["nonzero"]), 1)
         values, gaps = s.get("values"), s.get("gaps")
+        # A layer's symbols sit in streams shared with other layers (format 3): its Huffman bits
+        # are its codes there (``code_bits``); a report of format 2 had the stream's bytes.
+        v_bits, g_bits = _code_bits(values), _code_bits(gaps)
         layers.append(
             {
                 "name": s["name"],
@@ -127,8 +132,8 @@ def deep_compression_table(stats: dict[str, Any]) -> dict[str, Any]:
                 "index_bits": int(s["index_bits"]),
                 "entries": int(s["entries"]),
                 "filler_entries": int(s["filler_entries"]),
-                "weight_bits_huffman": 8.0 * values["coded_bytes"] / nz if values else None,
-                "index_bits_huffman": 8.0 * gaps["coded_bytes"] / nz if gaps else None,
+                "weight_bits_huffman": v_bits / nz if v_bits is not None else None,
+                "index_bits_huffman": g_bits / nz if g_bits is not None else None,
                 "bytes_dense_fp32": int(s["bytes_dense_fp32"]),
                 "bytes_pruned": int(s["bytes_pruned"]),
                 "bytes_shared": int(s["bytes_shared"]),
@@ -137,15 +142,31 @@ def deep_compression_table(stats: dict[str, Any]) -> dict[str, Any]:
                 "ratio_shared": s["bytes_dense_fp32"] / max(s["bytes_shared"], 1),
                 "ratio_huffman": s["bytes_dense_fp32"] / max(s["bytes_huffman"], 1),
                 "values_entropy_bytes": values["entropy_bytes"] if values else None,
-                "values_coded_bytes": values["coded_bytes"] if values else None,
                 "gaps_entropy_bytes": gaps["entropy_bytes"] if gaps else None,
-                "gaps_coded_bytes": gaps["coded_bytes"] if gaps else None,
-                "values_table_bytes": values["table_bytes"] if values else None,
-                "gaps_table_bytes": gaps["table_bytes"] if gaps else None,
+                "values_code_bits": v_bits,
+                "gaps_code_bits": g_bits,
+                "values_stream": values.get("stream") if values else None,
+                "gaps_stream": gaps.get("stream") if gaps else None,
                 "values_symbols": values["symbols"] if values else None,
                 "gaps_symbols": gaps["symbols"] if gaps else None,
             }
         )
+    streams = [
+        {
+            "role": st.get("role", ""),
+            "layers": list(st.get("layers", [])),
+            "symbols": int(st["symbols"]),
+            "distinct": int(st["distinct"]),
+            "entropy_bits_per_symbol": float(st["entropy_bits_per_symbol"]),
+            "entropy_bytes": float(st["entropy_bytes"]),
+            "coded_bytes": int(st["coded_bytes"]),
+            "table_bytes": int(st["table_bytes"]),
+            "overhead": st["coded_bytes"] / st["entropy_bytes"] - 1.0
+            if st["entropy_bytes"] > 0
+            else None,
+        }
+        for st in stats.get("streams", [])
+    ]
     dense_layers = int(stats["bytes_dense_fp32"])
     rest = int(stats["params_bytes_fp32"]) - dense_layers  # biases, BatchNorm, small tensors
     whole = {
@@ -164,6 +185,7 @@ def deep_compression_table(stats: dict[str, Any]) -> dict[str, Any]:
     w_total = sum(layer["weights"] for layer in layers)
     return {
         "layers": layers,
+        "streams": streams,
         "totals": {
             "weights": w_total,
             "nonzero": nz_total,
@@ -173,6 +195,7 @@ def deep_compression_table(stats: dict[str, Any]) -> dict[str, Any]:
             "other_fp32_bytes": rest,
             "header_bytes": int(stats["header_bytes"]),
             "graph_bytes": int(stats["graph_bytes"]),
+            "stream_bytes": int(stats.get("stream_bytes", 0)),
             "container_bytes": int(stats["total_bytes"]),
         },
         "ratios": {
@@ -191,6 +214,16 @@ def deep_compression_table(stats: dict[str, Any]) -> dict[str, Any]:
         },
         "notes": list(stats.get("notes", [])),
     }
+
+
+def _code_bits(symbols: dict[str, Any] | None) -> float | None:
+    """Bits a layer's symbols of one role take: their codes in a shared stream (format 3), or
+    the whole stream of their own (format 2, table included)."""
+    if not symbols:
+        return None
+    if "code_bits" in symbols:
+        return float(symbols["code_bits"])
+    return 8.0 * float(symbols["coded_bytes"])
 
 
 @register_method(

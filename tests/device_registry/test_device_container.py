@@ -65,7 +65,7 @@ def test_a_container_upload_is_sniffed_checked_and_stored(tmp_path: Path) -> Non
 
 def _new_agent(org: Any) -> Device:
     device, _ = enrolled_device(org, name="pi5")
-    device.agent_version = "0.2.0"
+    device.agent_version = "0.3.0"
     device.save(update_fields=["agent_version"])
     return device
 
@@ -78,6 +78,11 @@ def test_a_container_is_not_sent_to_an_agent_that_cannot_decode_it(tmp_path: Pat
         format="container",
     )  # fmt: skip
     with pytest.raises(services.AgentTooOld, match=r"pi \(0\.1\.0\)"):
+        deployment(org, art, old)
+    # 0.2.0 decoded container format 2 only; the server writes format 3
+    old.agent_version = "0.2.0"
+    old.save(update_fields=["agent_version"])
+    with pytest.raises(services.AgentTooOld, match=r"needs agent 0\.3\.0"):
         deployment(org, art, old)
     assert deployment(org, art, _new_agent(org)).pk
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,9 @@ from factories import client_for, make_organization, make_user
 from compression.container import (
     HEADER,
     HEADER_SIZE,
-    KIND_SHARED,
+    KIND_STREAM,
     SECTION_ENTRY,
     SECTION_ENTRY_SIZE,
-    SHARED_HEADER,
     ContainerError,
 )
 from compression.weight_coding import encode_onnx
@@ -81,15 +79,14 @@ def _broken_huffman_table(blob: bytes) -> bytes:
     cursor = fields[3] * SECTION_ENTRY_SIZE
     for i in range(fields[3]):
         entry = SECTION_ENTRY.unpack_from(payload, i * SECTION_ENTRY_SIZE)
-        if entry[0] == KIND_SHARED:
-            body = cursor + entry[2]
-            k = struct.unpack_from("<H", payload, body)[0]
-            at = body + SHARED_HEADER.size + 4 * k + 1  # (shortest code, field width) byte
+        if entry[0] == KIND_STREAM:
+            count = payload[cursor]  # the streams section: a count, u32 lengths, the streams
+            at = cursor + 1 + 4 * count + 1  # the first stream's (shortest code, width) byte
             payload[at] = 0x10 | (payload[at] & 0x0F)  # every code shorter: over-subscribed
             break
         cursor += entry[4]
     else:  # pragma: no cover - the model has a shared layer
-        raise AssertionError("no shared section")
+        raise AssertionError("no streams section")
     fields[7] = hashlib.sha256(payload).digest()
     return HEADER.pack(*fields) + bytes(payload)
 
