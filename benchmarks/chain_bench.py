@@ -19,7 +19,10 @@ before the numbers; the verdicts are computed.
     nice -n 10 .venv/bin/python benchmarks/chain_bench.py --quick    # 1 seed, 1 epoch per phase
     .venv/bin/python benchmarks/chain_bench.py --render-only          # doc from results.json
 
-Raw numbers: ``benchmarks/out/chain/results.json`` (one entry per seed, with the machine load).
+    nice -n 10 .venv/bin/python benchmarks/chain_bench.py --train-only   # train now ...
+    .venv/bin/python benchmarks/chain_bench.py --time-only               # ... time when quiet
+
+Raw numbers: ``benchmarks/results/chain.json`` (one entry per seed, with the machine load).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ SECTION = "chain"
 HEADING = "## Seed 003's chain on VGG-11-BN (mnist, CPU, decision rules)"
 RECIPE = ROOT / "recipes" / "thesis003_chain.yaml"
 OUT = ROOT / "benchmarks" / "out" / "chain"
+RESULTS = ROOT / "benchmarks" / "results" / "chain.json"
 DOC = ROOT / "docs" / "benchmarks.md"
 ARCH = "vgg11_bn"
 DATASET = "mnist"
@@ -221,7 +225,7 @@ def _onnx(run_dir: Path, metrics: dict[str, Any]) -> str:
     rel = metrics.get("onnx_path")
     if not rel:
         raise SystemExit(f"{run_dir}: a measured state has no ONNX file to time")
-    return str(run_dir / rel)
+    return str((run_dir / rel).resolve().relative_to(ROOT))  # portable in the results file
 
 
 def rows_from_report(report: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -269,7 +273,7 @@ def time_models(seeds: list[dict[str, Any]], budget: Budget) -> dict[str, Any]:
     rows = [row for r in seeds for row in [*r["stages"], r["final"]]]
     load_before = os.getloadavg()
     results = measure_latency_isolated(
-        [row["onnx"] for row in rows],
+        [str(ROOT / row["onnx"]) for row in rows],
         threads=THREADS,
         warmup=10,
         runs=budget.latency_runs,
@@ -475,8 +479,9 @@ def render(results: dict[str, Any]) -> str:
         + ".",
         "",
         "Re-run: `nice -n 10 .venv/bin/python benchmarks/chain_bench.py` (writes this section); "
-        "`--quick` for a smoke run (doc untouched); `--render-only` re-renders from "
-        "`benchmarks/out/chain/results.json`.",
+        "`--quick` for a smoke run (doc untouched); `--train-only` then `--time-only` trains "
+        "while the machine is busy and times when it is quiet; `--render-only` re-renders from "
+        "`benchmarks/results/chain.json`.",
     ]
     return "\n".join(lines)
 
@@ -496,6 +501,16 @@ def main(argv: list[str] | None = None) -> int:
         "--resume", action="store_true", help="continue stopped runs after their last stage"
     )
     parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="run the seeds and keep their reports; time nothing (see --time-only)",
+    )
+    parser.add_argument(
+        "--time-only",
+        action="store_true",
+        help="time the models of a --train-only run (on a quiet machine) and write the doc",
+    )
+    parser.add_argument(
         "--parallel",
         action="store_true",
         help="run the seeds at the same time (each run still times its models interleaved)",
@@ -510,12 +525,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.seeds:
         budget = Budget(**{**asdict(budget), "seeds": tuple(int(s) for s in args.seeds.split(","))})
-    results_path = OUT / f"results_{budget.name}.json" if args.quick else OUT / "results.json"
+    results_path = OUT / f"results_{budget.name}.json" if args.quick else RESULTS
     if args.render_only:
         results = json.loads(results_path.read_text())
     else:
         OUT.mkdir(parents=True, exist_ok=True)
-        seeds = run_seeds(budget, args.parallel, args.resume)
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        if args.time_only:
+            seeds = json.loads(results_path.read_text())["seeds"]
+        else:
+            seeds = run_seeds(budget, args.parallel, args.resume)
+        if args.train_only:
+            results_path.write_text(json.dumps({"timing": None, "seeds": seeds}, indent=2))
+            log(f"trained; time the models with --time-only (kept in {results_path})")
+            return 0
         log(f"timing {sum(len(r['stages']) + 1 for r in seeds)} models ...")
         timing = time_models(seeds, budget)
         for r in seeds:
