@@ -179,27 +179,8 @@ def run_one(arch: str, recipe: dict[str, Any], seed: int, budget: Budget) -> dic
     dc = report.deep_compression
     assert dc is not None, "the recipe has no weight_coding stage"
     ver = dc["verification"]
-    streams = []
-    for row in dc["layers"]:
-        for kind in ("values", "gaps"):
-            coded, ent = row.get(f"{kind}_coded_bytes"), row.get(f"{kind}_entropy_bytes")
-            if coded is not None and ent is not None:
-                table, n = row.get(f"{kind}_table_bytes"), row.get(f"{kind}_symbols")
-                streams.append(
-                    {
-                        "layer": row["name"],
-                        "stream": kind,
-                        "symbols": n,
-                        "coded_bytes": coded,
-                        "table_bytes": table,
-                        "entropy_bytes": ent,
-                        "overhead": coded / ent - 1.0 if ent > 0 else math.inf,
-                        # the codes alone (and their last byte's padding), without the table
-                        "payload_overhead": (coded - table) / ent - 1.0
-                        if ent > 0 and table is not None
-                        else None,
-                    }
-                )
+    streams = [_stream_row(st) for st in dc.get("streams", [])]
+    v2 = _format_2(out, recipe)
     accs = [s.metrics.accuracy for s in report.stages]
     result = {
         "arch": arch,
@@ -221,6 +202,8 @@ def run_one(arch: str, recipe: dict[str, Any], seed: int, budget: Budget) -> dic
         "ratios_whole": dc["ratios"]["whole_model"],
         "ratios_weights": dc["ratios"]["weights_only"],
         "streams": streams,
+        "format_version": dc["container"]["version"],
+        "format_2": v2,
         "layers": dc["layers"],
         "totals": dc["totals"],
         **decode_on_host(out / "final.esdc"),
@@ -231,6 +214,43 @@ def run_one(arch: str, recipe: dict[str, Any], seed: int, budget: Budget) -> dic
         f"decode {result['decode_ms']:.1f} ms ({wall:.0f} s)"
     )
     return result
+
+
+def _stream_row(st: dict[str, Any]) -> dict[str, Any]:
+    """One Huffman stream for rule 4: every stored byte of it (table, codes, padding)."""
+    coded, ent, table = st["coded_bytes"], st["entropy_bytes"], st["table_bytes"]
+    return {
+        "layer": " + ".join(st["layers"]),
+        "stream": st["role"],
+        "symbols": st["symbols"],
+        "coded_bytes": coded,
+        "table_bytes": table,
+        "entropy_bytes": ent,
+        "overhead": coded / ent - 1.0 if ent > 0 else math.inf,
+        # the codes alone (and their last byte's padding), without the table
+        "payload_overhead": (coded - table) / ent - 1.0 if ent > 0 else None,
+    }
+
+
+def _format_2(out: Path, recipe: dict[str, Any]) -> dict[str, Any]:
+    """The same model written in container format 2 (a stream per layer and role), with the
+    recipe's index widths: only the layout differs, so the comparison isolates format 3."""
+    from compression.weight_coding import encode_onnx
+
+    cfg = recipe["stages"][-1].get("config", {})
+    source = next(iter(sorted((out / "stages").glob("*_weight_coding/precoding.onnx"))))
+    with tempfile.TemporaryDirectory() as tmp:
+        st = encode_onnx(
+            source,
+            Path(tmp) / "v2.esdc",
+            conv_index_bits=cfg.get("conv_index_bits", 8),
+            fc_index_bits=cfg.get("fc_index_bits", 5),
+            format_version=2,
+        )
+    return {
+        "container_bytes": st.total_bytes,
+        "streams": [_stream_row(x.to_dict()) for x in st.streams],
+    }
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -431,20 +451,27 @@ def render(res: dict[str, Any]) -> str:
             f"| {t['weights_only_bytes']['shared']} | {t['weights_only_bytes']['huffman']} "
             f"| {run0['ratios_weights']['huffman']:.1f}x |"
         )
+        shared_note = (
+            " A layer's P+Q+H is its section (name, header, codebook) and its codes in the "
+            "Huffman streams it shares with other layers; the total adds the streams' tables, "
+            "lengths and padding."
+            if run0.get("format_version", 2) >= 3
+            else ""
+        )
         add(
             f"\nThe container adds {t['header_bytes']} bytes of header and section table and "
             f"{t['graph_bytes']} bytes of DEFLATE-compressed graph (with {t['other_fp32_bytes']} "
             f"bytes of biases and other small fp32 tensors): {t['container_bytes']} bytes in "
-            "all.\n"
+            f"all.{shared_note}\n"
         )
 
     add("### Huffman coding against the entropy\n")
     add(
-        "| model | streams | within 2 % | misses: short / below 1 bit / coding "
+        "| model | format | streams | within 2 % | misses: short / below 1 bit / coding "
         "| payload alone within 2 % | worst stream (overhead, symbols' entropy) "
         "| all streams together | rule 4 |"
     )
-    add("|---|---|---|---|---|---|---|---|")
+    add("|---|---|---|---|---|---|---|---|---|")
     all_runs = [(a, r) for a in res["runs"] for r in res["runs"][a]]
     for arch in res["runs"]:
         streams = [s for r in res["runs"][arch] for s in r["streams"]]
@@ -463,25 +490,57 @@ def render(res: dict[str, Any]) -> str:
             if "not recorded" in kinds
             else f"{kinds.count('short')} / {kinds.count('below 1 bit')} / {kinds.count('coding')}"
         )
+        fmt = res.get("meta", {}).get(arch, {}).get("format_version", 1)
         add(
-            f"| {arch} | {len(streams)} | {ok} | {split} | {payload_ok} "
+            f"| {arch} | {fmt} | {len(streams)} | {ok} | {split} | {payload_ok} "
             f"| {_overhead(worst['overhead'])} "
             f"(`{worst['layer']}` {worst['stream']}, {worst['entropy_bytes']:.0f} bytes of "
             f"entropy) | {100 * (together - 1):.2f} % "
             f"| {verdict(ok == len(streams))} |"
         )
     add(
-        "\nEach stream's table is 2 bytes (alphabet size; shortest code length and field width) "
-        "and one field of 1 to 4 bits per symbol of its alphabet (format version 2; version 1 "
-        "spent 2 bytes and a nibble per symbol: 18 bytes for a 32-entry codebook, now 6 to 14). "
-        "With a table of about 10 bytes the 2% allowance is only reached by streams of at least "
-        "500 bytes of entropy; the streams of a few hundred bytes (LeNet-5's, the last layer of "
-        "LeNet-300-100) miss as *short*: their tables alone are over the allowance. Coding symbol pairs (extended Huffman) "
-        "would bring a *below 1 bit* stream under 1 bit per symbol, but its table grows with "
-        "the square of the alphabet, and every such stream here (the gaps of the nearly dense "
-        "last layer) has under 150 bytes of entropy, so the pair table alone would be over the "
-        "allowance: it is not implemented.\n"
+        "\nA stream's table is 2 bytes (alphabet size; shortest code length and field width) "
+        "and one field of 1 to 4 bits per symbol of its alphabet. In format 3 the layers share "
+        "streams where that makes the file smaller (the encoder merges two streams of one role "
+        "while a merge saves bytes: a table and a 4-byte length against the bits a shared code "
+        "costs), so a stream holds the symbols of one layer or of several (`a + b` above), and "
+        "its entropy is that of all its symbols. Format 2 gave every layer two streams of its "
+        "own; the same models in format 2 are below. A *short* miss is a stream whose table "
+        "alone is over the 2% allowance; a *below 1 bit* miss (the relative indices of a nearly "
+        "dense layer, mostly gap 0) cannot be reached by a code of one symbol per codeword; a "
+        "*coding* miss is Huffman's whole-bit code lengths on a skewed distribution. Merging "
+        "every stream of a role into one would move each stream nearer its own (higher, mixed) "
+        "entropy but make the file larger (docs/container-format.md), so the encoder does not.\n"
     )
+    fmt2 = {arch: [r for r in res["runs"][arch] if r.get("format_2")] for arch in res["runs"]}
+    if any(fmt2.values()):
+        add("**The same models in container format 2** (each run's `precoding.onnx` written again "
+            "with a stream per layer and role, same index widths; rule 4 as above):\n")  # fmt: skip
+        add(
+            "| model | container, format 2 → 3 | streams, format 2 → 3 "
+            "| within 2 %, format 2 → 3 | all streams together, format 2 → 3 |"
+        )
+        add("|---|---|---|---|---|")
+        for arch, runs in fmt2.items():
+            if not runs:
+                continue
+            old_s = [s for r in runs for s in r["format_2"]["streams"]]
+            new_s = [s for r in runs for s in r["streams"]]
+
+            def tog(ss: list[dict[str, Any]]) -> float:
+                return 100.0 * float(
+                    sum(x["coded_bytes"] for x in ss) / sum(x["entropy_bytes"] for x in ss) - 1
+                )
+
+            add(
+                f"| {arch} | {mean([r['format_2']['container_bytes'] for r in runs]):.0f} → "
+                f"{mean([r['container_bytes'] for r in runs]):.0f} bytes "
+                f"| {len(old_s) / len(runs):.0f} → {len(new_s) / len(runs):.1f} per run "
+                f"| {sum(x['overhead'] <= MAX_HUFFMAN_OVERHEAD for x in old_s)}/{len(old_s)} → "
+                f"{sum(x['overhead'] <= MAX_HUFFMAN_OVERHEAD for x in new_s)}/{len(new_s)} "
+                f"| {tog(old_s):.2f} % → {tog(new_s):.2f} % |"
+            )
+        add("")
 
     if VGG_ARCH in res["runs"]:
         runs = res["runs"][VGG_ARCH]
@@ -594,25 +653,7 @@ def reencode(res: dict[str, Any], onnx_dir: Path) -> dict[str, Any]:
                 for model in (path, dec.onnx_path):
                     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
                     outs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
-            streams = []
-            for layer in st.layers:
-                for kind, stream in (("values", layer.values), ("gaps", layer.gaps)):
-                    if stream is None or stream.entropy_bytes <= 0:
-                        continue
-                    streams.append(
-                        {
-                            "layer": layer.name,
-                            "stream": kind,
-                            "symbols": stream.symbols,
-                            "coded_bytes": stream.coded_bytes,
-                            "table_bytes": stream.table_bytes,
-                            "entropy_bytes": stream.entropy_bytes,
-                            "overhead": stream.coded_bytes / stream.entropy_bytes - 1,
-                            "payload_overhead": (stream.coded_bytes - stream.table_bytes)
-                            / stream.entropy_bytes
-                            - 1,
-                        }
-                    )
+            streams = [_stream_row(x.to_dict()) for x in st.streams if x.entropy_bytes > 0]
             out.setdefault(arch, []).append(
                 {
                     "seed": seed,
@@ -703,6 +744,8 @@ def main() -> None:
         else:
             runs = [run_one(arch, VGG_RECIPE, seed, budget) for seed in budget.vgg_seeds]
         res["runs"][arch] = runs
+        if arch in LENETS:
+            res.pop("reencoded", None)  # format 1 -> 2 of runs that are no longer here
         res["meta"][arch] = {
             "wall_s": time.monotonic() - started,
             "load_avg_start": load_start,
