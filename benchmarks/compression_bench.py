@@ -677,6 +677,7 @@ def run_section(name: str, budget: Budget, out: Path) -> dict[str, Any]:
         d = curve(digits, budget.digits_targets, budget, out)
         d.pop("teachers")
         d["sizes"] = {"train": len(digits.train), "val": len(digits.val), "test": len(digits.test)}
+        d["base_epochs"] = budget.base_epochs
         return d
     mnist = load("mnist", 32, budget)
     sizes = {"train": len(mnist.train), "val": len(mnist.val), "test": len(mnist.test)}
@@ -685,7 +686,12 @@ def run_section(name: str, budget: Budget, out: Path) -> dict[str, Any]:
     if name == "curve":
         c = curve(mnist, budget.curve_targets, budget, out)
         c.pop("teachers")
-        return {**c, "best": best_importance(c["points"]), "sizes": sizes}
+        return {
+            **c,
+            "best": best_importance(c["points"]),
+            "sizes": sizes,
+            "base_epochs": budget.base_epochs,
+        }
     if name == "kd":
         return {**distillation(mnist, budget, out), "sizes": sizes}
     assert name == "overhead"
@@ -985,7 +991,16 @@ def render(r: dict[str, Any]) -> str:
                 f" {'yes' if x['by_sd'] else 'no'} |"
             )
     add("")
-    add("`digits` (smaller table, no rule: a 3-4 layer net saturates it), same procedure:")
+    digits_base = S.get("digits", {}).get("base_epochs", b["base_epochs"])
+    add(
+        "`digits` (smaller table, no rule: a 3-4 layer net saturates it), same procedure"
+        + (
+            f", but from the earlier run's `{PRUNE_ARCH}` starting point trained"
+            f" {digits_base} epochs (not re-measured with the curve above):"
+            if digits_base != S.get("curve", {}).get("base_epochs", b["base_epochs"])
+            else ":"
+        )
+    )
     add("")
     if "digits" in S:
         add(curve_table(S["digits"]["points"], S["digits"]["base_test"]))
