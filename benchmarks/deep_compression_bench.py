@@ -544,7 +544,14 @@ def render(res: dict[str, Any]) -> str:
 
     if VGG_ARCH in res["runs"]:
         runs = res["runs"][VGG_ARCH]
+        vmeta = res.get("meta", {}).get(VGG_ARCH, {})
         add(f"### VGG ({VGG_ARCH} on mnist, 32x32)\n")
+        if vmeta.get("format_version", 1) != FORMAT_VERSION:
+            add(
+                f"Measured {vmeta.get('finished_at', 'earlier')} with container format "
+                f"{vmeta.get('format_version', 1)}, not re-run since (about 30 minutes of the "
+                f"shared CPU); the code now writes format {FORMAT_VERSION}.\n"
+            )
         add(
             "| trained test acc. | container test acc. | change (pt) | kept | fp32 | container "
             "| smaller (whole) | pruning / + sharing (whole) | paper (VGG-16, ImageNet) "
