@@ -6,7 +6,7 @@ from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -17,18 +17,13 @@ from device_registry.agent_wheel import agent_wheel_name
 from device_registry.models import DeployableArtifact, Deployment, Device, TargetKind
 from device_registry.public_url import enrollment_commands
 from webapp.accounts.models import Organization
-from webapp.accounts.selectors import get_object_for_org_or_404, membership_current
+from webapp.accounts.permissions import api_organization
+from webapp.accounts.selectors import get_object_for_org_or_404
 from webapp.catalog.models import Dataset, ModelVersion
 
 
 def _org(request: Request) -> Organization:
-    org = getattr(request._request, "organization", None)
-    if org is None and request.user.is_authenticated:
-        membership = membership_current(user=request.user)
-        org = membership.organization if membership else None
-    if org is None:
-        raise NotFound("No organisation.")
-    return org  # type: ignore[no-any-return]
+    return api_organization(request)
 
 
 class DeviceSerializer(serializers.ModelSerializer[Device]):

@@ -19,11 +19,9 @@ from device_registry.agent.protocol import BenchSettings, ProtocolError
 from device_registry.agent_wheel import agent_wheel_name
 from device_registry.forms import ArtifactUploadForm, DeploymentForm, DeviceRegisterForm
 from device_registry.models import DeployableArtifact, Deployment, Device, TargetKind
-from webapp.accounts.permissions import org_required, require_role
+from webapp.accounts.permissions import WRITE_ROLES, org_required, require_role
 from webapp.accounts.selectors import get_object_for_org_or_404
 from webapp.catalog.models import Dataset, ModelVersion
-
-WRITE_ROLES = ("admin", "engineer")
 
 
 def _org(request: HttpRequest) -> Any:

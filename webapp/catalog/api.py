@@ -9,20 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import FileResponse, Http404
+from django.http import FileResponse
 from django.urls import path, reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotAuthenticated
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from webapp.accounts.models import Organization, User
-from webapp.accounts.permissions import require_role
-from webapp.accounts.selectors import membership_current
+from webapp.accounts.models import User
+from webapp.accounts.permissions import api_organization, api_require_writer
 from webapp.catalog import selectors, services
 from webapp.catalog.errors import CatalogInputError
 from webapp.catalog.models import Dataset, ModelVersion, Upload
@@ -31,33 +29,6 @@ from webapp.catalog.views import (
     stored_file_download,
     thumbnail_response,
 )
-
-WRITE_ROLES = ("admin", "engineer")
-
-
-def api_organization(request: Request) -> Organization:
-    """The organisation an API call acts in: the session's, or for a token the user's current
-    one (``X-Organization: <id>`` picks another of theirs)."""
-    org: Organization | None = getattr(request._request, "organization", None)
-    if org is not None:
-        return org
-    if not request.user or not request.user.is_authenticated:
-        raise NotAuthenticated()
-    header = request.headers.get("X-Organization", "")
-    membership = membership_current(
-        user=request.user,
-        preferred_org_id=int(header) if header.isdigit() else None,
-    )
-    if membership is None:
-        raise Http404("You belong to no organisation.")
-    request._request.organization = membership.organization  # type: ignore[attr-defined]
-    request._request.membership = membership  # type: ignore[attr-defined]
-    return membership.organization
-
-
-def _require_writer(request: Request) -> None:
-    api_organization(request)
-    require_role(request._request, *WRITE_ROLES)
 
 
 def _error(exc: CatalogInputError) -> Response:
@@ -235,7 +206,7 @@ class ModelVersionListView(APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        _require_writer(request)
+        api_require_writer(request)
         if (too_large := request_body_too_large(request._request)) is not None:
             return _error(too_large)
         form = ModelUploadSerializer(data=request.data)
@@ -268,7 +239,7 @@ class ModelVersionDetailView(APIView):
     @extend_schema(summary="Delete a model version and its file", responses={204: None})
     def delete(self, request: Request, pk: int) -> Response:
         version = selectors.model_version_get(organization=api_organization(request), pk=pk)
-        _require_writer(request)
+        api_require_writer(request)
         try:
             services.model_version_delete(version=version)
         except CatalogInputError as exc:
@@ -305,7 +276,7 @@ class DatasetListView(APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        _require_writer(request)
+        api_require_writer(request)
         if (too_large := request_body_too_large(request._request)) is not None:
             return _error(too_large)
         form = DatasetUploadSerializer(data=request.data)
@@ -332,7 +303,7 @@ class DatasetDetailView(APIView):
     @extend_schema(summary="Delete a dataset", responses={204: None})
     def delete(self, request: Request, pk: int) -> Response:
         dataset = selectors.dataset_get(organization=api_organization(request), pk=pk)
-        _require_writer(request)
+        api_require_writer(request)
         try:
             services.dataset_delete(dataset=dataset)
         except CatalogInputError as exc:
@@ -359,7 +330,7 @@ class UploadCreateView(APIView):
         responses={201: UploadSerializer, 400: CatalogErrorSerializer, 413: CatalogErrorSerializer},
     )
     def post(self, request: Request) -> Response:
-        _require_writer(request)
+        api_require_writer(request)
         form = UploadCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         data = dict(form.validated_data)
@@ -398,7 +369,7 @@ class UploadDetailView(APIView):
     )
     def put(self, request: Request, pk: str) -> Response:
         upload = selectors.upload_get(organization=api_organization(request), pk=pk)
-        _require_writer(request)
+        api_require_writer(request)
         try:
             upload = services.upload_append_chunk(
                 upload=upload,
@@ -412,7 +383,7 @@ class UploadDetailView(APIView):
     @extend_schema(summary="Abort an upload and remove its bytes", responses={204: None})
     def delete(self, request: Request, pk: str) -> Response:
         upload = selectors.upload_get(organization=api_organization(request), pk=pk)
-        _require_writer(request)
+        api_require_writer(request)
         services.upload_abort(upload=upload)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -429,7 +400,7 @@ class UploadCompleteView(APIView):
     )
     def post(self, request: Request, pk: str) -> Response:
         upload = selectors.upload_get(organization=api_organization(request), pk=pk)
-        _require_writer(request)
+        api_require_writer(request)
         user: User = request.user  # type: ignore[assignment]
         try:
             item = services.upload_complete(upload=upload, user=user)

@@ -13,19 +13,13 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from device_registry import model_versions as device_versions
-from webapp.accounts.permissions import org_required, require_role
+from webapp.accounts.permissions import WRITE_ROLES, can_write, org_required, require_role
 from webapp.catalog import selectors, services
 from webapp.catalog.errors import CatalogInputError, UploadTooLarge
 from webapp.catalog.forms import DatasetUploadForm, ModelUploadForm
 from webapp.catalog.models import Dataset, ItemStatus, ModelVersion
 
-WRITE_ROLES = ("admin", "engineer")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _can_write(request: HttpRequest) -> bool:
-    membership = getattr(request, "membership", None)
-    return membership is not None and membership.role in WRITE_ROLES
 
 
 # --- shared with the API ------------------------------------------------------------------------
@@ -148,7 +142,7 @@ def model_list(request: HttpRequest) -> HttpResponse:
             "form": form,
             "upload_error": upload_error,
             "max_upload_bytes": services.max_upload_bytes(),
-            "can_write": _can_write(request),
+            "can_write": can_write(request),
         },
         status=status_code,
     )
@@ -168,7 +162,7 @@ def model_version_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "preprocessing": selectors.model_version_preprocessing_view(version=version),
         "lineage": selectors.model_version_lineage(version=version),
         "children": selectors.model_version_children(version=version),
-        "can_write": _can_write(request),
+        "can_write": can_write(request),
         "pending": version.status == ItemStatus.PENDING,
     }
     if getattr(request, "htmx", False):
@@ -238,7 +232,7 @@ def dataset_list(request: HttpRequest) -> HttpResponse:
             "form": form,
             "upload_error": upload_error,
             "max_upload_bytes": services.max_upload_bytes(),
-            "can_write": _can_write(request),
+            "can_write": can_write(request),
         },
         status=status_code,
     )
@@ -267,7 +261,7 @@ def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "report": report,
         "splits": selectors.dataset_splits(dataset=dataset),
         "rows": rows,
-        "can_write": _can_write(request),
+        "can_write": can_write(request),
         "pending": dataset.status == ItemStatus.PENDING,
     }
     if getattr(request, "htmx", False):

@@ -18,20 +18,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from compression.registry import config_json_schema, list_methods
-from webapp.accounts.permissions import require_role
+from webapp.accounts.permissions import api_organization, api_require_writer
 from webapp.catalog import selectors as catalog_selectors
-from webapp.catalog.api import api_organization
 from webapp.jobs import selectors, services
 from webapp.jobs.downloads import artifact_response
 from webapp.jobs.errors import JobInputError
 from webapp.jobs.models import Job, JobEvent
-
-WRITE_ROLES = ("admin", "engineer")
-
-
-def _require_writer(request: Request) -> None:
-    api_organization(request)
-    require_role(request._request, *WRITE_ROLES)
 
 
 def _error(exc: JobInputError) -> Response:
@@ -135,7 +127,7 @@ class JobListView(APIView):
         responses={201: JobSerializer, 400: ErrorSerializer},
     )
     def post(self, request: Request) -> Response:
-        _require_writer(request)
+        api_require_writer(request)
         org = api_organization(request)
         form = JobCreateSerializer(data=request.data)
         if not form.is_valid():
@@ -187,7 +179,7 @@ class JobCancelView(APIView):
     )
     def post(self, request: Request, pk: int) -> Response:
         job = selectors.job_get(organization=api_organization(request), pk=pk)
-        _require_writer(request)
+        api_require_writer(request)
         try:
             job = services.job_cancel(job=job, user=request.user)  # type: ignore[arg-type]
         except JobInputError as exc:
@@ -203,7 +195,7 @@ class JobDuplicateView(APIView):
     )
     def post(self, request: Request, pk: int) -> Response:
         job = selectors.job_get(organization=api_organization(request), pk=pk)
-        _require_writer(request)
+        api_require_writer(request)
         try:
             copy = services.job_duplicate(job=job, user=request.user)  # type: ignore[arg-type]
         except JobInputError as exc:

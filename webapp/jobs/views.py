@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 
 from compression.recipe import recipe_to_yaml
 from device_registry import selectors as device_selectors
-from webapp.accounts.permissions import org_required, require_role
+from webapp.accounts.permissions import WRITE_ROLES, can_write, org_required, require_role
 from webapp.catalog import selectors as catalog_selectors
 from webapp.jobs import selectors, services
 from webapp.jobs.downloads import artifact_response
@@ -38,7 +38,6 @@ from webapp.jobs.presets import (
 )
 from webapp.jobs.recipes import recipe_check, recipe_parse
 
-WRITE_ROLES = ("admin", "engineer")
 WIZARD_KEY = "jobs_wizard"
 STEPS = [
     ("pick", "Model and data"),
@@ -315,8 +314,7 @@ def _detail_context(request: HttpRequest, job: Job) -> dict[str, Any]:
         "error_reason": error_lines[0] if error_lines else "",
         "error_more": "\n".join(error_lines[1:]),
         "artifacts": selectors.job_artifact_list(job=job) if job.is_terminal else [],
-        "can_write": getattr(request, "membership", None) is not None
-        and request.membership.role in WRITE_ROLES,  # type: ignore[attr-defined]
+        "can_write": can_write(request),
     }
 
 

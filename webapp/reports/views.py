@@ -8,11 +8,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from device_registry.model_versions import p50_by_device
-from webapp.accounts.permissions import org_required
+from webapp.accounts.permissions import can_write, org_required
 from webapp.jobs import selectors as job_selectors
 from webapp.reports import charts, selectors
-
-WRITE_ROLES = ("admin", "engineer")
 
 
 @org_required
@@ -33,11 +31,10 @@ def report_detail(request: HttpRequest, pk: int) -> HttpResponse:
     org = request.organization  # type: ignore[attr-defined]
     job = job_selectors.job_get(organization=org, pk=pk)
     report = job_selectors.job_report(job=job)
-    membership = getattr(request, "membership", None)
     ctx: dict[str, Any] = {
         "job": job,
         "report": report,
-        "can_write": membership is not None and membership.role in WRITE_ROLES,
+        "can_write": can_write(request),
     }
     if report:
         rows = selectors.report_rows(report)
