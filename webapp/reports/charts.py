@@ -216,3 +216,76 @@ def deep_compression_waterfall(dc: dict[str, Any] | None) -> dict[str, Any]:
         title="Deep Compression: size by step (whole model, KiB)", yaxis_title="KiB", **_LAYOUT
     )
     return _fig(fig)
+
+
+def pareto_scatter(
+    comparison: dict[str, Any], *, axis: str, cost_key: str, cost_title: str, scale: float = 1.0
+) -> dict[str, Any]:
+    """Test accuracy against one cost (a latency or the file size) for every compared version
+    that has both, the Pareto front drawn as a staircase and its members labelled.
+
+    ``axis`` names the front in ``comparison["pareto"]``; ``scale`` divides the cost (bytes to
+    KiB)."""
+    front = comparison["pareto"].get(axis, [])
+    points = [
+        (row, float(row["cells"][cost_key]["value"]) / scale, float(acc))
+        for row in comparison["rows"]
+        if row["cells"][cost_key]["value"] is not None
+        and (acc := row["cells"]["accuracy"]["value"]) is not None
+    ]
+    if not points:
+        return {}
+    on = sorted((p for p in points if p[0]["id"] in front), key=lambda p: p[1])
+    off = [p for p in points if p[0]["id"] not in front]
+    traces = [
+        go.Scatter(
+            x=[p[1] for p in off],
+            y=[p[2] for p in off],
+            mode="markers",
+            name="dominated",
+            text=[p[0]["title"] for p in off],
+            hovertemplate="%{text}<br>%{x:.3f}, %{y:.2f} %<extra></extra>",
+            marker={"size": 9, "color": "#9aa5b1"},
+        ),
+        go.Scatter(
+            x=[p[1] for p in on],
+            y=[p[2] for p in on],
+            mode="lines+markers+text",
+            name="Pareto front",
+            text=[p[0]["title"] for p in on],
+            textposition="top center",
+            hovertemplate="%{text}<br>%{x:.3f}, %{y:.2f} %<extra></extra>",
+            line={"shape": "hv", "dash": "dash", "color": "#c0392b"},
+            marker={"size": 11, "color": "#c0392b"},
+        ),
+    ]
+    fig = go.Figure(traces)
+    fig.update_layout(
+        title=f"Test accuracy against {cost_title}",
+        xaxis_title=cost_title,
+        yaxis={**ACCURACY_AXIS, "title": "test accuracy (host, full test split)"},
+        meta={"pareto": [p[0]["id"] for p in on]},
+        **_LAYOUT,
+    )
+    return _fig(fig)
+
+
+def comparison_figures(comparison: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The comparison page's charts by element id: accuracy against host latency, against each
+    device's latency, and against file size; empty ones are left out."""
+    figs = {
+        "chart-pareto-host": pareto_scatter(
+            comparison, axis="host", cost_key="host_p50_ms", cost_title="host p50 latency (ms)"
+        ),
+    }
+    for device in comparison["devices"]:
+        figs[f"chart-pareto-device-{device['id']}"] = pareto_scatter(
+            comparison,
+            axis=f"device:{device['id']}",
+            cost_key=f"device:{device['id']}:p50_ms",
+            cost_title=f"p50 latency on {device['name']} (ms)",
+        )
+    figs["chart-pareto-size"] = pareto_scatter(
+        comparison, axis="size", cost_key="size_bytes", cost_title="file size (KiB)", scale=1024
+    )
+    return {k: v for k, v in figs.items() if v}

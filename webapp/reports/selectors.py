@@ -55,6 +55,12 @@ def _row(label: str, kind: str, m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def state_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """One state's figures (a report's ``baseline``, a stage's ``metrics`` or ``final``), read
+    as defensively as the report's own table reads them."""
+    return _row("", "", metrics)
+
+
 def report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Baseline, each stage, and the final model, with deltas against the baseline."""
     rows = [_row("baseline", "baseline", report.get("baseline") or {})]

@@ -1,0 +1,144 @@
+"""REST endpoint of the comparison: the same data as the page and its JSON export.
+
+Every lookup is scoped to the caller's organisation: another organisation's version or job
+answers 404. Any member may read it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import path
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from webapp.accounts.permissions import api_organization
+from webapp.reports.comparison import (
+    MAX_COMPARE_VERSIONS,
+    ComparisonInputError,
+    comparison_from_query,
+)
+
+
+class CompareErrorSerializer(serializers.Serializer[Any]):
+    detail = serializers.CharField()
+
+
+class CompareCellSerializer(serializers.Serializer[Any]):
+    value = serializers.FloatField(allow_null=True, help_text="The figure, in the column's unit.")
+    spread = serializers.FloatField(
+        allow_null=True,
+        help_text="accuracy: standard deviation across seeds of the same recipe (n seeds); "
+        "host_p50_ms: interquartile range of the round medians (n rounds); else null.",
+    )
+    n = serializers.IntegerField(allow_null=True, help_text="Seeds or rounds behind the spread.")
+    note = serializers.CharField(help_text="What the figure is, where it needs saying.")
+    delta = serializers.FloatField(
+        allow_null=True,
+        help_text="Against the baseline: value / baseline (ratio columns) or value - baseline "
+        "(points columns); null when either is blank.",
+    )
+    best = serializers.BooleanField(help_text="The best value of its column (ties all marked).")
+    blank_reason = serializers.CharField(help_text="Why the value is blank ('' when it is not).")
+
+
+class CompareColumnSerializer(serializers.Serializer[Any]):
+    key = serializers.CharField(help_text="params, macs, size_bytes, compressed_bytes, accuracy, "
+                                "host_p50_ms, host_p90_ms, or device:<id>:p50_ms|p90_ms|top1_pct")  # fmt: skip
+    label = serializers.CharField()  # type: ignore[assignment]
+    unit = serializers.CharField(help_text="'', bytes, %, ms")
+    better = serializers.ChoiceField(choices=["lower", "higher"])
+    delta = serializers.ChoiceField(choices=["ratio", "points"])
+    device = serializers.IntegerField(allow_null=True)
+
+
+class CompareRowSerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    name = serializers.CharField(help_text="The model's name.")
+    number = serializers.IntegerField()
+    label = serializers.CharField()  # type: ignore[assignment]
+    title = serializers.CharField()
+    format = serializers.CharField()
+    task = serializers.CharField()
+    parent = serializers.IntegerField(allow_null=True)  # type: ignore[assignment]
+    job = serializers.IntegerField(allow_null=True, help_text="The job that produced it.")
+    is_baseline = serializers.BooleanField()
+    host_job = serializers.IntegerField(
+        allow_null=True, help_text="The job whose report gave the host figures."
+    )
+    cells = serializers.DictField(child=CompareCellSerializer(), help_text="By column key.")
+
+
+class CompareDeviceSerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+
+
+class ComparisonSerializer(serializers.Serializer[Any]):
+    baseline = serializers.IntegerField()
+    versions = serializers.ListField(child=serializers.IntegerField())
+    max_versions = serializers.IntegerField()
+    accuracy_split = serializers.CharField(help_text="The test split accuracies are compared on.")
+    devices = CompareDeviceSerializer(many=True)
+    columns = CompareColumnSerializer(many=True)
+    rows = CompareRowSerializer(many=True)
+    pareto = serializers.DictField(
+        child=serializers.ListField(child=serializers.IntegerField()),
+        help_text="Version ids on the Pareto front of test accuracy against host (host p50), "
+        "size (file size) and device:<id> (that device's p50), cheapest first.",
+    )
+
+
+class CompareView(APIView):
+    @extend_schema(
+        summary="Compare model versions: host and on-device figures, deltas, Pareto fronts",
+        description=f"Give one of `versions`, `family` or `job`; at most {MAX_COMPARE_VERSIONS} "
+        "versions. Fields are documented in docs/reports.md.",
+        parameters=[
+            OpenApiParameter(
+                "versions", OpenApiTypes.STR, description="Version ids, comma separated."
+            ),
+            OpenApiParameter(
+                "family",
+                OpenApiTypes.INT,
+                description="A version: it and every version derived from it.",
+            ),
+            OpenApiParameter(
+                "job",
+                OpenApiTypes.INT,
+                description="A job: the version it started from and those it produced.",
+            ),
+            OpenApiParameter(
+                "baseline",
+                OpenApiTypes.INT,
+                description="One of the versions (default: the family root, the job's input, else the oldest).",
+            ),
+        ],
+        responses={
+            200: ComparisonSerializer,
+            400: CompareErrorSerializer,
+            404: CompareErrorSerializer,
+        },
+    )
+    def get(self, request: Request) -> Response:
+        q = request.query_params
+        try:
+            comparison = comparison_from_query(
+                organization=api_organization(request),
+                versions=q.getlist("versions"),
+                family=q.get("family", ""),
+                job=q.get("job", ""),
+                baseline=q.get("baseline", ""),
+            )
+        except ComparisonInputError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(comparison)
+
+
+api_urlpatterns = [
+    path("reports/compare/", CompareView.as_view(), name="reports-compare"),
+]

@@ -1,0 +1,81 @@
+"""The comparison page and its CSV and JSON exports: read access for every member.
+
+Kept apart from ``views.py`` (the job reports) so each stays short; both are thin: they parse
+the query, call :mod:`webapp.reports.comparison`, and render.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.http import require_GET
+
+from webapp.accounts.permissions import org_required
+from webapp.reports import charts
+from webapp.reports.comparison import (
+    MAX_COMPARE_VERSIONS,
+    ComparisonInputError,
+    comparison_csv_rows,
+    comparison_from_query,
+    comparison_table,
+)
+
+
+def _comparison(request: HttpRequest) -> dict[str, Any]:
+    q = request.GET
+    return comparison_from_query(
+        organization=request.organization,  # type: ignore[attr-defined]
+        versions=q.getlist("v") + q.getlist("versions"),
+        family=q.get("family", ""),
+        job=q.get("job", ""),
+        baseline=q.get("baseline", ""),
+    )
+
+
+def _picked(request: HttpRequest) -> bool:
+    return any(request.GET.get(k) for k in ("v", "versions", "family", "job"))
+
+
+@require_GET
+@org_required
+def compare(request: HttpRequest) -> HttpResponse:
+    ctx: dict[str, Any] = {"max_versions": MAX_COMPARE_VERSIONS, "comparison": None}
+    if not _picked(request):
+        return render(request, "reports/compare.html", ctx)
+    try:
+        comparison = _comparison(request)
+    except ComparisonInputError as exc:
+        return render(request, "reports/compare.html", {**ctx, "error": str(exc)}, status=400)
+    query = request.GET.urlencode()
+    ctx.update(
+        comparison=comparison,
+        table=comparison_table(comparison),
+        figures=charts.comparison_figures(comparison),
+        csv_url=f"{reverse('reports:compare_export', args=['csv'])}?{query}",
+        json_url=f"{reverse('reports:compare_export', args=['json'])}?{query}",
+        baseline_row=next(r for r in comparison["rows"] if r["is_baseline"]),
+    )
+    return render(request, "reports/compare.html", ctx)
+
+
+@require_GET
+@org_required
+def compare_export(request: HttpRequest, fmt: str) -> HttpResponse:
+    """``/reports/compare/export.csv`` or ``.json``: the same query as the page."""
+    try:
+        comparison = _comparison(request)
+    except ComparisonInputError as exc:
+        return JsonResponse({"detail": str(exc)}, status=400)
+    filename = f"comparison-{'-'.join(str(i) for i in comparison['versions'][:8])}"
+    if fmt == "json":
+        response = HttpResponse(json.dumps(comparison, indent=2), content_type="application/json")
+    else:
+        response = HttpResponse(content_type="text/csv; charset=utf-8")
+        csv.writer(response).writerows(comparison_csv_rows(comparison))
+    response["Content-Disposition"] = f'attachment; filename="{filename}.{fmt}"'
+    return response
