@@ -12,7 +12,6 @@ from webapp.catalog import api as catalog_api
 from webapp.catalog import views as catalog_views
 from webapp.jobs import api as jobs_api
 from webapp.jobs import views as jobs_views
-from webapp.reports import api as reports_api
 from webapp.reports import views as reports_views
 
 api_v1 = [
@@ -21,7 +20,6 @@ api_v1 = [
     *accounts_api.api_urlpatterns,
     *catalog_api.api_urlpatterns,
     *jobs_api.api_urlpatterns,
-    *reports_api.api_urlpatterns,
 ]
 
 urlpatterns = [
@@ -37,7 +35,7 @@ urlpatterns = [
     path("reports/", reports_views.report_index, name="reports"),
     path("reports/", include("webapp.reports.urls")),
     path("accounts/", include("webapp.accounts.urls")),
-    path("live/", include("webapp.live.urls")),
+    path("live/activity/", views.activity, name="activity"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("api/docs/", views.api_docs, name="api_docs"),

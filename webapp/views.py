@@ -1,4 +1,5 @@
-"""Project-level pages: the dashboard, the API console, the error pages and /healthz."""
+"""Project-level pages: the dashboard and its activity feed, the API console, the error pages and
+/healthz."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from django.template import loader
 from django.views.decorators.cache import never_cache
 from drf_spectacular.generators import SchemaGenerator
 
+from webapp import dashboard
 from webapp.accounts.models import Role
 from webapp.accounts.permissions import org_required
 from webapp.accounts.selectors import membership_list_for_org
-from webapp.live import selectors as dashboard
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,14 @@ def home(request: HttpRequest) -> HttpResponse:
         "quick_links": QUICK_LINKS if not jobs else [],
     }
     return render(request, "home.html", context)
+
+
+@org_required
+def activity(request: HttpRequest) -> HttpResponse:
+    """The newest activity rows (``dashboard/_activity.html``), re-read by js/live.js when an
+    event arrives, for the live panel to swap in."""
+    rows = dashboard.activity_feed(organization=request.organization)  # type: ignore[attr-defined]
+    return render(request, "dashboard/_activity.html", {"activity": rows})
 
 
 def api_docs(request: HttpRequest) -> HttpResponse:

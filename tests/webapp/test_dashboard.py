@@ -14,8 +14,8 @@ from jobs_factories import make_digits, make_model_version, two_stage_recipe
 from device_registry.models import DeployableArtifact, Deployment, DeploymentTarget, Device
 from webapp.accounts.models import Organization, Role
 from webapp.catalog.models import Dataset, ItemStatus, ModelVersion
+from webapp.dashboard import activity_feed, best_versions
 from webapp.jobs.models import Job, JobEvent, JobStatus
-from webapp.live.selectors import activity_feed, best_versions
 
 pytestmark = pytest.mark.django_db
 
@@ -125,7 +125,7 @@ def test_the_activity_feed_reads_persisted_rows_as_sentences_with_links(lab):
     assert [(a.text, a.badge, a.actor) for a in refused] == [
         ("was uploaded and refused", "err", "ada")
     ]
-    fragment = client_for(owner).get(reverse("live:activity")).content.decode()
+    fragment = client_for(owner).get(reverse("activity")).content.decode()
     assert f'href="/jobs/{good.pk}/"' in fragment
     assert "finished: targets met" in fragment
 
@@ -134,7 +134,7 @@ def test_the_activity_fragment_shows_only_the_current_organisation(lab):
     # ``lab`` holds another organisation's jobs; none of them may show.
     stranger = make_user(username="mallory")
     make_organization(name="Other", owner=stranger)
-    fragment = client_for(stranger).get(reverse("live:activity")).content.decode()
+    fragment = client_for(stranger).get(reverse("activity")).content.decode()
 
     assert "lenet5-slim" not in fragment
     assert "Nothing yet" in fragment

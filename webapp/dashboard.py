@@ -1,5 +1,9 @@
 """What the dashboard shows: recent jobs with their verdicts, the best version of each model,
-the device fleet, what needs attention, and the activity feed.
+the device fleet, what needs attention, and the activity feed (the reads behind
+``webapp.views.home`` and ``webapp.views.activity``).
+
+It sits at the project level, above the apps it reads (catalog, jobs, devices): the ``live`` app
+below them only sends events, so apps that send events never import what reads them.
 
 The activity feed is read from rows that are already persisted (job status events, model and
 dataset uploads, deployments, device enrollments), merged and ordered by time. Nothing writes an
