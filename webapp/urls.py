@@ -12,6 +12,7 @@ from webapp.catalog import api as catalog_api
 from webapp.catalog import views as catalog_views
 from webapp.jobs import api as jobs_api
 from webapp.jobs import views as jobs_views
+from webapp.reports import api as reports_api
 from webapp.reports import views as reports_views
 
 api_v1 = [
@@ -20,6 +21,7 @@ api_v1 = [
     *accounts_api.api_urlpatterns,
     *catalog_api.api_urlpatterns,
     *jobs_api.api_urlpatterns,
+    *reports_api.api_urlpatterns,
 ]
 
 urlpatterns = [
