@@ -219,6 +219,7 @@ def test_the_page_shows_the_table_best_marks_reasons_and_charts(lab, django_asse
         in c.get(reverse("reports:detail", args=[lab["job"].pk])).content.decode()
     )
     assert "data-compare-pick" in c.get(reverse("models")).content.decode()
+    assert "data-compare-link" in c.get(reverse("reports")).content.decode()
     assert (
         f"?family={lab['base'].pk}"
         in c.get(reverse("catalog:model_version_detail", args=[lab["base"].pk])).content.decode()
