@@ -87,3 +87,32 @@ def host_accuracy(model: Path, npz: Path) -> tuple[int, int]:
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     logits = session.run(None, {session.get_inputs()[0].name: x})[0]
     return int((logits.argmax(axis=1) == y).sum()), len(y)
+
+
+def deploy_and_measure(org: Organization, art: object, tmp_path: Path, server: str) -> tuple:
+    """Register and enroll a device, deploy ``art`` to it with accuracy on, run a real agent
+    until the target ends; returns ``(deployment, target, agent log)``."""
+    from agent_process import AgentProcess, enroll, wait_for
+
+    from device_registry import services
+    from device_registry.agent.protocol import BenchSettings
+    from device_registry.models import DeploymentTarget
+
+    device, code = services.device_register(organization=org, name="pi")
+    done = enroll(tmp_path / "pi", server, code)
+    assert done.returncode == 0, done.stderr
+    dep = services.deployment_create(
+        organization=org, artifact=art, target_kind="device", target_value=str(device.pk),
+        settings=BenchSettings(warmup=1, runs=5, accuracy=True),
+    )  # fmt: skip
+    agent = AgentProcess(tmp_path / "pi", tmp_path / "pi.log").start()
+    try:
+        target = wait_for(
+            lambda: DeploymentTarget.objects.filter(
+                deployment=dep, status__in=("succeeded", "failed")
+            ).first(),
+            timeout=120, what="the deployment to finish", log=agent.output,
+        )  # fmt: skip
+    finally:
+        agent.stop()
+    return dep, target, agent.output()

@@ -7,14 +7,12 @@ import stat
 
 import numpy as np
 import pytest
-from agent_process import AgentProcess, enroll, wait_for
-from catalog_versions import host_accuracy, job_onnx_version
+from catalog_versions import deploy_and_measure, host_accuracy, job_onnx_version
 from django.urls import reverse
 from factories import client_for, make_organization, make_user
 
-from device_registry import model_versions, services
-from device_registry.agent.protocol import BenchSettings
-from device_registry.models import DeploymentResult, DeploymentTarget
+from device_registry import model_versions
+from device_registry.models import DeploymentResult
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -30,24 +28,9 @@ def test_a_real_agent_measures_a_job_versions_accuracy_on_its_shipped_test_split
         organization=org, user=user, model_version=version
     )
     assert art.eval_meta["count"] == 200 and art.eval_meta["dataset"] == job.dataset.name
-    device, code = services.device_register(organization=org, name="pi")
-    done = enroll(tmp_path / "pi", daphne_server.base_url, code)
-    assert done.returncode == 0, done.stderr
+    dep, target, log = deploy_and_measure(org, art, tmp_path, daphne_server.base_url)
     assert stat.S_IMODE((tmp_path / "pi" / "credential.json").stat().st_mode) == 0o600
-    dep = services.deployment_create(
-        organization=org, artifact=art, target_kind="device", target_value=str(device.pk),
-        settings=BenchSettings(warmup=1, runs=5, accuracy=True),
-    )  # fmt: skip
-    agent = AgentProcess(tmp_path / "pi", tmp_path / "pi.log").start()
-    try:
-        target = wait_for(
-            lambda: DeploymentTarget.objects.filter(deployment=dep, status="succeeded").first()
-            or DeploymentTarget.objects.filter(deployment=dep, status="failed").first(),
-            timeout=120, what="the deployment to finish", log=agent.output,
-        )  # fmt: skip
-    finally:
-        agent.stop()
-    assert target.status == "succeeded", (target.message, agent.output()[-3000:])
+    assert target.status == "succeeded", (target.message, log[-3000:])
 
     # The same model and the same shipped bytes, scored by onnxruntime here.
     model = tmp_path / "host.onnx"

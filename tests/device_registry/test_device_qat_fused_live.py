@@ -9,8 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from agent_process import AgentProcess, enroll, wait_for
-from catalog_versions import host_accuracy
+from catalog_versions import deploy_and_measure, host_accuracy
 from factories import make_organization, make_user
 from jobs_factories import make_digits, make_model_version
 
@@ -18,9 +17,8 @@ from compression.pipeline import run_recipe
 from compression.recipe import parse_recipe
 from compression.stage import ArchSpec, ModelState
 from compression.zoo import create_model
-from device_registry import model_versions, services
-from device_registry.agent.protocol import BenchSettings
-from device_registry.models import DeploymentResult, DeploymentTarget
+from device_registry import model_versions
+from device_registry.models import DeploymentResult
 from webapp.catalog.loaders import dataset_load
 from webapp.catalog.services import model_version_create_from_job
 from webapp.jobs.models import Job, JobStatus
@@ -87,24 +85,8 @@ def test_a_real_agent_runs_a_fused_qat_int8_version_and_scores_it_like_the_host(
     art = model_versions.artifact_for_model_version(
         organization=org, user=user, model_version=version
     )
-    device, code = services.device_register(organization=org, name="pi")
-    done = enroll(tmp_path / "pi", daphne_server.base_url, code)
-    assert done.returncode == 0, done.stderr
-    dep = services.deployment_create(
-        organization=org, artifact=art, target_kind="device", target_value=str(device.pk),
-        settings=BenchSettings(warmup=1, runs=5, accuracy=True),
-    )  # fmt: skip
-    agent = AgentProcess(tmp_path / "pi", tmp_path / "pi.log").start()
-    try:
-        target = wait_for(
-            lambda: DeploymentTarget.objects.filter(
-                deployment=dep, status__in=("succeeded", "failed")
-            ).first(),
-            timeout=120, what="the deployment to finish", log=agent.output,
-        )  # fmt: skip
-    finally:
-        agent.stop()
-    assert target.status == "succeeded", (target.message, agent.output()[-3000:])
+    dep, target, log = deploy_and_measure(org, art, tmp_path, daphne_server.base_url)
+    assert target.status == "succeeded", (target.message, log[-3000:])
 
     latency = DeploymentResult.objects.filter(deployment=dep, kind="latency")
     assert latency.exists() and all(r.payload["p50_ms"] > 0 for r in latency)
