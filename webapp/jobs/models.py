@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 
@@ -28,9 +30,15 @@ class Job(OrgScopedModel):
     """One recipe run. The worker owns it while it holds an unexpired lease.
 
     ``attempts`` counts the runs that took the lease; a run that dies leaves the lease to expire
-    and the redelivered task resumes from ``DATA_DIR/jobs/<id>/`` after the last completed stage.
+    and the redelivered task resumes after the last completed stage, which it pulls from storage
+    (``jobs/<uid>/``, see ``webapp/jobs/artifacts.py``) into its scratch folder
+    ``DATA_DIR/jobs/<uid>/``.
+
+    ``uid`` names the job's folders: unique to this database, so a data folder or a bucket that
+    outlived an earlier database never hands an old job's files to a new job with the same id.
     """
 
+    uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     name = models.CharField(max_length=200)
     model_version = models.ForeignKey(
         "catalog.ModelVersion", on_delete=models.PROTECT, related_name="jobs"
