@@ -131,7 +131,9 @@ def test_a_succeeded_job_shows_downloads_and_the_report_link_without_a_reload(li
 
 
 def test_a_running_job_shows_the_baseline_apart_and_cancel_asks_first(live):
-    long_finetune = {"method": "finetune", "config": {"epochs": 200, "batch_size": 256}}
+    # Far more epochs than the test lasts (each takes tens of milliseconds even on an idle
+    # machine): the job is still running whenever the page is read, and is cancelled below.
+    long_finetune = {"method": "finetune", "config": {"epochs": 1000, "batch_size": 64}}
     job = live.launch(_recipe(long_finetune, PTQ))
     live.open(job)
     page = live.page

@@ -62,6 +62,14 @@
     Plotly.react(curves, data, layout, { displayModeBar: false, responsive: true });
   }
 
+  // Epochs can arrive many times a second (a tiny model, a small data set): redraw the chart at
+  // most every 250 ms, so the page stays responsive however fast the run reports.
+  let curvesTimer = null;
+  function scheduleCurves() {
+    if (curvesTimer) return;
+    curvesTimer = setTimeout(() => { curvesTimer = null; drawCurves(); }, 250);
+  }
+
   // --- quick updates from an event ----------------------------------------------------------------
   function setProgress(fraction, message) {
     if (typeof fraction === "number" && !TERMINAL.includes(status())) {
@@ -168,7 +176,7 @@
         setStage(p.stage, "running"); setProgress(p.progress, p.message); appendLog(p.message);
         break;
       case "stage_finished": setStage(p.stage, "done"); setProgress(p.progress); refreshRegions(); break;
-      case "epoch": epochs.push(p); drawCurves(); setProgress(p.progress); break;
+      case "epoch": epochs.push(p); scheduleCurves(); setProgress(p.progress); break;
       case "log": appendLog(p.line); break;
     }
     document.dispatchEvent(new CustomEvent("edgeslim:job-event", { detail: ev }));
