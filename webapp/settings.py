@@ -216,6 +216,10 @@ STORAGES = {
 # --- catalog uploads -----------------------------------------------------------------------------
 # Largest model or dataset upload, checked up front (413) and again on every chunk.
 EDGESLIM_MAX_UPLOAD_BYTES = envint("EDGESLIM_MAX_UPLOAD_BYTES", 2 * 1024**3)
+# Every other request body (webapp/body_limit.py caps them before they are read), and a device
+# artifact upload (the model and its optional evaluation set together).
+EDGESLIM_MAX_REQUEST_BYTES = envint("EDGESLIM_MAX_REQUEST_BYTES", 10 * 1024**2)
+EDGESLIM_MAX_ARTIFACT_BYTES = envint("EDGESLIM_MAX_ARTIFACT_BYTES", 512 * 1024**2)
 # Chunked uploads are appended here (local disk even with S3 storage) until completed.
 EDGESLIM_UPLOAD_TMP_DIR = Path(env("EDGESLIM_UPLOAD_TMP_DIR", str(DATA_DIR / "uploads")))
 # An upload session untouched for this long is expired and its temp file removed.
