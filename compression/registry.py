@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from compression.model_facts import ModelFacts
 
 ModelFormat = Literal["torch", "onnx"]
+MAPPING_TYPE = "dict[str, float]"
 TaskType = Literal["classification", "detection"]
 
 C = TypeVar("C")
@@ -48,7 +49,7 @@ class ParamSpec:
     """One config field as the forms, the API schema and the docs see it."""
 
     name: str
-    type: str  # "int" | "float" | "bool" | "str"
+    type: str  # "int" | "float" | "bool" | "str" | "dict[str, float]"
     default: Any
     help: str
     optional: bool = False
@@ -147,7 +148,17 @@ def list_methods() -> list[MethodSpec]:
 
 # --- configs -------------------------------------------------------------------------------
 
-_TYPE_NAMES: dict[Any, str] = {int: "int", float: "float", bool: "bool", str: "str"}
+_TYPE_NAMES: dict[Any, str] = {
+    int: "int",
+    float: "float",
+    bool: "bool",
+    str: "str",
+    # A name -> number map (e.g. channel_pruning's per-layer ratios); bounds apply to each value.
+    dict[str, float]: MAPPING_TYPE,
+}
+# Most entries a mapping parameter takes, and the longest key.
+MAX_MAPPING_ENTRIES = 1000
+MAX_MAPPING_KEY = 300
 
 
 def _field_type(cls: type[Any], f: dataclasses.Field[Any]) -> tuple[str, bool]:
@@ -201,11 +212,29 @@ def config_params(cls: type[Any]) -> list[ParamSpec]:
     return out
 
 
+def _coerce_mapping(p: ParamSpec, value: Any, where: str) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(where, f"must be a mapping of names to numbers, got {value!r}")
+    if len(value) > MAX_MAPPING_ENTRIES:
+        raise ConfigError(where, f"has {len(value)} entries; at most {MAX_MAPPING_ENTRIES}")
+    number = dataclasses.replace(p, type="float")
+    out: dict[str, float] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not key or len(key) > MAX_MAPPING_KEY:
+            raise ConfigError(
+                where, f"keys must be names (1-{MAX_MAPPING_KEY} characters), got {key!r}"
+            )
+        out[key] = _coerce(number, item, f"{where}.{key}")
+    return out
+
+
 def _coerce(p: ParamSpec, value: Any, where: str) -> Any:
     if value is None:
         if p.optional:
             return None
         raise ConfigError(where, "must not be null")
+    if p.type == MAPPING_TYPE:
+        return _coerce_mapping(p, value, where)
     if p.type == "bool":
         if not isinstance(value, bool):
             raise ConfigError(where, f"must be true or false, got {value!r}")
@@ -265,21 +294,24 @@ def config_json_schema(cls: type[Any]) -> dict[str, Any]:
     json_types = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
     props: dict[str, Any] = {}
     for p in config_params(cls):
-        s: dict[str, Any] = {
-            "type": json_types[p.type],
-            "default": p.default,
-            "description": p.help,
-        }
+        s: dict[str, Any] = {"default": p.default, "description": p.help}
+        # A mapping's bounds apply to its values.
+        bounded: dict[str, Any] = s
+        if p.type == MAPPING_TYPE:
+            bounded = {"type": "number"}
+            s.update(type="object", additionalProperties=bounded, maxProperties=MAX_MAPPING_ENTRIES)
+        else:
+            s["type"] = json_types[p.type]
         if p.optional:
-            s["type"] = [json_types[p.type], "null"]
+            s["type"] = [s["type"], "null"]
         if p.choices is not None:
             s["enum"] = list(p.choices)
         for key, attr in (("minimum", p.ge), ("maximum", p.le)):
             if attr is not None:
-                s[key] = attr
+                bounded[key] = attr
         if p.gt is not None:
-            s["exclusiveMinimum"] = p.gt
+            bounded["exclusiveMinimum"] = p.gt
         if p.lt is not None:
-            s["exclusiveMaximum"] = p.lt
+            bounded["exclusiveMaximum"] = p.lt
         props[p.name] = s
     return {"type": "object", "properties": props, "additionalProperties": False}

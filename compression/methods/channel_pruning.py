@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -80,6 +80,13 @@ class ChannelPruningConfig:
     ratio: float = param(
         0.5,
         help="fraction of channels to remove (ignored when target_mac_reduction or threshold is set)",
+        ge=0.0,
+        lt=1.0,
+    )
+    layer_ratios: dict[str, float] | None = param(  # noqa: RUF009 (its default is None)
+        None,
+        help="per-layer ratios instead of one: layer name -> fraction of its channels to remove "
+        "(e.g. from a layer sensitivity analysis); only the named layers are pruned",
         ge=0.0,
         lt=1.0,
     )
@@ -155,6 +162,21 @@ class ChannelPruningConfig:
     weight_decay: float = param(5e-4, help="weight decay", ge=0.0, le=1.0)
 
     def validate(self) -> None:
+        if self.layer_ratios is not None:
+            if self.target_mac_reduction is not None or self.threshold is not None:
+                raise ConfigError(
+                    "config.layer_ratios",
+                    "per-layer ratios replace target_mac_reduction and threshold; set only one",
+                )
+            if not self.layer_ratios:
+                raise ConfigError("config.layer_ratios", "names no layer; leave it null instead")
+            for name, value in self.layer_ratios.items():
+                if value > self.max_layer_ratio:
+                    raise ConfigError(
+                        f"config.layer_ratios.{name}",
+                        f"{value:g} is above max_layer_ratio {self.max_layer_ratio:g}; "
+                        "raise max_layer_ratio or lower the ratio",
+                    )
         if self.threshold is not None and self.importance != "bn_scale":
             raise ConfigError("config.threshold", "a gamma threshold needs importance bn_scale")
         if self.threshold is not None and self.target_mac_reduction is not None:
@@ -346,6 +368,38 @@ class _SlimPruner:
                 _Candidate(dep.target.module, dep.handler, scores.detach().cpu(), initial, floor)
             )
         return out
+
+    def layer_names(self) -> list[str]:
+        """The layers whose channels this pruner can remove, in module order: each coupled
+        group's root (the classifier, grouped convs and a residual branch's partners, which
+        follow their root, are not among them)."""
+        order = {m: i for i, m in enumerate(self.module.modules())}
+        roots = [dep.target.module for dep, _ in (g[0] for g in self._groups())]
+        return [self.names[m] for m in sorted(set(roots), key=lambda m: order.get(m, 0))]
+
+    def check_layer_names(self, names: Iterable[str]) -> None:
+        """Refuse per-layer ratios that name a layer this pruner cannot prune."""
+        known = self.layer_names()
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            listed = ", ".join(known) or "(none)"
+            raise ConfigError(
+                f"config.layer_ratios.{unknown[0]}",
+                f"{len(unknown)} unknown or unprunable layer name(s): {', '.join(unknown)}; "
+                f"the prunable layers are: {listed}",
+            )
+
+    def prune_layers(self, fractions: Mapping[str, float]) -> None:
+        """Remove ``fractions[name]`` of each named layer's initial channels (its floor and
+        ``round_to`` still apply); layers not named keep theirs."""
+        for c in self._candidates():
+            fraction = fractions.get(self.names.get(c.module, ""))
+            if not fraction:
+                continue
+            n_drop = len(c.scores) - self._round(round((1.0 - fraction) * c.initial), c)
+            if n_drop > 0:
+                idxs = torch.argsort(c.scores)[:n_drop].tolist()
+                self.dg.get_pruning_group(c.module, c.handler, sorted(idxs)).prune()
 
     def _round(self, keep: int, c: _Candidate) -> int:
         if self.round_to > 1:
@@ -556,6 +610,7 @@ def prune_and_finetune(
     progress: tuple[float, float],
     epoch_offset: float = 0.0,
     dynamic_weight: float | None = None,
+    layer_ratios: Mapping[str, float] | None = None,
 ) -> PruneOutcome:
     """Prune ``module`` to the target in ``cfg.iterative_steps`` steps, fine-tuning after each.
 
@@ -567,7 +622,8 @@ def prune_and_finetune(
     statistics re-estimated, and the one with the best ``val`` accuracy (then loss) is kept, its
     weight becoming the next step's centre. Among the networks that meet the target (the
     last step's, or an earlier one that overshot it), the epoch with the best ``val`` accuracy
-    is returned; the test split is never looked at.
+    is returned; the test split is never looked at. With ``layer_ratios`` (layer name ->
+    fraction) only the named layers are pruned, each on its own :func:`ratio_schedule`.
     """
     shape = ctx.model.input_shape
     ignored = _ignored(module, ctx.model.num_classes)
@@ -575,6 +631,8 @@ def prune_and_finetune(
     steps = cfg.iterative_steps
     target = cfg.target_mac_reduction
     plan = mac_schedule(target, steps) if target is not None else ratio_schedule(ratio, steps)
+    if layer_ratios is not None:
+        plan = [k / steps for k in range(1, steps + 1)]  # the share of each layer's schedule
 
     def new_pruner(m: nn.Module, alpha: float, initial: dict[str, int] | None) -> _SlimPruner:
         return _SlimPruner(
@@ -629,7 +687,7 @@ def prune_and_finetune(
                 m = copy.deepcopy(search.pruner.module)
                 s = _Search(new_pruner(m, a, search.pruner.initial), shape, macs_before)
                 s.sub_steps = search.sub_steps
-                _advance(s, point, target, ctx)
+                _advance(s, point, target, ctx, layer_ratios)
                 recalibrate_batchnorm(m, ctx, _BN_RECALIBRATION_BATCHES)
                 acc, loss = _val_acc_and_loss(m, ctx)
                 tried.append((acc, -loss, -abs(a - alpha), a, s))
@@ -644,7 +702,7 @@ def prune_and_finetune(
             module = search.pruner.module
             metrics[f"step{k}_dynamic_weight"] = alpha
         else:
-            _advance(search, point, target, ctx)
+            _advance(search, point, target, ctx, layer_ratios)
         reached = search.reached()
         msg = f"step {k}/{steps}: MACs {macs_before / 1e6:.1f}M -> "
         msg += f"{macs_before / reached / 1e6:.1f}M ({reached:.2f}x fewer)"
@@ -759,8 +817,17 @@ def _ignored(module: nn.Module, num_classes: int) -> list[nn.Module]:
     return [classifier] if classifier is not None else []
 
 
-def _advance(search: _Search, point: float, target: float | None, ctx: StageContext) -> None:
-    if target is not None:
+def _advance(
+    search: _Search,
+    point: float,
+    target: float | None,
+    ctx: StageContext,
+    layer_ratios: Mapping[str, float] | None = None,
+) -> None:
+    if layer_ratios is not None:
+        # ``point`` is k / steps: each layer reaches 1 - (1 - r) ** (k / steps), r at the end.
+        search.pruner.prune_layers({n: 1.0 - (1.0 - r) ** point for n, r in layer_ratios.items()})
+    elif target is not None:
         search.to_target(point, ctx.check_cancel)
     else:
         search.pruner.prune_to(point)
@@ -788,6 +855,11 @@ def run(ctx: StageContext, cfg: ChannelPruningConfig) -> StageResult:
             f"channel_pruning with importance {cfg.importance} needs BatchNorm layers; "
             "this model has none, use importance l1 or l2, or statistics_pruning"
         )
+    if cfg.layer_ratios is not None:
+        # Before any training: a misspelt layer name must not cost the sparsity epochs.
+        layer_pruner(
+            module, example_input(ctx, module), num_classes=ctx.model.num_classes
+        ).check_layer_names(cfg.layer_ratios)
     teacher = copy.deepcopy(module) if cfg.recovery_distillation > 0 else None
     sparsity_epochs = cfg.sparsity_epochs if cfg.importance == "bn_scale" else 0
     split = sparsity_epochs / max(1, sparsity_epochs + cfg.finetune_epochs)
@@ -830,10 +902,34 @@ def run(ctx: StageContext, cfg: ChannelPruningConfig) -> StageResult:
         history=history,
         progress_start=split,
         dynamic_weight=cfg.dynamic_weight if cfg.importance == "dynamic" else None,
+        layer_ratios=cfg.layer_ratios,
     )
-    if cfg.target_mac_reduction is None:
+    if cfg.target_mac_reduction is None and cfg.layer_ratios is None:
         result.metrics["channel_ratio"] = ratio
     return result
+
+
+def layer_pruner(
+    module: nn.Module,
+    example: torch.Tensor,
+    *,
+    num_classes: int,
+    importance: str = "l1",
+    round_to: int = 1,
+    max_layer_ratio: float = 0.99,
+) -> _SlimPruner:
+    """A pruner on ``module`` for per-layer work: its :meth:`~_SlimPruner.layer_names` are the
+    names ``layer_ratios`` accepts, :meth:`~_SlimPruner.prune_layers` prunes some of them
+    (``importance``: ``l1``, ``l2`` or ``bn_scale``). The classifier is never pruned."""
+    return _SlimPruner(
+        module,
+        example,
+        importance=_importance(importance),
+        ignored=_ignored(module, num_classes),
+        global_pruning=False,
+        max_layer_ratio=max_layer_ratio,
+        round_to=round_to,
+    )
 
 
 def run_pruning(
@@ -847,6 +943,7 @@ def run_pruning(
     history: list[dict[str, float]],
     progress_start: float = 0.0,
     dynamic_weight: float | None = None,
+    layer_ratios: Mapping[str, float] | None = None,
 ) -> StageResult:
     """Everything after the optional sparsity training: prune, fine-tune, report per layer.
 
@@ -870,6 +967,7 @@ def run_pruning(
         progress=(progress_start, 1.0),
         epoch_offset=epoch_offset,
         dynamic_weight=dynamic_weight,
+        layer_ratios=layer_ratios,
     )
     module = outcome.module
     history += outcome.history
@@ -913,7 +1011,17 @@ def run_pruning(
 
 
 def check_model(facts: ModelFacts, cfg: ChannelPruningConfig) -> None:
-    """Refuse BatchNorm-based importances on a model without BatchNorm before anything runs."""
+    """Refuse BatchNorm-based importances on a model without BatchNorm, and per-layer ratios
+    naming layers the model does not have, before anything runs."""
+    known = facts.layer_names("conv", "depthwise_conv", "linear")
+    if cfg.layer_ratios and known:
+        unknown = sorted(set(cfg.layer_ratios) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"config.layer_ratios.{unknown[0]}",
+                f"{facts.label} has no conv or linear layer named {', '.join(map(repr, unknown))}; "
+                f"its layers are: {', '.join(known)}",
+            )
     if cfg.importance == "bn_scale" and facts.has_batchnorm is False:
         raise ConfigError(
             "config.importance",

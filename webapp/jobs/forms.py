@@ -9,7 +9,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.db.models import Q
 
-from compression.registry import ParamSpec, get_method, list_methods
+from compression.registry import MAPPING_TYPE, ParamSpec, get_method, list_methods
 from webapp.accounts.models import Organization
 from webapp.catalog import selectors as catalog_selectors
 from webapp.catalog.models import ModelVersion
@@ -147,6 +147,12 @@ def field_for_param(p: ParamSpec, initial: Any) -> forms.Field:
             empty_value=None,
             required=required,
         )
+    elif p.type == MAPPING_TYPE:
+        # A JSON object of names to numbers; the recipe check validates names and values.
+        field = forms.JSONField(
+            required=False, widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"})
+        )
+        help_text += ' (JSON, e.g. {"features.3": 0.5}; blank: none)'
     elif p.type == "bool":
         field = forms.BooleanField(required=False)
     elif p.type == "int":
