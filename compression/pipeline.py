@@ -127,6 +127,33 @@ class RunReport:
         }
 
 
+@dataclass(frozen=True)
+class SharedBaseline:
+    """A baseline measured once (:func:`measure_baseline`) for several runs of one model on one
+    data set with the same eval settings: the children of a sweep. ``run_recipe(baseline=...)``
+    copies its ONNX into the run and uses its numbers (latency included) instead of measuring
+    the baseline again. ``identity`` must match the run's model, data and eval settings."""
+
+    metrics: ModelMetrics
+    onnx_path: Path
+    identity: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metrics": self.metrics.to_dict(),
+            "onnx_path": str(self.onnx_path),
+            "identity": dict(self.identity),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SharedBaseline:
+        return cls(
+            metrics=ModelMetrics.from_dict(d["metrics"]),
+            onnx_path=Path(d["onnx_path"]),
+            identity=dict(d["identity"]),
+        )
+
+
 # --- helpers -------------------------------------------------------------------------------
 
 
@@ -297,6 +324,7 @@ def run_recipe(
     device: str | torch.device = "cpu",
     load_model: Callable[[str], ModelState] | None = None,
     restart: bool = False,
+    shared_baseline: SharedBaseline | None = None,
 ) -> RunReport:
     """Run ``recipe`` on ``model`` and write checkpoints, ``final.onnx`` and ``report.json``.
 
@@ -313,11 +341,14 @@ def run_recipe(
         load_model: resolves model references in configs (a distillation teacher).
             ``baseline`` and ``stage:N`` are resolved by the pipeline itself.
         restart: discard an existing run in ``out_dir`` made with a different recipe.
+        shared_baseline: a baseline measured once for several runs (a sweep's children); it is used
+            instead of measuring and timing the baseline here.
 
     Raises:
         StageScopeError, DatasetError, ConfigError: before anything is written.
         RunStateError: ``out_dir`` holds another recipe's run and ``restart`` is False.
         Cancelled: when ``should_cancel`` says so; completed stages stay checkpointed.
+        ConfigError: ``shared_baseline`` was measured on another model, data set or eval settings.
     """
     # Validate everything before a single file is written.
     check_recipe_for_state(recipe, model)  # format, task, and each method's check_model hook
@@ -339,6 +370,14 @@ def run_recipe(
         "dataset_fingerprint": data.fingerprint(),
         "eval_hash": eval_hash(recipe),
     }
+    if shared_baseline is not None:
+        for key in ("model_sha256", "dataset_fingerprint", "eval_hash"):
+            if shared_baseline.identity.get(key) != identity[key]:
+                raise ConfigError(
+                    "baseline",
+                    f"the shared baseline was measured with another {key.split('_')[0]}; "
+                    "measure it again for this run",
+                )
     state_path = out_dir / "state.json"
     state = _load_state(state_path, identity, restart=restart, out_dir=out_dir)
     if state is None:
@@ -364,6 +403,19 @@ def run_recipe(
     baseline_model = _copy_state(model)
     with _temp_inside(out_dir):
         # Baseline -------------------------------------------------------------------------
+        if state["baseline"] is None and shared_baseline is not None:
+            # Measured once for every run that shares it: copy its ONNX, keep its numbers.
+            base_dir = out_dir / "baseline"
+            shutil.rmtree(base_dir, ignore_errors=True)
+            base_dir.mkdir(parents=True)
+            shutil.copyfile(shared_baseline.onnx_path, base_dir / "model.onnx")
+            state["baseline"] = {
+                **shared_baseline.metrics.to_dict(),
+                "onnx_path": str((base_dir / "model.onnx").relative_to(out_dir)),
+            }
+            state["baseline_onnx"] = str((base_dir / "model.onnx").relative_to(out_dir))
+            state["baseline_shared"] = True
+            _write_json_atomic(state_path, state)
         if state["baseline"] is None:
             bar.emit(0.0, "measuring the baseline", {"event": "baseline_start"})
             base_dir = out_dir / "baseline"
@@ -537,7 +589,10 @@ def run_recipe(
         # Latency: every state side by side --------------------------------------------------
         check_cancel()
         if recipe.eval.latency_runs > 0:
-            states = [baseline] + [r.metrics for r in reports]
+            # A shared baseline was timed once, with the same eval settings; only this run's
+            # states are timed here.
+            shared = bool(state.get("baseline_shared")) and baseline.latency is not None
+            states = ([] if shared else [baseline]) + [r.metrics for r in reports]
             bar.emit(
                 1.0 - _FINAL_SHARE,
                 f"timing {len(states)} models side by side "
@@ -594,6 +649,88 @@ def run_recipe(
         _write_json_atomic(state_path, state)
     bar.emit(1.0, "done", {"event": "done", **_flat(final_metrics), "targets_met": targets["met"]})
     return run_report
+
+
+def measure_baseline(
+    recipe: Recipe,
+    model: ModelState,
+    data: DatasetBundle,
+    out_dir: Path | str,
+    *,
+    progress: ProgressFn | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    device: str | torch.device = "cpu",
+) -> SharedBaseline:
+    """Measure ``model`` once as the baseline of several runs of ``recipe``'s eval settings:
+    test and val accuracy, size, MACs and (unless the recipe times nothing) its latency.
+
+    Writes ``out_dir/model.onnx`` and ``out_dir/baseline.json``; a second call with the same
+    model, data and eval settings returns the stored measurement.
+
+    Raises:
+        StageScopeError, DatasetError, ConfigError: the recipe does not fit the model or data.
+        Cancelled: when ``should_cancel`` says so.
+    """
+    check_recipe_for_state(recipe, model)
+    check_dataset_matches_model(data, model)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    identity = {
+        "model_sha256": model_fingerprint(model),
+        "dataset_fingerprint": data.fingerprint(),
+        "eval_hash": eval_hash(recipe),
+    }
+    stored = out_dir / "baseline.json"
+    if stored.is_file():
+        try:
+            previous = SharedBaseline.from_dict(json.loads(stored.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError):
+            previous = None
+        if previous is not None and previous.identity == identity and previous.onnx_path.is_file():
+            return previous
+
+    def check_cancel() -> None:
+        if should_cancel is not None and should_cancel():
+            raise Cancelled("the run was cancelled")
+
+    def emit(fraction: float, message: str, metrics: dict[str, Any]) -> None:
+        if progress is not None:
+            progress(fraction, message, metrics)
+
+    emit(0.0, "measuring the baseline", {"event": "baseline_start"})
+    work = out_dir / "measure"
+    shutil.rmtree(work, ignore_errors=True)
+    to_measure = _copy_state(model)
+    if model.module is None:
+        assert model.onnx_path is not None
+        work.mkdir(parents=True)
+        shutil.copyfile(model.onnx_path, work / "model.onnx")
+        to_measure.onnx_path = work / "model.onnx"
+    with _temp_inside(out_dir):
+        metrics = _measure(
+            recipe, to_measure, data, work, resolve_device(device), macs_hint=None,
+            check_cancel=check_cancel,
+        )  # fmt: skip
+        check_cancel()
+        onnx_path = out_dir / "model.onnx"
+        shutil.copyfile(work / "model.onnx", onnx_path)
+        if recipe.eval.latency_runs > 0:
+            emit(0.7, "timing the baseline", {"event": "latency_start"})
+            (metrics.latency,) = measure_latency_isolated(
+                [onnx_path],
+                input_shapes=(recipe.eval.batch_size, *model.input_shape),
+                threads=recipe.eval.threads,
+                warmup=recipe.eval.warmup,
+                runs=recipe.eval.latency_runs,
+                rounds=recipe.eval.rounds,
+                should_cancel=should_cancel,
+            )
+            metrics.peak_mem_mb = metrics.latency.peak_rss_mb
+    metrics.onnx_path = "model.onnx"
+    shared = SharedBaseline(metrics=metrics, onnx_path=onnx_path, identity=identity)
+    _write_json_atomic(stored, shared.to_dict())
+    emit(1.0, "baseline measured", {"event": "baseline", **_flat(metrics)})
+    return shared
 
 
 def _verdict(recipe: Recipe, baseline: ModelMetrics, reports: list[StageReport]) -> dict[str, Any]:
