@@ -77,6 +77,7 @@ INSTALLED_APPS = [
     "webapp.catalog",
     "webapp.jobs",
     "webapp.reports",
+    "webapp.sensitivity",
 ]
 
 MIDDLEWARE = [

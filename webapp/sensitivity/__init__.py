@@ -1,0 +1,1 @@
+"""Layer sensitivity analyses: prune each layer alone, measure val accuracy, pick ratios."""
