@@ -381,6 +381,32 @@ def job_edit_as_new(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect(_step_url("review"))
 
 
+def wizard_open_with_stages(
+    request: HttpRequest,
+    *,
+    model_version: int,
+    dataset: int,
+    stages: list[dict[str, Any]],
+    name: str,
+) -> HttpResponse:
+    """Open the wizard's Parameters step with ``stages`` prefilled (a custom recipe), for pages
+    that build a stage for the user (the sensitivity page's per-layer ratios)."""
+    require_role(request, *WRITE_ROLES)
+    _save(
+        request,
+        {
+            "org": request.organization.pk,  # type: ignore[attr-defined]
+            "model_version": model_version,
+            "dataset": dataset,
+            "goal": "custom",
+            "stages": stages,
+            "reference": "baseline",
+            "name": name,
+        },
+    )
+    return redirect(_step_url("params"))
+
+
 @org_required
 def job_artifact(request: HttpRequest, pk: int, key: str) -> HttpResponse | FileResponse:
     job = selectors.job_get(organization=request.organization, pk=pk)  # type: ignore[attr-defined]
