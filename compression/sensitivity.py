@@ -16,7 +16,7 @@ import copy
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,7 +25,6 @@ from compression.errors import ConfigError
 from compression.evaluation import accuracy_torch
 from compression.methods.channel_pruning import layer_pruner
 
-Importance = Literal["l1", "l2", "bn_scale"]
 IMPORTANCES: tuple[str, ...] = ("l1", "l2", "bn_scale")
 MAX_RATIOS = 10
 DEFAULT_RATIOS: tuple[float, ...] = (0.25, 0.5, 0.75)
@@ -116,7 +115,7 @@ def layer_sensitivity(
     *,
     input_shape: tuple[int, int, int],
     num_classes: int,
-    importance: Importance = "l1",
+    importance: str = "l1",
     round_to: int = 1,
     progress: ProgressFn | None = None,
     check_cancel: Callable[[], None] | None = None,

@@ -14,6 +14,7 @@ from webapp.jobs import api as jobs_api
 from webapp.jobs import views as jobs_views
 from webapp.reports import api as reports_api
 from webapp.reports import views as reports_views
+from webapp.sensitivity import api as sensitivity_api
 
 api_v1 = [
     path("me/", accounts_api.MeView.as_view(), name="me"),
@@ -22,6 +23,7 @@ api_v1 = [
     *catalog_api.api_urlpatterns,
     *jobs_api.api_urlpatterns,
     *reports_api.api_urlpatterns,
+    *sensitivity_api.api_urlpatterns,
 ]
 
 urlpatterns = [
@@ -36,6 +38,7 @@ urlpatterns = [
     path("", include(device_api_urls.wheel_urlpatterns)),
     path("reports/", reports_views.report_index, name="reports"),
     path("reports/", include("webapp.reports.urls")),
+    path("sensitivity/", include("webapp.sensitivity.urls")),
     path("accounts/", include("webapp.accounts.urls")),
     path("live/activity/", views.activity, name="activity"),
     path("admin/", admin.site.urls),
