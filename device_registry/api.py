@@ -17,7 +17,7 @@ from device_registry.agent_wheel import agent_wheel_name
 from device_registry.models import DeployableArtifact, Deployment, Device, TargetKind
 from device_registry.public_url import enrollment_commands
 from webapp.accounts.models import Organization
-from webapp.accounts.permissions import api_organization
+from webapp.accounts.permissions import api_organization, api_require_writer
 from webapp.accounts.selectors import get_object_for_org_or_404
 from webapp.catalog.models import Dataset, ModelVersion
 
@@ -148,6 +148,15 @@ class DeploymentCreateSerializer(serializers.Serializer[Any]):
     target_kind = serializers.ChoiceField(choices=TargetKind.choices)
     target_value = serializers.CharField(required=False, allow_blank=True, default="")
     settings = BenchSettingsSerializer(required=False)
+    timeout_s = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        default=None,
+        min_value=services.TIMEOUT_MIN_S,
+        max_value=services.TIMEOUT_MAX_S,
+        help_text="Seconds the targets have to finish before they are marked timed out "
+        "(default EDGESLIM_DEPLOYMENT_TIMEOUT_S, 24 h).",
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if (attrs.get("artifact") is None) == (attrs.get("model_version") is None):
@@ -179,8 +188,17 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
         allow_null=True,
         help_text="For a container: the bytes of the ONNX it decodes to.",
     )
-    status = serializers.SerializerMethodField()
-    targets = serializers.SerializerMethodField()
+    status = serializers.SerializerMethodField(
+        help_text="running, finished, failed (every target failed), cancelled, or expired (its "
+        "deadline passed with targets that never finished: they are timed_out)."
+    )
+    cancelled_by = serializers.CharField(
+        source="cancelled_by.username", read_only=True, allow_null=True, default=None
+    )
+    targets = serializers.SerializerMethodField(
+        help_text="Each device's status: pending, downloading, verifying, benchmarking, "
+        "evaluating, succeeded, failed, cancelled or timed_out."
+    )
     results = serializers.SerializerMethodField()
 
     class Meta:
@@ -188,7 +206,8 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
         fields = [
             "id", "artifact", "artifact_name", "artifact_format", "artifact_size",
             "artifact_decoded_size", "eval_set", "target_kind", "target_value", "settings",
-            "issued_at", "created_at", "status", "targets", "results",
+            "issued_at", "created_at", "expires_at", "ended_at", "cancelled_at", "cancelled_by",
+            "status", "targets", "results",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -198,7 +217,7 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
     def get_targets(self, obj: Deployment) -> list[dict[str, Any]]:
         return [
             {"device": t.device_id, "device_name": t.device.name, "status": t.status,
-             "message": t.message}
+             "message": t.message, "updated_at": t.updated_at}
             for t in selectors.deployment_targets(deployment=obj)
         ]  # fmt: skip
 
@@ -221,6 +240,7 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
 class DeploymentListView(APIView):
     @extend_schema(responses=DeploymentSerializer(many=True), summary="Deployments")
     def get(self, request: Request) -> Response:
+        services.deployments_expire(organization=_org(request))  # deadlines as they stand now
         qs = selectors.deployment_list(organization=_org(request))[:200]
         return Response(DeploymentSerializer(qs, many=True).data)
 
@@ -263,6 +283,7 @@ class DeploymentListView(APIView):
                 target_value=data.get("target_value", ""),
                 settings=settings,
                 created_by=request.user,  # type: ignore[arg-type]
+                timeout_s=data.get("timeout_s"),
             )
         except (services.NoTargets, services.NoEvalSet, ProtocolError) as exc:
             raise ValidationError({"detail": str(exc)}) from exc
@@ -272,5 +293,25 @@ class DeploymentListView(APIView):
 class DeploymentDetailView(APIView):
     @extend_schema(responses=DeploymentSerializer, summary="One deployment with its results")
     def get(self, request: Request, pk: int) -> Response:
+        services.deployments_expire(organization=_org(request))
         deployment = get_object_for_org_or_404(Deployment, org=_org(request), pk=pk)
         return Response(DeploymentSerializer(deployment, context={"with_results": True}).data)
+
+
+class DeploymentCancelView(APIView):
+    @extend_schema(
+        request=None,
+        responses={200: DeploymentSerializer},
+        summary="Cancel a deployment: targets that have not ended are cancelled (409 if it ended)",
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        deployment = get_object_for_org_or_404(Deployment, org=_org(request), pk=pk)
+        api_require_writer(request)
+        try:
+            deployment = services.deployment_cancel(
+                deployment=deployment,
+                user=request.user,  # type: ignore[arg-type]
+            )
+        except services.DeploymentEnded as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(DeploymentSerializer(deployment).data)

@@ -17,6 +17,11 @@ urlpatterns = [
     path("devices/<int:pk>/revoke/", api.DeviceRevokeView.as_view(), name="api_device_revoke"),
     path("deployments/", api.DeploymentListView.as_view(), name="api_deployments"),
     path("deployments/<int:pk>/", api.DeploymentDetailView.as_view(), name="api_deployment"),
+    path(
+        "deployments/<int:pk>/cancel/",
+        api.DeploymentCancelView.as_view(),
+        name="api_deployment_cancel",
+    ),
 ]
 
 wheel_urlpatterns = [

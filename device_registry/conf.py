@@ -29,6 +29,14 @@ def online_window_s() -> float:
     return max(4 * heartbeat_s(), 60.0)
 
 
+def deployment_timeout_s() -> float:
+    """How long a deployment's targets have to end (a ``complete`` or ``failed`` result) before
+    they are marked timed out: 24 h by default, so a device that is switched off overnight still
+    gets its deployment when it comes back. A deployment may set its own (the API's ``timeout_s``).
+    """
+    return _num("EDGESLIM_DEPLOYMENT_TIMEOUT_S", 86400.0)
+
+
 def enrollment_ttl_s() -> float:
     return _num("EDGESLIM_ENROLLMENT_TTL_S", 3600.0)
 

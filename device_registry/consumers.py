@@ -27,6 +27,7 @@ from device_registry.agent.protocol import (
     CLOSE_EVICTED,
     CLOSE_PROTOCOL,
     CLOSE_RATE,
+    CLOSE_REENROLLED,
     CLOSE_REVOKED,
     CLOSE_TOO_BIG,
     MAX_MESSAGE_BYTES,
@@ -52,34 +53,41 @@ SEEN_FLUSH_EVERY_S = 5.0  # heartbeats of all sockets are written together, this
 
 
 class _SeenBatcher:
-    """Collects heartbeats of one event loop's sockets and writes them in one UPDATE.
+    """Collects heartbeats of one event loop's sockets and handles them together.
 
     A thousand agents would otherwise cost a thousand small writes per heartbeat period in
-    the one database thread the sockets share. Each flush also finds devices revoked meanwhile
-    (a missed bus message) and closes their sockets.
+    the one database thread the sockets share. Each flush writes ``last_seen`` in one UPDATE and
+    checks every device that sent a heartbeat since the last flush, in two more queries, for
+    what a missed bus message would have told it: a revocation or re-enrollment (its socket
+    closes) and deployments still pending on it that this socket never sent (they are sent now).
     """
 
     def __init__(self) -> None:
-        self.pending: set[int] = set()
+        self.seen: set[int] = set()
+        self.check: set[int] = set()
         self.task: asyncio.Task[None] | None = None
 
-    def add(self, device_id: int) -> None:
-        self.pending.add(device_id)
+    def add(self, device_id: int, *, write_seen: bool) -> None:
+        self.check.add(device_id)
+        if write_seen:
+            self.seen.add(device_id)
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        while self.pending:
+        while self.check:
             await asyncio.sleep(SEEN_FLUSH_EVERY_S)
-            ids, self.pending = sorted(self.pending), set()
+            seen, self.seen = sorted(self.seen), set()
+            check, self.check = sorted(self.check), set()
             try:
-                revoked = await db(services.devices_seen)(device_ids=ids)
+                found = await db(services.devices_heartbeat)(seen_ids=seen, check_ids=check)
             except Exception:
                 log.warning("could not record heartbeats", exc_info=True)
                 continue
-            for device_id in revoked:
+            for device_id, state in found.items():
                 for listener in bus.local_listeners(device_id):
-                    await listener.bus_event({"type": "revoke", "reason": "revoked"})
+                    if isinstance(listener, AgentConsumer):
+                        await listener.heartbeat_checked(state)
 
 
 _seen: dict[asyncio.AbstractEventLoop, _SeenBatcher] = {}
@@ -212,6 +220,8 @@ class AgentConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     device_name: str = ""
     hello_done = False
 
+    credential_hash: str | None = None
+
     async def connect(self) -> None:
         credential = _credential_from(self.scope)
         device = None
@@ -227,6 +237,7 @@ class AgentConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self.close()  # before accept: the handshake answers 403
             return
         self.device_id = device.pk
+        self.credential_hash = device.credential_hash
         self.organization_id = device.organization_id
         self.device_name = device.name
         self.channel_name = f"agent.{uuid.uuid4().hex}"  # this connection's identity
@@ -238,6 +249,7 @@ class AgentConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.bucket = TokenBucket(rate, burst)
         self.last_seen_write = 0.0
         self.targets: dict[int, services.TargetInfo] = {}
+        self.sent: set[int] = set()  # deployments sent on this connection: never sent twice
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
@@ -292,9 +304,10 @@ class AgentConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         if isinstance(msg, Heartbeat):
             now = time.monotonic()
-            if now - self.last_seen_write >= SEEN_WRITE_EVERY_S:
+            write_seen = now - self.last_seen_write >= SEEN_WRITE_EVERY_S
+            if write_seen:
                 self.last_seen_write = now
-                _seen_batcher().add(self.device_id)
+            _seen_batcher().add(self.device_id, write_seen=write_seen)
         elif isinstance(msg, Result):
             info = self.targets.get(msg.deployment_id)
             if info is None:
@@ -338,6 +351,7 @@ class AgentConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             )
         )
         for deploy in pending:
+            self.sent.add(deploy.manifest.deployment_id)
             await self.send(text_data=encode(deploy))
         await self._broadcast("device.status", status)
 
@@ -352,6 +366,8 @@ class AgentConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self.device_evict(event)
         elif kind == "revoke":
             await self.device_revoke(event)
+        elif kind == "reenrolled":
+            await self.device_reenrolled()
         elif kind == "deploy":
             await self.device_deploy(event)
 
@@ -368,6 +384,46 @@ class AgentConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def device_revoke(self, event: dict[str, Any]) -> None:
         await self._refuse(CLOSE_REVOKED, "revoked", f"credential {event.get('reason', 'revoked')}")
 
+    async def device_reenrolled(self) -> None:
+        await self._refuse(
+            CLOSE_REENROLLED,
+            "reenrolled",
+            "this device was enrolled again: its credential was replaced; reload it and reconnect",
+        )
+
     async def device_deploy(self, event: dict[str, Any]) -> None:
-        if self.hello_done:
-            await self.send(text_data=str(event["text"]))
+        # Before hello, the hello's own look-up sends it (or, in a race, the next heartbeat).
+        deployment_id = event.get("deployment_id")
+        if not self.hello_done or deployment_id in self.sent:
+            return
+        if isinstance(deployment_id, int):
+            self.sent.add(deployment_id)
+        await self.send(text_data=str(event["text"]))
+
+    async def heartbeat_checked(self, state: services.HeartbeatCheck) -> None:
+        """What a heartbeat batch found for this device (see :class:`_SeenBatcher`)."""
+        if self.device_id is None or not self.hello_done:
+            return
+        if state.credential_hash is None:
+            await self.device_revoke({"reason": "revoked"})
+            return
+        if state.credential_hash != self.credential_hash:
+            await self.device_reenrolled()
+            return
+        missed = [d for d in state.pending if d not in self.sent]
+        if not missed:
+            return
+        deploys = await db(selectors.device_deploys)(
+            device_id=self.device_id, deployment_ids=missed
+        )
+        for deploy in deploys:
+            deployment_id = deploy.manifest.deployment_id
+            if deployment_id in self.sent:  # the bus delivered it meanwhile
+                continue
+            self.sent.add(deployment_id)
+            log.info(
+                "device %s: deployment %s was not delivered by the bus; sent on its heartbeat",
+                self.device_id,
+                deployment_id,
+            )
+            await self.send(text_data=encode(deploy))

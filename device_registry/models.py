@@ -163,12 +163,38 @@ class Deployment(OrgScopedModel):
         related_name="+",
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(
+        help_text="The deadline: a target that has not ended by then is marked timed out "
+        "(EDGESLIM_DEPLOYMENT_TIMEOUT_S after creation unless the deployment set its own).",
+    )
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    cancelled_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    ended_at = models.DateTimeField(
+        null=True, blank=True, help_text="When its last target ended (a result, cancel, expiry)."
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(
+                fields=["expires_at"],
+                name="deployment_open_expiry",
+                condition=models.Q(ended_at__isnull=True),
+            )
+        ]
 
     def __str__(self) -> str:
         return f"Deployment {self.pk} of {self.artifact}"
+
+    @property
+    def ended(self) -> bool:
+        return self.ended_at is not None
 
 
 class TargetStatus(models.TextChoices):
@@ -179,9 +205,18 @@ class TargetStatus(models.TextChoices):
     EVALUATING = "evaluating", "Evaluating"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+    TIMED_OUT = "timed_out", "Timed out"
 
 
-FINISHED_STATUSES = (TargetStatus.SUCCEEDED, TargetStatus.FAILED)
+# A target in one of these has ended: it is never sent to its device again, and a late result
+# is stored (acknowledged) without changing it.
+FINISHED_STATUSES = (
+    TargetStatus.SUCCEEDED,
+    TargetStatus.FAILED,
+    TargetStatus.CANCELLED,
+    TargetStatus.TIMED_OUT,
+)
 
 
 class DeploymentTarget(models.Model):
@@ -200,6 +235,14 @@ class DeploymentTarget(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["deployment", "device"], name="deployment_target_unique"
+            )
+        ]
+        indexes = [
+            # The heartbeat's look-up of targets a device has not been sent yet.
+            models.Index(
+                fields=["device", "deployment"],
+                name="target_pending_by_device",
+                condition=models.Q(status="pending"),
             )
         ]
 

@@ -16,6 +16,7 @@ from device_registry.models import (
     DeploymentResult,
     DeploymentTarget,
     Device,
+    TargetStatus,
     secret_hash,
 )
 from device_registry.services import CREDENTIAL_PREFIX, deployment_message
@@ -58,6 +59,19 @@ def device_pending_deploys(*, device_id: int) -> list[Deploy]:
     return [deployment_message(t.deployment) for t in targets]
 
 
+def device_deploys(*, device_id: int, deployment_ids: Iterable[int]) -> list[Deploy]:
+    """Deploy messages of those of ``deployment_ids`` still pending on a device, oldest first
+    (what a heartbeat delivers when the bus message missed the socket)."""
+    targets = (
+        DeploymentTarget.objects.filter(
+            device_id=device_id, deployment_id__in=list(deployment_ids), status=TargetStatus.PENDING
+        )
+        .select_related("deployment__artifact")
+        .order_by("deployment_id")
+    )
+    return [deployment_message(t.deployment) for t in targets]
+
+
 def artifact_list(*, organization: Organization) -> QuerySet[DeployableArtifact]:
     return DeployableArtifact.objects.for_org(organization)
 
@@ -81,16 +95,25 @@ def deployment_list(
     return qs.prefetch_related("targets__device")
 
 
-def deployment_rows(deployments: Iterable[Deployment]) -> list[dict[str, Any]]:
-    """What a deployment list shows: the deployment, its overall status and its devices by name."""
-    return [
-        {
-            "deployment": d,
-            "status": deployment_status(d),
-            "devices": sorted((t.device for t in d.targets.all()), key=lambda dev: dev.name),
-        }
-        for d in deployments
-    ]
+def deployment_rows(
+    deployments: Iterable[Deployment], *, device: Device | None = None
+) -> list[dict[str, Any]]:
+    """What a deployment list shows: the deployment, its overall status, its devices by name and,
+    on a device's page, that device's own target (``target``: its status and message)."""
+    rows = []
+    for d in deployments:
+        targets = list(d.targets.all())
+        rows.append(
+            {
+                "deployment": d,
+                "status": deployment_status(d),
+                "devices": sorted((t.device for t in targets), key=lambda dev: dev.name),
+                "target": next(
+                    (t for t in targets if device is not None and t.device_id == device.pk), None
+                ),
+            }
+        )
+    return rows
 
 
 def _yes_no(value: Any) -> str:
@@ -114,12 +137,27 @@ def deployment_settings_table(deployment: Deployment) -> list[tuple[str, str]]:
 
 
 def deployment_status(deployment: Deployment) -> str:
+    """``running`` until every target ended; then ``cancelled`` (someone cancelled it),
+    ``expired`` (its deadline passed with targets that never finished: they are timed out),
+    ``failed`` (every target failed) or ``finished``."""
+    if deployment.cancelled_at is not None:
+        return "cancelled"
     statuses = [t.status for t in deployment.targets.all()]
     if not statuses:
         return "no targets"
     if all(s in FINISHED_STATUSES for s in statuses):
-        return "failed" if all(s == "failed" for s in statuses) else "finished"
+        if any(s == TargetStatus.TIMED_OUT for s in statuses):
+            return "expired"
+        return "failed" if all(s == TargetStatus.FAILED for s in statuses) else "finished"
     return "running"
+
+
+def deployment_counts(deployment: Deployment) -> dict[str, int]:
+    """How many targets are in each status (``{"succeeded": 3, "timed_out": 1}``)."""
+    counts: dict[str, int] = {}
+    for t in deployment.targets.all():
+        counts[t.status] = counts.get(t.status, 0) + 1
+    return counts
 
 
 def deployment_targets(*, deployment: Deployment) -> QuerySet[DeploymentTarget]:

@@ -16,7 +16,8 @@ from typing import Any
 
 from django.core.files import File
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import CharField, F, Value
+from django.db.models.functions import Concat
 from django.utils import timezone
 
 from compression.container import MAGIC as CONTAINER_MAGIC
@@ -165,8 +166,9 @@ def enrollment_code_redeem(
         if facts:
             device.facts = _clean_facts(facts)
         device.save(update_fields=["credential_hash", "enrolled_at", "agent_version", "facts"])
-    # An earlier enrollment's connection, if any, must not outlive the old credential.
-    bus.publish(device.pk, {"type": "revoke", "reason": "re-enrolled"})
+    # An earlier enrollment's connection, if any, must not outlive the old credential: it is
+    # closed with CLOSE_REENROLLED, on which the agent reloads its credential file and reconnects.
+    bus.publish(device.pk, {"type": "reenrolled"})
     log.info("device %s (%s) enrolled", device.pk, device.name)
     _org_event(device.organization_id, "device.enrolled", {"device_id": device.pk})
     return device, credential
@@ -186,7 +188,7 @@ def device_host_credential(*, device: Device) -> str:
     device.enrolled_at = timezone.now()
     device.revoked_at = None
     device.save(update_fields=["credential_hash", "enrolled_at", "revoked_at"])
-    bus.publish(device.pk, {"type": "revoke", "reason": "re-enrolled"})
+    bus.publish(device.pk, {"type": "reenrolled"})
     return credential
 
 
@@ -200,9 +202,12 @@ def device_revoke(*, device: Device, reason: str = "revoked") -> Device:
     device.credential_hash = None
     device.save(update_fields=["revoked_at", "credential_hash"])
     EnrollmentCode.objects.filter(device=device, used_at__isnull=True).update(used_at=now)
-    DeploymentTarget.objects.filter(device=device).exclude(status__in=FINISHED_STATUSES).update(
-        status=TargetStatus.FAILED, message="device revoked"
+    open_targets = DeploymentTarget.objects.filter(device=device).exclude(
+        status__in=FINISHED_STATUSES
     )
+    deployment_ids = list(open_targets.values_list("deployment_id", flat=True))
+    open_targets.update(status=TargetStatus.FAILED, message="device revoked")
+    deployments_end_finished(deployment_ids=deployment_ids, now=now)
     bus.publish(device.pk, {"type": "revoke", "reason": reason[:200]})
     log.info("device %s (%s) %s", device.pk, device.name, reason)
     _org_event(
@@ -413,6 +418,11 @@ class NoEvalSet(ValueError):
     """Accuracy was asked for but the artifact has no evaluation set."""
 
 
+# The deadline a deployment may set for itself (``timeout_s``): a minute to thirty days.
+TIMEOUT_MIN_S = 60
+TIMEOUT_MAX_S = 30 * 86400
+
+
 def deployment_create(
     *,
     organization: Organization,
@@ -421,16 +431,28 @@ def deployment_create(
     target_value: str = "",
     settings: BenchSettings,
     created_by: User | None = None,
+    timeout_s: float | None = None,
 ) -> Deployment:
     """Sign and record a deployment, and push it to each target's live connection.
+
+    Targets that have not ended ``timeout_s`` after now (default
+    :func:`device_registry.conf.deployment_timeout_s`) are marked timed out by
+    :func:`deployments_expire`.
 
     Raises:
         NoTargets: no enrolled device matches.
         NoEvalSet: ``settings.accuracy`` but the artifact has no evaluation set.
         ProtocolError: the settings are out of range.
+        ValueError: ``timeout_s`` is outside [TIMEOUT_MIN_S, TIMEOUT_MAX_S].
     """
     if artifact.organization_id != organization.pk:
         raise ValueError("the artifact belongs to another organisation")
+    if timeout_s is None:
+        timeout_s = conf.deployment_timeout_s()
+    elif not TIMEOUT_MIN_S <= timeout_s <= TIMEOUT_MAX_S:
+        raise ValueError(
+            f"timeout_s must be between {TIMEOUT_MIN_S} and {TIMEOUT_MAX_S} seconds (30 days)"
+        )
     _validate_settings(settings)
     if settings.accuracy and not artifact.eval_file:
         raise NoEvalSet(
@@ -464,6 +486,7 @@ def deployment_create(
             issued_at=int(time.time() * 1000),
             signature="",
             created_by=created_by,
+            expires_at=timezone.now() + timedelta(seconds=timeout_s),
         )
         deployment.signature = manifest_sign(deployment_manifest(deployment))
         deployment.save(update_fields=["signature"])
@@ -475,7 +498,8 @@ def deployment_create(
 
         def push() -> None:
             for device_id in device_ids:
-                bus.publish(device_id, {"type": "deploy", "text": text})
+                event = {"type": "deploy", "deployment_id": deployment.pk, "text": text}
+                bus.publish(device_id, event)
 
         transaction.on_commit(push)
     log.info("deployment %s of artifact %s to %d devices", deployment.pk, artifact.pk, len(devices))
@@ -489,9 +513,9 @@ def deployment_progress(*, device_id: int, progress: Progress) -> dict[str, Any]
         .filter(deployment_id=progress.deployment_id, device_id=device_id)
         .first()
     )
-    if target is None:
-        return None
-    if not target.finished and target.status != progress.stage:
+    if target is None or target.finished:
+        return None  # an ended target (cancelled, timed out) keeps its state on every page
+    if target.status != progress.stage:
         target.status = progress.stage
         target.message = progress.message[:500]
         target.save(update_fields=["status", "message", "updated_at"])
@@ -700,9 +724,17 @@ def deployment_result_store(
     if result.kind in (RESULT_COMPLETE, RESULT_FAILED):
         status = TargetStatus.SUCCEEDED if result.kind == RESULT_COMPLETE else TargetStatus.FAILED
         message = str(result.data.get("detail") or result.data.get("reason") or "")[:500]
-        DeploymentTarget.objects.filter(
-            deployment_id=result.deployment_id, device_id=device_id
-        ).update(status=status, message=message, updated_at=timezone.now())
+        # A target that already ended (cancelled, timed out) keeps its state: the late result is
+        # stored beside it, and the deployment stays ended.
+        ended = (
+            DeploymentTarget.objects.filter(deployment_id=result.deployment_id, device_id=device_id)
+            .exclude(status__in=FINISHED_STATUSES)
+            .update(status=status, message=message, updated_at=timezone.now())
+        )
+        if ended:
+            deployments_end_finished(deployment_ids=[result.deployment_id])
+        else:
+            status = ""
         if result.kind == RESULT_FAILED:
             log.warning(
                 "deployment %s failed on device %s: %s", result.deployment_id, device_id, message
@@ -713,13 +745,153 @@ def deployment_result_store(
     return StoredResult(created=True, organization_id=info.organization_id, event=event)
 
 
-def devices_seen(*, device_ids: list[int]) -> list[int]:
-    """Record heartbeats of many devices at once; return those revoked meanwhile."""
-    if not device_ids:
-        return []
-    Device.objects.filter(pk__in=device_ids).update(last_seen=timezone.now())
-    return list(
-        Device.objects.filter(pk__in=device_ids)
-        .filter(Q(revoked_at__isnull=False) | Q(credential_hash__isnull=True))
-        .values_list("pk", flat=True)
+@dataclass(frozen=True)
+class HeartbeatCheck:
+    """What a heartbeat batch learns about one device."""
+
+    credential_hash: str | None  # None: revoked (the socket closes with CLOSE_REVOKED)
+    pending: tuple[int, ...]  # deployments still ``pending`` on it, oldest first
+
+
+def devices_heartbeat(*, seen_ids: list[int], check_ids: list[int]) -> dict[int, HeartbeatCheck]:
+    """Record the heartbeats of ``seen_ids`` (one UPDATE) and look up, for every device of
+    ``check_ids``, its current credential and its deployments no agent has answered yet.
+
+    The sockets compare the credential with the one they were opened with (a revocation or
+    re-enrollment whose bus message was missed) and send the pending deployments they have not
+    sent yet (a deploy message that missed the socket). Three queries for the whole batch.
+    """
+    if seen_ids:
+        Device.objects.filter(pk__in=seen_ids).update(last_seen=timezone.now())
+    if not check_ids:
+        return {}
+    pending: dict[int, list[int]] = {}
+    rows = (
+        DeploymentTarget.objects.filter(device_id__in=check_ids, status=TargetStatus.PENDING)
+        .order_by("deployment_id")
+        .values_list("device_id", "deployment_id")
     )
+    for device_id, deployment_id in rows:
+        pending.setdefault(device_id, []).append(deployment_id)
+    out: dict[int, HeartbeatCheck] = {}
+    for device_id, credential_hash, revoked_at in Device.objects.filter(
+        pk__in=check_ids
+    ).values_list("pk", "credential_hash", "revoked_at"):
+        out[device_id] = HeartbeatCheck(
+            credential_hash=credential_hash if revoked_at is None else None,
+            pending=tuple(pending.get(device_id, ())),
+        )
+    for device_id in check_ids:  # deleted meanwhile: as good as revoked
+        out.setdefault(device_id, HeartbeatCheck(credential_hash=None, pending=()))
+    return out
+
+
+# --- ending deployments: cancel, expiry -----------------------------------------------------------
+
+
+class DeploymentEnded(ValueError):
+    """The deployment has already ended (finished, cancelled or expired)."""
+
+
+def deployments_end_finished(*, deployment_ids: list[int] | None = None, now: Any = None) -> int:
+    """Mark ended the deployments (of ``deployment_ids``, else all open ones) whose targets have
+    all ended; return how many."""
+    qs = Deployment.objects.filter(ended_at__isnull=True)
+    if deployment_ids is not None:
+        if not deployment_ids:
+            return 0
+        qs = qs.filter(pk__in=deployment_ids)
+    open_ids = DeploymentTarget.objects.exclude(status__in=FINISHED_STATUSES).values(
+        "deployment_id"
+    )
+    return qs.exclude(pk__in=open_ids).update(ended_at=now or timezone.now())
+
+
+def deployment_cancel(*, deployment: Deployment, user: User | None = None) -> Deployment:
+    """Cancel a deployment: every target that has not ended is marked cancelled and is never sent
+    to its device again; targets that already ended keep their results.
+
+    A device that is already running it is not interrupted: the results it still sends are
+    stored (and acknowledged) beside the cancelled target.
+
+    Raises:
+        DeploymentEnded: it had already ended.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
+        if locked.ended_at is not None:
+            raise DeploymentEnded(f"Deployment #{locked.pk} has already ended.")
+        who = f"cancelled by {user}" if user is not None else "cancelled"
+        cancelled = (
+            DeploymentTarget.objects.filter(deployment=locked)
+            .exclude(status__in=FINISHED_STATUSES)
+            .update(status=TargetStatus.CANCELLED, message=who[:500], updated_at=now)
+        )
+        locked.cancelled_at = now
+        locked.cancelled_by = user
+        locked.ended_at = now
+        locked.save(update_fields=["cancelled_at", "cancelled_by", "ended_at"])
+    log.info("deployment %s %s (%d target(s) stopped)", locked.pk, who, cancelled)
+    _org_event(
+        locked.organization_id,
+        "deployment.ended",
+        {"deployment_id": locked.pk, "status": "cancelled"},
+    )
+    return locked
+
+
+@dataclass(frozen=True)
+class ExpiryReport:
+    timed_out: int  # targets marked timed out
+    ended: int  # deployments that ended
+
+
+def deployments_expire(
+    *, organization: Organization | None = None, now: Any = None
+) -> ExpiryReport:
+    """Mark timed out every target of a deployment past its deadline (``expires_at``) that has
+    not ended, then end the deployments whose targets all ended. Idempotent; one organisation's
+    only when ``organization`` is given (a page read), all of them otherwise (the beat task).
+    """
+    now = now or timezone.now()
+    late = DeploymentTarget.objects.filter(
+        deployment__expires_at__lte=now, deployment__ended_at__isnull=True
+    ).exclude(status__in=FINISHED_STATUSES)
+    if organization is not None:
+        late = late.filter(deployment__organization=organization)
+    deployment_ids = sorted(set(late.values_list("deployment_id", flat=True)))
+    if not deployment_ids:
+        return ExpiryReport(timed_out=0, ended=0)
+    late = DeploymentTarget.objects.filter(deployment_id__in=deployment_ids).exclude(
+        status__in=FINISHED_STATUSES
+    )
+    # The SET expressions read the row as it was: the message names the stage it stopped at.
+    timed_out = late.filter(status=TargetStatus.PENDING).update(
+        status=TargetStatus.TIMED_OUT,
+        message="the device never answered before the deployment's deadline",
+        updated_at=now,
+    )
+    timed_out += late.update(
+        status=TargetStatus.TIMED_OUT,
+        message=Concat(
+            Value("no result before the deployment's deadline (last stage: "),
+            F("status"),
+            Value(")"),
+            output_field=CharField(),
+        ),
+        updated_at=now,
+    )
+    ended = deployments_end_finished(deployment_ids=deployment_ids, now=now)
+    if timed_out:
+        log.warning("%d deployment target(s) timed out, %d deployment(s) ended", timed_out, ended)
+    organizations = set(
+        Deployment.objects.filter(pk__in=deployment_ids).values_list("organization_id", "pk")
+    )
+    for organization_id, deployment_id in sorted(organizations):
+        _org_event(
+            organization_id,
+            "deployment.ended",
+            {"deployment_id": deployment_id, "status": "expired"},
+        )
+    return ExpiryReport(timed_out=timed_out, ended=ended)

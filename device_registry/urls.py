@@ -21,4 +21,5 @@ urlpatterns = [
     ),
     path("deployments/", views.deployment_list, name="deployments"),
     path("deployments/<int:pk>/", views.deployment_detail, name="deployment"),
+    path("deployments/<int:pk>/cancel/", views.deployment_cancel, name="deployment_cancel"),
 ]

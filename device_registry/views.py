@@ -19,7 +19,7 @@ from device_registry.agent.protocol import BenchSettings, ProtocolError
 from device_registry.agent_wheel import agent_wheel_name
 from device_registry.forms import ArtifactUploadForm, DeploymentForm, DeviceRegisterForm
 from device_registry.models import DeployableArtifact, Deployment, Device, TargetKind
-from webapp.accounts.permissions import WRITE_ROLES, org_required, require_role
+from webapp.accounts.permissions import WRITE_ROLES, can_write, org_required, require_role
 from webapp.accounts.selectors import get_object_for_org_or_404
 from webapp.catalog.models import Dataset, ModelVersion
 
@@ -108,6 +108,7 @@ def device_help(request: HttpRequest) -> HttpResponse:
 
 @org_required
 def device_list(request: HttpRequest) -> HttpResponse:
+    services.deployments_expire(organization=_org(request))  # deadlines shown as they stand
     tag = request.GET.get("tag") or None
     devices = selectors.device_list(organization=_org(request), tag=tag)
     return render(
@@ -163,6 +164,7 @@ def device_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 @org_required
 def device_detail(request: HttpRequest, pk: int) -> HttpResponse:
     device = get_object_for_org_or_404(Device, org=_org(request), pk=pk)
+    services.deployments_expire(organization=_org(request))
     results = selectors.deployment_results(organization=_org(request), device=device)
     rows = selectors.latency_table(results)
     return render(
@@ -171,7 +173,8 @@ def device_detail(request: HttpRequest, pk: int) -> HttpResponse:
         {
             "device": device,
             "deployments": selectors.deployment_rows(
-                selectors.deployment_list(organization=_org(request), device=device)
+                selectors.deployment_list(organization=_org(request), device=device),
+                device=device,
             ),
             "rows": rows,
             "has_op_profile": any(r["op_profile_ms"] for r in rows),
@@ -300,6 +303,7 @@ def model_version_deploy(request: HttpRequest, pk: int) -> HttpResponse:
 
 @org_required
 def deployment_list(request: HttpRequest) -> HttpResponse:
+    services.deployments_expire(organization=_org(request))
     deployments = selectors.deployment_list(organization=_org(request))[:200]
     return render(
         request,
@@ -310,8 +314,9 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
 
 @org_required
 def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    services.deployments_expire(organization=_org(request))
     deployment = get_object_for_org_or_404(
-        Deployment.objects.select_related("artifact"), org=_org(request), pk=pk
+        Deployment.objects.select_related("artifact", "cancelled_by"), org=_org(request), pk=pk
     )
     results = selectors.deployment_results(organization=_org(request), deployment=deployment)
     rows = selectors.latency_table(results)
@@ -321,6 +326,8 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         {
             "deployment": deployment,
             "status": selectors.deployment_status(deployment),
+            "counts": selectors.deployment_counts(deployment),
+            "can_cancel": deployment.ended_at is None and can_write(request),
             "targets": selectors.deployment_targets(deployment=deployment),
             "rows": rows,
             "has_op_profile": any(r["op_profile_ms"] for r in rows),
@@ -331,3 +338,20 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "decode": selectors.decode_by_device(results),
         },
     )
+
+
+@org_required
+@require_POST
+def deployment_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = get_object_for_org_or_404(Deployment, org=_org(request), pk=pk)
+    require_role(request, *WRITE_ROLES)
+    try:
+        services.deployment_cancel(deployment=deployment, user=request.user)  # type: ignore[arg-type]
+    except services.DeploymentEnded as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(
+            request,
+            f"Deployment #{pk} is cancelled: devices that have not finished it will not get it.",
+        )
+    return redirect("devices:deployment", pk=pk)

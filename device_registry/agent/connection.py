@@ -26,12 +26,19 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from compression.container import ContainerError, DecodeCaps, decode_container_isolated
 from device_registry.agent import __version__, ed25519
 from device_registry.agent.bench import accuracy_check, latency_runs
-from device_registry.agent.config import AgentConfig, ensure_dir, read_json, write_json
+from device_registry.agent.config import (
+    AgentConfig,
+    ConfigError,
+    ensure_dir,
+    read_json,
+    write_json,
+)
 from device_registry.agent.download import DownloadError, VerificationError, download
 from device_registry.agent.facts import collect
 from device_registry.agent.outbox import Outbox
 from device_registry.agent.protocol import (
     CLOSE_EVICTED,
+    CLOSE_REENROLLED,
     CLOSE_REVOKED,
     FAIL_BAD_SIGNATURE,
     FAIL_BENCHMARK,
@@ -66,6 +73,16 @@ log = logging.getLogger("edgeslim.agent")
 
 EXIT_REFUSED = 3  # the server refused or revoked this credential: enroll again
 EXIT_EVICTED = 4  # another agent with the same identity took over
+
+# After the server said "re-enrolled" (CLOSE_REENROLLED), how long the agent keeps re-reading its
+# credential file and retrying while the server still refuses it: ``edgeslim-agent enroll``
+# writes the new file just after the server replaced the credential, so the close can arrive
+# first.
+REENROLL_GRACE_S = 120.0
+
+
+class CredentialReplaced(Exception):
+    """The server closed with CLOSE_REENROLLED: this credential was replaced by a new one."""
 
 
 class AgentStop(Exception):
@@ -155,6 +172,9 @@ class Agent:
         self._trust_lock = threading.Lock()
         # The server's last error message: a revocation's reason arrives in it before the close.
         self._last_server_error = ""
+        # Until when a refused handshake means "the new credential file is not written yet"
+        # rather than "revoked" (monotonic seconds; 0: not re-enrolled).
+        self._reenrolled_until = 0.0
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -175,9 +195,20 @@ class Agent:
                     await self._serve_once()
                 except AgentStop:
                     raise
+                except CredentialReplaced:
+                    self._reenrolled_until = time.monotonic() + REENROLL_GRACE_S
+                    self.backoff.reset()
+                    self._reload_credential()
                 except InvalidStatus as exc:
                     status = exc.response.status_code
-                    if status in (401, 403):
+                    if status in (401, 403) and time.monotonic() < self._reenrolled_until:
+                        log.warning(
+                            "the server refused the credential after a re-enrollment (HTTP %s); "
+                            "reading the credential file again",
+                            status,
+                        )
+                        self._reload_credential()
+                    elif status in (401, 403):
                         raise AgentStop(
                             EXIT_REFUSED,
                             f"the server refused this device's credential (HTTP {status}): "
@@ -218,6 +249,7 @@ class Agent:
                 raise ProtocolError(f"expected welcome, got {first.TYPE}")
             self.welcome = first
             self.backoff.reset()
+            self._reenrolled_until = 0.0
             self._ws = ws
             self.connected.set()
             log.info("connected to %s as device %s", self.config.server, first.device_id)
@@ -237,6 +269,22 @@ class Agent:
                 stopper.cancel()
             self._raise_for_close(ws)
 
+    def _reload_credential(self) -> None:
+        """Re-read ``credential.json`` (a re-enrollment wrote a new one) into ``self.config``."""
+        try:
+            config = AgentConfig.load(self.state_dir)
+        except ConfigError as exc:
+            log.error("could not reload the credential: %s", exc)
+            return
+        if config.credential != self.config.credential:
+            log.info(
+                "credential reloaded from %s (device %s, %s)",
+                self.state_dir / "credential.json",
+                config.device_id,
+                config.device_name,
+            )
+        self.config = config
+
     async def _close_on_stop(self, ws: ClientConnection) -> None:
         await self._stop.wait()
         await ws.close()
@@ -247,6 +295,9 @@ class Agent:
         if code == CLOSE_REVOKED:
             reason = reason or self._last_server_error or "no reason given"
             raise AgentStop(EXIT_REFUSED, f"this device was revoked by the server: {reason}")
+        if code == CLOSE_REENROLLED:
+            log.warning("this device was enrolled again: reloading its credential and reconnecting")
+            raise CredentialReplaced()
         if code == CLOSE_EVICTED:
             raise AgentStop(
                 EXIT_EVICTED,

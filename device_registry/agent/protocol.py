@@ -57,6 +57,9 @@ DECODE_KEYS = ("decode_ms", "decode_peak_rss_mb", "container_bytes", "onnx_bytes
 
 # Websocket close codes the server uses (4000-4999 are the application's).
 CLOSE_EVICTED = 4000  # a newer connection with the same device identity took over
+# The device was enrolled again: this connection's credential is replaced. The agent re-reads
+# its credential file (the new enrollment wrote it) and reconnects (agent 0.4.0 on).
+CLOSE_REENROLLED = 4001
 CLOSE_REVOKED = 4003  # the device was revoked
 CLOSE_PROTOCOL = 4400  # a malformed or unexpected message
 CLOSE_TOO_BIG = 4413  # a frame over MAX_MESSAGE_BYTES

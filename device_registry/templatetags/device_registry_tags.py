@@ -24,3 +24,9 @@ def status_badge(status: str) -> str:
     """CSS class of a device state or deployment status badge: ``badge-online``,
     ``badge-awaiting-enrollment``, ``badge-failed`` (colours in device_registry/devices.css)."""
     return "badge-" + slugify(str(status or "unknown"))
+
+
+@register.filter
+def status_label(status: str) -> str:
+    """A status as the pages print it: ``timed_out`` -> ``timed out``."""
+    return str(status or "").replace("_", " ")

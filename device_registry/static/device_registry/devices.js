@@ -123,9 +123,9 @@
         if (!dep) return;
         (dep.targets || []).forEach(function (t) {
           var tr = targetRow({ device_id: t.device });
-          setText(tr, "[data-target-status]", t.status);
+          setText(tr, "[data-target-status]", label(t.status));
           if (t.message) setText(tr, "[data-target-message]", t.message);
-          if (t.status === "succeeded" || t.status === "failed") {
+          if (ENDED.indexOf(label(t.status)) >= 0) {
             var bar = tr && tr.querySelector("[data-target-progress]");
             if (bar) bar.value = 1;
           }
@@ -136,20 +136,31 @@
             seq: r.seq, kind: r.kind, data: r.payload,
           } }, true);
         });
+        var badge = document.getElementById("deployment-status");
+        if (badge && dep.status) { badge.textContent = dep.status; setBadgeClass(badge, dep.status); }
+        if (dep.ended_at) {
+          var cancel = document.getElementById("cancel-deployment-form");
+          if (cancel) cancel.remove();
+        }
       })
       .catch(function () {});
   }
 
   document.addEventListener("edgeslim:event", function (e) { handle(e.detail || {}, false); });
 
+  // A target status as the page prints it ("timed_out" -> "timed out"), and the ended ones.
+  function label(status) { return String(status || "").replace(/_/g, " "); }
+  var ENDED = ["succeeded", "failed", "cancelled", "timed out"];
+
   function refreshStatus() {
     var el = document.getElementById("deployment-status");
-    if (!el) return;
+    if (!el || el.textContent.trim() === "cancelled") return;
     var cells = Array.prototype.slice.call(document.querySelectorAll("#target-table [data-target-status]"));
     var states = cells.map(function (c) { return c.textContent.trim(); });
-    var done = states.every(function (s) { return s === "succeeded" || s === "failed"; });
+    var done = states.every(function (s) { return ENDED.indexOf(s) >= 0; });
     if (!done) return;
-    el.textContent = states.every(function (s) { return s === "failed"; }) ? "failed" : "finished";
+    if (states.indexOf("timed out") >= 0) el.textContent = "expired";
+    else el.textContent = states.every(function (s) { return s === "failed"; }) ? "failed" : "finished";
     setBadgeClass(el, el.textContent);
   }
 
@@ -168,6 +179,10 @@
       });
       return;
     }
+    if (ev.kind === "deployment.ended") {  // cancelled or expired: the API has every target
+      if (deploymentId !== null && p.deployment_id === deploymentId) resync();
+      return;
+    }
     if (ev.kind !== "deployment.result" && ev.kind !== "deployment.progress") return;
     if (deploymentId !== null && p.deployment_id !== deploymentId) return;
     if (deviceId !== null && p.device_id !== deviceId) return;
@@ -181,8 +196,10 @@
     }
     if (p.kind === "latency") addRow(p);
     if (p.kind === "accuracy") setText(tr, "[data-target-accuracy]", fmt((p.data || {}).top1_pct, 2) + " % (" + (p.data || {}).samples + " images)");
-    if ((p.kind === "complete" || p.kind === "failed") && !fromResync) {
-      setText(tr, "[data-target-status]", p.status || (p.kind === "complete" ? "succeeded" : "failed"));
+    // A terminal result carries the target's new status; none when the target had already ended
+    // (cancelled, timed out), which keeps its state.
+    if ((p.kind === "complete" || p.kind === "failed") && !fromResync && p.status) {
+      setText(tr, "[data-target-status]", p.status);
       var done = tr && tr.querySelector("[data-target-progress]");
       if (done) done.value = 1;
       if (p.kind === "failed") setText(tr, "[data-target-message]", ((p.data || {}).reason || "") + ": " + ((p.data || {}).detail || ""));
