@@ -39,11 +39,17 @@ class OrganizationSwitchForm(forms.Form):
 
 
 class PasswordChangeForm(auth_forms.PasswordChangeForm):
-    """Django's form (old password, Django's validators); saving clears the forced change."""
+    """Django's form (old password, Django's validators); saving clears the forced change.
+
+    The view sets ``keep_session_key`` to the session that asked, whose sockets stay open."""
+
+    keep_session_key: str | None = None
 
     def save(self, commit: bool = True) -> Any:
         return services.user_password_set(
-            user=self.user, password=self.cleaned_data["new_password1"]
+            user=self.user,
+            password=self.cleaned_data["new_password1"],
+            keep_session_key=self.keep_session_key,
         )
 
 

@@ -13,6 +13,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.text import slugify
 
+from webapp.accounts.access import access_changed_notify
 from webapp.accounts.models import ApiToken, Invitation, Membership, Organization, Role, User
 
 # Expiry choices offered for API tokens, in days (None: never expires).
@@ -44,6 +45,20 @@ def membership_add(*, organization: Organization, user: User, role: str) -> Memb
     if Membership.objects.filter(organization=organization, user=user).exists():
         raise ValidationError({"user": f"{user.username} is already a member."})
     return Membership.objects.create(organization=organization, user=user, role=role)
+
+
+@transaction.atomic
+def membership_remove(*, membership: Membership) -> None:
+    """Take ``membership``'s user out of its organisation (their open sockets close).
+
+    The last admin stays: an organisation keeps at least one."""
+    if membership.role == Role.ADMIN:
+        admins = Membership.objects.select_for_update().filter(
+            organization_id=membership.organization_id, role=Role.ADMIN
+        )
+        if admins.count() <= 1:
+            raise ValidationError({"user": "An organisation keeps at least one admin."})
+    membership.delete()
 
 
 @transaction.atomic
@@ -93,11 +108,15 @@ def user_create(
     return user
 
 
-def user_password_set(*, user: User, password: str) -> User:
-    """Set ``user``'s password (validated by the caller's form) and clear the forced change."""
+def user_password_set(*, user: User, password: str, keep_session_key: str | None = None) -> User:
+    """Set ``user``'s password (validated by the caller's form) and clear the forced change.
+
+    The user's open browser sockets close, except those of ``keep_session_key`` (the session
+    that changed it, which stays signed in)."""
     user.set_password(password)
     user.must_change_password = False
     user.save(update_fields=["password", "must_change_password"])
+    access_changed_notify(user_id=user.pk, reason="password", keep_session_key=keep_session_key)
     return user
 
 

@@ -34,6 +34,7 @@ urlpatterns = [
         views.member_role_change,
         name="member_role_change",
     ),
+    path("organization/members/<int:pk>/remove/", views.member_remove, name="member_remove"),
     path("organization/invitations/", views.invitation_create, name="invitation_create"),
     path(
         "organization/invitations/<int:pk>/revoke/",

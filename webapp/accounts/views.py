@@ -105,6 +105,8 @@ class PasswordChangeView(auth_views.PasswordChangeView):
         return context
 
     def form_valid(self, form: Any) -> HttpResponse:
+        # The key before Django cycles it: this session's open sockets stay, the others close.
+        form.keep_session_key = self.request.session.session_key
         response = super().form_valid(form)
         messages.success(self.request, "Your password was changed.")
         return response
@@ -223,6 +225,23 @@ def member_role_change(request: HttpRequest, pk: int) -> HttpResponse:
             messages.success(request, f"{target.user.username} is now {target.role}.")
     else:
         messages.error(request, "Choose a valid role.")
+    return redirect(reverse("accounts:organization_settings"))
+
+
+@org_required
+@require_POST
+def member_remove(request: HttpRequest, pk: int) -> HttpResponse:
+    org = require_role(request, Role.ADMIN).organization
+    target = selectors.get_object_for_org_or_404(
+        Membership.objects.select_related("user"), org=org, pk=pk
+    )
+    try:
+        services.membership_remove(membership=target)
+    except ValidationError as exc:
+        for message in exc.messages:
+            messages.error(request, message)
+    else:
+        messages.success(request, f"{target.user.username} was removed from {org.name}.")
     return redirect(reverse("accounts:organization_settings"))
 
 

@@ -54,8 +54,7 @@ class JobConsumer(BrowserGroupConsumer):
         if job is None:
             await self.close(code=CLOSE_FORBIDDEN)
             return
-        self.group_name = job_group_name(job.pk)
-        await self.channel_layer.group_add(self.group_name, self.channel_name)
+        await self.join(job_group_name(job.pk))
         await self.accept()
         query = parse_qs((self.scope.get("query_string") or b"").decode("latin-1"))
         after_values = query.get("after", [])

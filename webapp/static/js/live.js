@@ -100,7 +100,13 @@
     socket.onclose = function (close) {
       clearInterval(pingTimer);
       if (close.code === 4401 || close.code === 4403) {
-        setStatus("offline", "Signed out");
+        setStatus("offline", close.code === 4401 ? "Signed out" : "No access");
+        return;
+      }
+      if (close.code === 4409) { // access changed: the new handshake re-authorises at once
+        attempt = 0;
+        setStatus("offline", "Access changed — reconnecting");
+        setTimeout(connect, 200);
         return;
       }
       attempt += 1;

@@ -231,9 +231,11 @@
     ws = new WebSocket(proto + "//" + location.host + "/ws/jobs/" + jobId + "/?after=" + lastSeq);
     ws.onmessage = (m) => { try { apply(JSON.parse(m.data)); } catch (e) { /* ignore bad frames */ } };
     ws.onopen = () => { backoff = 500; document.body.dataset.jobSocket = "open"; };
-    ws.onclose = () => {
+    ws.onclose = (close) => {
       document.body.dataset.jobSocket = "closed";
       if (TERMINAL.includes(status())) return;
+      // Signed out or no longer allowed: stop (4409, access changed, reconnects to re-check).
+      if (close.code === 4401 || close.code === 4403) return;
       setTimeout(connect, backoff + Math.random() * 250);
       backoff = Math.min(backoff * 2, 10000);
     };
