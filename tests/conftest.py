@@ -70,6 +70,7 @@ from ci_skip_guard import (  # noqa: E402, F401  (hooks: on CI, a skipped browse
     pytest_sessionfinish,
     pytest_terminal_summary,
 )
+from s3_server import s3_bucket, s3_endpoint, s3_storage  # noqa: E402, F401
 from stack import celery_worker_process, daphne_server, edgeslim_stack  # noqa: E402, F401
 
 
