@@ -2,8 +2,11 @@
 domain runner; the Celery task in ``webapp/jobs/tasks.py`` only calls :func:`job_run`).
 
 It takes the job's lease (never two runs at once), counts the attempt, loads the model and the
-data set through the catalog, and runs the recipe in ``DATA_DIR/jobs/<id>/`` so that a retried
-run resumes after the last completed stage. A heartbeat thread renews the lease and notices a
+data set through the catalog, and runs the recipe in its scratch folder ``DATA_DIR/jobs/<uid>/``.
+The job's files go through storage (``webapp/jobs/artifacts.py``): the latest completed stage is
+pulled from there first, each completed stage is pushed there before the job row counts it, and
+the report and final artifacts at the end, so a retried run resumes after the last completed
+stage on any worker. A heartbeat thread renews the lease and notices a
 cancel request; the progress callback persists events (plain progress throttled) and broadcasts
 them. Failures end FAILED with a reason a person can read.
 """
@@ -24,8 +27,8 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from compression.errors import Cancelled, CompressionError
-from webapp.jobs import selectors as job_selectors
 from webapp.jobs import services as job_services
+from webapp.jobs.artifacts import ArtifactStorageError, JobFiles
 from webapp.jobs.models import Job, JobEventKind, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -73,7 +76,7 @@ def failure_reason(exc: BaseException, *, soft_time_limit_s: float | None = None
         )
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return f"disk full while writing the job's files: {exc.filename or text}"
-    if isinstance(exc, CompressionError):
+    if isinstance(exc, (CompressionError, ArtifactStorageError)):
         return text or name
     return f"{name}: {text}" if text else name
 
@@ -114,6 +117,7 @@ class JobRunner:
         self._stop_heartbeat = threading.Event()
         self._last_progress_write = 0.0
         self._job: Job | None = None
+        self._files: JobFiles | None = None
 
     # --- the run ------------------------------------------------------------------------
 
@@ -153,9 +157,13 @@ class JobRunner:
         from webapp.catalog.loaders import bundle_for_model_version, model_version_load
         from webapp.jobs.recipes import recipe_parse
 
-        out_dir = job_selectors.job_dir(job)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        files = JobFiles(job)
+        self._files = files
+        out_dir = files.scratch
         self._log(job, f"attempt {job.attempts} of {job.max_attempts} on {self.owner}")
+        pulled = self._storage_call(files.pull, "read the job's files from storage")
+        if pulled:
+            self._log(job, f"pulled {pulled} completed stage(s) from storage to resume after")
         recipe = recipe_parse(job.recipe)
         mv = job.model_version
         model = model_version_load(mv, work_dir=out_dir / "inputs")
@@ -176,6 +184,7 @@ class JobRunner:
             device="auto",
         )
         report_dict = report.to_dict()
+        self._storage_call(lambda: files.push_final(report_dict), "store the job's artifacts")
         report_dict["model_versions"] = self._register_artifacts(job, out_dir, report_dict)
         finished = job_services.job_finish(
             job_id=job.pk,
@@ -186,7 +195,16 @@ class JobRunner:
         )
         if finished is None:
             return RunOutcome("lost", job.pk)
+        files.discard_scratch()  # storage holds everything a download or a report reads
         return RunOutcome("succeeded", job.pk)
+
+    def _storage_call(self, call: Any, what: str) -> Any:
+        try:
+            return call()
+        except (Cancelled, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            raise ArtifactStorageError(f"could not {what}: {failure_reason(exc)}") from exc
 
     def _register_artifacts(
         self, job: Job, out_dir: Path, report: dict[str, Any]
@@ -305,6 +323,9 @@ class JobRunner:
                 },
             )
         elif event in ("stage_end", "baseline"):
+            # The state on disk now counts this stage: store it before the row does.
+            if self._files is not None:
+                self._storage_call(self._files.push_progress, "store the completed stage")
             numbers = {
                 k: v
                 for k, v in metrics.items()

@@ -7,8 +7,7 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -17,6 +16,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from webapp.accounts.models import Organization
+from webapp.jobs import artifacts
 from webapp.jobs.formatting import metric_rows
 from webapp.jobs.models import Job, JobEvent, JobEventKind, JobStatus
 
@@ -291,13 +291,7 @@ def job_timing(*, job: Job, now: datetime | None = None) -> JobTiming:
 # --- artifacts --------------------------------------------------------------------------------
 
 
-def job_dir(job: Job | int) -> Path:
-    """The job's working folder, stable across attempts so a retry resumes from it."""
-    job_id = job if isinstance(job, int) else job.pk
-    return Path(settings.DATA_DIR) / "jobs" / str(int(job_id))
-
-
-# Downloadable artifacts by key: (file name inside the job folder, content type).
+# Downloadable artifacts by key: (file name inside the job's folder, content type).
 ARTIFACTS: dict[str, tuple[str, str]] = {
     "onnx": ("final.onnx", "application/octet-stream"),
     "onnx_int8": ("final.int8.onnx", "application/octet-stream"),
@@ -308,59 +302,49 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
 
 
 def job_artifact_list(*, job: Job) -> list[dict[str, Any]]:
-    """The job's downloadable files that exist: final ONNX (fp32, int8), the compressed
-    container, report, checkpoints, and the recipe YAML (always)."""
-    folder = job_dir(job)
+    """The job's downloadable files that are stored (see ``webapp/jobs/artifacts.py``): final
+    ONNX (fp32, int8), the compressed container, report, checkpoints, and the recipe YAML
+    (always)."""
     out: list[dict[str, Any]] = []
     for key, (name, _) in ARTIFACTS.items():
-        path = folder / name
-        if path.is_file():
-            out.append({"key": key, "filename": name, "size_bytes": path.stat().st_size})
-    ckpt = folder / "checkpoints"
-    if ckpt.is_dir():
-        for path in sorted(ckpt.iterdir()):
-            if path.is_file() and not path.name.endswith(".tmp"):
-                out.append(
-                    {
-                        "key": f"checkpoint:{path.name}",
-                        "filename": path.name,
-                        "size_bytes": path.stat().st_size,
-                    }
-                )
+        size = artifacts.stored_size(job, name)
+        if size is not None:
+            out.append({"key": key, "filename": name, "size_bytes": size})
+    for name, size in artifacts.stored_checkpoints(job):
+        out.append({"key": f"checkpoint:{name}", "filename": name, "size_bytes": size})
     out.append({"key": "recipe", "filename": "recipe.yaml", "size_bytes": len(job.recipe_yaml)})
     return out
 
 
-def job_artifact_path(*, job: Job, key: str) -> Path:
-    """The local file of artifact ``key``; Http404 when unknown or not produced (never a path
-    outside the job's folder)."""
-    folder = job_dir(job)
+def job_artifact_file(*, job: Job, key: str) -> str:
+    """The path inside the job's folder of artifact ``key``; Http404 when the key is unknown or
+    names something outside the folder."""
     if key in ARTIFACTS:
-        path = folder / ARTIFACTS[key][0]
-    elif key.startswith("checkpoint:"):
+        return ARTIFACTS[key][0]
+    if key.startswith("checkpoint:"):
         name = key.split(":", 1)[1]
         if not name or "/" in name or "\\" in name or name.startswith(".") or "\x00" in name:
             raise Http404("No such artifact.")
-        path = folder / "checkpoints" / name
-    else:
-        raise Http404("No such artifact.")
-    if not path.is_file():
-        raise Http404("That artifact was not produced.")
-    return path
+        return f"checkpoints/{name}"
+    raise Http404("No such artifact.")
+
+
+def job_artifact_open(*, job: Job, key: str) -> IO[bytes]:
+    """Artifact ``key`` of ``job``, open for reading from storage; Http404 when unknown or not
+    produced."""
+    rel = job_artifact_file(job=job, key=key)
+    try:
+        return artifacts.open_stored(job, rel)
+    except FileNotFoundError:
+        raise Http404("That artifact was not produced.") from None
 
 
 def job_report(*, job: Job) -> dict[str, Any] | None:
-    """The run report (stored on the job when it succeeded, else whatever report.json exists)."""
+    """The run report (stored on the job when it succeeded, else whatever report.json is
+    stored)."""
     if isinstance(job.report, dict) and job.report:
         return dict(job.report)
-    path = job_dir(job) / "report.json"
-    if path.is_file():
-        try:
-            data: Any = json.loads(path.read_text(encoding="utf-8"))
-            return data if isinstance(data, dict) else None
-        except (OSError, ValueError):
-            return None
-    return None
+    return artifacts.stored_report(job)
 
 
 # --- workers ----------------------------------------------------------------------------------

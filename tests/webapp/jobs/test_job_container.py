@@ -15,6 +15,7 @@ from jobs_fixtures import _jobs_not_sent_to_a_shared_worker  # noqa: F401
 from webapp.catalog.errors import CatalogInputError
 from webapp.catalog.models import ModelVersion
 from webapp.catalog.services import model_version_attach_container
+from webapp.jobs.artifacts import JobFiles
 from webapp.jobs.models import Job, JobStatus
 from webapp.jobs.runner import JobRunner
 
@@ -83,12 +84,14 @@ def test_the_jobs_container_is_a_downloadable_artifact(tmp_path: Path) -> None:
         dataset=make_digits(org), recipe={}, status=JobStatus.SUCCEEDED,
     )  # fmt: skip
     assert "container" not in {a["key"] for a in selectors.job_artifact_list(job=job)}
-    folder = selectors.job_dir(job)
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_job_outputs(tmp_path) / "final.esdc", folder / "final.esdc")
+    files = JobFiles(job)
+    files.scratch.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_job_outputs(tmp_path) / "final.esdc", files.scratch / "final.esdc")
+    files.push_final({"artifacts": [{"path": "final.esdc", "kind": "container"}]})
     listed = {a["key"]: a for a in selectors.job_artifact_list(job=job)}
     assert listed["container"]["filename"] == "final.esdc"
-    assert selectors.job_artifact_path(job=job, key="container") == folder / "final.esdc"
+    with selectors.job_artifact_open(job=job, key="container") as fh:
+        assert fh.read() == (files.scratch / "final.esdc").read_bytes()
 
 
 @pytest.mark.slow
