@@ -19,6 +19,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from webapp.body_limit import BodyLimitMiddleware, install_daphne_guard  # noqa: E402
 from webapp.proxy import TrustedProxyMiddleware  # noqa: E402
 from webapp.routing import websocket_urlpatterns  # noqa: E402
 
@@ -27,7 +28,8 @@ from webapp.routing import websocket_urlpatterns  # noqa: E402
 application = TrustedProxyMiddleware(
     ProtocolTypeRouter(
         {
-            "http": django_asgi_app,
+            # Bodies are capped per route, and anonymous uploads refused, before they are read.
+            "http": BodyLimitMiddleware(django_asgi_app),
             "websocket": AllowedHostsOriginValidator(
                 AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
             ),
@@ -35,6 +37,9 @@ application = TrustedProxyMiddleware(
     ),
     trusted=settings.EDGESLIM_TRUSTED_PROXIES,
 )
+
+# daphne stores a whole body before it calls the application: the same caps apply there first.
+install_daphne_guard()
 
 # Everything imported so far lives as long as the process: keep it out of the cyclic GC's
 # full collections, whose pauses otherwise stall every open socket (hundreds of ms with torch).
