@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # Each entry: module under webapp.cli that registers one or more sub-commands.
-SUBCOMMAND_MODULES = ("up", "compress", "methods", "manage", "jobs")
+SUBCOMMAND_MODULES = ("up", "compress", "methods", "manage", "jobs", "sensitivity")
 
 
 def build_parser() -> argparse.ArgumentParser:
