@@ -132,7 +132,7 @@ def test_a_manager_reads_but_cannot_convert(finished, org_a):
 
 
 def test_the_api_starts_reads_and_converts(finished, org_a, token_for):
-    org, user = org_a
+    _org, user = org_a
     client, auth = client_for(user), token_for(user)
     created = client.post(
         "/api/v1/sensitivity/",
