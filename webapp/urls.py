@@ -11,8 +11,10 @@ from webapp.accounts import api as accounts_api
 from webapp.catalog import api as catalog_api
 from webapp.catalog import views as catalog_views
 from webapp.jobs import api as jobs_api
+from webapp.jobs import sweep_api as jobs_sweep_api
 from webapp.jobs import views as jobs_views
 from webapp.reports import api as reports_api
+from webapp.reports import sweep_api as reports_sweep_api
 from webapp.reports import views as reports_views
 from webapp.sensitivity import api as sensitivity_api
 
@@ -24,6 +26,8 @@ api_v1 = [
     *jobs_api.api_urlpatterns,
     *reports_api.api_urlpatterns,
     *sensitivity_api.api_urlpatterns,
+    *jobs_sweep_api.api_urlpatterns,
+    *reports_sweep_api.api_urlpatterns,
 ]
 
 urlpatterns = [
@@ -37,6 +41,7 @@ urlpatterns = [
     path("devices/", include("device_registry.urls")),
     path("", include(device_api_urls.wheel_urlpatterns)),
     path("reports/", reports_views.report_index, name="reports"),
+    path("reports/sweeps/", include("webapp.reports.sweep_urls")),
     path("reports/", include("webapp.reports.urls")),
     path("sensitivity/", include("webapp.sensitivity.urls")),
     path("accounts/", include("webapp.accounts.urls")),

@@ -99,6 +99,7 @@ def test_a_worker_finds_every_apps_tasks_by_autodiscovery() -> None:
                 "catalog.uploads_cleanup",
                 "edgeslim.job_run",
                 "edgeslim.org_ping",
+                "edgeslim.sweep_baseline",
             ]
         )
     )

@@ -8,6 +8,9 @@ Only the REST API is used (token auth), so this works from any machine::
         --num-classes 10 --in-channels 1 --upload-dataset digits.zip
     edgeslim jobs status 42
     edgeslim jobs download 42 --out results/
+    edgeslim jobs sweep prune.yaml --model 12 --dataset 3 \\
+        --grid target_mac_reduction=2,4,8,16 --grid importance=l1,bn_scale \\
+        --max-accuracy-drop 1 --max-p50-ms 5
 
 ``--server`` and ``--token`` default to ``EDGESLIM_SERVER`` and ``EDGESLIM_TOKEN``.
 """
@@ -148,6 +151,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     st.add_argument("job", type=int)
     common(st)
     st.set_defaults(func=status)
+
+    sw = jobs.add_parser(
+        "sweep", help="run one recipe over a grid of up to two parameters, sharing the baseline"
+    )
+    sw.add_argument("recipe", type=Path, help="the base recipe file (YAML or JSON)")
+    common(sw)
+    sw.add_argument("--model", type=int, required=True, help="id of a ready model version")
+    sw.add_argument("--dataset", type=int, required=True, help="id of a ready dataset")
+    sw.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="PARAM=V1,V2,...",
+        help="a swept stage parameter and its values (repeat once for a second one); a "
+        "parameter two stages share is named STAGE.PARAM, e.g. 1.lr=0.01,0.001",
+    )
+    sw.add_argument("--name", default="")
+    sw.add_argument("--queue", choices=["auto", "cpu", "gpu"], default="auto")
+    sw.add_argument("--max-accuracy-drop", type=float, help="recommend within this drop (pt)")
+    sw.add_argument("--device", default="", help="device name the latency limit is on")
+    sw.add_argument("--max-p50-ms", type=float, help="recommend within this p50 (ms)")
+    sw.add_argument("--prefer", choices=["latency", "accuracy", "size"], default=None)
+    sw.add_argument("--no-wait", action="store_true", help="print the sweep id and return")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(func=sweep)
 
     d = jobs.add_parser("download", help="download a job's ONNX files, report and recipe")
     d.add_argument("job", type=int)
@@ -327,3 +355,134 @@ def download(args: argparse.Namespace) -> int:
         print(f"edgeslim jobs: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
+
+
+def parse_grid_args(items: list[str]) -> dict[str, list[Any]]:
+    """``["importance=l1,bn_scale", "ratio=0.25,0.5"]`` to a grid; each value read as YAML
+    (``4`` an int, ``0.5`` a float, ``true`` a bool, anything else text).
+
+    Raises:
+        ValueError: an item without ``=`` or without values.
+    """
+    import yaml
+
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--grid {item!r}: write PARAM=V1,V2,...")
+        values = [yaml.safe_load(v.strip()) for v in text.split(",") if v.strip()]
+        if not values:
+            raise ValueError(f"--grid {item!r}: give at least one value")
+        grid[key.strip()] = values
+    return grid
+
+
+def sweep(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    client = _client(args)
+    try:
+        text = args.recipe.read_text(encoding="utf-8")
+        grid = parse_grid_args(args.grid)
+    except (OSError, UnicodeDecodeError) as exc:
+        err.print(f"[red]cannot read {args.recipe}: {exc}[/red]")
+        return EXIT_BAD_INPUT
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        return EXIT_BAD_INPUT
+    constraints = {
+        k: v
+        for k, v in (
+            ("max_accuracy_drop", args.max_accuracy_drop),
+            ("device", args.device),
+            ("max_p50_ms", args.max_p50_ms),
+            ("prefer", args.prefer),
+        )
+        if v not in (None, "")
+    }
+    try:
+        created = client.post(
+            "/api/v1/sweeps/",
+            {
+                "model_version": args.model,
+                "dataset": args.dataset,
+                "recipe": text,
+                "grid": grid,
+                "constraints": constraints,
+                "name": args.name,
+                "queue": args.queue,
+            },
+        )
+    except ApiError as exc:
+        field = exc.body.get("field") if isinstance(exc.body, dict) else None
+        err.print(f"[red]refused: {exc}[/red]" + (f" (field: {field})" if field else ""))
+        return EXIT_BAD_INPUT
+    print(created["id"])
+    if args.no_wait:
+        return 0
+    final = follow_sweep(client, created["id"], quiet=args.quiet, console=err)
+    results = client.get(f"/api/v1/sweeps/{created['id']}/results/")
+    for point in results["points"]:
+        acc = "—" if point["accuracy"] is None else f"{point['accuracy']:.2f} %"
+        drop = "—" if point["accuracy_drop"] is None else f"{point['accuracy_drop']:+.2f} pt"
+        p50 = "—" if point["host_p50_ms"] is None else f"{point['host_p50_ms']:.3f} ms"
+        err.print(
+            f"  {point['label']}: {point['status']} · accuracy {acc} (drop {drop}) · host p50 {p50}",
+            markup=False,
+            highlight=False,
+        )
+    rec = results["recommendation"]
+    err.print(f"recommended under {rec['constraints']}: {rec['summary']}", markup=False)
+    page = f"{args.server.rstrip('/')}{final['page_url']}"
+    if final["state"]["status"] != "SUCCEEDED":
+        err.print(f"[red]sweep {created['id']} {final['state']['status']}[/red] · {page}")
+        return EXIT_FAILED
+    err.print(f"[green]sweep {created['id']} finished[/green] · {page}")
+    return 0
+
+
+def follow_sweep(
+    client: Client, sweep_id: int, *, quiet: bool = False, console: Any = None, poll_s: float = 1.0
+) -> dict[str, Any]:
+    """Poll the sweep until every child has ended, drawing one bar over the baseline and the
+    children and printing each child as it ends."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    reported: set[int] = set()
+    with Progress(
+        TextColumn("[bold]sweep {task.fields[sweep]}[/bold] {task.fields[status]}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        disable=quiet,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("queued", total=1.0, sweep=sweep_id, status="QUEUED")
+        while True:
+            item: dict[str, Any] = client.get(f"/api/v1/sweeps/{sweep_id}/")
+            state = item["state"]
+            for child in item["children"]:
+                if child["status"] in TERMINAL and child["id"] not in reported:
+                    reported.add(child["id"])
+                    if not quiet:
+                        values = ", ".join(f"{k}={v}" for k, v in (child["values"] or {}).items())
+                        bar.console.print(
+                            f"  job {child['id']} [{values}] {child['status']}"
+                            + (f": {child['error']}" if child["error"] else ""),
+                            markup=False,
+                            highlight=False,
+                        )
+            done = sum(state["counts"][k] for k in ("succeeded", "failed", "cancelled"))
+            bar.update(
+                task,
+                completed=state["progress"],
+                description=f"{done}/{state['total']} points · baseline {state['baseline_status']}",
+                status=state["status"],
+            )
+            if state["status"] in TERMINAL:
+                return item
+            time.sleep(poll_s)

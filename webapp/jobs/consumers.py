@@ -14,9 +14,9 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 
 from webapp.accounts.models import Membership
-from webapp.jobs.models import Job
+from webapp.jobs.models import Job, Sweep
 from webapp.jobs.selectors import job_event_list
-from webapp.jobs.services import job_event_message, job_group_name
+from webapp.jobs.services import job_event_message, job_group_name, sweep_group_name
 from webapp.live.consumers import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED, BrowserGroupConsumer
 
 REPLAY_LIMIT = 2000
@@ -63,4 +63,39 @@ class JobConsumer(BrowserGroupConsumer):
                 await self.send_json(message)
 
     async def job_event(self, message: dict[str, Any]) -> None:
+        await self.send_json({k: v for k, v in message.items() if k != "type"})
+
+
+@database_sync_to_async  # type: ignore[untyped-decorator,unused-ignore]
+def _sweep_for_user(user: Any, sweep_id: int) -> Sweep | None:
+    sweep = Sweep.objects.filter(pk=sweep_id).only("id", "organization_id").first()
+    if sweep is None:
+        return None
+    if not Membership.objects.filter(user=user, organization_id=sweep.organization_id).exists():
+        return None
+    return sweep
+
+
+class SweepConsumer(BrowserGroupConsumer):
+    """``/ws/sweeps/<id>/`` joins ``sweep.<id>``: a child started or ended, the baseline moved
+    on. The page redraws from the server on each message, so nothing needs replaying."""
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        try:
+            sweep_id = int(self.scope["url_route"]["kwargs"]["sweep_id"])
+        except (KeyError, TypeError, ValueError):
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        sweep = await _sweep_for_user(user, sweep_id)
+        if sweep is None:
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        await self.join(sweep_group_name(sweep.pk))
+        await self.accept()
+
+    async def sweep_event(self, message: dict[str, Any]) -> None:
         await self.send_json({k: v for k, v in message.items() if k != "type"})

@@ -76,6 +76,12 @@ class Job(OrgScopedModel):
     duplicated_from = models.ForeignKey(
         "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="duplicates"
     )
+    sweep = models.ForeignKey(
+        "jobs.Sweep", on_delete=models.CASCADE, null=True, blank=True, related_name="children"
+    )
+    sweep_point = models.JSONField(
+        null=True, blank=True, help_text="A sweep child's grid values, by parameter name."
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -117,3 +123,57 @@ class JobEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id}#{self.seq} {self.kind}"
+
+
+class SweepBaseline(models.TextChoices):
+    PENDING = "pending", "Pending"
+    MEASURING = "measuring", "Measuring"
+    DONE = "done", "Measured"
+    FAILED = "failed", "Failed"
+
+
+class Sweep(OrgScopedModel):
+    """One recipe run over a grid of up to two stage parameters, as child Jobs.
+
+    The baseline is measured once (``baseline``: its metrics, identity and stored ONNX) before
+    the children are queued; every child reuses it. The sweep's status is derived from the
+    baseline and the children (``webapp.jobs.sweep_selectors``), never stored twice.
+    """
+
+    uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=200)
+    model_version = models.ForeignKey(
+        "catalog.ModelVersion", on_delete=models.PROTECT, related_name="sweeps"
+    )
+    dataset = models.ForeignKey("catalog.Dataset", on_delete=models.PROTECT, related_name="sweeps")
+    recipe = models.JSONField(help_text="The base recipe (validated); each child changes the grid.")
+    recipe_yaml = models.TextField(blank=True)
+    grid = models.JSONField(help_text="The swept parameters: [{stage, method, param, values}].")
+    constraints = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="What the recommendation must meet: max_accuracy_drop, device, max_p50_ms.",
+    )
+    queue = models.CharField(max_length=8, choices=JobQueue.choices, default=JobQueue.CPU)
+    baseline_status = models.CharField(
+        max_length=16, choices=SweepBaseline.choices, default=SweepBaseline.PENDING
+    )
+    baseline = models.JSONField(null=True, blank=True)
+    progress = models.FloatField(default=0.0, help_text="The baseline measurement's progress.")
+    message = models.CharField(max_length=500, blank=True)
+    error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="sweeps",
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Sweep {self.pk}: {self.name}"

@@ -156,6 +156,7 @@ class JobRunner:
         from compression.pipeline import run_recipe
         from webapp.catalog.loaders import bundle_for_model_version, model_version_load
         from webapp.jobs.recipes import recipe_parse
+        from webapp.jobs.sweep_runner import shared_baseline_for
 
         files = JobFiles(job)
         self._files = files
@@ -174,6 +175,10 @@ class JobRunner:
             f"loaded {mv.asset.name} v{mv.number} ({mv.format}) and {job.dataset.name} "
             f"({len(data.train)} train / {len(data.val)} val / {len(data.test)} test images)",
         )
+        # A sweep's child reuses the baseline its sweep measured once (webapp/jobs/sweep_runner.py).
+        shared = shared_baseline_for(job, work_dir=out_dir / "inputs")
+        if shared is not None:
+            self._log(job, "reusing the sweep's baseline (measured once for all its children)")
         report = run_recipe(
             recipe,
             model,
@@ -182,6 +187,7 @@ class JobRunner:
             progress=self._progress,
             should_cancel=self._should_cancel,
             device="auto",
+            shared_baseline=shared,
         )
         report_dict = report.to_dict()
         self._storage_call(lambda: files.push_final(report_dict), "store the job's artifacts")

@@ -19,7 +19,7 @@ from django.utils import timezone
 from webapp.accounts.models import Organization, User
 from webapp.catalog.models import Dataset, ModelVersion
 from webapp.jobs.errors import JobInputError, JobStateError
-from webapp.jobs.models import Job, JobEvent, JobEventKind, JobQueue, JobStatus
+from webapp.jobs.models import Job, JobEvent, JobEventKind, JobQueue, JobStatus, Sweep
 from webapp.jobs.recipes import RecipeCheck, recipe_check
 from webapp.live.services import org_event_send
 from workers.celery import app as celery_app
@@ -35,6 +35,14 @@ JOB_RUN_TASK = "edgeslim.job_run"
 def job_group_name(job_id: int) -> str:
     """The channel-layer group of one job's live pages: ``job.<id>``."""
     return f"job.{int(job_id)}"
+
+
+SWEEP_EVENT_TYPE = "sweep.event"
+
+
+def sweep_group_name(sweep_id: int) -> str:
+    """The channel-layer group of one sweep's live pages: ``sweep.<id>``."""
+    return f"sweep.{int(sweep_id)}"
 
 
 # --- create, cancel, duplicate ---------------------------------------------------------------
@@ -67,8 +75,13 @@ def job_create(
     target_device: str = "",
     duplicated_from: Job | None = None,
     queue: str = "auto",
+    sweep: Sweep | None = None,
+    sweep_point: dict[str, Any] | None = None,
 ) -> Job:
     """Validate ``recipe`` for the model and data set, save the Job and queue it on commit.
+
+    A sweep's child (``sweep``) is saved but not queued: the sweep queues its children once
+    their shared baseline is measured (``webapp.jobs.sweep_services``).
 
     Raises:
         JobInputError: the model, data set or recipe is unusable; ``field`` names where.
@@ -109,10 +122,18 @@ def job_create(
             stage_count=len(checked.data.get("stages", [])),
             created_by=user,
             duplicated_from=duplicated_from,
+            sweep=sweep,
+            sweep_point=sweep_point,
         )
         job_event_record(job=job, kind=JobEventKind.STATUS, payload={"status": job.status})
-        transaction.on_commit(lambda: _enqueue(job))
+        if sweep is None:
+            transaction.on_commit(lambda: _enqueue(job))
     return job
+
+
+def job_enqueue(*, job: Job) -> None:
+    """Queue a saved job on commit (a sweep's children, once their baseline is measured)."""
+    transaction.on_commit(lambda: _enqueue(job))
 
 
 def job_duplicate(*, job: Job, user: User | None) -> Job:
@@ -203,6 +224,12 @@ def job_event_record(
                 if layer is not None:
                     async_to_sync(layer.group_send)(
                         job_group_name(job.pk), {"type": JOB_EVENT_TYPE, **message}
+                    )
+                if layer is not None and job.sweep_id and kind == JobEventKind.STATUS:
+                    # A sweep's page redraws its chart when a child starts or ends.
+                    async_to_sync(layer.group_send)(
+                        sweep_group_name(job.sweep_id),
+                        {"type": SWEEP_EVENT_TYPE, "kind": "child", "job_id": job.pk, **payload},
                     )
                 if kind in (JobEventKind.STATUS, JobEventKind.STAGE_FINISHED):
                     org_event_send(
@@ -359,6 +386,16 @@ def _finish(
         payload["error"] = error
     job_event_record(job=job, kind=JobEventKind.STATUS, payload=payload)
     return job
+
+
+def job_fail_queued(*, job_id: int, error: str) -> Job | None:
+    """End a job that has not started FAILED with ``error`` (a sweep child whose shared
+    baseline could not be measured); ``None`` if it already started or finished."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(pk=job_id).first()
+        if job is None or job.is_terminal or _lease_is_live(job):
+            return None
+        return _finish(job, status=JobStatus.FAILED, message="failed", error=error)
 
 
 def job_finish(

@@ -14,6 +14,8 @@ from django.conf import settings
 
 from webapp.jobs.runner import job_run as run_job
 from webapp.jobs.services import JOB_RUN_TASK
+from webapp.jobs.sweep_runner import sweep_baseline_run
+from webapp.jobs.sweep_services import SWEEP_BASELINE_TASK
 from workers.celery import app
 
 
@@ -38,3 +40,16 @@ def job_run(self: Any, job_id: int) -> str:
             queue=(self.request.delivery_info or {}).get("routing_key") or "cpu",
         )
     return outcome.outcome
+
+
+@app.task(
+    name=SWEEP_BASELINE_TASK,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    soft_time_limit=settings.EDGESLIM_JOB_SOFT_TIME_LIMIT_S,
+    time_limit=settings.EDGESLIM_JOB_HARD_TIME_LIMIT_S,
+)
+def sweep_baseline(sweep_id: int) -> str:
+    """Measure sweep ``sweep_id``'s shared baseline once, then queue its children."""
+    return sweep_baseline_run(sweep_id)

@@ -17,7 +17,7 @@ from compression.recipe import recipe_to_yaml
 from device_registry import selectors as device_selectors
 from webapp.accounts.permissions import WRITE_ROLES, can_write, org_required, require_role
 from webapp.catalog import selectors as catalog_selectors
-from webapp.jobs import selectors, services
+from webapp.jobs import selectors, services, sweep_services
 from webapp.jobs.downloads import artifact_response
 from webapp.jobs.errors import JobInputError
 from webapp.jobs.formatting import timing_texts
@@ -37,6 +37,7 @@ from webapp.jobs.presets import (
     presets_for_model,
 )
 from webapp.jobs.recipes import recipe_check, recipe_parse
+from webapp.jobs.sweep_forms import SweepForm
 
 WIZARD_KEY = "jobs_wizard"
 STEPS = [
@@ -245,11 +246,20 @@ def wizard(request: HttpRequest, step: str) -> HttpResponse:
             request.POST if post else None,
             initial={"recipe_yaml": _recipe_yaml(_recipe_from_state(state))},
         )
+        sweep_form = SweepForm(
+            request.POST if post else None,
+            stages=state["stages"],
+            devices=_device_choices(org),
+            prefix="sweep",
+        )
+        ctx["sweep_form"] = sweep_form
         if not post:
             ctx["recipe_error"] = _check_errors(
                 _recipe_from_state(state), model_version=version, dataset=dataset
             )
-        if post and review_form.is_valid():
+        if post and review_form.is_valid() and sweep_form.is_valid():
+            if sweep_form.cleaned_data["grid"]:
+                return _launch_sweep(request, ctx, review_form, sweep_form, version, dataset)
             try:
                 job = services.job_create(
                     organization=org,
@@ -269,6 +279,40 @@ def wizard(request: HttpRequest, step: str) -> HttpResponse:
         ctx["form"] = review_form
     status = 400 if post else 200
     return render(request, "jobs/wizard.html", ctx, status=status)
+
+
+def _launch_sweep(
+    request: HttpRequest,
+    ctx: dict[str, Any],
+    review_form: ReviewForm,
+    sweep_form: SweepForm,
+    version: Any,
+    dataset: Any,
+) -> HttpResponse:
+    """The review step's "run as a sweep": the grid is checked before anything is queued."""
+    try:
+        sweep = sweep_services.sweep_create(
+            organization=request.organization,  # type: ignore[attr-defined]
+            user=request.user,  # type: ignore[arg-type]
+            model_version=version,
+            dataset=dataset,
+            recipe=review_form.cleaned_data["recipe_yaml"],
+            grid=sweep_form.cleaned_data["grid"],
+            constraints=sweep_form.constraints(),
+        )
+    except JobInputError as exc:
+        if (exc.field or "").startswith(("grid", "constraints")):
+            sweep_form.add_error("param_1", f"{exc.field}: {exc.message}")
+        else:
+            review_form.add_error("recipe_yaml", str(exc))
+            ctx["recipe_error"] = exc
+        ctx["form"] = review_form
+        return render(request, "jobs/wizard.html", ctx, status=400)
+    request.session.pop(WIZARD_KEY, None)
+    messages.success(
+        request, f"Sweep {sweep.pk} queued: the baseline is measured once, then each point runs."
+    )
+    return redirect("sweeps:detail", pk=sweep.pk)
 
 
 @org_required
