@@ -26,8 +26,6 @@ from workers.celery import app as celery_app
 
 SENSITIVITY_RUN_TASK = "edgeslim.sensitivity_run"
 MAX_ATTEMPTS = 3
-# channel_pruning's fine-tuning after per-layer pruning (the analysis itself never trains).
-STAGE_FINETUNE_EPOCHS = 5
 
 
 def _enqueue(analysis: SensitivityAnalysis) -> None:
@@ -160,6 +158,5 @@ def analysis_stage(*, analysis: SensitivityAnalysis, max_drop: float) -> dict[st
             "layer_ratios": ratios,
             "round_to": result.round_to,
             "max_layer_ratio": max(0.9, *ratios.values()),
-            "finetune_epochs": STAGE_FINETUNE_EPOCHS,
         },
     }

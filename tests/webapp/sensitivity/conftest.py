@@ -1,5 +1,5 @@
 import pytest
-from jobs_fixtures import org_a, org_b, token_for  # noqa: F401
+from jobs_fixtures import _jobs_not_sent_to_a_shared_worker, org_a, org_b, token_for  # noqa: F401
 
 from webapp.sensitivity import services
 
