@@ -22,6 +22,8 @@ from webapp.reports.comparison import (
     ComparisonInputError,
     comparison_from_query,
 )
+from webapp.reports.fleet import fleet_build
+from webapp.reports.lineage import MAX_LINEAGE_VERSIONS, LineageTooLarge, lineage_build
 
 
 class CompareErrorSerializer(serializers.Serializer[Any]):
@@ -139,6 +141,152 @@ class CompareView(APIView):
         return Response(comparison)
 
 
+class LatencySerializer(serializers.Serializer[Any]):
+    count = serializers.IntegerField(allow_null=True, help_text="Timed runs (runs x rounds).")
+    mean_ms = serializers.FloatField(allow_null=True)
+    stdev_ms = serializers.FloatField(allow_null=True, help_text="Of the single timed runs.")
+    p50_ms = serializers.FloatField(allow_null=True)
+    p90_ms = serializers.FloatField(allow_null=True)
+    p99_ms = serializers.FloatField(allow_null=True, help_text="Null below 100 timed runs.")
+
+
+class FleetDeviceSerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    hardware = serializers.CharField()
+
+
+class FleetRowSerializer(serializers.Serializer[Any]):
+    device = FleetDeviceSerializer()
+    cpu = serializers.CharField()
+    cores = serializers.IntegerField(allow_null=True)
+    os = serializers.CharField()
+    arch = serializers.CharField()
+    runtime = serializers.CharField(help_text='e.g. "onnxruntime 1.20.1".')
+    provider = serializers.CharField(
+        help_text='The execution provider, e.g. "CPUExecutionProvider".'
+    )
+    batch_size = serializers.IntegerField(allow_null=True)
+    threads = serializers.IntegerField(allow_null=True)
+    latency = LatencySerializer()
+    throughput = serializers.FloatField(allow_null=True, help_text="Samples per second.")
+    peak_mem_mb = serializers.FloatField(allow_null=True, help_text="Peak resident memory, MB.")
+    load_time_ms = serializers.FloatField(allow_null=True)
+    top1_pct = serializers.FloatField(allow_null=True)
+    eval_samples = serializers.IntegerField(allow_null=True)
+    eval_set = serializers.CharField(help_text="What the accuracy was measured on.")
+    deployment = serializers.IntegerField(allow_null=True, help_text="Whose latency this is.")
+    accuracy_deployment = serializers.IntegerField(allow_null=True)
+    measured_at = serializers.DateTimeField(allow_null=True)
+    op_profile_ms = serializers.DictField(
+        child=serializers.FloatField(), help_text="Op type to ms per inference, costliest first."
+    )
+
+
+class VersionSummarySerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    title = serializers.CharField()
+    name = serializers.CharField()
+    number = serializers.IntegerField()
+    label = serializers.CharField()  # type: ignore[assignment]
+    format = serializers.CharField()
+    size_bytes = serializers.IntegerField(allow_null=True)
+    parent = serializers.IntegerField(allow_null=True)  # type: ignore[assignment]
+    job = serializers.IntegerField(allow_null=True, help_text="The job that produced it.")
+
+
+class FleetSerializer(serializers.Serializer[Any]):
+    version = VersionSummarySerializer()
+    devices = serializers.IntegerField(help_text="How many devices ran it (rows).")
+    rows = FleetRowSerializer(many=True)
+    op_types = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="Profiled op types, costliest over all devices first.",
+    )
+
+
+class FleetView(APIView):
+    @extend_schema(
+        summary="A model version across the fleet: one row per device that ran it",
+        description="Each device's newest deployment at its smallest batch size, its newest "
+        "accuracy, its facts and per-operator profile. Fields in docs/reports.md.",
+        responses={200: FleetSerializer, 404: CompareErrorSerializer},
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        return Response(fleet_build(organization=api_organization(request), version_id=pk))
+
+
+class LineageJobSerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    status = serializers.CharField()
+
+
+class LineageRecipeSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField()
+    methods = serializers.ListField(child=serializers.CharField())
+
+
+class LineageDeviceSerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    p50_ms = serializers.FloatField(allow_null=True)
+    p90_ms = serializers.FloatField(allow_null=True)
+    top1_pct = serializers.FloatField(allow_null=True)
+
+
+class LineageNodeSerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    title = serializers.CharField()
+    name = serializers.CharField()
+    number = serializers.IntegerField()
+    label = serializers.CharField()  # type: ignore[assignment]
+    format = serializers.CharField()
+    status = serializers.CharField()
+    task = serializers.CharField()
+    parent = serializers.IntegerField(allow_null=True)  # type: ignore[assignment]
+    children = serializers.ListField(child=serializers.IntegerField())
+    depth = serializers.IntegerField(help_text="Generations below the root.")
+    size_bytes = serializers.IntegerField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    job = LineageJobSerializer(allow_null=True, help_text="The job that produced it.")
+    recipe = LineageRecipeSerializer(allow_null=True, help_text="The recipe that job ran.")
+    devices = LineageDeviceSerializer(many=True)
+    x = serializers.IntegerField(help_text="The page's tree layout (pixels).")
+    y = serializers.IntegerField()
+
+
+class LineageSerializer(serializers.Serializer[Any]):
+    root = serializers.IntegerField(help_text="The first version of the family.")  # type: ignore[assignment]
+    focus = serializers.IntegerField(help_text="The version asked for.")
+    devices = CompareDeviceSerializer(many=True)
+    versions = LineageNodeSerializer(many=True)
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+
+
+class LineageView(APIView):
+    @extend_schema(
+        summary="A model's family tree: every version, the job and recipe that made it, "
+        "its parent and its device results",
+        description="The family of the version: its root and everything derived from it, "
+        f"at most {MAX_LINEAGE_VERSIONS} versions. Fields in docs/reports.md.",
+        responses={
+            200: LineageSerializer,
+            400: CompareErrorSerializer,
+            404: CompareErrorSerializer,
+        },
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        try:
+            data = lineage_build(organization=api_organization(request), version_id=pk)
+        except LineageTooLarge as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(data)
+
+
 api_urlpatterns = [
     path("reports/compare/", CompareView.as_view(), name="reports-compare"),
+    path("reports/versions/<int:pk>/fleet/", FleetView.as_view(), name="reports-fleet"),
+    path("reports/versions/<int:pk>/lineage/", LineageView.as_view(), name="reports-lineage"),
 ]

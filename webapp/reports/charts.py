@@ -289,3 +289,59 @@ def comparison_figures(comparison: dict[str, Any]) -> dict[str, dict[str, Any]]:
         comparison, axis="size", cost_key="size_bytes", cost_title="file size (KiB)", scale=1024
     )
     return {k: v for k, v in figs.items() if v}
+
+
+def fleet_latency(fleet: dict[str, Any]) -> dict[str, Any]:
+    """p50 and p90 latency on each device that ran the version (grouped bars, ms)."""
+    rows = [r for r in fleet["rows"] if r["latency"]["p50_ms"] is not None]
+    if not rows:
+        return {}
+    names = [r["device"]["name"] for r in rows]
+    fig = go.Figure(
+        [
+            go.Bar(name="p50", x=names, y=[r["latency"]["p50_ms"] for r in rows]),
+            go.Bar(name="p90", x=names, y=[r["latency"]["p90_ms"] for r in rows]),
+        ]
+    )
+    fig.update_layout(
+        title="Latency on each device (newest deployment, smallest batch)",
+        barmode="group",
+        yaxis_title="ms",
+        **_LAYOUT,
+    )
+    return _fig(fig)
+
+
+def fleet_op_profile(fleet: dict[str, Any], *, top: int = 15) -> dict[str, Any]:
+    """The per-operator profile: ms per inference of each op type (the ``top`` costliest over
+    all devices, costliest on top), one bar per device."""
+    profiled = [r for r in fleet["rows"] if r["op_profile_ms"]]
+    if not profiled:
+        return {}
+    ops = fleet["op_types"][:top]
+    fig = go.Figure(
+        [
+            go.Bar(
+                name=r["device"]["name"],
+                y=ops,
+                x=[r["op_profile_ms"].get(op, 0.0) for op in ops],
+                orientation="h",
+            )
+            for r in profiled
+        ]
+    )
+    layout = {**_LAYOUT, "height": max(340, 120 + 26 * len(ops) * max(1, len(profiled)) // 2)}
+    fig.update_layout(
+        title="Per-operator profile (ms per inference, by op type)",
+        barmode="group",
+        xaxis_title="ms per inference",
+        yaxis={"autorange": "reversed", "automargin": True},
+        **layout,
+    )
+    return _fig(fig)
+
+
+def fleet_figures(fleet: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The fleet view's charts by element id; empty ones are left out."""
+    figs = {"chart-fleet-latency": fleet_latency(fleet), "chart-fleet-ops": fleet_op_profile(fleet)}
+    return {k: v for k, v in figs.items() if v}

@@ -24,6 +24,7 @@ from webapp.reports.comparison import (
     comparison_from_query,
     comparison_table,
 )
+from webapp.reports.export_views import pdf_attachment
 
 
 def _comparison(request: HttpRequest) -> dict[str, Any]:
@@ -41,6 +42,20 @@ def _picked(request: HttpRequest) -> bool:
     return any(request.GET.get(k) for k in ("v", "versions", "family", "job"))
 
 
+def _page_context(request: HttpRequest, comparison: dict[str, Any]) -> dict[str, Any]:
+    query = request.GET.urlencode()
+    return {
+        "comparison": comparison,
+        "table": comparison_table(comparison),
+        "figures": charts.comparison_figures(comparison),
+        **{
+            f"{fmt}_url": f"{reverse('reports:compare_export', args=[fmt])}?{query}"
+            for fmt in ("csv", "json", "pdf")
+        },
+        "baseline_row": next(r for r in comparison["rows"] if r["is_baseline"]),
+    }
+
+
 @require_GET
 @org_required
 def compare(request: HttpRequest) -> HttpResponse:
@@ -51,27 +66,28 @@ def compare(request: HttpRequest) -> HttpResponse:
         comparison = _comparison(request)
     except ComparisonInputError as exc:
         return render(request, "reports/compare.html", {**ctx, "error": str(exc)}, status=400)
-    query = request.GET.urlencode()
-    ctx.update(
-        comparison=comparison,
-        table=comparison_table(comparison),
-        figures=charts.comparison_figures(comparison),
-        csv_url=f"{reverse('reports:compare_export', args=['csv'])}?{query}",
-        json_url=f"{reverse('reports:compare_export', args=['json'])}?{query}",
-        baseline_row=next(r for r in comparison["rows"] if r["is_baseline"]),
-    )
+    ctx.update(_page_context(request, comparison))
     return render(request, "reports/compare.html", ctx)
 
 
 @require_GET
 @org_required
 def compare_export(request: HttpRequest, fmt: str) -> HttpResponse:
-    """``/reports/compare/export.csv`` or ``.json``: the same query as the page."""
+    """``/reports/compare/export.csv``, ``.json`` or ``.pdf``: the same query as the page."""
     try:
         comparison = _comparison(request)
     except ComparisonInputError as exc:
         return JsonResponse({"detail": str(exc)}, status=400)
     filename = f"comparison-{'-'.join(str(i) for i in comparison['versions'][:8])}"
+    if fmt == "pdf":
+        ctx = {"max_versions": MAX_COMPARE_VERSIONS, **_page_context(request, comparison)}
+        return pdf_attachment(
+            request,
+            template="reports/compare.html",
+            context=ctx,
+            charts=len(ctx["figures"]),
+            filename=f"{filename}.pdf",
+        )
     if fmt == "json":
         response = HttpResponse(json.dumps(comparison, indent=2), content_type="application/json")
     else:

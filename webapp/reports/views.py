@@ -26,8 +26,8 @@ def report_index(request: HttpRequest) -> HttpResponse:
     return render(request, "reports/report_index.html", {"rows": rows})
 
 
-@org_required
-def report_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def report_context(request: HttpRequest, pk: int) -> dict[str, Any]:
+    """Everything the report page shows (404 for a job of another organisation or none)."""
     org = request.organization  # type: ignore[attr-defined]
     job = job_selectors.job_get(organization=org, pk=pk)
     report = job_selectors.job_report(job=job)
@@ -59,4 +59,9 @@ def report_detail(request: HttpRequest, pk: int) -> HttpResponse:
             versions=report.get("model_versions", []),
         )
         ctx["flags"] = selectors.report_verdict_flags(report, rows, ctx["artifacts"])
-    return render(request, "reports/report_detail.html", ctx)
+    return ctx
+
+
+@org_required
+def report_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    return render(request, "reports/report_detail.html", report_context(request, pk))

@@ -4,7 +4,10 @@ succeeded jobs with hand-written reports, and device results of deployed version
 from __future__ import annotations
 
 import itertools
+from datetime import timedelta
 from typing import Any
+
+from django.utils import timezone
 
 from device_registry.models import DeployableArtifact, Deployment, DeploymentResult, Device
 from webapp.accounts.models import Organization
@@ -141,6 +144,7 @@ def device_result(
         target_value=str(dev.pk),
         issued_at=0,
         signature="test",
+        expires_at=timezone.now() + timedelta(days=1),
     )
     DeploymentResult.objects.create(
         deployment=dep,

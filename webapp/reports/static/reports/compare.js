@@ -4,14 +4,23 @@
   "use strict";
   const figures = JSON.parse(document.getElementById("compare-figures").textContent);
   const drawn = new Set();
+  const print = !!document.querySelector("[data-print-mode]");
   function draw(id) {
     const el = document.getElementById(id);
-    if (!el || drawn.has(id) || !window.Plotly) return;
+    if (!el || drawn.has(id) || !window.Plotly) return null;
     drawn.add(id);
-    Plotly.newPlot(el, figures[id].data, figures[id].layout, { displayModeBar: false, responsive: true });
+    return Plotly.newPlot(el, figures[id].data, figures[id].layout, { displayModeBar: false, responsive: !print, staticPlot: print });
   }
   const select = document.querySelector("[data-chart-select]");
-  if (select) {
+  if (print) {
+    // The PDF export: every chart shown and drawn; <html data-charts-drawn> when they are.
+    const drawing = Object.keys(figures).map(function (id) {
+      const el = document.getElementById(id);
+      if (el) el.hidden = false;
+      return draw(id);
+    }).filter(Boolean);
+    Promise.all(drawing).then(function () { document.documentElement.dataset.chartsDrawn = String(drawing.length); });
+  } else if (select) {
     draw(select.value);
     select.addEventListener("change", function () {
       document.querySelectorAll("[data-chart]").forEach(function (el) { el.hidden = el.id !== select.value; });
