@@ -45,7 +45,7 @@ async def _agent(url: str, origin: str, credential: str, deployment_id: int,
                  go: asyncio.Event) -> None:  # fmt: skip
     from websockets.asyncio.client import connect
 
-    from device_registry.agent.protocol import DeviceFacts, Heartbeat, Hello, Result, encode
+    from edgeslim_agent.protocol import DeviceFacts, Heartbeat, Hello, Result, encode
 
     facts = DeviceFacts(cpu="sim", cores=1, memory_mb=512, os="Linux", arch="sim",
                         python="3", ort_version="sim", providers=["CPUExecutionProvider"])  # fmt: skip
@@ -187,8 +187,8 @@ def _rows(max_n: int, data_dir: Path) -> dict[str, Any]:
 
 
 def _fleet_deployment(org: Any, art: Any) -> int:
-    from device_registry.agent.protocol import BenchSettings
     from device_registry.services import deployment_create
+    from edgeslim_agent.protocol import BenchSettings
 
     dep = deployment_create(organization=org, artifact=art, target_kind="fleet",
                             settings=BenchSettings(batch_sizes=list(range(1, 17))))  # fmt: skip
@@ -291,10 +291,10 @@ async def _step(base: str, cookie: str, n: int, deployment_id: int, window: floa
 def _download_bench(base: str, org: Any, data_dir: Path, size_mb: int) -> dict[str, float]:
     import io
 
-    from device_registry.agent.download import download
-    from device_registry.agent.protocol import BenchSettings
     from device_registry.models import Device
     from device_registry.services import artifact_create, deployment_create, device_host_credential
+    from edgeslim_agent.download import download
+    from edgeslim_agent.protocol import BenchSettings
 
     blob = os.urandom(size_mb * 2**20)
     art = artifact_create(organization=org, name="big.bin", file=io.BytesIO(blob))

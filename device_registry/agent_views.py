@@ -22,9 +22,9 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from device_registry import selectors, services, signing
-from device_registry.agent import __version__ as agent_version
-from device_registry.agent_wheel import agent_wheel_build, agent_wheel_name
+from device_registry.agent_wheel import agent_wheel_build, agent_wheel_name, agent_wheel_sha256
 from device_registry.models import Device
+from edgeslim_agent import __version__ as agent_version
 
 log = logging.getLogger("edgeslim.devices.http")
 
@@ -57,8 +57,22 @@ def enroll(request: HttpRequest) -> JsonResponse:
             "device_name": device.name,
             "credential": credential,
             "server_public_key": signing.public_key_b64(),
+            "signing_keys": signing.trusted_keys(),
         },
         status=201,
+    )
+
+
+@require_GET
+def signing_keys(request: HttpRequest) -> JsonResponse:
+    """GET /api/v1/agent/keys: the active key's id, the keys to trust now, and every signed
+    key statement (public data; an agent applies only statements a key it trusts signed)."""
+    return JsonResponse(
+        {
+            "active": signing.active_key_id(),
+            "keys": signing.trusted_keys(),
+            "statements": signing.key_statements(),
+        }
     )
 
 
@@ -165,4 +179,10 @@ def agent_wheel(request: HttpRequest, filename: str) -> FileResponse:
 
 
 def agent_version_info(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"version": agent_version, "wheel": f"/agent/{agent_wheel_name()}"})
+    return JsonResponse(
+        {
+            "version": agent_version,
+            "wheel": f"/agent/{agent_wheel_name()}",
+            "sha256": agent_wheel_sha256(),
+        }
+    )

@@ -12,10 +12,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from device_registry import conf, model_versions, selectors, services
-from device_registry.agent.protocol import BenchSettings, ProtocolError
 from device_registry.agent_wheel import agent_wheel_name
 from device_registry.models import DeployableArtifact, Deployment, Device, TargetKind
 from device_registry.public_url import enrollment_commands
+from edgeslim_agent.protocol import BenchSettings, ProtocolError
 from webapp.accounts.models import Organization
 from webapp.accounts.permissions import api_organization, api_require_writer
 from webapp.accounts.selectors import get_object_for_org_or_404

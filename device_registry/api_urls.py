@@ -6,6 +6,7 @@ from device_registry import agent_views, api
 
 urlpatterns = [
     path("agent/enroll", agent_views.enroll, name="agent_enroll"),
+    path("agent/keys", agent_views.signing_keys, name="agent_keys"),
     path("agent/artifacts/<int:artifact_id>", agent_views.artifact_download, name="agent_artifact"),
     path(
         "agent/artifacts/<int:artifact_id>/eval",

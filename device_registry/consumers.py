@@ -22,7 +22,7 @@ from channels.layers import get_channel_layer
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
 
 from device_registry import bus, conf, selectors, services
-from device_registry.agent.protocol import (
+from edgeslim_agent.protocol import (
     AGENT_MESSAGES,
     CLOSE_EVICTED,
     CLOSE_PROTOCOL,

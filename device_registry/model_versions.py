@@ -12,8 +12,8 @@ from django.db import transaction
 from django.db.models import Q
 
 from device_registry import conf, eval_sets, selectors, services
-from device_registry.agent.protocol import FORMAT_CONTAINER, FORMAT_ONNX
 from device_registry.models import DeployableArtifact
+from edgeslim_agent.protocol import FORMAT_CONTAINER, FORMAT_ONNX
 from webapp.accounts.models import Organization, User
 from webapp.catalog.models import Dataset, ItemStatus, ModelFormat, ModelVersion
 

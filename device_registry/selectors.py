@@ -8,7 +8,6 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from device_registry.agent.protocol import Deploy
 from device_registry.models import (
     FINISHED_STATUSES,
     DeployableArtifact,
@@ -20,6 +19,7 @@ from device_registry.models import (
     secret_hash,
 )
 from device_registry.services import CREDENTIAL_PREFIX, deployment_message
+from edgeslim_agent.protocol import Deploy
 from webapp.accounts.models import Organization
 
 

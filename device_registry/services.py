@@ -23,7 +23,20 @@ from django.utils import timezone
 from compression.container import MAGIC as CONTAINER_MAGIC
 from compression.container import decode_container
 from device_registry import bus, conf
-from device_registry.agent.protocol import (
+from device_registry.models import (
+    FINISHED_STATUSES,
+    DeployableArtifact,
+    Deployment,
+    DeploymentResult,
+    DeploymentTarget,
+    Device,
+    EnrollmentCode,
+    TargetKind,
+    TargetStatus,
+    secret_hash,
+)
+from device_registry.signing import manifest_sign, stored_key_id, stored_signature
+from edgeslim_agent.protocol import (
     DECODE_KEYS,
     FORMAT_CONTAINER,
     FORMAT_ONNX,
@@ -42,19 +55,6 @@ from device_registry.agent.protocol import (
     decode_figures,
     encode,
 )
-from device_registry.models import (
-    FINISHED_STATUSES,
-    DeployableArtifact,
-    Deployment,
-    DeploymentResult,
-    DeploymentTarget,
-    Device,
-    EnrollmentCode,
-    TargetKind,
-    TargetStatus,
-    secret_hash,
-)
-from device_registry.signing import manifest_sign
 from webapp.accounts.models import Organization, User
 from webapp.live.services import org_event_send
 
@@ -371,6 +371,7 @@ def deployment_manifest(deployment: Deployment) -> Manifest:
         eval_sha256=artifact.eval_sha256 if has_eval else None,
         eval_size=artifact.eval_size if has_eval else None,
         format=artifact.format or FORMAT_ONNX,
+        key_id=stored_key_id(deployment.signature),
     )
 
 
@@ -380,7 +381,7 @@ def deployment_message(deployment: Deployment) -> Deploy:
     artifact = deployment.artifact
     return Deploy(
         manifest=deployment_manifest(deployment),
-        signature=deployment.signature,
+        signature=stored_signature(deployment.signature),
         artifact_url=f"/api/v1/agent/artifacts/{artifact.pk}",
         eval_url=f"/api/v1/agent/artifacts/{artifact.pk}/eval" if artifact.eval_file else None,
         settings=settings,

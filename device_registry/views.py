@@ -15,10 +15,10 @@ from django.views.decorators.http import require_POST
 
 from compression.container import ContainerError
 from device_registry import conf, eval_sets, model_versions, public_url, selectors, services
-from device_registry.agent.protocol import BenchSettings, ProtocolError
 from device_registry.agent_wheel import agent_wheel_name
 from device_registry.forms import ArtifactUploadForm, DeploymentForm, DeviceRegisterForm
 from device_registry.models import DeployableArtifact, Deployment, Device, TargetKind
+from edgeslim_agent.protocol import BenchSettings, ProtocolError
 from webapp.accounts.permissions import WRITE_ROLES, can_write, org_required, require_role
 from webapp.accounts.selectors import get_object_for_org_or_404
 from webapp.catalog.models import Dataset, ModelVersion

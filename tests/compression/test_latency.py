@@ -64,7 +64,7 @@ def _latency_children() -> list[psutil.Process]:
     out = []
     for child in psutil.Process().children(recursive=True):
         try:
-            if "compression.latency" in child.cmdline():
+            if "edgeslim_agent.latency" in child.cmdline():
                 out.append(child)
         except psutil.NoSuchProcess:
             pass

@@ -13,27 +13,34 @@ from typing import Any
 
 
 def agent_cmd(state_dir: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "device_registry.agent", "--state-dir", str(state_dir), *args]
+    return [sys.executable, "-m", "edgeslim_agent", "--state-dir", str(state_dir), *args]
 
 
-def enroll(state_dir: Path, server: str, code: str) -> subprocess.CompletedProcess[str]:
+def enroll(
+    state_dir: Path, server: str, code: str, *, fingerprint: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """``edgeslim-agent enroll``; a plain-http test server needs ``--insecure-http``."""
+    flags = ["--insecure-http"] if server.startswith("http://") else []
+    pin = ["--fingerprint", fingerprint] if fingerprint else []
     return subprocess.run(
-        agent_cmd(state_dir, "enroll", "--server", server, "--code", code),
+        agent_cmd(state_dir, *flags, "enroll", "--server", server, *pin, "--code", code),
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
 
 class AgentProcess:
-    def __init__(self, state_dir: Path, log: Path) -> None:
+    def __init__(self, state_dir: Path, log: Path, *, insecure_http: bool = True) -> None:
         self.state_dir = state_dir
         self.log = log
+        # the live tests' daphne serves plain http on loopback; the browser e2e runs https
+        self.flags = ["--insecure-http"] if insecure_http else []
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                agent_cmd(self.state_dir, "run"), stdout=out, stderr=subprocess.STDOUT, env=env,
+                agent_cmd(self.state_dir, *self.flags, "run"), stdout=out, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,
             )  # fmt: skip
         return self

@@ -95,8 +95,8 @@ def deploy_and_measure(org: Organization, art: object, tmp_path: Path, server: s
     from agent_process import AgentProcess, enroll, wait_for
 
     from device_registry import services
-    from device_registry.agent.protocol import BenchSettings
     from device_registry.models import DeploymentTarget
+    from edgeslim_agent.protocol import BenchSettings
 
     device, code = services.device_register(organization=org, name="pi")
     done = enroll(tmp_path / "pi", server, code)

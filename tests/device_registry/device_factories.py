@@ -11,8 +11,8 @@ from device_onnx import write_eval_set, write_linear_model
 from factories import make_organization
 
 from device_registry import services
-from device_registry.agent.protocol import BenchSettings, DeviceFacts
 from device_registry.models import DeployableArtifact, Deployment, DeploymentResult, Device
+from edgeslim_agent.protocol import BenchSettings, DeviceFacts
 from webapp.accounts.models import Membership, Organization
 
 FACTS = DeviceFacts(

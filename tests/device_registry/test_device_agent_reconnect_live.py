@@ -13,8 +13,8 @@ from device_onnx import write_linear_model
 from factories import make_organization
 
 from device_registry import bus, services
-from edgeslim_agent.protocol import BenchSettings
 from device_registry.models import DeploymentTarget, Device
+from edgeslim_agent.protocol import BenchSettings
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

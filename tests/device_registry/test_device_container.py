@@ -15,8 +15,8 @@ from factories import make_organization
 from compression.container import ContainerError
 from compression.weight_coding import encode_onnx
 from device_registry import services
-from device_registry.agent.protocol import ProtocolError, Result
 from device_registry.models import DeploymentResult, Device
+from edgeslim_agent.protocol import ProtocolError, Result
 
 pytestmark = pytest.mark.django_db
 

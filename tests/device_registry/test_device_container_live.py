@@ -24,8 +24,8 @@ from compression.container import (
 )
 from compression.weight_coding import encode_onnx
 from device_registry import services
-from device_registry.agent.protocol import BenchSettings
 from device_registry.models import DeploymentResult, DeploymentTarget
+from edgeslim_agent.protocol import BenchSettings
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

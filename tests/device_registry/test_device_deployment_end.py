@@ -15,7 +15,9 @@ from django.utils import timezone
 from factories import client_for, make_member
 
 from device_registry import bus, services, tasks
-from device_registry.agent.protocol import (
+from device_registry.models import Deployment, DeploymentResult, DeploymentTarget
+from device_registry.selectors import device_pending_deploys
+from edgeslim_agent.protocol import (
     CLOSE_REENROLLED,
     CLOSE_REVOKED,
     BenchSettings,
@@ -27,8 +29,6 @@ from device_registry.agent.protocol import (
     decode,
     encode,
 )
-from device_registry.models import Deployment, DeploymentResult, DeploymentTarget
-from device_registry.selectors import device_pending_deploys
 from webapp.accounts.models import Role
 from webapp.accounts.services import api_token_create
 

@@ -12,7 +12,7 @@ from agent_process import AgentProcess, enroll
 from device_onnx import write_eval_set, write_linear_model
 from factories import PASSWORD, make_organization, make_user
 
-from device_registry.agent import __version__ as agent_version
+from edgeslim_agent import __version__ as agent_version
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -18,8 +18,8 @@ from jobs_factories import make_digits, make_model_version
 
 import webapp.asgi  # noqa: F401  (sets up logging now, not under a test's caplog)
 from device_registry import eval_sets, model_versions, services
-from device_registry.agent.protocol import CLOSE_PROTOCOL, Ack, Hello, decode, encode
 from device_registry.models import DeployableArtifact, DeploymentResult
+from edgeslim_agent.protocol import CLOSE_PROTOCOL, Ack, Hello, decode, encode
 from webapp.catalog.loaders import dataset_load
 from webapp.catalog.models import ModelVersion
 

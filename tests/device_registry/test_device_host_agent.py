@@ -11,9 +11,9 @@ from django.core.management import call_command
 from factories import make_organization
 
 from device_registry import services
-from device_registry.agent.config import AgentConfig
-from device_registry.agent.protocol import BenchSettings
 from device_registry.models import DeploymentResult, Device
+from edgeslim_agent.config import AgentConfig
+from edgeslim_agent.protocol import BenchSettings
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

@@ -13,8 +13,8 @@ from django.utils import timezone
 from factories import client_for, make_organization
 
 from device_registry import public_url, services
-from device_registry.agent.protocol import Result
 from device_registry.models import Device
+from edgeslim_agent.protocol import Result
 
 pytestmark = pytest.mark.django_db
 

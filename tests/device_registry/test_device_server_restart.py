@@ -15,8 +15,8 @@ from factories import make_organization
 from stack import free_port, subprocess_env
 
 from device_registry import services
-from device_registry.agent.protocol import BenchSettings
 from device_registry.models import DeploymentTarget
+from edgeslim_agent.protocol import BenchSettings
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

@@ -14,7 +14,8 @@ from factories import make_organization
 from ws_testing import communicator, session_cookie_for
 
 from device_registry import services
-from device_registry.agent.protocol import (
+from device_registry.models import DeploymentResult, DeploymentTarget, Device
+from edgeslim_agent.protocol import (
     CLOSE_EVICTED,
     CLOSE_PROTOCOL,
     CLOSE_RATE,
@@ -30,7 +31,6 @@ from device_registry.agent.protocol import (
     decode,
     encode,
 )
-from device_registry.models import DeploymentResult, DeploymentTarget, Device
 from webapp.live.services import org_group_name
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -1,7 +1,7 @@
 """Register the worker host as a device and run the same agent code on it.
 
 Every latency figure in the product then comes from one harness: host benchmarks go through
-``device_registry.agent`` exactly like a Raspberry Pi's do. Example::
+``edgeslim_agent`` exactly like a Raspberry Pi's do. Example::
 
     python manage.py edgeslim_host_agent --org edge-lab --server http://127.0.0.1:8000
 """
@@ -15,9 +15,10 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from device_registry import services, signing
-from device_registry.agent import cli
-from device_registry.agent.config import AgentConfig
 from device_registry.models import Device
+from device_registry.public_url import is_loopback
+from edgeslim_agent import cli
+from edgeslim_agent.config import AgentConfig
 from webapp.accounts.models import Organization
 
 
@@ -58,6 +59,7 @@ class Command(BaseCommand):
         self.stdout.write(f"host device {device.pk} ({device.name}); state in {state_dir}")
         if opts["setup_only"]:
             return
-        code = cli.run(state_dir)
+        # The host agent runs beside the studio: plain http is allowed to a loopback address only.
+        code = cli.run(state_dir, insecure_http=is_loopback(opts["server"]))
         if code:
             raise CommandError(f"the host agent stopped with exit code {code}")

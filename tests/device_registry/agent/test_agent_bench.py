@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from device_onnx import write_eval_set, write_linear_model
 
-from device_registry.agent.bench import accuracy_check, input_shape_for, latency_runs
-from device_registry.agent.facts import collect
-from device_registry.agent.protocol import BenchSettings, Hello, decode, encode
+from edgeslim_agent.bench import accuracy_check, input_shape_for, latency_runs
+from edgeslim_agent.facts import collect
+from edgeslim_agent.protocol import BenchSettings, Hello, decode, encode
 
 
 def test_it_measures_every_batch_size_with_the_shared_harness(tmp_path):

@@ -10,7 +10,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from device_registry.agent.download import DownloadError, VerificationError, download
+from edgeslim_agent.download import (
+    DownloadError,
+    UnsafeURLError,
+    VerificationError,
+    download,
+    server_url,
+)
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -19,6 +25,7 @@ SHA = hashlib.sha256(PAYLOAD).hexdigest()
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     drop_first_at: int | None = None
+    redirect_to: str | None = None
     ranges: list[str | None]
     auth: list[str | None]
     body = PAYLOAD
@@ -34,6 +41,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         srv = self.server
         srv.ranges.append(self.headers.get("Range"))
         srv.auth.append(self.headers.get("Authorization"))
+        if srv.redirect_to is not None:
+            self.send_response(302)
+            self.send_header("Location", srv.redirect_to)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = srv.body
         start = 0
         rng = self.headers.get("Range")
@@ -109,3 +122,111 @@ def test_an_unreachable_server_is_a_download_error(tmp_path):
         download(
             "http://127.0.0.1:9/a", tmp_path / "m", credential="c", size=1, sha256=SHA, attempts=2
         )
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[_Server]:
+    """Another origin: it must never see the device's credential."""
+    srv = _Server(("127.0.0.1", 0), _Handler)
+    srv.ranges, srv.auth = [], []
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "@otherhost/api/v1/agent/artifacts/1",
+        "@127.0.0.1:9/x",
+        "//otherhost/a",
+        "/api//v1",
+        "https://otherhost/a",
+        "http://127.0.0.1:9/a",
+        "/api/v1/agent/artifacts/../../admin",
+        "/./a",
+        "/a%2e%2e/b",
+        "/a?x=1",
+        "/a#frag",
+        "/a\\b",
+        "api/v1/agent/artifacts/1",
+        "",
+        "/a/@b",
+        "/a:80",
+    ],
+)
+def test_only_plain_server_relative_paths_are_accepted(path):
+    with pytest.raises(UnsafeURLError):
+        server_url("https://studio.example:8443", path)
+
+
+def test_a_plain_path_joins_the_server_and_keeps_its_origin():
+    base = "https://studio.example:8443"
+    assert (
+        server_url(base, "/api/v1/agent/artifacts/7/eval")
+        == base + "/api/v1/agent/artifacts/7/eval"
+    )
+    assert server_url(base + "/edgeslim/", "/a") == base + "/edgeslim/a"
+
+
+def test_a_redirect_is_refused_and_the_credential_never_reaches_the_other_origin(
+    server, elsewhere, tmp_path
+):
+    other = f"http://127.0.0.1:{elsewhere.server_address[1]}/a"
+    server.redirect_to = other
+    with pytest.raises(UnsafeURLError, match="redirect"):
+        download(_url(server), tmp_path / "m.onnx", credential="secret", size=1, sha256=SHA)
+    assert server.auth == ["Device secret"]  # one try: a refused redirect is not retried
+    assert elsewhere.auth == []  # the other origin got no request at all
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("hostile", ["@{other}/a", "http://{other}/a", "//{other}/a"])
+def test_the_agent_fails_a_deployment_whose_artifact_url_leaves_the_server(
+    server, elsewhere, tmp_path, hostile
+):
+    """A signed manifest with a hostile ``artifact_url`` fails as download_failed, and neither
+    the server nor the other origin gets a request (so no credential goes anywhere)."""
+    import asyncio
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edgeslim_agent.config import AgentConfig
+    from edgeslim_agent.connection import Agent
+    from edgeslim_agent.protocol import BenchSettings, Deploy, Manifest
+    from edgeslim_agent.trust import key_id
+
+    key = Ed25519PrivateKey.generate()
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    public = base64.b64encode(raw).decode()
+    manifest = Manifest(
+        deployment_id=1, artifact_id=1, name="m.onnx", sha256=SHA, size=len(PAYLOAD),
+        issued_at=1, key_id=key_id(public),
+    )  # fmt: skip
+    other = f"127.0.0.1:{elsewhere.server_address[1]}"
+    deploy = Deploy(
+        manifest=manifest,
+        signature=base64.b64encode(key.sign(manifest.signing_bytes())).decode(),
+        artifact_url=hostile.format(other=other),
+        eval_url=None,
+        settings=BenchSettings(),
+    )
+    config = AgentConfig(
+        server=f"http://127.0.0.1:{server.server_address[1]}", device_id=1, device_name="d",
+        credential="secret", server_public_key=public,
+    )  # fmt: skip
+    agent = Agent(config, tmp_path / "state")
+
+    async def run() -> None:
+        agent._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(agent.execute, deploy)
+
+    asyncio.run(run())
+    (result,) = agent.outbox.pending()
+    assert result.kind == "failed" and result.data["reason"] == "download_failed"
+    assert "refusing the download path" in result.data["detail"]
+    assert server.auth == [] and elsewhere.auth == []

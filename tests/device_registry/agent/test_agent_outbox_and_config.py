@@ -7,10 +7,10 @@ import stat
 
 import pytest
 
-from device_registry.agent.config import AgentConfig, ConfigError
-from device_registry.agent.connection import Backoff
-from device_registry.agent.outbox import Outbox
-from device_registry.agent.protocol import Result
+from edgeslim_agent.config import AgentConfig, ConfigError
+from edgeslim_agent.connection import Backoff
+from edgeslim_agent.outbox import Outbox
+from edgeslim_agent.protocol import Result
 
 
 def _result(dep: int, seq: int) -> Result:

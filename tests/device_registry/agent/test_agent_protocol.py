@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from device_registry.agent.protocol import (
+from edgeslim_agent.protocol import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     BenchSettings,

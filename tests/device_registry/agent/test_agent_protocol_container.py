@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from device_registry.agent.protocol import (
+from edgeslim_agent.protocol import (
     BenchSettings,
     Deploy,
     Manifest,

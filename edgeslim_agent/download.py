@@ -3,6 +3,11 @@
 Bytes land in ``<name>.part``; a dropped connection leaves the part file, and the next attempt
 asks for ``Range: bytes=<have>-``. Only a file whose size and sha256 match the signed manifest
 is renamed to its final name, so a half or tampered download is never benchmarked.
+
+The agent downloads only from its own server: :func:`server_url` accepts a server-relative path
+of plain characters (no ``@``, ``//``, scheme, ``..``, ``%``, ``?`` or ``\\``) and checks that the
+joined URL keeps the server's scheme, host and port; redirects are refused, not followed, so the
+``Authorization`` header never reaches another origin.
 """
 
 from __future__ import annotations
@@ -11,8 +16,11 @@ import hashlib
 import http.client
 import logging
 import os
+import re
+import ssl
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +42,44 @@ class VerificationError(RuntimeError):
         self.reason = reason
 
 
+class UnsafeURLError(DownloadError):
+    """A download path that could lead off the server, or a redirect: nothing is fetched."""
+
+
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
+
+
+def server_url(server: str, path: str) -> str:
+    """``server`` + ``path`` when ``path`` is a plain server-relative path; else UnsafeURLError."""
+    if (
+        not isinstance(path, str)
+        or not _SAFE_PATH.match(path)
+        or "//" in path
+        or any(segment in (".", "..") for segment in path.split("/"))
+    ):
+        raise UnsafeURLError(f"refusing the download path {path!r}: not a plain server path")
+    url = server.rstrip("/") + path
+    base, joined = urllib.parse.urlsplit(server), urllib.parse.urlsplit(url)
+    if (joined.scheme, joined.netloc) != (base.scheme, base.netloc) or joined.query:
+        raise UnsafeURLError(f"refusing the download path {path!r}: it leaves {server}")
+    return url
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        raise UnsafeURLError(
+            f"the server answered HTTP {code} with a redirect to {newurl!r}; the agent follows "
+            "no redirects"
+        )
+
+
+def no_redirect_opener(context: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
+    handlers: list[urllib.request.BaseHandler] = [_RefuseRedirects()]
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -52,6 +98,7 @@ def download(
     attempts: int = 5,
     timeout: float = 30.0,
     on_progress: Callable[[int, int], None] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Path:
     """Fetch ``url`` into ``dest`` and verify it; return ``dest``.
 
@@ -75,6 +122,7 @@ def download(
                 size=size,
                 timeout=timeout,
                 on_progress=on_progress,
+                opener=no_redirect_opener(ssl_context),
             )
             break
         except (urllib.error.URLError, http.client.HTTPException, OSError, _Incomplete) as exc:
@@ -109,6 +157,7 @@ def _fetch(
     size: int,
     timeout: float,
     on_progress: Callable[[int, int], None] | None,
+    opener: urllib.request.OpenerDirector,
 ) -> str:
     """Fetch the missing bytes into ``part``; return the sha256 of the whole part file."""
     have = part.stat().st_size if part.exists() else 0
@@ -121,7 +170,7 @@ def _fetch(
     if have:
         log.info("resuming %s from byte %d of %d", part.name, have, size)
         request.add_header("Range", f"bytes={have}-")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    with opener.open(request, timeout=timeout) as response:
         if have and response.status != 206:
             log.info("the server ignored the range request: downloading from the start")
             have = 0

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from compression.latency import measure_latency_isolated
-from device_registry.agent.protocol import BenchSettings, accuracy_percent
+from edgeslim_agent.latency import measure_latency_isolated
+from edgeslim_agent.protocol import BenchSettings, accuracy_percent
 
 ProgressFn = Callable[[str, float, str], None]
 

@@ -3,7 +3,9 @@
 Layout under the state dir (``--state-dir``, ``$EDGESLIM_AGENT_HOME`` or
 ``~/.config/edgeslim-agent``)::
 
-    credential.json        server URL, device id, credential, server public key  (mode 0600)
+    credential.json        server URL, device id, credential, enrollment public key, pinned
+                           TLS certificate  (mode 0600)
+    trusted-keys.json      the manifest-signing keys this agent trusts (``trust.py``)
     outbox/                results not yet acknowledged by the server
     deployments/<id>.json  which results of a deployment are done
     artifacts/             verified downloads (and their ``.part`` files while downloading)
@@ -83,11 +85,15 @@ def read_json(path: Path) -> Any:
 class AgentConfig:
     """What enrollment leaves behind. The enrollment code is never part of it."""
 
-    server: str  # base URL, e.g. http://studio.local:8000
+    server: str  # base URL, e.g. https://studio.local:8443
     device_id: int
     device_name: str
     credential: str
-    server_public_key: str  # base64 raw Ed25519 public key that signs artifact manifests
+    server_public_key: str  # base64 raw Ed25519 key that signed manifests at enrollment
+    # sha256 (hex) and PEM of the server certificate pinned at enrollment; "" when the server
+    # has a certificate from a public CA (checked against the system's CAs instead)
+    tls_fingerprint: str = ""
+    tls_cert: str = ""
 
     def save(self, state_dir: Path) -> Path:
         ensure_dir(state_dir)
@@ -115,6 +121,8 @@ class AgentConfig:
                 device_name=str(data["device_name"]),
                 credential=str(data["credential"]),
                 server_public_key=str(data["server_public_key"]),
+                tls_fingerprint=str(data.get("tls_fingerprint", "")),
+                tls_cert=str(data.get("tls_cert", "")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path} is not a valid credential file: {exc}") from exc

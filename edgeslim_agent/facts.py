@@ -7,8 +7,8 @@ import platform
 import subprocess
 import sys
 
-from compression.latency import HardwareFacts
-from device_registry.agent.protocol import DeviceFacts
+from edgeslim_agent.latency import HardwareFacts
+from edgeslim_agent.protocol import DeviceFacts
 
 
 def memory_mb() -> int:

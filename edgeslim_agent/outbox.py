@@ -12,8 +12,8 @@ import os
 import re
 from pathlib import Path
 
-from device_registry.agent.config import ensure_dir, write_atomic
-from device_registry.agent.protocol import ProtocolError, Result, decode, encode
+from edgeslim_agent.config import ensure_dir, write_atomic
+from edgeslim_agent.protocol import ProtocolError, Result, decode, encode
 
 _NAME = re.compile(r"^(\d+)-(\d+)\.json$")
 

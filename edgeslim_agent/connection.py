@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import shutil
@@ -23,20 +24,26 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from compression.container import ContainerError, DecodeCaps, decode_container_isolated
-from device_registry.agent import __version__, ed25519
-from device_registry.agent.bench import accuracy_check, latency_runs
-from device_registry.agent.config import (
+from edgeslim_agent import __version__
+from edgeslim_agent.bench import accuracy_check, latency_runs
+from edgeslim_agent.config import (
     AgentConfig,
     ConfigError,
     ensure_dir,
     read_json,
     write_json,
 )
-from device_registry.agent.download import DownloadError, VerificationError, download
-from device_registry.agent.facts import collect
-from device_registry.agent.outbox import Outbox
-from device_registry.agent.protocol import (
+from edgeslim_agent.container import ContainerError, DecodeCaps, decode_container_isolated
+from edgeslim_agent.download import (
+    DownloadError,
+    VerificationError,
+    download,
+    no_redirect_opener,
+    server_url,
+)
+from edgeslim_agent.facts import collect
+from edgeslim_agent.outbox import Outbox
+from edgeslim_agent.protocol import (
     CLOSE_EVICTED,
     CLOSE_REENROLLED,
     CLOSE_REVOKED,
@@ -68,8 +75,12 @@ from device_registry.agent.protocol import (
     encode,
     result_seq,
 )
+from edgeslim_agent.tls import client_context
+from edgeslim_agent.trust import KeyStatement, TrustError, TrustStore, now_ms
 
 log = logging.getLogger("edgeslim.agent")
+
+KEYS_PATH = "/api/v1/agent/keys"  # the server's signed key statements
 
 EXIT_REFUSED = 3  # the server refused or revoked this credential: enroll again
 EXIT_EVICTED = 4  # another agent with the same identity took over
@@ -238,6 +249,7 @@ class Agent:
             origin=origin_of(self.config.server),  # type: ignore[arg-type]
             user_agent_header=f"edgeslim-agent/{__version__}",
             max_size=MAX_MESSAGE_BYTES,
+            ssl=self._ssl_context(),
             open_timeout=15,
             close_timeout=5,
         ) as ws:
@@ -376,18 +388,57 @@ class Agent:
                 self._busy = False
                 self._known.discard(deploy.manifest.deployment_id)
 
+    def _ssl_context(self) -> Any:
+        """The pinned certificate's TLS context for an https server; None for http."""
+        if urllib.parse.urlsplit(self.config.server).scheme != "https":
+            return None
+        return client_context(self.config.tls_cert)
+
+    def _refresh_keys(self) -> list[str]:
+        """Fetch the server's key statements and apply those a trusted key signed."""
+        url = server_url(self.config.server, KEYS_PATH)
+        with no_redirect_opener(self._ssl_context()).open(url, timeout=30) as response:
+            body = json.loads(response.read(256 * 1024))
+        statements = []
+        for item in body.get("statements", []):
+            with contextlib.suppress(TrustError):
+                statements.append(KeyStatement.from_dict(item))
+        store = TrustStore.load(self.state_dir, enrolled_key=self.config.server_public_key)
+        changed = store.apply(statements, at_ms=now_ms())
+        if changed:
+            store.save(self.state_dir)
+            log.info("trusted signing keys updated from the server's statements: %s", changed)
+        return changed
+
     def _check_trust(self, deploy: Deploy) -> tuple[str, str] | None:
-        """None when the manifest is signed by the server and not older than one already run."""
+        """None when a trusted key signed the manifest and it is not older than one already run.
+
+        A manifest signed by a key this agent does not know yet (the server rotated its key)
+        makes it fetch the server's key statements once: the new key is trusted only when a key
+        it already trusts signed a statement for it.
+        """
         manifest = deploy.manifest
         if not deploy.signature:
             return FAIL_UNSIGNED, "the artifact's manifest carries no signature"
         try:
-            public_key = b64decode(self.config.server_public_key)
             signature = b64decode(deploy.signature)
         except ProtocolError:
             return FAIL_BAD_SIGNATURE, "the signature is not valid base64"
-        if not ed25519.verify(public_key, manifest.signing_bytes(), signature):
-            return FAIL_BAD_SIGNATURE, "the manifest's signature does not verify"
+        store = TrustStore.load(self.state_dir, enrolled_key=self.config.server_public_key)
+        if manifest.key_id and manifest.key_id not in store.keys:
+            try:
+                self._refresh_keys()
+            except (OSError, ValueError, DownloadError) as exc:
+                log.warning("could not fetch the server's key statements: %s", exc)
+            store = TrustStore.load(self.state_dir, enrolled_key=self.config.server_public_key)
+        try:
+            refused = store.refusal(
+                manifest.key_id, manifest.signing_bytes(), signature, at_ms=now_ms()
+            )
+        except TrustError as exc:
+            refused = str(exc)
+        if refused is not None:
+            return FAIL_BAD_SIGNATURE, f"the manifest's signature is not trusted: {refused}"
         with self._trust_lock:
             trust: dict[str, Any] = {}
             if self.trust_path.exists():
@@ -458,9 +509,10 @@ class Agent:
                 "deployment %s: downloading %s (%d bytes)", dep_id, manifest.name, manifest.size
             )
             download(
-                self.config.server + deploy.artifact_url,
+                server_url(self.config.server, deploy.artifact_url),
                 model,
                 credential=self.config.credential,
+                ssl_context=self._ssl_context(),
                 size=manifest.size,
                 sha256=manifest.sha256,
                 on_progress=lambda got, total: progress(
@@ -476,9 +528,10 @@ class Agent:
             if settings.accuracy and deploy.eval_url and manifest.eval_sha256:
                 eval_set = self.artifacts_dir / f"{manifest.artifact_id}-eval.npz"
                 download(
-                    self.config.server + deploy.eval_url,
+                    server_url(self.config.server, deploy.eval_url),
                     eval_set,
                     credential=self.config.credential,
+                    ssl_context=self._ssl_context(),
                     size=manifest.eval_size or 0,
                     sha256=manifest.eval_sha256,
                 )

@@ -148,8 +148,11 @@ class Manifest:
     # "onnx" or "container" (agent 0.2.0 on). At its default "onnx" it is left out of the frame
     # and of the signed bytes, so agents and signatures from before the field see what they knew.
     format: str = FORMAT_ONNX
+    # The id of the key that signed this manifest (``trust.key_id``: 16 hex digits of the sha256
+    # of its public key; agent 0.5.0 on). Part of the signed bytes, so it cannot be swapped.
+    key_id: str = ""
 
-    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("format",)
+    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("format", "key_id")
 
     def validate(self) -> None:
         if self.format not in ARTIFACT_FORMATS:
@@ -160,6 +163,10 @@ class Manifest:
             ):
                 raise ProtocolError(f"{name} is not a lowercase hex sha256")
         _check_range("size", self.size, 0, 1 << 40)
+        if self.key_id and (
+            len(self.key_id) != 16 or any(c not in "0123456789abcdef" for c in self.key_id)
+        ):
+            raise ProtocolError("key_id is 16 lowercase hex digits")
         if (self.eval_sha256 is None) != (self.eval_size is None):
             raise ProtocolError("eval_sha256 and eval_size go together")
 
@@ -168,6 +175,8 @@ class Manifest:
         body = dataclasses.asdict(self)
         if body["format"] == FORMAT_ONNX:
             del body["format"]
+        if not body["key_id"]:
+            del body["key_id"]
         body["_domain"] = "edgeslim-artifact-manifest-v1"
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
