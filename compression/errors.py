@@ -2,6 +2,33 @@
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
+# Errors quote what they were given, but only a short prefix of it: a recipe value can be a
+# deeply nested structure (or, before aliases were refused, a YAML "billion laughs" expansion)
+# whose full repr runs to megabytes.
+QUOTE_CHARS = 80
+MAX_FIELD_CHARS = 200
+MAX_MESSAGE_CHARS = 2000
+_short_repr = reprlib.Repr()
+_short_repr.maxstring = QUOTE_CHARS
+_short_repr.maxother = QUOTE_CHARS
+_short_repr.maxlist = _short_repr.maxtuple = _short_repr.maxset = 6
+_short_repr.maxdict = 4
+_short_repr.maxlevel = 3
+
+
+def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
+    """A short ``repr`` of ``value`` for an error message: at most ``limit`` characters (and a
+    bounded amount of work however large the value is), an ellipsis where it was cut."""
+    text = _short_repr.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 class CompressionError(Exception):
     """Base class for every error this library raises on purpose."""
@@ -11,6 +38,8 @@ class ConfigError(CompressionError, ValueError):
     """A config, recipe or parameter is invalid. ``field`` names where, e.g. ``stages[1].config.ratio``."""
 
     def __init__(self, field: str, message: str) -> None:
+        # Field paths carry the keys a recipe used, and messages may quote values: both capped.
+        field, message = _cap(field, MAX_FIELD_CHARS), _cap(message, MAX_MESSAGE_CHARS)
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message

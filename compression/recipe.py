@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compression.errors import ConfigError, StageScopeError, UnknownMethodError
+from compression.errors import ConfigError, StageScopeError, UnknownMethodError, quote
 from compression.model_facts import ModelFacts
 from compression.registry import (
     ModelFormat,
@@ -81,7 +81,7 @@ class Recipe:
 
 def _int(value: Any, where: str, *, ge: int, le: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(where, f"must be an integer, got {value!r}")
+        raise ConfigError(where, f"must be an integer, got {quote(value)}")
     if not ge <= value <= le:
         raise ConfigError(where, f"must be between {ge} and {le}, got {value}")
     return value
@@ -102,15 +102,48 @@ def _refuse_unknown(data: Mapping[str, Any], known: tuple[str, ...], where: str)
         raise ConfigError(f"{prefix}{unknown[0]}", f"unknown key; known keys: {', '.join(known)}")
 
 
+class _AliasRefused(Exception):
+    def __init__(self, anchor: str, line: int) -> None:
+        super().__init__(anchor, line)
+        self.anchor = anchor
+        self.line = line
+
+
+def _no_alias_loader() -> type:
+    """A safe YAML loader that refuses aliases (``*name``, and ``<<: *name`` merges).
+
+    An alias repeats a node without repeating its text, so a few hundred bytes of nested
+    aliases ("billion laughs") stand for millions of values that every later step (validation,
+    error messages, storage) would walk. Anchors alone are harmless and allowed.
+    """
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise _AliasRefused(str(event.anchor)[:40], event.start_mark.line + 1)
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
 def _load_text(text: str) -> Any:
     import yaml
 
     if len(text) > MAX_RECIPE_CHARS:
         raise ConfigError("recipe", f"is longer than {MAX_RECIPE_CHARS} characters")
     try:
-        return yaml.safe_load(text)  # JSON is YAML, so one parser reads both
+        # JSON is YAML, so one parser reads both.
+        return yaml.load(text, Loader=_no_alias_loader())
+    except _AliasRefused as exc:
+        raise ConfigError(
+            "recipe",
+            f"line {exc.line} uses the YAML alias *{exc.anchor}; aliases are not accepted in "
+            "recipes: write the value out",
+        ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError("recipe", f"is not valid YAML or JSON: {exc}") from None
+        raise ConfigError("recipe", f"is not valid YAML or JSON: {str(exc)[:300]}") from None
 
 
 def parse_recipe(data: Mapping[str, Any] | str) -> Recipe:
@@ -137,12 +170,12 @@ def parse_recipe(data: Mapping[str, Any] | str) -> Recipe:
     if drop is not None:
         if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop <= 100:
             raise ConfigError(
-                "targets.max_accuracy_drop", f"must be a number from 0 to 100, got {drop!r}"
+                "targets.max_accuracy_drop", f"must be a number from 0 to 100, got {quote(drop)}"
             )
         drop = float(drop)
     device = t.get("target_device")
     if device is not None and not isinstance(device, str):
-        raise ConfigError("targets.target_device", f"must be a string, got {device!r}")
+        raise ConfigError("targets.target_device", f"must be a string, got {quote(device)}")
     reference = t.get("reference", "baseline")
     raw_stage_count = len(data["stages"]) if isinstance(data.get("stages"), list) else 0
     if reference != "baseline":
@@ -154,7 +187,7 @@ def parse_recipe(data: Mapping[str, Any] | str) -> Recipe:
         if not index.isdigit() or int(index) >= max(raw_stage_count - 1, 0):
             raise ConfigError(
                 "targets.reference",
-                f"must be 'baseline' or 'stage:N' naming a stage before the last, got {reference!r}",
+                f"must be 'baseline' or 'stage:N' naming a stage before the last, got {quote(reference)}",
             )
     targets = Targets(max_accuracy_drop=drop, target_device=device, reference=str(reference))
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_origin
 
-from compression.errors import ConfigError, UnknownMethodError
+from compression.errors import ConfigError, UnknownMethodError, quote
 
 if TYPE_CHECKING:
     from compression.model_facts import ModelFacts
@@ -138,7 +138,7 @@ def get_method(name: str) -> MethodSpec:
         return _METHODS[name]
     except KeyError:
         known = ", ".join(sorted(_METHODS))
-        raise UnknownMethodError(f"unknown method {name!r}; known methods: {known}") from None
+        raise UnknownMethodError(f"unknown method {quote(name)}; known methods: {known}") from None
 
 
 def list_methods() -> list[MethodSpec]:
@@ -214,7 +214,7 @@ def config_params(cls: type[Any]) -> list[ParamSpec]:
 
 def _coerce_mapping(p: ParamSpec, value: Any, where: str) -> dict[str, float]:
     if not isinstance(value, Mapping):
-        raise ConfigError(where, f"must be a mapping of names to numbers, got {value!r}")
+        raise ConfigError(where, f"must be a mapping of names to numbers, got {quote(value)}")
     if len(value) > MAX_MAPPING_ENTRIES:
         raise ConfigError(where, f"has {len(value)} entries; at most {MAX_MAPPING_ENTRIES}")
     number = dataclasses.replace(p, type="float")
@@ -222,7 +222,7 @@ def _coerce_mapping(p: ParamSpec, value: Any, where: str) -> dict[str, float]:
     for key, item in value.items():
         if not isinstance(key, str) or not key or len(key) > MAX_MAPPING_KEY:
             raise ConfigError(
-                where, f"keys must be names (1-{MAX_MAPPING_KEY} characters), got {key!r}"
+                where, f"keys must be names (1-{MAX_MAPPING_KEY} characters), got {quote(key)}"
             )
         out[key] = _coerce(number, item, f"{where}.{key}")
     return out
@@ -237,33 +237,33 @@ def _coerce(p: ParamSpec, value: Any, where: str) -> Any:
         return _coerce_mapping(p, value, where)
     if p.type == "bool":
         if not isinstance(value, bool):
-            raise ConfigError(where, f"must be true or false, got {value!r}")
+            raise ConfigError(where, f"must be true or false, got {quote(value)}")
         return value
     if p.type == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             else:
-                raise ConfigError(where, f"must be an integer, got {value!r}")
+                raise ConfigError(where, f"must be an integer, got {quote(value)}")
     elif p.type == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(where, f"must be a number, got {value!r}")
+            raise ConfigError(where, f"must be a number, got {quote(value)}")
         value = float(value)
         if value != value:  # NaN
             raise ConfigError(where, "must be a number, got NaN")
     elif p.type == "str" and not isinstance(value, str):
-        raise ConfigError(where, f"must be a string, got {value!r}")
+        raise ConfigError(where, f"must be a string, got {quote(value)}")
     if p.choices is not None and value not in p.choices:
         allowed = ", ".join(repr(c) for c in p.choices)
-        raise ConfigError(where, f"must be one of {allowed}, got {value!r}")
+        raise ConfigError(where, f"must be one of {allowed}, got {quote(value)}")
     if p.ge is not None and value < p.ge:
-        raise ConfigError(where, f"must be >= {p.ge}, got {value!r}")
+        raise ConfigError(where, f"must be >= {p.ge}, got {quote(value)}")
     if p.le is not None and value > p.le:
-        raise ConfigError(where, f"must be <= {p.le}, got {value!r}")
+        raise ConfigError(where, f"must be <= {p.le}, got {quote(value)}")
     if p.gt is not None and value <= p.gt:
-        raise ConfigError(where, f"must be > {p.gt}, got {value!r}")
+        raise ConfigError(where, f"must be > {p.gt}, got {quote(value)}")
     if p.lt is not None and value >= p.lt:
-        raise ConfigError(where, f"must be < {p.lt}, got {value!r}")
+        raise ConfigError(where, f"must be < {p.lt}, got {quote(value)}")
     return value
 
 

@@ -35,18 +35,19 @@ def http_head(method: str, path: str, *, length: int | None, headers: dict[str, 
 # --- recipes ------------------------------------------------------------------------------------
 
 
-def yaml_alias_bomb(levels: int = 9, fanout: int = 9) -> str:
-    """A "billion laughs" recipe: ``fanout ** levels`` strings from a few hundred bytes.
+def yaml_alias_bomb(levels: int = 6, fanout: int = 9) -> str:
+    """A "billion laughs" recipe: ``fanout ** levels`` strings from a few hundred bytes, as the
+    value of a config field that must be an integer (so an error message quotes it).
 
-    The default is the 344-byte bomb of the security review (9 levels of 9).
+    The default expands to about 590,000 strings, a 4.3 MB ``repr`` (the security review's
+    344-byte bomb gave a 4.3 MB error body); one more level is nine times that.
     """
-    lines = ['a0: &a0 "lol"']
+    names = "abcdefghijklmnopqrstuvwxyz"
+    items = [f"&{names[0]} [{','.join(['lol'] * fanout)}]"]
     for level in range(1, levels):
-        refs = ", ".join([f"*a{level - 1}"] * fanout)
-        lines.append(f"a{level}: &a{level} [{refs}]")
-    refs = ", ".join([f"*a{levels - 1}"] * fanout)
-    lines.append(f"stages: [{{method: finetune, config: {{epochs: [{refs}]}}}}]")
-    return "\n".join(lines) + "\n"
+        items.append(f"&{names[level]} [{','.join([f'*{names[level - 1]}'] * fanout)}]")
+    inner = ",\n  ".join(items)
+    return f"stages:\n- method: finetune\n  config: {{epochs: [\n  {inner}]}}\n"
 
 
 # --- archives -----------------------------------------------------------------------------------
