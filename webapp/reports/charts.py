@@ -5,11 +5,14 @@ Built from selector output only, so the same figures serve the page and any expo
 
 from __future__ import annotations
 
+import copy
+import functools
 import itertools
 import math
 from typing import Any
 
 import plotly.graph_objects as go
+import plotly.io as pio
 
 _LAYOUT: dict[str, Any] = {
     "margin": {"l": 60, "r": 20, "t": 40, "b": 60},
@@ -237,37 +240,53 @@ def pareto_scatter(
         return {}
     on = sorted((p for p in points if p[0]["id"] in front), key=lambda p: p[1])
     off = [p for p in points if p[0]["id"] not in front]
+    hover = "%{text}<br>%{x:.3f}, %{y:.2f} %<extra></extra>"
+    # Plain Plotly JSON rather than go.Figure: a comparison draws one chart per device, and
+    # plotly's validation of each made up half of a 50-version x 10-device page's server time
+    # (benchmarks/compare_bench.py). The layout is what go.Figure would emit.
     traces = [
-        go.Scatter(
-            x=[p[1] for p in off],
-            y=[p[2] for p in off],
-            mode="markers",
-            name="dominated",
-            text=[p[0]["title"] for p in off],
-            hovertemplate="%{text}<br>%{x:.3f}, %{y:.2f} %<extra></extra>",
-            marker={"size": 9, "color": "#9aa5b1"},
-        ),
-        go.Scatter(
-            x=[p[1] for p in on],
-            y=[p[2] for p in on],
-            mode="lines+markers+text",
-            name="Pareto front",
-            text=[p[0]["title"] for p in on],
-            textposition="top center",
-            hovertemplate="%{text}<br>%{x:.3f}, %{y:.2f} %<extra></extra>",
-            line={"shape": "hv", "dash": "dash", "color": "#c0392b"},
-            marker={"size": 11, "color": "#c0392b"},
-        ),
+        {
+            "type": "scatter",
+            "x": [p[1] for p in off],
+            "y": [p[2] for p in off],
+            "mode": "markers",
+            "name": "dominated",
+            "text": [p[0]["title"] for p in off],
+            "hovertemplate": hover,
+            "marker": {"size": 9, "color": "#9aa5b1"},
+        },
+        {
+            "type": "scatter",
+            "x": [p[1] for p in on],
+            "y": [p[2] for p in on],
+            "mode": "lines+markers+text",
+            "name": "Pareto front",
+            "text": [p[0]["title"] for p in on],
+            "textposition": "top center",
+            "hovertemplate": hover,
+            "line": {"shape": "hv", "dash": "dash", "color": "#c0392b"},
+            "marker": {"size": 11, "color": "#c0392b"},
+        },
     ]
-    fig = go.Figure(traces)
-    fig.update_layout(
-        title=f"Test accuracy against {cost_title}",
-        xaxis_title=cost_title,
-        yaxis={**ACCURACY_AXIS, "title": "test accuracy (host, full test split)"},
-        meta={"pareto": [p[0]["id"] for p in on]},
-        **_LAYOUT,
-    )
-    return _fig(fig)
+    layout = {
+        **_plain_layout(),
+        "title": {"text": f"Test accuracy against {cost_title}"},
+        "xaxis": {"title": {"text": cost_title}},
+        "yaxis": {**ACCURACY_AXIS, "title": {"text": "test accuracy (host, full test split)"}},
+        "meta": {"pareto": [p[0]["id"] for p in on]},
+    }
+    return {"data": traces, "layout": layout}
+
+
+@functools.cache
+def _template_json() -> dict[str, Any]:
+    data: dict[str, Any] = pio.templates[_LAYOUT["template"]].to_plotly_json()
+    return data
+
+
+def _plain_layout() -> dict[str, Any]:
+    """``_LAYOUT`` as go.Figure emits it: the named template expanded (Plotly.js knows none)."""
+    return {**copy.deepcopy(_LAYOUT), "template": _template_json()}
 
 
 def comparison_figures(comparison: dict[str, Any]) -> dict[str, dict[str, Any]]:

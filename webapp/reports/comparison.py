@@ -304,42 +304,42 @@ def _device_measures(
     """Devices that ran any of the versions (id to name, by name), and per (version, device)
     the newest deployment's latency at its smallest batch size and its accuracy. One query."""
     sources = {f"{_SOURCE_PREFIX}{pk}": pk for pk in version_ids}
+    # Plain tuples, and only the payload keys read here (a latency payload also carries the
+    # operator profile): building model instances and decoding whole payloads cost most of a
+    # 50-version x 10-device comparison's time (benchmarks/compare_bench.py).
     results = (
         DeploymentResult.objects.filter(
             deployment__organization=organization,
             deployment__artifact__source__in=list(sources),
             kind__in=("latency", "accuracy"),
         )
-        .select_related("device", "deployment__artifact")
-        .only(
+        .order_by("-deployment_id", "seq")
+        .values_list(
             "deployment_id",
             "device_id",
-            "seq",
             "kind",
-            "payload",
             "device__name",
             "deployment__artifact__source",
             "deployment__artifact__eval_meta",
+            "payload__p50_ms",
+            "payload__p90_ms",
+            "payload__batch_size",
+            "payload__top1_pct",
         )
-        .order_by("-deployment_id", "seq")
     )
     devices: dict[int, str] = {}
     latency: dict[tuple[int, int], tuple[int, int, dict[str, Any]]] = {}
     accuracy: dict[tuple[int, int], tuple[int, dict[str, Any], dict[str, Any]]] = {}
-    for r in results:
-        version_id = sources[r.deployment.artifact.source]
-        key = (version_id, r.device_id)
-        devices[r.device_id] = r.device.name
-        p = r.payload if isinstance(r.payload, dict) else {}
-        if r.kind == "latency" and _number(p.get("p50_ms")) is not None:
-            batch: int = p["batch_size"] if isinstance(p.get("batch_size"), int) else 0
-            rank = (-r.deployment_id, batch)
+    for dep_id, device_id, kind, device_name, source, eval_meta, p50, p90, batch, top1 in results:
+        key = (sources[source], device_id)
+        devices[device_id] = device_name
+        if kind == "latency" and _number(p50) is not None:
+            rank = (-dep_id, batch if isinstance(batch, int) and not isinstance(batch, bool) else 0)
             if key not in latency or rank < latency[key][:2]:
-                latency[key] = (*rank, p)
-        elif (
-            r.kind == "accuracy" and _number(p.get("top1_pct")) is not None and key not in accuracy
-        ):
-            accuracy[key] = (r.deployment_id, p, r.deployment.artifact.eval_meta or {})
+                latency[key] = (*rank, {"p50_ms": p50, "p90_ms": p90})
+        elif kind == "accuracy" and _number(top1) is not None and key not in accuracy:
+            meta = eval_meta if isinstance(eval_meta, dict) else {}
+            accuracy[key] = (dep_id, {"top1_pct": top1}, meta)
     out: dict[tuple[int, int], _DeviceMeasure] = {}
     for key in {*latency, *accuracy}:
         m = _DeviceMeasure()
