@@ -32,13 +32,22 @@ _CHUNK = 64 * 1024
 
 @dataclass(frozen=True)
 class ArchiveLimits:
-    """Caps for one archive. ``max_ratio`` applies once an entry passes ``ratio_min_bytes``."""
+    """Caps for one archive. ``max_ratio`` applies to an entry once it passes
+    ``ratio_min_bytes``, and to the whole archive (everything it expands to over its own size
+    on disk) once the total passes ``total_ratio_min_bytes``: a thousand entries of 1 MiB of
+    zeros each pass the per-entry check but not the archive's."""
 
     max_entries: int = 20_000
     max_total_bytes: int = 2 * GiB
     max_entry_bytes: int = 512 * MiB
     max_ratio: float = 100.0
     ratio_min_bytes: int = 1 * MiB
+    total_ratio_min_bytes: int = 64 * MiB
+    archive_bytes: int = 0  # the archive's size on disk; 0: the entries' compressed sizes
+
+
+def _archive_ratio_exceeded(limits: ArchiveLimits, expanded: int, packed: int) -> bool:
+    return expanded > limits.total_ratio_min_bytes and expanded > limits.max_ratio * max(packed, 1)
 
 
 def _refuse(name: str, why: str) -> UnsafeArchiveError:
@@ -121,6 +130,12 @@ def validate_zip(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[tuple[zipfi
         raise UnsafeArchiveError(
             f"archive refused: it declares {declared_total} bytes, over the limit of {limits.max_total_bytes}"
         )
+    packed = limits.archive_bytes or sum(i.compress_size for i in infos)
+    if _archive_ratio_exceeded(limits, declared_total, packed):
+        raise UnsafeArchiveError(
+            f"archive refused: its {packed} bytes expand to {declared_total} bytes, more than "
+            f"{limits.max_ratio:g} times its size (zip bomb?)"
+        )
     # A file that is also a folder of another entry cannot be extracted faithfully.
     for key in seen:
         for parent in PurePosixPath(key).parents:
@@ -138,6 +153,7 @@ def safe_extract_zip(
     max_ratio: float = 100.0,
     max_entry_bytes: int = 512 * MiB,
     ratio_min_bytes: int = 1 * MiB,
+    total_ratio_min_bytes: int = 64 * MiB,
 ) -> list[Path]:
     """Extract ``zip_path`` into ``dest`` (which must not exist or be empty).
 
@@ -146,9 +162,12 @@ def safe_extract_zip(
         dest: the folder to create.
         max_entries: most entries allowed (files and folders).
         max_total_bytes: most decompressed bytes in all, counted while streaming.
-        max_ratio: highest decompressed/compressed ratio per entry (after ``ratio_min_bytes``).
+        max_ratio: highest decompressed/compressed ratio, per entry (after ``ratio_min_bytes``)
+            and for the whole archive over its size on disk (after ``total_ratio_min_bytes``),
+            checked on the declared sizes first and on the bytes that come out while streaming.
         max_entry_bytes: most decompressed bytes in one entry.
         ratio_min_bytes: entries smaller than this are not ratio-checked (tiny files compress well).
+        total_ratio_min_bytes: archives expanding to less than this in all are not ratio-checked.
 
     Returns:
         The extracted files, in archive order.
@@ -156,10 +175,20 @@ def safe_extract_zip(
     Raises:
         UnsafeArchiveError: naming the offending entry; nothing is left in ``dest``.
     """
-    limits = ArchiveLimits(
-        max_entries, max_total_bytes, max_entry_bytes, max_ratio, ratio_min_bytes
-    )
     zip_path = Path(zip_path)
+    try:
+        archive_bytes = zip_path.stat().st_size
+    except OSError as exc:
+        raise UnsafeArchiveError(f"not a readable zip file: {exc}") from exc
+    limits = ArchiveLimits(
+        max_entries=max_entries,
+        max_total_bytes=max_total_bytes,
+        max_entry_bytes=max_entry_bytes,
+        max_ratio=max_ratio,
+        ratio_min_bytes=ratio_min_bytes,
+        total_ratio_min_bytes=total_ratio_min_bytes,
+        archive_bytes=archive_bytes,
+    )
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise UnsafeArchiveError(f"extraction target {dest} exists and is not empty")
@@ -190,6 +219,7 @@ def _stream_entries(
 ) -> list[str]:
     root_resolved = root.resolve()
     total = 0
+    packed = limits.archive_bytes or sum(info.compress_size for info, _ in entries)
     written: list[str] = []
     for info, name in entries:
         target = root / name
@@ -216,6 +246,12 @@ def _stream_entries(
                         raise _refuse(
                             info.orig_filename,
                             f"takes the archive past the limit of {limits.max_total_bytes} bytes",
+                        )
+                    if _archive_ratio_exceeded(limits, total, packed):
+                        raise _refuse(
+                            info.orig_filename,
+                            f"takes the archive past {limits.max_ratio:g} times its size of "
+                            f"{packed} bytes (zip bomb?)",
                         )
                     if (
                         entry_bytes > limits.ratio_min_bytes
