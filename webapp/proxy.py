@@ -8,6 +8,12 @@ them, the client address in the ASGI scope (Django's ``REMOTE_ADDR``, Channels'
 proxy: entries further left were written by the client and prove nothing. Connections from any
 other address keep their peer address, whatever headers they send.
 
+The same goes for the scheme: for a connection from a trusted proxy, ``X-Forwarded-Proto`` (its
+right-most value, the one the nearest proxy wrote) sets the scope's ``scheme`` (``http``/``https``,
+``ws``/``wss`` for websockets), which Django reads for ``request.is_secure()``, the HTTPS
+redirect and secure cookies. Django's ``SECURE_PROXY_SSL_HEADER`` is not set: it believes the
+header from any client, who could then pass as HTTPS over plain HTTP.
+
 daphne's own ``--proxy-headers`` is not used: it believes ``X-Forwarded-For`` from every peer and
 takes its left-most entry, which a client chooses whenever the proxy appends to the header.
 """
@@ -67,23 +73,49 @@ def forwarded_client(peer: str, forwarded_for: list[str], trusted: list[Network]
     return client
 
 
+def forwarded_scheme(forwarded_proto: list[str], *, websocket: bool = False) -> str | None:
+    """The scheme a trusted proxy reports in ``X-Forwarded-Proto`` (its right-most value, the
+    nearest proxy's), as an ASGI scope names it; ``None`` when absent or not http/https."""
+    hops = [hop.strip().lower() for value in forwarded_proto for hop in value.split(",")]
+    hops = [hop for hop in hops if hop]
+    if not hops or hops[-1] not in {"http", "https"}:
+        return None
+    secure = hops[-1] == "https"
+    if websocket:
+        return "wss" if secure else "ws"
+    return "https" if secure else "http"
+
+
+def _header_values(scope: Scope, name: bytes) -> list[str]:
+    return [v.decode("latin-1") for n, v in scope.get("headers") or [] if n.lower() == name]
+
+
 class TrustedProxyMiddleware:
-    """Rewrites ``scope["client"]`` for HTTP and websocket connections from trusted proxies."""
+    """Rewrites ``scope["client"]`` and ``scope["scheme"]`` for HTTP and websocket connections
+    from trusted proxies, from ``X-Forwarded-For`` and ``X-Forwarded-Proto``."""
 
     def __init__(self, app: ASGIApp, trusted: list[Network]) -> None:
         self.app = app
         self.trusted = trusted
 
+    def _trusted_peer(self, scope: Scope) -> bool:
+        client = scope.get("client")
+        peer = _address(str(client[0])) if client else None
+        return peer is not None and any(peer in net for net in self.trusted)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.trusted and scope["type"] in {"http", "websocket"} and scope.get("client"):
-            peer = str(scope["client"][0])
-            values = [
-                value.decode("latin-1")
-                for name, value in scope.get("headers") or []
-                if name.lower() == b"x-forwarded-for"
-            ]
-            client = forwarded_client(peer, values, self.trusted) if values else None
-            if client is not None:
-                scope = dict(scope)
-                scope["client"] = [client, 0]
+        if self.trusted and scope["type"] in {"http", "websocket"} and self._trusted_peer(scope):
+            updates: dict[str, Any] = {}
+            values = _header_values(scope, b"x-forwarded-for")
+            client = forwarded_client(str(scope["client"][0]), values, self.trusted)
+            if values and client is not None:
+                updates["client"] = [client, 0]
+            scheme = forwarded_scheme(
+                _header_values(scope, b"x-forwarded-proto"),
+                websocket=scope["type"] == "websocket",
+            )
+            if scheme is not None:
+                updates["scheme"] = scheme
+            if updates:
+                scope = {**scope, **updates}
         await self.app(scope, receive, send)

@@ -286,8 +286,9 @@ CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cook
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
-# Reverse proxies (addresses or networks) whose X-Forwarded-For names the real client
-# (webapp/proxy.py); empty: REMOTE_ADDR is the connection's peer, whatever the headers say.
+# Reverse proxies (addresses or networks) whose X-Forwarded-For names the real client and whose
+# X-Forwarded-Proto the scheme (webapp/proxy.py); empty: REMOTE_ADDR is the connection's peer and
+# the scheme the connection's own, whatever the headers say.
 try:
     EDGESLIM_TRUSTED_PROXIES = parse_networks(envlist("EDGESLIM_TRUSTED_PROXIES", ""))
 except ValueError as exc:
@@ -295,7 +296,8 @@ except ValueError as exc:
         f"EDGESLIM_TRUSTED_PROXIES: {exc} (use addresses or networks, e.g. 10.0.0.5,172.16.0.0/12)"
     ) from exc
 if PRODUCTION:
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # No SECURE_PROXY_SSL_HEADER: it would believe X-Forwarded-Proto from any client. The ASGI
+    # middleware (webapp/proxy.py) takes the scheme from it only for EDGESLIM_TRUSTED_PROXIES.
     SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", True)
     # Load balancers probe over plain HTTP (a container's own check is answered before this).
     SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
