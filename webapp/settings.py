@@ -244,6 +244,37 @@ EDGESLIM_JOB_MAX_ATTEMPTS = envint("EDGESLIM_JOB_MAX_ATTEMPTS", 3)
 EDGESLIM_JOB_SOFT_TIME_LIMIT_S = envint("EDGESLIM_JOB_SOFT_TIME_LIMIT_S", 6 * 3600)
 EDGESLIM_JOB_HARD_TIME_LIMIT_S = envint("EDGESLIM_JOB_HARD_TIME_LIMIT_S", 6 * 3600 + 300)
 
+# --- recovery: the reaper (Celery beat, in the maintenance worker; docs/jobs.md "Recovery") -----
+# How often beat sends the jobs reaper: a RUNNING job whose lease lapsed (its worker died) is put
+# back on its queue and resumes after its last completed stage. With the 60 s lease a killed
+# worker's job is requeued within lease + interval (75 s) and resumes on any live worker.
+EDGESLIM_REAPER_INTERVAL_S = envint("EDGESLIM_REAPER_INTERVAL_S", 15)
+# A model inspection or data set validation still pending this long after it was (re)sent is sent
+# again, at most EDGESLIM_INSPECT_RETRIES times; after that it is marked invalid.
+EDGESLIM_INSPECT_STUCK_S = envint("EDGESLIM_INSPECT_STUCK_S", 1800)
+EDGESLIM_INSPECT_RETRIES = envint("EDGESLIM_INSPECT_RETRIES", 2)
+# Upload sessions that ended without a file (expired, aborted) are deleted this long after.
+EDGESLIM_UPLOAD_RECORD_S = envint("EDGESLIM_UPLOAD_RECORD_S", 7 * 24 * 3600)
+# Task names, not imports: settings never import the apps. Each message expires after one period,
+# so a stopped maintenance worker never finds a pile of stale sweeps when it comes back.
+CELERY_BEAT_SCHEDULE = {
+    "jobs-reap": {
+        "task": "edgeslim.jobs_reap",
+        "schedule": float(EDGESLIM_REAPER_INTERVAL_S),
+        "options": {"expires": float(EDGESLIM_REAPER_INTERVAL_S)},
+    },
+    "inspections-reap": {
+        "task": "catalog.inspections_reap",
+        "schedule": 60.0,
+        "options": {"expires": 60.0},
+    },
+    "uploads-cleanup": {
+        "task": "catalog.uploads_cleanup",
+        "schedule": 600.0,
+        "options": {"expires": 600.0},
+    },
+}
+
 # --- auth and security -------------------------------------------------------------------------
 LOGIN_URL = "accounts:login"
 LOGIN_REDIRECT_URL = "home"

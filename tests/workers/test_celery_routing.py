@@ -11,7 +11,7 @@ import redis
 
 from webapp.catalog import tasks as catalog_tasks
 from webapp.jobs.tasks import job_run
-from workers.celery import CATALOG_QUEUE, app
+from workers.celery import CATALOG_QUEUE, MAINTENANCE_QUEUE, MAINTENANCE_TASKS, app
 
 
 def _queue_of(task_name: str, **options: object) -> str:
@@ -28,13 +28,17 @@ def test_inspections_and_validations_are_routed_to_the_catalog_queue(task) -> No
 
 
 def test_every_catalog_task_goes_to_the_catalog_queue_and_jobs_do_not() -> None:
-    catalog_names = [n for n in app.tasks if n.startswith("catalog.")]
+    catalog_names = [
+        n for n in app.tasks if n.startswith("catalog.") and n not in MAINTENANCE_TASKS
+    ]
     assert {"catalog.model_version_inspect", "catalog.dataset_validate"} <= set(catalog_names)
     assert {_queue_of(n) for n in catalog_names} == {"catalog"}
+    # The sweeps beat sends never wait behind an inspection or a job.
+    assert {_queue_of(n) for n in MAINTENANCE_TASKS} == {MAINTENANCE_QUEUE}
     # A job keeps the queue it is sent to (cpu or gpu), and defaults to cpu.
     assert _queue_of(job_run.name) == "cpu"
     assert _queue_of(job_run.name, queue="gpu") == "gpu"
-    assert {q.name for q in app.conf.task_queues} == {"cpu", "gpu", "catalog"}
+    assert {q.name for q in app.conf.task_queues} == {"cpu", "gpu", "catalog", "maintenance"}
 
 
 def test_an_inspection_lands_on_the_catalog_list_in_the_real_broker() -> None:
@@ -95,9 +99,11 @@ def test_a_worker_finds_every_apps_tasks_by_autodiscovery() -> None:
         sorted(
             [
                 "catalog.dataset_validate",
+                "catalog.inspections_reap",
                 "catalog.model_version_inspect",
                 "catalog.uploads_cleanup",
                 "edgeslim.job_run",
+                "edgeslim.jobs_reap",
                 "edgeslim.org_ping",
                 "edgeslim.sweep_baseline",
             ]

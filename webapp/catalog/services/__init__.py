@@ -26,6 +26,7 @@ from webapp.catalog.services.builtin_samples import (
 )
 from webapp.catalog.services.common import (
     DATASET_VALIDATE_TASK,
+    INSPECTIONS_REAP_TASK,
     MODEL_VERSION_INSPECT_TASK,
     UPLOADS_CLEANUP_TASK,
     catalog_event_send,
@@ -34,7 +35,9 @@ from webapp.catalog.services.common import (
     storage_name_for,
 )
 from webapp.catalog.services.inspection import (
+    InspectionsReap,
     dataset_validate,
+    inspections_reap,
     model_version_inspect,
     work_dir_remove,
 )
@@ -52,6 +55,7 @@ from webapp.catalog.services.uploads import (
     upload_complete,
     upload_create,
     upload_expired_cleanup,
+    upload_records_purge,
     upload_temp_path,
     upload_tmp_dir,
 )
@@ -80,10 +84,12 @@ __all__ = [
     "DATASET_EXTENSIONS",
     "DATASET_VALIDATE_TASK",
     "EXPORT_HINT",
+    "INSPECTIONS_REAP_TASK",
     "MAX_SPLIT_SEED",
     "MODEL_EXTENSIONS",
     "MODEL_VERSION_INSPECT_TASK",
     "UPLOADS_CLEANUP_TASK",
+    "InspectionsReap",
     "ItemInUse",
     "builtin_samples_ensure",
     "builtin_spec",
@@ -98,6 +104,7 @@ __all__ = [
     "datasets_revalidate_stale",
     "declared_preprocessing",
     "filename_normalize",
+    "inspections_reap",
     "max_upload_bytes",
     "model_format_from_filename",
     "model_upload_create",
@@ -117,6 +124,7 @@ __all__ = [
     "upload_complete",
     "upload_create",
     "upload_expired_cleanup",
+    "upload_records_purge",
     "upload_temp_path",
     "upload_tmp_dir",
     "work_dir_remove",

@@ -24,10 +24,12 @@ from workers.celery import app as celery_app
 log = logging.getLogger(__name__)
 
 # The catalog's Celery tasks (webapp/catalog/tasks.py), sent by name: services never import the
-# task module. Every ``catalog.*`` name is routed to the catalog queue (workers/celery.py).
+# task module. ``catalog.*`` names go to the catalog queue, the two sweeps that beat sends to the
+# maintenance queue (workers/celery.py).
 MODEL_VERSION_INSPECT_TASK = "catalog.model_version_inspect"
 DATASET_VALIDATE_TASK = "catalog.dataset_validate"
 UPLOADS_CLEANUP_TASK = "catalog.uploads_cleanup"
+INSPECTIONS_REAP_TASK = "catalog.inspections_reap"
 _CHUNK = 1024 * 1024
 
 

@@ -3,11 +3,17 @@ a memory-capped child process and record what it found."""
 
 from __future__ import annotations
 
+import logging
 import shutil
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from webapp.catalog.models import (
     Dataset,
@@ -19,6 +25,11 @@ from webapp.catalog.services.builtin_samples import (
     BUILTIN_TRAIN_DATASET,
     builtin_spec,
     builtin_train_epochs,
+)
+from webapp.catalog.services.common import (
+    DATASET_VALIDATE_TASK,
+    MODEL_VERSION_INSPECT_TASK,
+    _enqueue,
 )
 from webapp.catalog.services.versions import (
     _preprocessing_record,
@@ -182,3 +193,87 @@ def dataset_validate(*, dataset: Dataset) -> Dataset:
         return dataset_mark_ready(dataset=dataset, report=result["report"], thumbnail_files=thumbs)
     finally:
         work_dir_remove(work)
+
+
+# --- the reaper for inspections nobody finished (Celery beat, the maintenance queue) -------------
+
+log = logging.getLogger(__name__)
+
+# Kept in the pending row's JSON (a version's ``info``, a data set's ``report``) until the worker
+# writes its result over it: how often the reaper sent the task again, and when it last did.
+REQUEUES_KEY = "inspect_requeues"
+REQUEUED_AT_KEY = "inspect_requeued_at"
+
+
+@dataclass(frozen=True)
+class InspectionsReap:
+    """What one sweep did: ``(item, pk)`` pairs sent again and marked invalid."""
+
+    resent: list[tuple[str, int]]
+    failed: list[tuple[str, int]]
+
+
+def _pending_since(row: ModelVersion | Dataset, record: dict[str, Any]) -> datetime:
+    text = record.get(REQUEUED_AT_KEY)
+    when = parse_datetime(text) if isinstance(text, str) else None
+    return when or row.created_at
+
+
+def inspections_reap(*, now: datetime | None = None) -> InspectionsReap:
+    """Settle the model inspections and data set validations still pending
+    ``EDGESLIM_INSPECT_STUCK_S`` after they were sent: their catalog worker died mid-way (an
+    upload that took the whole process down, a lost host) or the message was lost.
+
+    Chosen policy: send the task again, at most ``EDGESLIM_INSPECT_RETRIES`` times (a duplicate
+    of a message still queued finds the row no longer pending and does nothing), then mark the
+    item invalid with a reason that says what to do. An item refused this way whose first task
+    still ends later stays invalid (the tasks only inspect pending rows).
+    """
+    now = now or timezone.now()
+    stuck_after = timedelta(seconds=int(settings.EDGESLIM_INSPECT_STUCK_S))
+    retries = int(settings.EDGESLIM_INSPECT_RETRIES)
+    resent: list[tuple[str, int]] = []
+    failed: list[tuple[str, int]] = []
+    kinds: tuple[tuple[str, type[ModelVersion] | type[Dataset], str, str], ...] = (
+        ("model_version", ModelVersion, "info", MODEL_VERSION_INSPECT_TASK),
+        ("dataset", Dataset, "report", DATASET_VALIDATE_TASK),
+    )
+    for item, model, field, task in kinds:
+        candidates = model.objects.filter(
+            status=ItemStatus.PENDING, created_at__lte=now - stuck_after
+        ).values_list("pk", flat=True)
+        for pk in list(candidates[:200]):
+            with transaction.atomic():
+                row: Any = (
+                    model.objects.select_for_update(skip_locked=True)
+                    .filter(pk=pk, status=ItemStatus.PENDING)
+                    .first()
+                )
+                if row is None:
+                    continue
+                record = getattr(row, field)
+                record = dict(record) if isinstance(record, dict) else {}
+                if now - _pending_since(row, record) < stuck_after:
+                    continue
+                count = int(record.get(REQUEUES_KEY) or 0)
+                if count < retries:
+                    record[REQUEUES_KEY] = count + 1
+                    record[REQUEUED_AT_KEY] = now.isoformat()
+                    setattr(row, field, record)
+                    row.save(update_fields=[field])
+                    _enqueue(task, row.pk)
+                    resent.append((item, row.pk))
+                    log.warning("%s %s pending too long; sent again (%d)", item, pk, count + 1)
+                    continue
+                minutes = int(stuck_after.total_seconds() * (retries + 1) // 60)
+                error = (
+                    f"no worker finished checking this file in {retries + 1} tries over about "
+                    f"{minutes} minutes (a worker may have crashed on it); upload it again, and "
+                    "if it fails the same way, check the catalog worker's log"
+                )
+                if item == "model_version":
+                    model_version_mark_invalid(version=row, error=error)
+                else:
+                    dataset_mark_invalid(dataset=row, error=error)
+                failed.append((item, row.pk))
+    return InspectionsReap(resent=resent, failed=failed)

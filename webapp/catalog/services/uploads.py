@@ -568,3 +568,16 @@ def upload_expired_cleanup(*, now: Any = None) -> int:
             _remove(path)
             removed += 1
     return removed
+
+
+def upload_records_purge(*, now: Any = None) -> int:
+    """Delete the records of upload sessions that ended without a file (expired or aborted)
+    more than ``EDGESLIM_UPLOAD_RECORD_S`` ago (default 7 days); their temp files went when they
+    ended. Completed sessions stay: they name the version or data set they made. Returns how many
+    rows were deleted."""
+    now = now or timezone.now()
+    keep = timedelta(seconds=int(getattr(settings, "EDGESLIM_UPLOAD_RECORD_S", 7 * 24 * 3600)))
+    deleted, _ = Upload.objects.filter(
+        status__in=[UploadStatus.EXPIRED, UploadStatus.ABORTED], updated_at__lte=now - keep
+    ).delete()
+    return int(deleted)
