@@ -11,10 +11,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from device_registry import conf, model_versions, selectors, services
-from device_registry.agent_wheel import agent_wheel_name
+from device_registry import conf, enrollment, model_versions, selectors, services
 from device_registry.models import DeployableArtifact, Deployment, Device, TargetKind
-from device_registry.public_url import enrollment_commands
 from edgeslim_agent.protocol import BenchSettings, ProtocolError
 from webapp.accounts.models import Organization
 from webapp.accounts.permissions import api_organization, api_require_writer
@@ -52,7 +50,7 @@ class DeviceRegisteredSerializer(serializers.Serializer[Any]):
 
 def _enroll_command(request: Request, code: str) -> str:
     base = conf.public_url() or request.build_absolute_uri("/").rstrip("/")
-    return enrollment_commands(base_url=base, wheel_name=agent_wheel_name(), code=code).enroll
+    return enrollment.commands(base_url=base, code=code).enroll
 
 
 class DeviceListView(APIView):

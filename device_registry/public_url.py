@@ -61,22 +61,55 @@ class EnrollmentCommands:
     run: str
 
 
-def enrollment_commands(*, base_url: str, wheel_name: str, code: str) -> EnrollmentCommands:
+def enrollment_commands(
+    *,
+    base_url: str,
+    wheel_name: str,
+    wheel_sha256: str,
+    requirements: list[str],
+    code: str,
+    fingerprint: str = "",
+    venv: str = AGENT_VENV,
+) -> EnrollmentCommands:
     """The commands for one enrollment code, using the venv's own binaries.
 
     Raspberry Pi OS (and any distribution following PEP 668) refuses a bare ``pip install``
-    into the system Python, so the agent lives in its own virtual environment.
+    into the system Python, so the agent lives in its own virtual environment. Its dependencies
+    come from the package index; the agent itself from the studio, hash-checked
+    (``--require-hashes``) against the sha256 this page shows. With a self-signed certificate
+    (``fingerprint``) pip cannot check the studio's TLS, so the host is trusted for that one
+    download: the hash, not TLS, vouches for the wheel. The enroll command pins the certificate
+    (``--fingerprint``); plain http needs ``--insecure-http`` on the agent, said out loud.
     """
     base = base_url.rstrip("/")
-    agent = f"{AGENT_VENV}/bin/edgeslim-agent"
+    parts = urllib.parse.urlsplit(base)
+    https = parts.scheme == "https"
+    agent = f"{venv}/bin/edgeslim-agent"
+    insecure = "" if https else " --insecure-http"
+    requirement = f"edgeslim-agent @ {base}/agent/{wheel_name} --hash=sha256:{wheel_sha256}"
+    trusted_host = (
+        f" --trusted-host {shlex.quote(parts.hostname or '')}" if (fingerprint or not https) else ""
+    )
+    pin = f" --fingerprint {display_fingerprint(fingerprint)}" if (https and fingerprint) else ""
     return EnrollmentCommands(
         install=(
-            f"python3 -m venv {AGENT_VENV} && "
-            f"{AGENT_VENV}/bin/pip install {shlex.quote(f'{base}/agent/{wheel_name}')}"
+            f"python3 -m venv {venv} && "
+            f"{venv}/bin/pip install {' '.join(shlex.quote(r) for r in requirements)} && "
+            f"echo {shlex.quote(requirement)} > {venv}/agent-requirements.txt && "
+            f"{venv}/bin/pip install --no-deps --require-hashes{trusted_host} "
+            f"-r {venv}/agent-requirements.txt"
         ),
-        enroll=f"{agent} enroll --server {shlex.quote(base)} --code {shlex.quote(code)}",
-        run=f"{agent} run",
+        enroll=(
+            f"{agent}{insecure} enroll --server {shlex.quote(base)}{pin} --code {shlex.quote(code)}"
+        ),
+        run=f"{agent}{insecure} run",
     )
+
+
+def display_fingerprint(fingerprint: str) -> str:
+    """``sha256:AB:CD:...`` from a hex sha256."""
+    value = fingerprint.replace(":", "").upper()
+    return "sha256:" + ":".join(value[i : i + 2] for i in range(0, len(value), 2))
 
 
 def startup_advice(*, host: str, port: int, public_url: str) -> list[str]:

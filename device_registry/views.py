@@ -14,8 +14,16 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from compression.container import ContainerError
-from device_registry import conf, eval_sets, model_versions, public_url, selectors, services
-from device_registry.agent_wheel import agent_wheel_name
+from device_registry import (
+    conf,
+    enrollment,
+    eval_sets,
+    model_versions,
+    public_url,
+    selectors,
+    services,
+)
+from device_registry.enrollment import SYSTEM_VENV
 from device_registry.forms import ArtifactUploadForm, DeploymentForm, DeviceRegisterForm
 from device_registry.models import DeployableArtifact, Deployment, Device, TargetKind
 from edgeslim_agent.protocol import BenchSettings, ProtocolError
@@ -73,9 +81,8 @@ def enrollment_qr_svg(command: str) -> str:
 
 def _enrollment_page(request: HttpRequest, device: Device, code: str) -> HttpResponse:
     base = _studio_base(request)
-    commands = public_url.enrollment_commands(
-        base_url=base, wheel_name=agent_wheel_name(), code=code
-    )
+    facts = enrollment.trust_facts()
+    commands = enrollment.commands(base_url=base, code=code, facts=facts)
     return render(
         request,
         "device_registry/device_enroll.html",
@@ -84,6 +91,7 @@ def _enrollment_page(request: HttpRequest, device: Device, code: str) -> HttpRes
             "code": code,
             "base": base,
             "commands": commands,
+            "trust": facts,
             "public_url_warning": _public_url_warning(request, base),
             "qr_svg": mark_safe(enrollment_qr_svg(commands.enroll)),  # segno's own markup
         },
@@ -94,12 +102,17 @@ def _enrollment_page(request: HttpRequest, device: Device, code: str) -> HttpRes
 def device_help(request: HttpRequest) -> HttpResponse:
     """Install, Raspberry Pi and systemd instructions with this studio's address filled in."""
     base = _studio_base(request)
+    facts = enrollment.trust_facts()
+    system = enrollment.commands(base_url=base, code="<CODE>", facts=facts, venv=SYSTEM_VENV)
     return render(
         request,
         "device_registry/device_help.html",
         {
             "base": base,
-            "wheel_url": f"{base}/agent/{agent_wheel_name()}",
+            "trust": facts,
+            "commands": enrollment.commands(base_url=base, code="<CODE>", facts=facts),
+            "system_commands": system,
+            "systemd_install": enrollment.systemd_install(system),
             "venv": public_url.AGENT_VENV,
             "public_url_warning": _public_url_warning(request, base),
         },

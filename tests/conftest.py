@@ -71,7 +71,12 @@ from ci_skip_guard import (  # noqa: E402, F401  (hooks: on CI, a skipped browse
     pytest_terminal_summary,
 )
 from s3_server import s3_bucket, s3_endpoint, s3_storage  # noqa: E402, F401
-from stack import celery_worker_process, daphne_server, edgeslim_stack  # noqa: E402, F401
+from stack import (  # noqa: E402, F401
+    celery_worker_process,
+    daphne_server,
+    daphne_tls_server,
+    edgeslim_stack,
+)
 
 
 @pytest.fixture(autouse=True)

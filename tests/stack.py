@@ -31,6 +31,7 @@ WORKER_ARGS += ["--without-mingle", "--without-heartbeat"]
 class ServerProcess:
     base_url: str
     log: Path
+    cert: Path | None = None  # the generated certificate of an https server
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,46 @@ def daphne_server(
 
     _wait(healthy, proc, log, "daphne")
     yield ServerProcess(base_url=base_url, log=log)
+    _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def daphne_tls_server(
+    django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """Daphne serving HTTPS the way ``edgeslim up`` does: a self-signed certificate generated in
+    its own data folder (so the registration page shows that certificate's fingerprint)."""
+    import ssl
+
+    from device_registry.server_tls import daphne_endpoint, ensure_certificate
+
+    data_dir = tmp_path_factory.mktemp("tls-data")
+    (data_dir / "static").mkdir()
+    cert, key, _ = ensure_certificate(data_dir, hosts=["127.0.0.1"])
+    port = free_port()
+    log = data_dir / "daphne.log"
+    env = subprocess_env()
+    env["EDGESLIM_DATA_DIR"] = str(data_dir)
+    env.pop("EDGESLIM_SIGNING_KEY_FILE", None)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-e",
+             daphne_endpoint("127.0.0.1", port, cert, key), ASGI_APP],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+    base_url = f"https://127.0.0.1:{port}"
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{base_url}/healthz", timeout=2, context=context) as r:
+                return bool(r.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+    _wait(healthy, proc, log, "daphne (https)")
+    yield ServerProcess(base_url=base_url, log=log, cert=cert)
     _stop(proc)
 
 

@@ -1,14 +1,17 @@
-"""The whole fleet loop in Chromium: register in the browser, enroll and run a real agent,
-upload and deploy an artifact in the browser, and watch the results arrive live."""
+"""The whole fleet loop in Chromium over HTTPS: register in the browser, enroll a real agent
+with the certificate fingerprint the page shows (pinned), run it, upload and deploy an artifact
+in the browser, and watch the results arrive live."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 from pathlib import Path
 
 import pytest
 from agent_process import AgentProcess, enroll
+from browser import chromium_context, first_page
 from device_onnx import write_eval_set, write_linear_model
 from factories import PASSWORD, make_organization, make_user
 
@@ -17,15 +20,24 @@ from edgeslim_agent import __version__ as agent_version
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def test_register_enroll_deploy_and_watch_live_results(daphne_server, tmp_path, request):
+def test_register_enroll_deploy_and_watch_live_results(daphne_tls_server, tmp_path):
     user = make_user(username="grace")
     make_organization(name="Fleet Lab", owner=user)
     model = write_linear_model(tmp_path / "linear.onnx")
     eval_set = write_eval_set(tmp_path / "eval.npz", samples=60, wrong=6)
     # Playwright's sync API runs an event loop in this thread, so no ORM from here on: the page
     # and the agent's own output are the witnesses.
-    page = request.getfixturevalue("chromium_page")
-    base = daphne_server.base_url
+    with chromium_context(tmp_path, ignore_https_errors=True) as context:
+        _fleet_loop(first_page(context), daphne_tls_server, tmp_path, model, eval_set)
+
+
+def _fleet_loop(page, server_process, tmp_path, model, eval_set):
+    base = server_process.base_url
+    assert base.startswith("https://")
+    from device_registry.public_url import display_fingerprint
+    from device_registry.server_tls import fingerprint_of_pem
+
+    served_cert = display_fingerprint(fingerprint_of_pem(server_process.cert.read_bytes()))
 
     page.goto(f"{base}/accounts/login/")
     page.fill("#id_username", "grace")
@@ -43,24 +55,37 @@ def test_register_enroll_deploy_and_watch_live_results(daphne_server, tmp_path, 
     # The steps use the agent's own venv (Raspberry Pi OS refuses a bare pip install); with no
     # EDGESLIM_PUBLIC_URL the page prints the browser's address and warns about it.
     command = shlex.split(page.inner_text("#enroll-command"))
-    assert command[:2] == ["~/edgeslim-agent/bin/edgeslim-agent", "enroll"]
+    assert command[:2] == ["~/edgeslim-agent/bin/edgeslim-agent", "enroll"]  # no --insecure-http
     assert command[command.index("--code") + 1] == code
     server = command[command.index("--server") + 1]
     assert server == base
-    assert page.inner_text("#install-command").startswith(
-        f"python3 -m venv ~/edgeslim-agent && ~/edgeslim-agent/bin/pip install {base}/agent/"
-    )
+    # the page shows the certificate the server really presents, and the command pins it
+    fingerprint = command[command.index("--fingerprint") + 1]
+    assert fingerprint == served_cert == page.inner_text("#tls-fingerprint")
+    install = page.inner_text("#install-command")
+    assert install.startswith("python3 -m venv ~/edgeslim-agent && ~/edgeslim-agent/bin/pip ")
+    assert "--require-hashes" in install
+    wheel_sha = page.inner_text("#wheel-sha256")
+    wheel_url = f"{base}/agent/edgeslim_agent-{agent_version}-py3-none-any.whl"
+    assert f"edgeslim-agent @ {wheel_url} --hash=sha256:{wheel_sha}" in install
+    wheel = page.request.get(wheel_url)  # the bytes the device's pip would check
+    assert wheel.ok and hashlib.sha256(wheel.body()).hexdigest() == wheel_sha
+    assert len(page.inner_text("#signing-key-id")) == 16
     assert page.inner_text("#run-command") == "~/edgeslim-agent/bin/edgeslim-agent run"
     assert "EDGESLIM_PUBLIC_URL is not set" in page.inner_text("#public-url-warning")
     assert page.locator("#enroll-qr svg").count() == 1
     page.click('[data-copy-target="enroll-command"]')
     page.wait_for_selector('[data-copy-target="enroll-command"][data-copied="yes"]')
 
-    # 2. Enroll and run a real agent process on this machine.
+    # 2. Enroll over HTTPS with the pinned fingerprint, and run a real agent on this machine.
+    # A wrong fingerprint is refused before anything is sent: the code still works after it.
     state = tmp_path / "agent"
-    done = enroll(state, server, code)
+    wrong = "sha256:" + ":".join(["00"] * 32)
+    refused = enroll(state, server, code, fingerprint=wrong)
+    assert refused.returncode == 2 and "nothing was sent" in refused.stderr, refused.stderr
+    done = enroll(state, server, code, fingerprint=fingerprint)
     assert done.returncode == 0, done.stderr
-    agent = AgentProcess(state, tmp_path / "agent.log").start()
+    agent = AgentProcess(state, tmp_path / "agent.log", insecure_http=False).start()
     try:
         page.goto(f"{base}/devices/")
         row = page.locator("#device-table tr", has_text="bench-pi")

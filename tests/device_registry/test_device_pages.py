@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 import re
@@ -12,13 +14,15 @@ from device_factories import artifact, deployment, enrolled_device, org_admin
 from django.utils import timezone
 from factories import client_for, make_organization
 
-from device_registry import public_url, services
+from device_registry import public_url, services, signing
 from device_registry.models import Device
 from edgeslim_agent.protocol import Result
 
 pytestmark = pytest.mark.django_db
 
-PUBLIC = "http://192.168.1.20:8000"
+PUBLIC = "https://192.168.1.20:8443"
+PIN = "ab" * 32  # a proxy's certificate, as EDGESLIM_TLS_FINGERPRINT names it
+PIN_SHOWN = "sha256:" + ":".join(["AB"] * 32)
 
 
 def _register(client, name="kitchen-pi", **extra):
@@ -35,18 +39,39 @@ def _pre(page: str, element_id: str) -> str:
     return html.unescape(match.group(1))
 
 
-def test_the_enrollment_page_prints_the_public_url_in_every_command(settings):
+def test_the_enrollment_page_prints_the_public_url_in_every_command(settings, monkeypatch):
     settings.EDGESLIM_PUBLIC_URL = PUBLIC
+    monkeypatch.setenv("EDGESLIM_TLS_FINGERPRINT", PIN)
     org = make_organization()
-    page = _register(client_for(org_admin(org)))
+    client = client_for(org_admin(org))
+    page = _register(client)
     code = re.search(r'id="enrollment-code"[^>]*>([^<]+)<', page).group(1)
     install, enroll, run = (_pre(page, f"{k}-command") for k in ("install", "enroll", "run"))
+    # the wheel the server serves is the one whose sha256 the page prints and pip checks
+    wheel_name = re.search(r"(edgeslim_agent-[0-9.]+-py3-none-any\.whl)", install).group(1)
+    served = b"".join(client.get(f"/agent/{wheel_name}").streaming_content)
+    digest = hashlib.sha256(served).hexdigest()
+    assert re.search(r'id="wheel-sha256">([0-9a-f]{64})<', page).group(1) == digest
     assert install.startswith(
         "python3 -m venv ~/edgeslim-agent && ~/edgeslim-agent/bin/pip install "
+        "'onnxruntime>=1.16' 'numpy>=1.24' 'websockets>=13' 'cryptography>=42' && "
     )
-    assert f"{PUBLIC}/agent/edgeslim_agent-" in install
-    assert enroll == f"~/edgeslim-agent/bin/edgeslim-agent enroll --server {PUBLIC} --code {code}"
+    assert (
+        f"echo 'edgeslim-agent @ {PUBLIC}/agent/{wheel_name} --hash=sha256:{digest}' "
+        "> ~/edgeslim-agent/agent-requirements.txt && ~/edgeslim-agent/bin/pip install --no-deps "
+        "--require-hashes --trusted-host 192.168.1.20 -r ~/edgeslim-agent/agent-requirements.txt"
+    ) in install
+    assert enroll == (
+        f"~/edgeslim-agent/bin/edgeslim-agent enroll --server {PUBLIC} --fingerprint {PIN_SHOWN} "
+        f"--code {code}"
+    )
     assert run == "~/edgeslim-agent/bin/edgeslim-agent run"
+    # the three fingerprints, each where a user can compare it
+    assert f'<code id="tls-fingerprint">{PIN_SHOWN}</code>' in page
+    kid = signing.active_key_id()
+    assert f'<code id="signing-key-id">{kid}</code>' in page
+    key_sha = hashlib.sha256(base64.b64decode(signing.public_key_b64())).hexdigest()
+    assert key_sha.startswith(kid) and f'id="signing-key-sha256">{key_sha}<' in page
     assert "testserver" not in install + enroll
     assert 'id="public-url-warning"' not in page
     # Numbered steps, a copy button per command, the copy script, links to the instructions.
@@ -55,6 +80,29 @@ def test_the_enrollment_page_prints_the_public_url_in_every_command(settings):
         assert f'data-copy-target="{cid}"' in page
     assert "device_registry/copy.js" in page
     assert 'href="/devices/help/#raspberry-pi"' in page and 'href="/devices/help/#systemd"' in page
+
+
+def test_the_page_shows_the_certificate_edgeslim_up_generated(settings, monkeypatch, tmp_path):
+    from device_registry.server_tls import ensure_certificate, fingerprint_of_pem
+
+    monkeypatch.delenv("EDGESLIM_TLS_FINGERPRINT", raising=False)
+    settings.EDGESLIM_PUBLIC_URL = PUBLIC
+    settings.DATA_DIR = tmp_path
+    cert, _key, _ = ensure_certificate(tmp_path)
+    shown = public_url.display_fingerprint(fingerprint_of_pem(cert.read_bytes()))
+    page = _register(client_for(org_admin(make_organization())))
+    assert f"--fingerprint {shown} --code" in _pre(page, "enroll-command")
+    assert f'<code id="tls-fingerprint">{shown}</code>' in page
+
+
+def test_plain_http_says_insecure_and_has_no_fingerprint(settings, monkeypatch):
+    monkeypatch.delenv("EDGESLIM_TLS_FINGERPRINT", raising=False)
+    settings.EDGESLIM_PUBLIC_URL = "http://192.168.1.20:8000"
+    page = _register(client_for(org_admin(make_organization())))
+    enroll, run = _pre(page, "enroll-command"), _pre(page, "run-command")
+    assert enroll.startswith("~/edgeslim-agent/bin/edgeslim-agent --insecure-http enroll ")
+    assert "--fingerprint" not in enroll
+    assert run == "~/edgeslim-agent/bin/edgeslim-agent --insecure-http run"
 
 
 def test_the_qr_code_is_segnos_code_of_exactly_the_printed_enroll_command(settings):
@@ -96,10 +144,10 @@ def test_the_api_answers_the_venv_enroll_command_with_the_public_url(settings):
     answer = client.post("/api/v1/devices/", {"name": "api-pi"}, content_type="application/json")
     assert answer.status_code == 201, answer.content
     body = answer.json()
-    assert body["command"] == (
+    assert body["command"].startswith(
         f"~/edgeslim-agent/bin/edgeslim-agent enroll --server {PUBLIC} "
-        f"--code {body['enrollment_code']}"
     )
+    assert body["command"].endswith(f"--code {body['enrollment_code']}")
 
 
 def test_the_help_page_has_the_raspberry_pi_and_systemd_sections_with_this_studio(settings):
@@ -107,8 +155,12 @@ def test_the_help_page_has_the_raspberry_pi_and_systemd_sections_with_this_studi
     page = client_for(org_admin(make_organization())).get("/devices/help/").content.decode()
     for anchor in ("public-url", "install", "raspberry-pi", "systemd", "troubleshooting"):
         assert f'id="{anchor}"' in page
-    assert f"--server {PUBLIC} --code &lt;CODE&gt;" in page
+    assert f"--server {PUBLIC}" in page and "--code &#x27;&lt;CODE&gt;&#x27;" in page
     assert "ExecStart=/opt/edgeslim-agent/bin/edgeslim-agent run" in page
+    for cid in ("help-install", "help-systemd-install"):  # the user's venv and the service's
+        assert "--no-deps --require-hashes" in _pre(page, cid)
+    systemd = _pre(page, "help-systemd-install")
+    assert "sudo sh -c" in systemd and "/opt/edgeslim-agent/agent-requirements.txt" in systemd
     assert "python3-venv" in page
 
 
