@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.errors import InvalidModelError, UnsafeModelError
+from compression.errors import InvalidModelError, UnsafeModelError, quote
 from compression.stage import ArchSpec, ModelState
 
 MiB = 1024**2
@@ -132,15 +132,60 @@ def read_safetensors(
             ) from exc
     if not isinstance(header, dict):
         raise InvalidModelError(f"{path.name}: the safetensors header is not a mapping")
-    end = max(
-        (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0
-    )
+    end = _safetensors_data_end(path.name, header)
     if 8 + header_len + end > size:
         raise InvalidModelError(f"{path.name} is truncated: tensors need {end} bytes of data")
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own SafetensorError
         raise InvalidModelError(f"{path.name} is not a valid safetensors file: {exc}") from exc
+
+
+def _safetensors_data_end(name: str, header: dict[str, Any]) -> int:
+    """Check every tensor entry of a safetensors header and return where the data ends.
+
+    Each entry must be ``{"dtype": str, "shape": [int, ...], "data_offsets": [begin, end]}``
+    with ``0 <= begin <= end``; ``__metadata__``, when present, maps strings to strings.
+    """
+
+    def bad(key: str, what: str) -> InvalidModelError:
+        return InvalidModelError(
+            f"{name} is not a valid safetensors file: in its header, tensor {quote(key, 60)} {what}"
+        )
+
+    metadata = header.get("__metadata__")
+    if metadata is not None and not (
+        isinstance(metadata, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ):
+        raise InvalidModelError(
+            f"{name} is not a valid safetensors file: its __metadata__ is not a mapping of "
+            "strings to strings"
+        )
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(entry, dict):
+            raise bad(key, "is not described by a mapping (dtype, shape, data_offsets)")
+        if not isinstance(entry.get("dtype"), str):
+            raise bad(key, "has no dtype")
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise bad(key, "has no shape (a list of sizes of 0 or more)")
+        offsets = entry.get("data_offsets")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        ):
+            raise bad(key, "has no data_offsets (a pair of byte offsets)")
+        if not 0 <= offsets[0] <= offsets[1]:
+            raise bad(key, f"has data_offsets that run backwards ({offsets[0]} to {offsets[1]})")
+        end = max(end, offsets[1])
+    return end
 
 
 # --- torch state dicts ---------------------------------------------------------------------
@@ -181,8 +226,9 @@ def read_torch_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
             if found and _names_a_module_class(name):
                 raise _unsafe(f"{path.name} is a pickled model object ({name}), which") from None
             raise _unsafe(f"{path.name} contains pickled Python objects ({name}), which") from None
+        detail = msg.strip().splitlines()[0][:200] if msg.strip() else "it is damaged"
         raise InvalidModelError(
-            f"{path.name} could not be read: {type(exc).__name__}: {msg[:200]}"
+            f"{path.name} could not be read as a weights-only torch checkpoint: {detail}"
         ) from None
     if isinstance(obj, nn.Module):  # only reachable if torch ever allow-lists modules
         raise _unsafe(f"{path.name} is a pickled model object, which")
@@ -303,11 +349,11 @@ def check_onnx_external_data(path: Path | str) -> Any:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
         raise InvalidModelError(f"{path.name} is not a valid ONNX file: {exc}") from exc
-    for tensor in _all_tensors(model.graph):
+    for tensor in _all_tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
             location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
             raise UnsafeModelError(
-                f"{path.name}: tensor {tensor.name!r} keeps its data in an external file "
+                f"{path.name}: tensor {quote(tensor.name, 60)} keeps its data in an external file "
                 f"({_describe_location(path, location)}); upload a single-file ONNX "
                 "(onnx.save(model, path, save_as_external_data=False))"
             )
@@ -316,64 +362,94 @@ def check_onnx_external_data(path: Path | str) -> Any:
 
 def _describe_location(model_path: Path, location: str) -> str:
     if location.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", location):
-        return f"absolute path {location!r}"
+        return f"absolute path {quote(location, 60)}"
     if ".." in re.split(r"[/\\]", location):
-        return f"{location!r} points outside the model's folder"
+        return f"{quote(location, 60)} points outside the model's folder"
     candidate = model_path.parent / location
     if candidate.is_symlink():
-        return f"{location!r} is a symbolic link"
-    return f"{location!r}"
+        return f"{quote(location, 60)} is a symbolic link"
+    return quote(location, 60)
 
 
-def _all_tensors(graph: Any) -> list[Any]:
-    """Initializers, sparse initializers and tensor attributes, subgraphs included."""
-    import onnx
-
-    out = list(graph.initializer)
-    out += [s.values for s in graph.sparse_initializer]
-    out += [s.indices for s in graph.sparse_initializer]
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                out.append(attr.t)
-            elif attr.type == onnx.AttributeProto.TENSORS:
-                out += list(attr.tensors)
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                out += _all_tensors(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    out += _all_tensors(g)
+def _all_tensors(model: Any) -> list[Any]:
+    """Every tensor a model can carry: the main graph's initializers, sparse initializers and
+    tensor attributes, the same in every subgraph (``If``/``Loop``/``Scan`` bodies, at any
+    depth), and in the nodes of model-local functions (and their subgraphs)."""
+    out: list[Any] = []
+    _graph_tensors(model.graph, out)
+    for function in model.functions:
+        for node in function.node:
+            _node_tensors(node, out)
     return out
 
 
+def _graph_tensors(graph: Any, out: list[Any]) -> None:
+    out += list(graph.initializer)
+    for sparse in graph.sparse_initializer:
+        out += [sparse.values, sparse.indices]
+    for node in graph.node:
+        _node_tensors(node, out)
+
+
+def _node_tensors(node: Any, out: list[Any]) -> None:
+    import onnx
+
+    kinds = onnx.AttributeProto
+    for attr in node.attribute:
+        if attr.type == kinds.TENSOR:
+            out.append(attr.t)
+        elif attr.type == kinds.TENSORS:
+            out += list(attr.tensors)
+        elif attr.type == kinds.SPARSE_TENSOR:
+            out += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
+        elif attr.type == kinds.SPARSE_TENSORS:
+            for sparse in attr.sparse_tensors:
+                out += [sparse.values, sparse.indices]
+        elif attr.type == kinds.GRAPH:
+            _graph_tensors(attr.g, out)
+        elif attr.type == kinds.GRAPHS:
+            for graph in attr.graphs:
+                _graph_tensors(graph, out)
+
+
 # The child imports only onnx, onnxruntime and numpy; it caps its own address space first so
-# a model declaring huge tensors fails there instead of swapping the worker to death.
+# a model declaring huge tensors fails there instead of swapping the worker to death. It reports
+# what failed where (stage, exception class, raw message); the parent turns that into a sentence
+# (:func:`describe_onnx_failure`), so the rules live in one importable, tested place.
 _PROBE_SCRIPT = r"""
 import json, resource, sys
 path, cap = sys.argv[1], int(sys.argv[2])
 if cap > 0:
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-def fail(kind, msg):
-    print(json.dumps({"ok": False, "kind": kind, "error": msg[:500]}))
+def fail(stage, exc, msg):
+    print(json.dumps({"ok": False, "stage": stage, "exc": exc, "error": str(msg)[:4000]}))
     sys.exit(3)
+stage = "parse"
 try:
     import numpy as np
     import onnx
     import onnxruntime as ort
     model = onnx.load(path, load_external_data=False)
+    stage = "check"
     onnx.checker.check_model(model)
 except MemoryError:
-    fail("memory", "ran out of memory while checking the model")
+    fail(stage, "MemoryError", "")
 except Exception as exc:
-    fail("invalid", f"{type(exc).__name__}: {exc}")
+    fail(stage, type(exc).__name__, exc)
+if not len(model.graph.node):
+    fail("structure", "", "no_nodes")
+if not len(model.graph.output):
+    fail("structure", "", "no_outputs")
 types = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
          "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int64)": np.int64}
+stage = "load"
 try:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    stage = "run"
     feeds, inputs = {}, []
     for i in sess.get_inputs():
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
@@ -384,15 +460,75 @@ try:
                 "type": o.type, "run_shape": list(np.asarray(v).shape)}
                for o, v in zip(sess.get_outputs(), outs)]
 except MemoryError:
-    fail("memory", "ran out of memory while running the model")
+    fail(stage, "MemoryError", "")
 except Exception as exc:
-    msg = str(exc)
-    kind = "memory" if "alloc" in msg.lower() or "memory" in msg.lower() else "invalid"
-    fail(kind, f"{type(exc).__name__}: {msg}")
+    fail(stage, type(exc).__name__, exc)
 print(json.dumps({"ok": True, "inputs": inputs, "outputs": outputs,
                   "opset": [{"domain": o.domain, "version": o.version} for o in model.opset_import],
                   "producer": model.producer_name, "ir_version": model.ir_version}))
 """
+
+# Only these say an allocation really failed; "alloc" alone also names ORT's allocator classes,
+# which appear in the C++ signatures of unrelated errors (an empty graph's, for one).
+_OUT_OF_MEMORY = re.compile(
+    r"bad_alloc|failed to allocate|out of memory|cannot allocate memory|MemoryError", re.I
+)
+_ORT_PREFIX = re.compile(r"^\s*\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+# "/onnxruntime_src/.../x.cc:294 onnxruntime::common::Status onnxruntime::f(const A&, B<C>&) "
+_CPP_LOCATION = re.compile(
+    r"\S+\.(?:cc|cpp|cxx|h|hpp):\d+\s+(?:[^()\s]+\s+)*[^()\s]+\((?:[^()]|\([^()]*\))*\)\s*"
+)
+_STAGE_WORDS = {
+    "parse": "reading the file",
+    "check": "checking the model",
+    "structure": "checking the model",
+    "load": "loading it into ONNX Runtime",
+    "run": "running it once",
+}
+
+
+def clean_runtime_message(message: str, limit: int = 300) -> str:
+    """ONNX Runtime's or the checker's message without the error-code prefix, C++ source
+    locations and signatures, or the checker's context dump; one line, at most ``limit``."""
+    text = _ORT_PREFIX.sub("", message)
+    text = text.split("==> Context:", 1)[0]
+    text = _CPP_LOCATION.sub("", text)
+    text = " ".join(text.split())
+    text = text.removeprefix("Exception during initialization: ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def describe_onnx_failure(name: str, result: dict[str, Any], memory_bytes: int) -> str:
+    """The sentence for a failed ONNX probe: what was being done, and why it failed, classified
+    by cause (only a real allocation failure is called out of memory)."""
+    stage = str(result.get("stage") or "load")
+    exc = str(result.get("exc") or "")
+    raw = str(result.get("error") or "")
+    if exc == "MemoryError" or _OUT_OF_MEMORY.search(raw):
+        return (
+            f"{name}: the ONNX model needs more than the {memory_bytes // MiB} MiB memory cap "
+            f"while {_STAGE_WORDS.get(stage, 'inspecting it')}"
+        )
+    detail = clean_runtime_message(raw)
+    if stage == "parse":
+        return f"{name} is not an ONNX file: its contents cannot be parsed as an ONNX model"
+    if stage == "check":
+        return f"{name} is not a valid ONNX model: the ONNX checker refuses it: {detail}"
+    if stage == "structure":
+        if raw == "no_outputs":
+            return f"{name} is not a usable model: its graph declares no outputs"
+        return f"{name} is not a usable model: its graph is empty (it holds no operators)"
+    if stage == "run":
+        return (
+            f"ONNX Runtime loads {name} but running it once on zeros of its declared input "
+            f"shape fails: {detail}"
+        )
+    if exc == "NotImplemented":
+        return (
+            f"{name} uses an operator or data type that ONNX Runtime cannot run on the CPU: "
+            f"{detail}"
+        )
+    return f"ONNX Runtime cannot load {name}: {detail}"
 
 
 def probe_onnx(
@@ -436,11 +572,7 @@ def probe_onnx(
     if proc.returncode == 0 and result and result.get("ok"):
         return result
     if result and not result.get("ok"):
-        if result.get("kind") == "memory":
-            raise InvalidModelError(
-                f"{path.name}: the ONNX model needs more than the {memory_bytes // MiB} MiB memory cap ({result['error']})"
-            )
-        raise InvalidModelError(f"{path.name} is not a valid ONNX model: {result['error']}")
+        raise InvalidModelError(describe_onnx_failure(path.name, result, memory_bytes))
     if proc.returncode < 0:
         try:
             sig = signal.Signals(-proc.returncode).name
@@ -449,13 +581,13 @@ def probe_onnx(
         raise InvalidModelError(
             f"{path.name}: ONNX Runtime crashed on this model ({sig}) in the inspector process"
         )
-    tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-    if "MemoryError" in tail[0] or "bad_alloc" in tail[0]:
+    tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+    if _OUT_OF_MEMORY.search(tail[0]):
         raise InvalidModelError(
             f"{path.name}: the ONNX model needs more than the {memory_bytes // MiB} MiB memory cap"
         )
     raise InvalidModelError(
-        f"{path.name}: the ONNX inspector failed (exit {proc.returncode}): {tail[0][:300]}"
+        f"{path.name}: the ONNX inspector stopped without an answer (exit {proc.returncode})"
     )
 
 

@@ -189,6 +189,15 @@ def _write_thumbnails(bundle: Any, folder: Path) -> dict[str, list[str]]:
 
 
 ACTIONS = {"model": inspect_model, "builtin": build_builtin, "dataset": validate_dataset}
+UNEXPECTED = {
+    "model": "the file could not be inspected: reading it failed in a way EdgeSlim does not "
+    "recognise. Check that it is a model file EdgeSlim accepts (safetensors or a weights-only "
+    ".pt state dict for a zoo architecture, or a single-file ONNX) and that it is complete",
+    "dataset": "the archive could not be read as an image-folder dataset: reading it failed "
+    "in a way EdgeSlim does not recognise. Check that it is a complete zip of "
+    "train/<class>/<image> folders",
+    "builtin": "the built-in sample could not be built; see the worker's log",
+}
 
 
 def main(argv: list[str]) -> int:
@@ -204,8 +213,10 @@ def main(argv: list[str]) -> int:
         if isinstance(exc, CompressionError):
             result = {"ok": False, "kind": type(exc).__name__, "error": str(exc)}
         else:
-            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            result = {"ok": False, "kind": type(exc).__name__, "error": last}
+            # A bug or a case the loaders do not name: the worker's log gets the traceback, the
+            # user a sentence (never "KeyError: 'data_offsets'").
+            traceback.print_exc()
+            result = {"ok": False, "kind": "unexpected", "error": UNEXPECTED[req["action"]]}
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(result_path)

@@ -7,6 +7,7 @@ kills the child, and the worker records a reason instead of dying with it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import signal
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+
+log = logging.getLogger("edgeslim.catalog")
 
 DEFAULT_MEMORY_BYTES = 6 * 1024**3  # torch's own import needs ~3 GiB of address space
 DEFAULT_TIMEOUT_S = 600.0
@@ -91,6 +94,8 @@ def run_child(
     if result is not None and result.get("ok"):
         return result
     if result is not None:
+        if result.get("kind") == "unexpected":
+            log.warning("the inspector failed unexpectedly:\n%s", err.decode("utf-8", "replace"))
         if result.get("kind") == "memory":
             raise SandboxError(
                 f"the file needs more memory than the inspector's cap of {memory // 1024**2} MiB"
