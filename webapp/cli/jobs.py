@@ -381,7 +381,7 @@ def parse_grid_args(items: list[str]) -> dict[str, list[Any]]:
 def sweep(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     client = _client(args)
     try:
         text = args.recipe.read_text(encoding="utf-8")

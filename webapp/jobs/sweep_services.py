@@ -52,9 +52,12 @@ def grid_check(recipe: dict[str, Any] | str, grid: Any) -> SweepGrid:
     try:
         return parse_grid(recipe, grid)
     except ConfigError as exc:
-        field = "grid" if exc.field.startswith("grid") else f"recipe.{exc.field}"
-        message = exc.message if exc.field in ("grid", field) else f"{exc.field}: {exc.message}"
-        raise JobInputError(message, field=field) from None
+        if not exc.field.startswith("grid"):
+            raise JobInputError(exc.message, field=f"recipe.{exc.field}") from None
+        # "grid.lr" or "grid (lr=7): stages[0].config.lr": the part after "grid" says where.
+        where = exc.field[4:].lstrip(".").strip()
+        message = f"{where}: {exc.message}" if where else exc.message
+        raise JobInputError(message, field="grid") from None
 
 
 def constraints_clean(raw: Any) -> dict[str, Any]:
