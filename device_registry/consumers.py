@@ -24,6 +24,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from device_registry import bus, conf, selectors, services
 from edgeslim_agent.protocol import (
     AGENT_MESSAGES,
+    CANCEL_AGENT,
     CLOSE_EVICTED,
     CLOSE_PROTOCOL,
     CLOSE_RATE,
@@ -32,6 +33,7 @@ from edgeslim_agent.protocol import (
     CLOSE_TOO_BIG,
     MAX_MESSAGE_BYTES,
     Ack,
+    Cancel,
     ErrorMessage,
     Heartbeat,
     Hello,
@@ -221,6 +223,7 @@ class AgentConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     hello_done = False
 
     credential_hash: str | None = None
+    agent_version = ""
 
     async def connect(self) -> None:
         credential = _credential_from(self.scope)
@@ -339,6 +342,7 @@ class AgentConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         )
         pending = await db(selectors.device_pending_deploys)(device_id=self.device_id)
         self.hello_done = True
+        self.agent_version = msg.agent_version
         self.last_seen_write = time.monotonic()
         await self.send(
             text_data=encode(
@@ -370,6 +374,8 @@ class AgentConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self.device_reenrolled()
         elif kind == "deploy":
             await self.device_deploy(event)
+        elif kind == "cancel":
+            await self.device_cancel(event)
 
     async def device_evict(self, event: dict[str, Any]) -> None:
         if event.get("channel") == self.channel_name:
@@ -399,6 +405,19 @@ class AgentConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if isinstance(deployment_id, int):
             self.sent.add(deployment_id)
         await self.send(text_data=str(event["text"]))
+
+    async def device_cancel(self, event: dict[str, Any]) -> None:
+        """Tell the agent to drop a cancelled deployment it was sent (agents that know ``cancel``;
+        an older one would refuse the unknown message, and finishes the run instead)."""
+        deployment_id = event.get("deployment_id")
+        if (
+            not self.hello_done
+            or not isinstance(deployment_id, int)
+            or deployment_id not in self.sent
+            or not services.agent_at_least(self.agent_version, CANCEL_AGENT)
+        ):
+            return
+        await self.send(text_data=encode(Cancel(deployment_id=deployment_id)))
 
     async def heartbeat_checked(self, state: services.HeartbeatCheck) -> None:
         """What a heartbeat batch found for this device (see :class:`_SeenBatcher`)."""

@@ -415,6 +415,12 @@ def _version_tuple(text: str) -> tuple[int, ...] | None:
         return None
 
 
+def agent_at_least(agent_version: str, minimum: tuple[int, ...]) -> bool:
+    """Whether an agent that said ``agent_version`` in its hello is ``minimum`` or newer."""
+    version = _version_tuple(agent_version or "")
+    return version is not None and version >= minimum
+
+
 class NoEvalSet(ValueError):
     """Accuracy was asked for but the artifact has no evaluation set."""
 
@@ -812,8 +818,10 @@ def deployment_cancel(*, deployment: Deployment, user: User | None = None) -> De
     """Cancel a deployment: every target that has not ended is marked cancelled and is never sent
     to its device again; targets that already ended keep their results.
 
-    A device that is already running it is not interrupted: the results it still sends are
-    stored (and acknowledged) beside the cancelled target.
+    Each device whose target was cancelled is sent a ``cancel`` (agent 0.6.0 on): a queued run
+    is dropped, a running one stops before its next batch and reports ``failed``/``cancelled``.
+    Whatever a device still sends (an older agent finishes the run) is stored and acknowledged
+    beside the cancelled target, which keeps its state.
 
     Raises:
         DeploymentEnded: it had already ended.
@@ -824,15 +832,24 @@ def deployment_cancel(*, deployment: Deployment, user: User | None = None) -> De
         if locked.ended_at is not None:
             raise DeploymentEnded(f"Deployment #{locked.pk} has already ended.")
         who = f"cancelled by {user}" if user is not None else "cancelled"
-        cancelled = (
-            DeploymentTarget.objects.filter(deployment=locked)
-            .exclude(status__in=FINISHED_STATUSES)
-            .update(status=TargetStatus.CANCELLED, message=who[:500], updated_at=now)
+        open_targets = DeploymentTarget.objects.filter(deployment=locked).exclude(
+            status__in=FINISHED_STATUSES
+        )
+        device_ids = list(open_targets.values_list("device_id", flat=True))
+        cancelled = open_targets.update(
+            status=TargetStatus.CANCELLED, message=who[:500], updated_at=now
         )
         locked.cancelled_at = now
         locked.cancelled_by = user
         locked.ended_at = now
         locked.save(update_fields=["cancelled_at", "cancelled_by", "ended_at"])
+        deployment_id = locked.pk
+
+        def tell_devices() -> None:  # a device running it stops before its next batch
+            for device_id in device_ids:
+                bus.publish(device_id, {"type": "cancel", "deployment_id": deployment_id})
+
+        transaction.on_commit(tell_devices)
     log.info("deployment %s %s (%d target(s) stopped)", locked.pk, who, cancelled)
     _org_event(
         locked.organization_id,

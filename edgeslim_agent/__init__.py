@@ -3,5 +3,6 @@
 # 0.2.0: decodes compressed containers (manifest format "container"); 0.3.0: container format 3;
 # 0.4.0: on close code 4001 (re-enrolled) re-reads its credential file and reconnects;
 # 0.5.0: its own distribution (edgeslim_agent), HTTPS with a pinned certificate, key ids and
-# trusted-key rotation, Ed25519 through cryptography
-__version__ = "0.5.0"
+# trusted-key rotation, Ed25519 through cryptography; 0.6.0: obeys ``cancel`` (stops a cancelled
+# deployment before its next batch)
+__version__ = "0.6.0"

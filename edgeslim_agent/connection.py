@@ -49,6 +49,7 @@ from edgeslim_agent.protocol import (
     CLOSE_REVOKED,
     FAIL_BAD_SIGNATURE,
     FAIL_BENCHMARK,
+    FAIL_CANCELLED,
     FAIL_DECODE,
     FAIL_DOWNLOAD,
     FAIL_ROLLBACK,
@@ -61,6 +62,7 @@ from edgeslim_agent.protocol import (
     RESULT_LATENCY,
     SERVER_MESSAGES,
     Ack,
+    Cancel,
     Deploy,
     ErrorMessage,
     Heartbeat,
@@ -90,6 +92,10 @@ EXIT_EVICTED = 4  # another agent with the same identity took over
 # writes the new file just after the server replaced the credential, so the close can arrive
 # first.
 REENROLL_GRACE_S = 120.0
+
+
+class DeploymentCancelled(Exception):
+    """The server cancelled the running deployment (a ``cancel`` message)."""
 
 
 class CredentialReplaced(Exception):
@@ -177,6 +183,8 @@ class Agent:
         self._ws: ClientConnection | None = None
         self._queue: asyncio.Queue[Deploy] = asyncio.Queue()
         self._known: set[int] = set()
+        # Deployments the server cancelled: not started, or stopped before their next batch.
+        self._cancelled: set[int] = set()
         self._busy = False
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -350,6 +358,16 @@ class Agent:
                 ", with accuracy" if msg.settings.accuracy else "",
             )
             await self._queue.put(msg)
+        elif isinstance(msg, Cancel):
+            if msg.deployment_id not in self._cancelled:
+                self._cancelled.add(msg.deployment_id)
+                log.warning(
+                    "deployment %s was cancelled by the server%s",
+                    msg.deployment_id,
+                    ": stopping it before its next step"
+                    if msg.deployment_id in self._known
+                    else "",
+                )
         elif isinstance(msg, ErrorMessage):
             self._last_server_error = f"{msg.code}: {msg.message}"
             log.error("server says %s: %s", msg.code, msg.message)
@@ -468,12 +486,18 @@ class Agent:
         state = DeploymentState(self.deployments_dir, dep_id)
         if state.finished:
             return
+        terminal_seq = result_seq(settings, RESULT_COMPLETE)
+        if dep_id in self._cancelled:  # cancelled while it waited in the queue: never started
+            log.info("deployment %s: cancelled before it started; not run", dep_id)
+            state.mark(terminal_seq, finished=True)
+            return
         done = state.done | self.outbox.seqs(dep_id)
         if done:
             log.info("deployment %s: resuming, %d result(s) already reported", dep_id, len(done))
-        terminal_seq = result_seq(settings, RESULT_COMPLETE)
 
         def progress(stage: str, fraction: float, message: str = "") -> None:
+            if stage in ("benchmarking", "evaluating") and dep_id in self._cancelled:
+                raise DeploymentCancelled()
             self._send_threadsafe(
                 Progress(
                     deployment_id=dep_id,
@@ -546,6 +570,9 @@ class Agent:
         except DownloadError as exc:
             fail(FAIL_DOWNLOAD, str(exc))
             return
+        if dep_id in self._cancelled:
+            fail(FAIL_CANCELLED, "the deployment was cancelled; stopped after its download")
+            return
         progress("verifying", 1.0, "size, sha256 and signature verified")
         decoded_dir: Path | None = None
         decode: dict[str, Any] = {}
@@ -616,6 +643,9 @@ class Agent:
                     state,
                     Result(deployment_id=dep_id, seq=accuracy_seq, kind=RESULT_ACCURACY, data=data),
                 )
+        except DeploymentCancelled:
+            fail(FAIL_CANCELLED, "the deployment was cancelled; stopped before its next step")
+            return
         except Exception as exc:
             fail(FAIL_BENCHMARK, f"{type(exc).__name__}: {exc}")
             return

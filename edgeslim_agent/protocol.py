@@ -45,6 +45,7 @@ FAIL_SIZE_MISMATCH = "size_mismatch"
 FAIL_DOWNLOAD = "download_failed"
 FAIL_BENCHMARK = "benchmark_failed"
 FAIL_DECODE = "decode_failed"  # a compressed container the decoder refused: nothing was benchmarked
+FAIL_CANCELLED = "cancelled"  # the server cancelled the deployment while it ran (a ``cancel``)
 
 # What a manifest's artifact is: a plain ONNX file, or an EdgeSlim compressed container
 # (docs/container-format.md) that the agent decodes into an ONNX before benchmarking it.
@@ -280,6 +281,20 @@ class Deploy(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Cancel(Message):
+    """The deployment was cancelled: do not start it; if it is running, stop before its next
+    batch size and report ``failed`` with reason ``cancelled``. Sent only to agents that know
+    it (:data:`CANCEL_AGENT` on): an older agent would refuse the unknown type."""
+
+    TYPE: ClassVar[str] = "cancel"
+    deployment_id: int
+
+
+# The first agent version that understands ``cancel``.
+CANCEL_AGENT = (0, 6, 0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ErrorMessage(Message):
     """Why the server is about to close the connection."""
 
@@ -290,10 +305,10 @@ class ErrorMessage(Message):
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Hello, Heartbeat, Progress, Result, Welcome, Ack, Deploy, ErrorMessage)
+    for cls in (Hello, Heartbeat, Progress, Result, Welcome, Ack, Deploy, Cancel, ErrorMessage)
 }
 AGENT_MESSAGES = (Hello, Heartbeat, Progress, Result)
-SERVER_MESSAGES = (Welcome, Ack, Deploy, ErrorMessage)
+SERVER_MESSAGES = (Welcome, Ack, Deploy, Cancel, ErrorMessage)
 
 
 def accuracy_percent(correct: int, samples: int) -> float:

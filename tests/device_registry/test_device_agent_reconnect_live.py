@@ -9,11 +9,11 @@ import subprocess
 
 import pytest
 from agent_process import AgentProcess, enroll, wait_for
-from device_onnx import write_linear_model
+from device_onnx import write_linear_model, write_matmul_model
 from factories import make_organization
 
 from device_registry import bus, services
-from device_registry.models import DeploymentTarget, Device
+from device_registry.models import DeploymentResult, DeploymentTarget, Device
 from edgeslim_agent.protocol import BenchSettings
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -108,3 +108,44 @@ def test_re_enrolling_keeps_the_agent_up_on_its_new_credential_and_revoking_stop
     assert "enrolled again" in output and "credential reloaded" in output
     assert agent.proc.returncode == 3
     assert "revoked" in output
+
+
+def test_a_cancel_stops_the_running_benchmark_and_the_agent_serves_the_next_deployment(
+    tmp_path, daphne_server
+):
+    org = make_organization()
+    device, agent = _agent(tmp_path, daphne_server.base_url, org)
+    model = write_matmul_model(tmp_path / "big.onnx")
+    art = services.artifact_create(
+        organization=org, name="big.onnx", file=io.BytesIO(model.read_bytes())
+    )
+    batches = [1, 256, 512, 1024, 2048, 4096]  # minutes of work at 300 runs each
+    dep = services.deployment_create(
+        organization=org, artifact=art, target_kind="device", target_value=str(device.pk),
+        settings=BenchSettings(warmup=1, runs=300, batch_sizes=batches),
+    )  # fmt: skip
+    agent.start()
+    try:
+        wait_for(
+            lambda: DeploymentResult.objects.filter(deployment=dep, kind="latency").exists(),
+            timeout=120, what="a first result", log=agent.output,
+        )  # fmt: skip
+        services.deployment_cancel(deployment=dep)
+        failed = wait_for(
+            lambda: DeploymentResult.objects.filter(deployment=dep, kind="failed").first(),
+            timeout=120, what="the agent to stop the cancelled run", log=agent.output,
+        )  # fmt: skip
+        # The agent is still up and runs the next deployment.
+        after = _deploy(org, device, tmp_path)
+        wait_for(
+            lambda: DeploymentTarget.objects.filter(deployment=after, status="succeeded").exists(),
+            timeout=120, what="the next deployment", log=agent.output,
+        )  # fmt: skip
+        assert agent.proc is not None and agent.proc.poll() is None
+    finally:
+        agent.stop()
+    assert failed.payload["reason"] == "cancelled"
+    latencies = DeploymentResult.objects.filter(deployment=dep, kind="latency").count()
+    assert 1 <= latencies < len(batches)  # stopped before its remaining batch sizes
+    assert DeploymentTarget.objects.get(deployment=dep).status == "cancelled"
+    assert f"deployment {dep.pk} was cancelled by the server" in agent.output()

@@ -21,6 +21,7 @@ from edgeslim_agent.protocol import (
     CLOSE_REENROLLED,
     CLOSE_REVOKED,
     BenchSettings,
+    Cancel,
     Deploy,
     Heartbeat,
     Hello,
@@ -160,6 +161,34 @@ def test_a_cancelled_deployment_is_not_sent_on_hello_and_a_late_result_keeps_it_
     assert stored.created and "status" not in (stored.event or {})
     assert DeploymentTarget.objects.get(deployment=dep).status == "cancelled"
     assert DeploymentResult.objects.filter(deployment=dep).count() == 1
+
+
+@pytest.mark.parametrize(("agent_version", "told"), [("0.6.0", True), ("0.5.0", False)])
+def test_a_cancel_reaches_agents_that_know_it_and_spares_older_ones(tmp_path, agent_version, told):
+    device, credential = enrolled_device()
+    org = device.organization
+    dep = deployment(org, artifact(org, tmp_path), device, batch_sizes=[1])
+
+    async def scenario():
+        ws = agent_socket(credential)
+        await ws.connect()
+        await ws.send_to(text_data=encode(Hello(agent_version=agent_version, facts=FACTS)))
+        await ws.receive_from()  # welcome
+        sent = decode(await ws.receive_from())  # the deploy
+        await sync_to_async(services.deployment_cancel)(deployment=dep)
+        if told:
+            out = decode(await ws.receive_from(timeout=5))
+        else:
+            out = await ws.receive_nothing(timeout=0.8)
+        await ws.disconnect()
+        return sent, out
+
+    sent, out = async_to_sync(scenario)()
+    assert isinstance(sent, Deploy)
+    if told:
+        assert out == Cancel(deployment_id=dep.pk)
+    else:
+        assert out is True  # an older agent would refuse the unknown message: nothing is sent
 
 
 # --- expiry --------------------------------------------------------------------------------------
