@@ -18,6 +18,7 @@ from webapp.accounts.models import Organization
 from webapp.accounts.permissions import api_organization, api_require_writer
 from webapp.accounts.selectors import get_object_for_org_or_404
 from webapp.catalog.models import Dataset, ModelVersion
+from webapp.names import validate_name
 
 
 def _org(request: Request) -> Organization:
@@ -37,7 +38,7 @@ class DeviceSerializer(serializers.ModelSerializer[Device]):
 
 
 class DeviceRegisterSerializer(serializers.Serializer[Any]):
-    name = serializers.CharField(max_length=100)
+    name = serializers.CharField(max_length=100, validators=[validate_name])
     hardware = serializers.CharField(max_length=200, required=False, allow_blank=True)
     tags = serializers.ListField(child=serializers.CharField(max_length=40), required=False)
 

@@ -7,10 +7,11 @@ from typing import Any
 from django import forms
 
 from device_registry.models import TargetKind
+from webapp.names import validate_name
 
 
 class DeviceRegisterForm(forms.Form):
-    name = forms.CharField(max_length=100)
+    name = forms.CharField(max_length=100, validators=[validate_name])
     hardware = forms.CharField(
         max_length=200, required=False, help_text="e.g. Raspberry Pi 4 Model B, 4 GB"
     )
@@ -20,7 +21,7 @@ class DeviceRegisterForm(forms.Form):
 
 
 class ArtifactUploadForm(forms.Form):
-    name = forms.CharField(max_length=200, required=False)
+    name = forms.CharField(max_length=200, required=False, validators=[validate_name])
     file = forms.FileField(
         help_text="An ONNX model, or an EdgeSlim compressed container (.esdc) that devices "
         "decode before they benchmark it."

@@ -15,6 +15,7 @@ from django.utils.text import slugify
 
 from webapp.accounts.access import access_changed_notify
 from webapp.accounts.models import ApiToken, Invitation, Membership, Organization, Role, User
+from webapp.names import name_problem
 
 # Expiry choices offered for API tokens, in days (None: never expires).
 API_TOKEN_EXPIRY_DAYS: tuple[int | None, ...] = (30, 90, 365, None)
@@ -34,6 +35,8 @@ def organization_create(*, name: str, owner: User) -> Organization:
     name = name.strip()
     if not name:
         raise ValidationError({"name": "An organisation needs a name."})
+    if (problem := name_problem(name)) is not None:
+        raise ValidationError({"name": problem})
     organization = Organization.objects.create(name=name, slug=_unique_slug(name))
     membership_add(organization=organization, user=owner, role=Role.ADMIN)
     return organization

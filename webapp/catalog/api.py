@@ -29,6 +29,7 @@ from webapp.catalog.views import (
     stored_file_download,
     thumbnail_response,
 )
+from webapp.names import validate_name
 
 
 def _error(exc: CatalogInputError) -> Response:
@@ -111,7 +112,9 @@ class DatasetSerializer(serializers.ModelSerializer[Dataset]):
 
 class ModelUploadSerializer(serializers.Serializer[Any]):
     file = serializers.FileField()
-    name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    name = serializers.CharField(
+        required=False, allow_blank=True, max_length=200, validators=[validate_name]
+    )
     arch = serializers.CharField(required=False, allow_blank=True, help_text="Zoo architecture.")
     num_classes = serializers.IntegerField(required=False, min_value=1)
     in_channels = serializers.IntegerField(required=False, min_value=1)
@@ -129,7 +132,9 @@ SPLIT_SEED_HELP = "Seeds the val/test carving of a zip without val/ or test/ fol
 
 class DatasetUploadSerializer(serializers.Serializer[Any]):
     file = serializers.FileField()
-    name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    name = serializers.CharField(
+        required=False, allow_blank=True, max_length=200, validators=[validate_name]
+    )
     split_seed = serializers.IntegerField(
         required=False, min_value=0, max_value=2**31 - 1, help_text=SPLIT_SEED_HELP
     )
@@ -140,7 +145,9 @@ class UploadCreateSerializer(serializers.Serializer[Any]):
     filename = serializers.CharField(max_length=1000)
     size = serializers.IntegerField(min_value=1)
     sha256 = serializers.CharField(required=False, allow_blank=True, max_length=64)
-    name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    name = serializers.CharField(
+        required=False, allow_blank=True, max_length=200, validators=[validate_name]
+    )
     arch = serializers.CharField(required=False, allow_blank=True)
     num_classes = serializers.IntegerField(required=False, min_value=1)
     in_channels = serializers.IntegerField(required=False, min_value=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from django import forms
 
 from compression.zoo import list_models
+from webapp.names import validate_name
 
 NORMALIZATION_CHOICES = [
     ("dataset", "Dataset statistics (mean/std of the training split)"),
@@ -24,7 +25,10 @@ class ModelUploadForm(forms.Form):
         "Pickled modules are refused."
     )
     name = forms.CharField(
-        max_length=200, required=False, help_text="Model name; the same name adds a version."
+        max_length=200,
+        required=False,
+        validators=[validate_name],
+        help_text="Model name; the same name adds a version.",
     )
     arch = forms.ChoiceField(
         choices=_arch_choices,
@@ -54,7 +58,7 @@ class DatasetUploadForm(forms.Form):
         help_text="An image-folder .zip: train/<class>/*.png with optional val/<class>/ and "
         "test/<class>/ folders, or <class>/*.png."
     )
-    name = forms.CharField(max_length=200, required=False)
+    name = forms.CharField(max_length=200, required=False, validators=[validate_name])
     split_seed = forms.IntegerField(
         min_value=0,
         max_value=2**31 - 1,

@@ -54,6 +54,7 @@ from webapp.catalog.services.versions import (
     normalization_check,
     split_seed_check,
 )
+from webapp.names import name_problem
 from workers.celery import app as celery_app
 
 # Extension -> format. Anything else is refused before a byte is stored.
@@ -137,6 +138,13 @@ def _check_size(size: int, filename: str) -> None:
         )
 
 
+def _check_name(name: str | None) -> None:
+    """Names with invisible control or formatting characters are refused (webapp.names)."""
+    problem = name_problem(name or "")
+    if problem is not None:
+        raise CatalogInputError(problem, field="name")
+
+
 def _prepare_input(
     *,
     uploaded_file: UploadedFile[bytes] | IO[bytes] | None,
@@ -188,6 +196,7 @@ def model_upload_create(
         CatalogInputError: a torch file without a known architecture, bad sizes, or a
             normalization that does not fit (ImageNet statistics on a 1-channel model).
     """
+    _check_name(name)
     declared = normalization_check(normalization, in_channels=in_channels)
     clean, _size = _prepare_input(uploaded_file=uploaded_file, path=path, filename=filename)
     fmt = model_format_from_filename(clean)
@@ -261,6 +270,7 @@ def dataset_upload_create(
         UploadTooLarge: over ``EDGESLIM_MAX_UPLOAD_BYTES``.
         CatalogInputError: a split seed that is not a whole number from 0 to 2**31 - 1.
     """
+    _check_name(name)
     seed = split_seed_check(split_seed)
     clean, _size = _prepare_input(uploaded_file=uploaded_file, path=path, filename=filename)
     _check_dataset_filename(clean)
@@ -341,6 +351,7 @@ def upload_create(
         raise CatalogInputError(
             f"kind must be one of {', '.join(UploadKind.values)}.", field="kind"
         )
+    _check_name((params or {}).get("name"))
     clean = filename_normalize(filename)
     if total_size <= 0:
         raise CatalogInputError("size must be a positive number of bytes.", field="size")
