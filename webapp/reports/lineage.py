@@ -98,7 +98,7 @@ def lineage_build(*, organization: Organization, version_id: Any) -> dict[str, A
     if len(pos) > MAX_LINEAGE_VERSIONS:
         raise LineageTooLarge(
             f"This family has {len(pos)} versions; the lineage shows at most "
-            f"{MAX_LINEAGE_VERSIONS}. Open it from a version further down the tree."
+            f"{MAX_LINEAGE_VERSIONS}; each version's page still lists its parent and children."
         )
     versions = {
         v.pk: v

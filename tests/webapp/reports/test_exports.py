@@ -101,3 +101,11 @@ def test_exports_of_a_missing_foreign_or_unfinished_report_are_refused(fam, fmt)
 
     r = Client().get(reverse("reports:export", args=[job.pk, fmt]))
     assert r.status_code == 302 and "/accounts/login/" in r["Location"]
+
+
+def test_a_pdf_without_chromium_is_a_clear_503_not_a_broken_file(fam, settings):
+    settings.EDGESLIM_CHROMIUM = "/nonexistent/chromium"
+    job = fam["job1"]
+    r = client_for(fam["owner"]).get(reverse("reports:export", args=[job.pk, "pdf"]))
+    assert r.status_code == 503 and r["Content-Type"].startswith("text/plain")
+    assert "PDF export needs Debian's chromium at /nonexistent/chromium" in r.content.decode()

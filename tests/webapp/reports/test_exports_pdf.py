@@ -99,6 +99,8 @@ def test_fleet_pdf_holds_the_latency_and_the_operator_profile(tmp_path):
     for op in ("Conv", "Gemm", "Relu", "MaxPool"):  # the profile's axis
         assert op in text
     assert "Cortex-A72" in text and "jetson" in text
+    # The whole table is printed, its last columns included (not scrolled off the page).
+    assert "95.00%" in text and "12.5ms" in flat and "MEASURED" in text.upper()
     assert _pixels(images, BLUE) > 200 and _pixels(images, RED) > 200
 
 

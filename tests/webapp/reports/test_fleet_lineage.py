@@ -261,3 +261,17 @@ def test_lineage_exports_csv_and_json_and_the_api(fam, token_for):
     assert float(int8[f"device:{pi}:pi:top1_pct"]) == 95.0
     assert float(int8[f"device:{jetson}:jetson:p50_ms"]) == 1.0
     assert int8[f"device:{jetson}:jetson:top1_pct"] == ""
+
+
+def test_a_family_too_large_to_draw_is_refused_with_the_reason(fam, monkeypatch, token_for):
+    from webapp.reports import lineage
+
+    monkeypatch.setattr(lineage, "MAX_LINEAGE_VERSIONS", 3)
+    client, v = client_for(fam["owner"]), fam["int8"]
+    r = client.get(reverse("reports:lineage", args=[v.pk]))
+    assert r.status_code == 400
+    assert "This family has 4 versions; the lineage shows at most 3;" in r.content.decode()
+    r = client.get(f"/api/v1/reports/versions/{v.pk}/lineage/", **token_for(fam["owner"]))
+    assert r.status_code == 400 and "at most 3" in r.json()["detail"]
+    r = client.get(reverse("reports:lineage_export", args=[v.pk, "csv"]))
+    assert r.status_code == 400
