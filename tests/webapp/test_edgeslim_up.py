@@ -226,6 +226,16 @@ def test_up_serves_login_and_live_events_and_stops_cleanly(up: Up, tmp_path: Pat
         else:
             raise AssertionError(f"no ready event for the dataset arrived; got {kinds}")
 
+    # The maintenance worker runs Celery beat, which sends the reaper (docs/jobs.md#recovery):
+    # its first jobs sweep runs one interval after start, with its schedule in the data folder.
+    maintenance_log = tmp_path / "data" / "logs" / "maintenance.log"
+    swept = re.compile(r"Task edgeslim\.jobs_reap\[[^\]]+\] succeeded")
+    deadline = time.monotonic() + 90
+    while not swept.search(maintenance_log.read_text(errors="replace")):
+        assert time.monotonic() < deadline, maintenance_log.read_text(errors="replace")[-3000:]
+        time.sleep(0.5)
+    assert list((tmp_path / "data").glob("celerybeat-schedule*"))
+
     assert up.stop() == 0
     output = "".join(up.lines)
     assert "stopped" in output
