@@ -108,11 +108,12 @@ def parse_version_ids(values: Iterable[str]) -> list[int]:
     return ids
 
 
-def too_many(count: int, *, what: str = "versions were picked") -> None:
-    if count > MAX_COMPARE_VERSIONS:
+def too_many(
+    count: int, *, what: str = "versions were picked", limit: int = MAX_COMPARE_VERSIONS
+) -> None:
+    if count > limit:
         raise ComparisonInputError(
-            f"{count} {what}; a comparison takes at most {MAX_COMPARE_VERSIONS}. "
-            "Pick fewer in the catalog."
+            f"{count} {what}; a comparison takes at most {limit}. Pick fewer in the catalog."
         )
 
 
@@ -395,7 +396,11 @@ def _title(v: ModelVersion) -> str:
 
 
 def comparison_build(
-    *, organization: Organization, version_ids: Sequence[int], baseline_id: int | None = None
+    *,
+    organization: Organization,
+    version_ids: Sequence[int],
+    baseline_id: int | None = None,
+    max_versions: int = MAX_COMPARE_VERSIONS,
 ) -> dict[str, Any]:
     """The comparison of ``version_ids`` against ``baseline_id`` (default: the oldest of them).
 
@@ -405,7 +410,7 @@ def comparison_build(
     """
     if not version_ids:
         raise ComparisonInputError("Pick at least one model version to compare.")
-    too_many(len(version_ids))
+    too_many(len(version_ids), limit=max_versions)
     found = {
         v.pk: v
         for v in ModelVersion.objects.for_org(organization)

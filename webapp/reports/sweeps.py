@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from compression.sweep import MAX_SWEEP_POINTS
 from webapp.catalog.models import ModelVersion
 from webapp.jobs.models import Sweep
 from webapp.jobs.sweep_selectors import sweep_children, sweep_state
@@ -51,7 +52,7 @@ def constraints_from(stored: Mapping[str, Any], query: Mapping[str, Any]) -> dic
 def _final_versions(child_ids: list[int], sweep: Sweep) -> dict[int, ModelVersion]:
     """Each finished child's final version: int8 when the recipe quantized, else fp32."""
     picked: dict[int, ModelVersion] = {}
-    versions = ModelVersion.objects.for_org(sweep.organization_id).filter(
+    versions = ModelVersion.objects.for_org(sweep.organization).filter(
         produced_by_job_id__in=child_ids
     )
     for v in versions.order_by("id"):
@@ -74,7 +75,10 @@ def sweep_results(*, sweep: Sweep, query: Mapping[str, Any] | None = None) -> di
     finals = _final_versions([j.pk for j in children], sweep)
     ids = [sweep.model_version_id, *(finals[j.pk].pk for j in children if j.pk in finals)]
     comparison = comparison_build(
-        organization=sweep.organization, version_ids=ids, baseline_id=sweep.model_version_id
+        organization=sweep.organization,
+        version_ids=ids,
+        baseline_id=sweep.model_version_id,
+        max_versions=MAX_SWEEP_POINTS + 1,  # every point and the baseline
     )
     rows = {r["id"]: r for r in comparison["rows"]}
     devices = {d["name"]: d["id"] for d in comparison["devices"]}
