@@ -217,7 +217,7 @@ def _coerce_mapping(p: ParamSpec, value: Any, where: str) -> dict[str, float]:
         raise ConfigError(where, f"must be a mapping of names to numbers, got {quote(value)}")
     if len(value) > MAX_MAPPING_ENTRIES:
         raise ConfigError(where, f"has {len(value)} entries; at most {MAX_MAPPING_ENTRIES}")
-    number = dataclasses.replace(p, type="float")
+    number = dataclasses.replace(p, type="float", optional=False)
     out: dict[str, float] = {}
     for key, item in value.items():
         if not isinstance(key, str) or not key or len(key) > MAX_MAPPING_KEY:

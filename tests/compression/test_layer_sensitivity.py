@@ -177,6 +177,8 @@ def test_per_layer_ratios_naming_unknown_layers_are_refused(
         ({"layer_ratios": {"a": 1.0}}, "config.layer_ratios.a"),
         ({"layer_ratios": {"a": -0.1}}, "config.layer_ratios.a"),
         ({"layer_ratios": {"a": "half"}}, "config.layer_ratios.a"),
+        ({"layer_ratios": {"a": None}}, "config.layer_ratios.a"),
+        ({"layer_ratios": {"": 0.5}}, "config.layer_ratios"),
         ({"layer_ratios": [0.5]}, "config.layer_ratios"),
         ({"layer_ratios": {}}, "config.layer_ratios"),
         ({"layer_ratios": {"a": 0.95}}, "config.layer_ratios.a"),  # above max_layer_ratio 0.9

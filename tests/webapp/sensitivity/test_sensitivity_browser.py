@@ -38,7 +38,9 @@ def test_one_click_turns_the_heatmap_into_a_prefilled_pruning_stage(live_server,
     with chromium_context(tmp_path) as context:
         context.add_cookies([{"name": "sessionid", "value": session, "url": live_server.url}])
         page = first_page(context)
-        page.goto(f"{live_server.url}/sensitivity/")
+        page.goto(f"{live_server.url}/reports/")
+        page.click("[data-sensitivity-link]")
+        page.wait_for_url("**/sensitivity/")
         page.click(f'tr[data-analysis="{analysis.pk}"] a')
         page.wait_for_selector("#sensitivity-heatmap .main-svg", timeout=30_000)
         assert page.locator("html").get_attribute("data-charts-drawn") == "1"
