@@ -252,6 +252,8 @@ EDGESLIM_REAPER_INTERVAL_S = envint("EDGESLIM_REAPER_INTERVAL_S", 15)
 # A model inspection or data set validation still pending this long after it was (re)sent is sent
 # again, at most EDGESLIM_INSPECT_RETRIES times; after that it is marked invalid.
 EDGESLIM_INSPECT_STUCK_S = envint("EDGESLIM_INSPECT_STUCK_S", 1800)
+# How often deployments past their deadline are ended (their unfinished targets timed out).
+EDGESLIM_DEPLOYMENT_EXPIRE_INTERVAL_S = envint("EDGESLIM_DEPLOYMENT_EXPIRE_INTERVAL_S", 60)
 EDGESLIM_INSPECT_RETRIES = envint("EDGESLIM_INSPECT_RETRIES", 2)
 # Upload sessions that ended without a file (expired, aborted) are deleted this long after.
 EDGESLIM_UPLOAD_RECORD_S = envint("EDGESLIM_UPLOAD_RECORD_S", 7 * 24 * 3600)
@@ -272,6 +274,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "catalog.uploads_cleanup",
         "schedule": 600.0,
         "options": {"expires": 600.0},
+    },
+    "deployments-expire": {
+        "task": "devices.deployments_expire",
+        "schedule": float(EDGESLIM_DEPLOYMENT_EXPIRE_INTERVAL_S),
+        "options": {"expires": float(EDGESLIM_DEPLOYMENT_EXPIRE_INTERVAL_S)},
     },
 }
 

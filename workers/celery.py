@@ -8,8 +8,8 @@ name (``app.send_task``), so this package imports nothing of the web layer.
 Queues: ``gpu`` for jobs that want CUDA, ``cpu`` for the other jobs, ``catalog`` for the
 catalog tasks (inspecting an upload, validating a data set), so an upload never waits behind a
 compression job, and ``maintenance`` for the periodic sweeps that Celery beat sends
-(``CELERY_BEAT_SCHEDULE`` in settings: the jobs reaper, stuck inspections, abandoned uploads), so
-a sweep never waits behind a job or a ten-minute inspection. ``edgeslim up`` runs a job worker on
+(``CELERY_BEAT_SCHEDULE`` in settings: the jobs reaper, stuck inspections, abandoned uploads,
+expired deployments), so a sweep never waits behind a job or a ten-minute inspection. ``edgeslim up`` runs a job worker on
 ``cpu,gpu``, a worker on ``catalog`` and the maintenance worker (``-Q maintenance -B``: beat runs
 inside it, so there is exactly one beat); docker compose has ``worker-catalog`` and
 ``maintenance`` services.
@@ -29,7 +29,12 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 CATALOG_QUEUE = "catalog"
 MAINTENANCE_QUEUE = "maintenance"
 # The sweeps beat sends (names as in settings.CELERY_BEAT_SCHEDULE); quick database passes.
-MAINTENANCE_TASKS = ("edgeslim.jobs_reap", "catalog.inspections_reap", "catalog.uploads_cleanup")
+MAINTENANCE_TASKS = (
+    "edgeslim.jobs_reap",
+    "catalog.inspections_reap",
+    "catalog.uploads_cleanup",
+    "devices.deployments_expire",
+)
 app.conf.task_queues = (Queue("cpu"), Queue("gpu"), Queue(CATALOG_QUEUE), Queue(MAINTENANCE_QUEUE))
 # The sweeps go to the maintenance queue (exact names win over the glob); every other task named
 # ``catalog.*`` (webapp/catalog/tasks.py) to the catalog queue, whoever enqueues it; jobs pick

@@ -102,9 +102,11 @@ def test_a_worker_finds_every_apps_tasks_by_autodiscovery() -> None:
                 "catalog.inspections_reap",
                 "catalog.model_version_inspect",
                 "catalog.uploads_cleanup",
+                "devices.deployments_expire",
                 "edgeslim.job_run",
                 "edgeslim.jobs_reap",
                 "edgeslim.org_ping",
+                "edgeslim.sensitivity_run",
                 "edgeslim.sweep_baseline",
             ]
         )

@@ -181,6 +181,7 @@ def test_beat_sends_the_sweeps_to_the_maintenance_queue() -> None:
         "edgeslim.jobs_reap",
         "catalog.inspections_reap",
         "catalog.uploads_cleanup",
+        "devices.deployments_expire",
     }
     assert tasks["edgeslim.jobs_reap"]["schedule"] == settings.EDGESLIM_REAPER_INTERVAL_S == 15
     # The shipped lease plus one sweep leaves a dead worker's job requeued well within 2 minutes.
