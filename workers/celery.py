@@ -9,10 +9,10 @@ Queues: ``gpu`` for jobs that want CUDA, ``cpu`` for the other jobs, ``catalog``
 catalog tasks (inspecting an upload, validating a data set), so an upload never waits behind a
 compression job, and ``maintenance`` for the periodic sweeps that Celery beat sends
 (``CELERY_BEAT_SCHEDULE`` in settings: the jobs reaper, stuck inspections, abandoned uploads,
-expired deployments), so a sweep never waits behind a job or a ten-minute inspection. ``edgeslim up`` runs a job worker on
-``cpu,gpu``, a worker on ``catalog`` and the maintenance worker (``-Q maintenance -B``: beat runs
-inside it, so there is exactly one beat); docker compose has ``worker-catalog`` and
-``maintenance`` services.
+expired deployments), so a sweep never waits behind a job or a ten-minute inspection.
+``edgeslim up`` runs a job worker on ``cpu,gpu``, a worker on ``catalog`` and the maintenance
+worker (``-Q maintenance -B``: beat runs inside it, so there is exactly one beat); docker compose
+has ``worker-catalog`` and ``maintenance`` services.
 """
 
 from __future__ import annotations
