@@ -112,7 +112,7 @@ def display_fingerprint(fingerprint: str) -> str:
     return "sha256:" + ":".join(value[i : i + 2] for i in range(0, len(value), 2))
 
 
-def startup_advice(*, host: str, port: int, public_url: str) -> list[str]:
+def startup_advice(*, host: str, port: int, public_url: str, scheme: str = "https") -> list[str]:
     """Lines ``edgeslim up`` prints when devices may not reach the studio at its address.
 
     Empty when ``EDGESLIM_PUBLIC_URL`` names a routable address; otherwise how to set it, with
@@ -121,7 +121,9 @@ def startup_advice(*, host: str, port: int, public_url: str) -> list[str]:
     """
     if public_url and not is_loopback(public_url):
         return []
-    suggestion = suggested_public_url(port) or f"http://<this machine's address>:{port}"
+    suggestion = suggested_public_url(port, scheme=scheme) or (
+        f"{scheme}://<this machine's address>:{port}"
+    )
     port_flag = f" --port {port}" if port != 8000 else ""
     local_only = is_loopback(f"http://{host}")
     restart = (
@@ -137,7 +139,7 @@ def startup_advice(*, host: str, port: int, public_url: str) -> list[str]:
     if local_only:
         return [
             f"warning: the studio listens on {host} only, and the enrollment page would print "
-            f"http://{host}:{port}, which works only on this machine.",
+            f"{scheme}://{host}:{port}, which works only on this machine.",
             restart,
         ]
     return [

@@ -169,7 +169,7 @@ def test_startup_advice_warns_about_loopback_and_is_quiet_with_a_routable_public
     assert quiet == []
     local = public_url.startup_advice(host="127.0.0.1", port=8000, public_url="")
     assert "works only on this machine" in local[0]
-    assert "EDGESLIM_PUBLIC_URL=http://" in local[1] and "--host 0.0.0.0" in local[1]
+    assert "EDGESLIM_PUBLIC_URL=https://" in local[1] and "--host 0.0.0.0" in local[1]
     assert public_url.startup_advice(host="0.0.0.0", port=8000, public_url="http://[::1]:8000")
     assert public_url.is_loopback("http://localhost:8000") and public_url.is_loopback(
         "http://127.3.0.1"

@@ -7,15 +7,18 @@ the whole stack with SIGINT, as Ctrl-C would.
 
 from __future__ import annotations
 
+import hashlib
 import http.cookiejar
 import json
 import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -47,10 +50,10 @@ def _embedded_env(data_dir: Path) -> dict[str, str]:
 class Up:
     """A running ``edgeslim up`` and what it printed."""
 
-    def __init__(self, data_dir: Path, port: int) -> None:
+    def __init__(self, data_dir: Path, port: int, *extra: str) -> None:
         self.port = port
         self.proc = subprocess.Popen(
-            [EDGESLIM, "up", "--data-dir", str(data_dir), "--port", str(port)],
+            [EDGESLIM, "up", "--data-dir", str(data_dir), "--port", str(port), *extra],
             env=_embedded_env(data_dir),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -95,10 +98,12 @@ def up(tmp_path: Path) -> Iterator[Up]:
 
 
 def _login(
-    base: str, username: str, password: str
+    base: str, username: str, password: str, context: ssl.SSLContext
 ) -> tuple[urllib.request.OpenerDirector, http.cookiejar.CookieJar]:
     jar = http.cookiejar.CookieJar()
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(jar), urllib.request.HTTPSHandler(context=context)
+    )
     page = opener.open(f"{base}/accounts/login/").read().decode()
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
     assert token, "the login page has no CSRF token"
@@ -180,17 +185,29 @@ def test_up_serves_login_and_live_events_and_stops_cleanly(up: Up, tmp_path: Pat
     password = up.wait_for(
         r"One-time password \(you will be asked to change it at first sign-in\): (\S+)"
     ).group(1)
-    up.wait_for(rf"EdgeSlim is up at http://127\.0\.0\.1:{up.port}/")
-    base = f"http://127.0.0.1:{up.port}"
+    up.wait_for(rf"EdgeSlim is up at https://127\.0\.0\.1:{up.port}/")
+    printed = up.wait_for(r"TLS certificate (sha256:[0-9A-F:]{95}) \(self-signed").group(1)
+    base = f"https://127.0.0.1:{up.port}"
+    # HTTPS by default, with the certificate generated in the data folder; the fingerprint
+    # printed is that certificate's, and a client that trusts exactly it gets in
+    cert = tmp_path / "data" / "tls" / "server.crt"
+    assert (tmp_path / "data" / "tls" / "server.key").stat().st_mode & 0o777 == 0o600
+    der = ssl.PEM_cert_to_DER_cert(cert.read_text())
+    digest = hashlib.sha256(der).hexdigest().upper()
+    assert printed == "sha256:" + ":".join(digest[i : i + 2] for i in range(0, 64, 2))
+    context = ssl.create_default_context(cafile=str(cert))  # its names include 127.0.0.1
+    with pytest.raises(OSError):  # plain http is not served (the TLS port hangs up)
+        urllib.request.urlopen(f"http://127.0.0.1:{up.port}/healthz", timeout=5)
 
-    opener, jar = _login(base, "admin", password)
+    opener, jar = _login(base, "admin", password, context)
     health = json.loads(opener.open(f"{base}/healthz").read())
     assert health["status"] == "ok", health
 
     cookies = f"sessionid={_cookie(jar, 'sessionid')}; csrftoken={_cookie(jar, 'csrftoken')}"
     with connect(
-        f"ws://127.0.0.1:{up.port}/ws/org/",
+        f"wss://127.0.0.1:{up.port}/ws/org/",
         additional_headers={"Cookie": cookies, "Origin": base},
+        ssl=context,
         open_timeout=10,
     ) as ws:
         assert json.loads(ws.recv(timeout=10))["kind"] == "hello"
@@ -201,14 +218,14 @@ def test_up_serves_login_and_live_events_and_stops_cleanly(up: Up, tmp_path: Pat
             data=json.dumps({"username": "admin", "password": NEW_PASSWORD}).encode(),
             headers={"Content-Type": "application/json"},
         )
-        token = json.loads(urllib.request.urlopen(token_req).read())["token"]
+        token = json.loads(opener.open(token_req).read())["token"]
         body, content_type = _multipart({"name": "tiny"}, "file", "tiny.zip", _tiny_zip())
         upload = urllib.request.Request(
             f"{base}/api/v1/datasets/",
             data=body,
             headers={"Authorization": f"Token {token}", "Content-Type": content_type},
         )
-        dataset_id = json.loads(urllib.request.urlopen(upload).read())["id"]
+        dataset_id = json.loads(opener.open(upload).read())["id"]
         # The event travels: API -> Celery (embedded Redis) -> catalog worker -> channel layer
         # -> socket.
         deadline = time.monotonic() + 120
@@ -254,12 +271,25 @@ def test_up_reuses_its_data_on_a_second_run(tmp_path: Path) -> None:
     try:
         first.wait_for(r"One-time password")
         first.wait_for(r"EdgeSlim is up at")
+        cert = first.wait_for(r"TLS certificate (\S+)").group(1)
     finally:
         assert first.stop() == 0
     second = Up(data, _free_port())
     try:
         second.wait_for(r"Users exist already; nothing to do\.")
         second.wait_for(r"EdgeSlim is up at")
+        # the certificate is made once: devices pinned it
+        assert second.wait_for(r"TLS certificate (\S+)").group(1) == cert
     finally:
         assert second.stop() == 0
     assert not any("One-time password" in line for line in second.lines)
+    assert not any("generated a self-signed TLS certificate" in line for line in second.lines)
+
+
+def test_plain_http_is_an_explicit_flag_for_loopback_only(tmp_path: Path) -> None:
+    refused = Up(tmp_path / "data", _free_port(), "--insecure-http", "--host", "0.0.0.0")
+    refused.proc.wait(timeout=60)  # refused before anything starts
+    assert refused.stop() == 1
+    assert "--insecure-http serves plain HTTP, for loopback development only" in "".join(
+        refused.lines
+    )

