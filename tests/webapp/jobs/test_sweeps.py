@@ -204,6 +204,11 @@ def test_cancel_ends_every_queued_child_and_the_api_creates_lists_and_refuses(
     assert data["constraints"] == {"max_accuracy_drop": 1.0}
     assert [c["values"] for c in data["children"]][1] == {"lr": 0.01, "epochs": 2}
     assert client.get("/api/v1/sweeps/", **auth).json()[0]["id"] == data["id"]
+    # The pages link the sweep: the jobs list, each child's page, the sweep list.
+    assert "data-sweeps-link" in client.get("/jobs/").text
+    child_page = client.get(f"/jobs/{data['children'][0]['id']}/").text
+    assert f'href="/reports/sweeps/{data["id"]}/" data-sweep-link' in child_page
+    assert f"/reports/sweeps/{data['id']}/" in client.get("/reports/sweeps/").text
     # Another organisation sees nothing.
     other = token_for(org_b[1])
     assert client_for(org_b[1]).get(f"/api/v1/sweeps/{data['id']}/", **other).status_code == 404
