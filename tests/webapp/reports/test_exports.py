@@ -79,6 +79,7 @@ def test_the_report_page_offers_csv_json_and_pdf(fam):
     html = client_for(fam["owner"]).get(reverse("reports:detail", args=[job.pk])).content.decode()
     for fmt in ("csv", "json", "pdf"):
         assert reverse("reports:export", args=[job.pk, fmt]) in html
+    assert reverse("reports:lineage", args=[job.model_version_id]) in html
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "pdf"])
