@@ -160,3 +160,15 @@ def test_the_api_starts_reads_and_converts(finished, org_a, token_for):
     assert pending.status_code == 409
     listed = client.get("/api/v1/sensitivity/", **auth).json()
     assert [a["id"] for a in listed] == [created.json()["id"], finished.pk]
+
+
+def test_a_torch_version_page_links_to_a_preselected_analysis_form(org_a):
+    from django.urls import reverse
+
+    org, user = org_a
+    mv = make_model_version(org)
+    client = client_for(user)
+    page = client.get(reverse("catalog:model_version_detail", args=[mv.pk])).content.decode()
+    assert f'href="/sensitivity/?model={mv.pk}"' in page
+    form = client.get(f"/sensitivity/?model={mv.pk}").content.decode()
+    assert f'<option value="{mv.pk}" selected>' in form
