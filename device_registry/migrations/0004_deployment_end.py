@@ -14,6 +14,10 @@ ENDED = ("succeeded", "failed")
 
 
 def fill(apps, schema_editor):
+    # Run the rows' deferred foreign-key checks now: PostgreSQL refuses the ALTER TABLE below in
+    # a transaction with pending trigger events.
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute("SET CONSTRAINTS ALL IMMEDIATE")
     Deployment = apps.get_model("device_registry", "Deployment")
     Deployment.objects.filter(expires_at__isnull=True).update(
         expires_at=F("created_at") + DEFAULT_TIMEOUT
@@ -27,6 +31,8 @@ def fill(apps, schema_editor):
     )  # fmt: skip
     for dep in done:
         Deployment.objects.filter(pk=dep.pk).update(ended_at=dep.last)
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute("SET CONSTRAINTS ALL DEFERRED")
 
 
 class Migration(migrations.Migration):
