@@ -59,6 +59,13 @@ def test_the_enroll_endpoint_answers_the_credential_and_the_signing_key():
     body = answer.json()
     assert body["device_id"] == device.pk and body["credential"].startswith("esd_")
     assert len(body["server_public_key"]) == 44
+    # the keys to trust, each named by its id (the hash of its public key)
+    from device_registry import signing
+    from edgeslim_agent.trust import key_id
+
+    keys = {k["kid"]: k for k in body["signing_keys"]}
+    assert signing.active_key_id() in keys
+    assert all(key_id(k["public_key"]) == kid for kid, k in keys.items())
     again = client.post(
         "/api/v1/agent/enroll", data=json.dumps({"code": code}), content_type="application/json"
     )
@@ -81,8 +88,10 @@ def test_the_register_page_shows_the_code_once_and_the_commands():
     )
     assert page.status_code == 200
     html = page.content.decode()
-    assert "edgeslim-agent enroll --server http://testserver --code " in html
-    assert "pip install http://testserver/agent/edgeslim_agent-" in html
+    # the test client is plain http: the command says --insecure-http out loud
+    assert "edgeslim-agent --insecure-http enroll --server http://testserver --code " in html
+    assert "edgeslim-agent @ http://testserver/agent/edgeslim_agent-" in html
+    assert "--require-hashes" in html
     device = Device.objects.get(name="kitchen-pi")
     listing = client.get("/devices/").content.decode()
     assert "kitchen-pi" in listing and "awaiting enrollment" in listing

@@ -3,7 +3,10 @@
 Every latency figure in the product then comes from one harness: host benchmarks go through
 ``edgeslim_agent`` exactly like a Raspberry Pi's do. Example::
 
-    python manage.py edgeslim_host_agent --org edge-lab --server http://127.0.0.1:8000
+    python manage.py edgeslim_host_agent --org edge-lab --server https://127.0.0.1:8000
+
+With an https server the certificate ``edgeslim up`` generated in the data folder is pinned;
+plain http is allowed to a loopback address only.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from device_registry import services, signing
 from device_registry.models import Device
 from device_registry.public_url import is_loopback
+from device_registry.server_tls import CERT_FILE, fingerprint_of_pem, tls_dir
 from edgeslim_agent import cli
 from edgeslim_agent.config import AgentConfig
+from edgeslim_agent.trust import TrustedKey, TrustStore
 from webapp.accounts.models import Organization
 
 
@@ -28,7 +33,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--org", required=True, help="organisation slug")
         parser.add_argument("--name", default="worker-host", help="device name")
-        parser.add_argument("--server", default="http://127.0.0.1:8000", help="the studio's URL")
+        parser.add_argument("--server", default="https://127.0.0.1:8000", help="the studio's URL")
         parser.add_argument("--state-dir", type=Path, default=None)
         parser.add_argument(
             "--setup-only", action="store_true", help="write the credential, do not run"
@@ -46,6 +51,10 @@ class Command(BaseCommand):
             device.is_host = True
             device.save(update_fields=["is_host"])
         credential = services.device_host_credential(device=device)
+        # An https studio on this host: pin the certificate edgeslim up generated here.
+        cert_file = tls_dir(Path(settings.DATA_DIR)) / CERT_FILE
+        https = opts["server"].startswith("https://")
+        cert_pem = cert_file.read_text() if https and cert_file.exists() else ""
         state_dir: Path = opts["state_dir"] or Path(settings.DATA_DIR) / "host-agent" / str(
             device.pk
         )
@@ -55,7 +64,10 @@ class Command(BaseCommand):
             device_name=device.name,
             credential=credential,
             server_public_key=signing.public_key_b64(),
+            tls_fingerprint=fingerprint_of_pem(cert_pem.encode()) if cert_pem else "",
+            tls_cert=cert_pem,
         ).save(state_dir)
+        TrustStore([TrustedKey.from_dict(k) for k in signing.trusted_keys()]).save(state_dir)
         self.stdout.write(f"host device {device.pk} ({device.name}); state in {state_dir}")
         if opts["setup_only"]:
             return
