@@ -150,10 +150,11 @@ def inspect_module(
     )
 
 
-def inspect_onnx(path: Path | str) -> ModelInfo:
+def inspect_onnx(path: Path | str, *, allowed_external: frozenset[str] = frozenset()) -> ModelInfo:
     """Describe an ONNX file from its graph: initializer counts and weighted nodes; no MACs.
 
-    External data is refused first (see :func:`compression.model_io.check_onnx_external_data`).
+    External data is refused first (see :func:`compression.model_io.check_onnx_external_data`)
+    unless ``allowed_external`` names its file.
     """
     import numpy as np
     from onnx import numpy_helper
@@ -161,12 +162,12 @@ def inspect_onnx(path: Path | str) -> ModelInfo:
     from compression.model_io import check_onnx_external_data
 
     path = Path(path)
-    model = check_onnx_external_data(path)
+    model = check_onnx_external_data(path, allowed_external=allowed_external)
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     params = nonzero = 0
     for t in inits.values():
-        arr = numpy_helper.to_array(t)
+        arr = numpy_helper.to_array(t, base_dir=str(path.parent))
         params += int(arr.size)
         nonzero += int(np.count_nonzero(arr))
     layers = []

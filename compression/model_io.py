@@ -332,11 +332,15 @@ def save_model_safetensors(module: nn.Module, path: Path | str) -> Path:
 # --- ONNX ----------------------------------------------------------------------------------
 
 
-def check_onnx_external_data(path: Path | str) -> Any:
+def check_onnx_external_data(
+    path: Path | str, *, allowed_external: frozenset[str] = frozenset()
+) -> Any:
     """Parse an ONNX file (without loading external data) and refuse any external tensor.
 
     An upload is one file, so a tensor stored elsewhere can only point at files on the server
-    (``../``, absolute paths, symlinks): every external location is refused.
+    (``../``, absolute paths, symlinks): every external location is refused, except a plain
+    file name in ``allowed_external`` that is a regular file beside the model (a decoded
+    container's ``weights.bin``, written by the decoder itself).
 
     Returns:
         The parsed ``onnx.ModelProto``.
@@ -348,10 +352,21 @@ def check_onnx_external_data(path: Path | str) -> Any:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
-        raise InvalidModelError(f"{path.name} is not a valid ONNX file: {exc}") from exc
+        raise InvalidModelError(
+            f"{path.name} is not an ONNX file: its contents cannot be parsed as an ONNX model"
+        ) from exc
     for tensor in _all_tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
             location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+            beside = path.parent / location
+            if (
+                location in allowed_external
+                and "/" not in location
+                and "\\" not in location
+                and not beside.is_symlink()
+                and beside.is_file()
+            ):
+                continue
             raise UnsafeModelError(
                 f"{path.name}: tensor {quote(tensor.name, 60)} keeps its data in an external file "
                 f"({_describe_location(path, location)}); upload a single-file ONNX "
@@ -537,6 +552,7 @@ def probe_onnx(
     memory_bytes: int = ONNX_PROBE_MEMORY_BYTES,
     timeout_s: float = ONNX_PROBE_TIMEOUT_S,
     script: str | None = None,
+    allowed_external: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Check and run an ONNX file once in a memory-capped subprocess; return what it saw.
 
@@ -546,7 +562,7 @@ def probe_onnx(
             message names the reason; the calling process is unaffected.
     """
     path = Path(path)
-    check_onnx_external_data(path)
+    check_onnx_external_data(path, allowed_external=allowed_external)
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR")}
     env["OMP_NUM_THREADS"] = "1"
     try:
@@ -635,6 +651,7 @@ def load_model_file(
     allow_resized: bool = False,
     max_file_bytes: int = MAX_MODEL_FILE_BYTES,
     onnx_memory_bytes: int = ONNX_PROBE_MEMORY_BYTES,
+    allowed_external: frozenset[str] = frozenset(),
 ) -> ModelState:
     """Load an uploaded model file into a :class:`ModelState`.
 
@@ -647,6 +664,8 @@ def load_model_file(
         allow_resized: accept a state dict with fewer channels than the architecture (pruned).
         max_file_bytes: refuse larger files.
         onnx_memory_bytes: address-space cap of the ONNX inspector subprocess.
+        allowed_external: external-data file names an ONNX may use, beside it (see
+            :func:`check_onnx_external_data`); none for an upload.
 
     Raises:
         UnsafeModelError: a pickle, TorchScript, torch.package, ``.pt2`` or external-data ONNX.
@@ -664,7 +683,7 @@ def load_model_file(
         )
     kind = sniff_format(path)
     if kind == "onnx":
-        probe = probe_onnx(path, memory_bytes=onnx_memory_bytes)
+        probe = probe_onnx(path, memory_bytes=onnx_memory_bytes, allowed_external=allowed_external)
         return _onnx_state(path, probe, input_shape, num_classes)
     if kind == "safetensors":
         state = read_safetensors(path)

@@ -21,7 +21,7 @@ from django.db.models.functions import Concat
 from django.utils import timezone
 
 from compression.container import MAGIC as CONTAINER_MAGIC
-from compression.container import decode_container
+from compression.container import ContainerError, decode_container
 from device_registry import bus, conf
 from device_registry.models import (
     FINISHED_STATUSES,
@@ -289,6 +289,113 @@ def _container_verify(fileobj: Any) -> int:
     fileobj.seek(0)
     with tempfile.TemporaryDirectory(prefix="edgeslim-container-") as tmp:
         return decode_container(data, Path(tmp) / "decoded").onnx_bytes
+
+
+class ArtifactRefused(ValueError):
+    """An uploaded artifact is refused; ``str()`` is the sentence, ``field`` the form field."""
+
+    def __init__(self, message: str, *, field: str = "file") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _upload_size(fileobj: Any) -> int:
+    size = getattr(fileobj, "size", None)
+    if isinstance(size, int):
+        return size
+    fileobj.seek(0, 2)
+    size = int(fileobj.tell())
+    fileobj.seek(0)
+    return size
+
+
+def artifact_upload_check(*, file: Any, eval_file: Any = None) -> str:
+    """Check an uploaded artifact the way the catalog checks an uploaded model, before anything
+    is stored or signed, and return its format (``onnx`` or ``container``).
+
+    Each file is at most ``EDGESLIM_MAX_ARTIFACT_BYTES``. An ONNX file (or the ONNX a container
+    decodes to, whose only external data is the decoder's own ``weights.bin``) goes through the
+    catalog's sniffing and sandboxed inspection (:func:`webapp.catalog.services.inspection.
+    onnx_file_inspect`): foreign bytes, external data, a graph the ONNX checker or ONNX Runtime
+    refuses, or one over the inspector's memory cap are refused with the inspector's sentence.
+    An evaluation set must be an ``.npz`` of plain arrays ``x`` and ``y`` (no pickles).
+
+    Raises:
+        ArtifactRefused: naming the field and the reason.
+    """
+    from django.conf import settings
+
+    from webapp.catalog.errors import CatalogInputError
+    from webapp.catalog.services.inspection import onnx_file_inspect
+
+    cap = int(settings.EDGESLIM_MAX_ARTIFACT_BYTES)
+    name = Path(str(getattr(file, "name", "") or "model.onnx")).name
+    for fileobj, field in ((file, "file"), (eval_file, "eval_file")):
+        if fileobj is not None and (size := _upload_size(fileobj)) > cap:
+            raise ArtifactRefused(
+                f"{Path(str(getattr(fileobj, 'name', field))).name} is {size} bytes, over the "
+                f"artifact limit of {cap} bytes (EDGESLIM_MAX_ARTIFACT_BYTES).",
+                field=field,
+            )
+    fmt = sniff_format(file)
+    with tempfile.TemporaryDirectory(prefix="edgeslim-artifact-") as tmp:
+        external: tuple[str, ...] = ()
+        if fmt == FORMAT_CONTAINER:
+            file.seek(0)
+            try:
+                decode_container(file.read(), Path(tmp) / "decoded")
+            except ContainerError as exc:
+                raise ArtifactRefused(f"{name}: {exc}") from None
+            finally:
+                file.seek(0)
+            onnx_path = Path(tmp) / "decoded" / "model.onnx"
+            external = ("weights.bin",)
+        else:
+            onnx_path = Path(tmp) / "model.onnx"
+            file.seek(0)
+            with open(onnx_path, "wb") as out:
+                while chunk := file.read(1024 * 1024):
+                    out.write(chunk)
+            file.seek(0)
+        try:
+            onnx_file_inspect(path=onnx_path, display_name=name, external_data=external)
+        except CatalogInputError as exc:
+            raise ArtifactRefused(exc.message) from None
+    if eval_file is not None:
+        _eval_file_check(eval_file)
+    return fmt
+
+
+def _eval_file_check(eval_file: Any) -> None:
+    import zipfile
+
+    import numpy as np
+
+    name = Path(str(getattr(eval_file, "name", "") or "eval.npz")).name
+    eval_file.seek(0)
+    try:
+        with np.load(eval_file, allow_pickle=False) as npz:
+            if not {"x", "y"} <= set(npz.files):
+                raise ArtifactRefused(
+                    f"{name} must hold the arrays x (inputs) and y (labels); it holds "
+                    f"{', '.join(sorted(npz.files)[:10]) or 'none'}.",
+                    field="eval_file",
+                )
+            if len(npz["x"]) != len(npz["y"]):
+                raise ArtifactRefused(f"{name}: x and y differ in length.", field="eval_file")
+    except ArtifactRefused:
+        raise
+    except ValueError as exc:
+        what = (
+            "Python objects (pickles), which are refused"
+            if "pickle" in str(exc)
+            else "no arrays numpy can read"
+        )
+        raise ArtifactRefused(f"{name} holds {what}.", field="eval_file") from None
+    except (zipfile.BadZipFile, OSError, EOFError):
+        raise ArtifactRefused(f"{name} is not an .npz file of arrays.", field="eval_file") from None
+    finally:
+        eval_file.seek(0)
 
 
 def artifact_create(

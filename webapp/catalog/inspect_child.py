@@ -26,8 +26,12 @@ def inspect_model(req: dict[str, Any]) -> dict[str, Any]:
     channels = req.get("in_channels")
     shape = (int(channels), int(size), int(size)) if channels and size else None
     if req["format"] == "onnx":
-        state = model_io.load_model_file(path, num_classes=req.get("num_classes"))
-        info = inspection.inspect_onnx(path)
+        # A decoded container's weights.bin, named by the caller; uploads allow none.
+        allowed = frozenset(str(n) for n in req.get("external_data") or ())
+        state = model_io.load_model_file(
+            path, num_classes=req.get("num_classes"), allowed_external=allowed
+        )
+        info = inspection.inspect_onnx(path, allowed_external=allowed)
     else:
         if shape is None and size:
             # channels unknown yet: let model_io read them from the first convolution
@@ -58,6 +62,19 @@ def inspect_model(req: dict[str, Any]) -> dict[str, Any]:
         "in_channels": state.input_shape[0],
         "input_size": state.input_shape[1],
     }
+
+
+def check_onnx(req: dict[str, Any]) -> dict[str, Any]:
+    """Any ONNX model, not only an image classifier (a device artifact): external data, the
+    ONNX checker and one ONNX Runtime run on zeros (the memory-capped probe), then the layer
+    table; ``external_data`` names the only external files allowed beside it."""
+    from compression import inspection, model_io
+
+    path = Path(req["path"])
+    allowed = frozenset(str(n) for n in req.get("external_data") or ())
+    probe = model_io.probe_onnx(path, allowed_external=allowed)
+    info = inspection.inspect_onnx(path, allowed_external=allowed)
+    return {"info": info.to_dict(), "inputs": probe["inputs"], "outputs": probe["outputs"]}
 
 
 def build_builtin(req: dict[str, Any]) -> dict[str, Any]:
@@ -188,7 +205,12 @@ def _write_thumbnails(bundle: Any, folder: Path) -> dict[str, list[str]]:
     return out
 
 
-ACTIONS = {"model": inspect_model, "builtin": build_builtin, "dataset": validate_dataset}
+ACTIONS = {
+    "model": inspect_model,
+    "onnx": check_onnx,
+    "builtin": build_builtin,
+    "dataset": validate_dataset,
+}
 UNEXPECTED = {
     "model": "the file could not be inspected: reading it failed in a way EdgeSlim does not "
     "recognise. Check that it is a model file EdgeSlim accepts (safetensors or a weights-only "
@@ -196,6 +218,8 @@ UNEXPECTED = {
     "dataset": "the archive could not be read as an image-folder dataset: reading it failed "
     "in a way EdgeSlim does not recognise. Check that it is a complete zip of "
     "train/<class>/<image> folders",
+    "onnx": "the file could not be inspected: reading it failed in a way EdgeSlim does not "
+    "recognise. Check that it is a complete, single-file ONNX model",
     "builtin": "the built-in sample could not be built; see the worker's log",
 }
 

@@ -277,3 +277,39 @@ def inspections_reap(*, now: datetime | None = None) -> InspectionsReap:
                     dataset_mark_invalid(dataset=row, error=error)
                 failed.append((item, row.pk))
     return InspectionsReap(resent=resent, failed=failed)
+
+
+def onnx_file_inspect(
+    *, path: Path, display_name: str, external_data: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Check an ONNX file outside the catalog the way an uploaded version is checked: its first
+    bytes (an executable, a script or an archive is refused), then the sandboxed inspection child
+    (external data, the ONNX checker, one ONNX Runtime run under the memory cap, the layer
+    table). Any ONNX model passes, not only an image classifier. The device registry runs its uploaded artifacts through this before storing them.
+
+    ``external_data`` names files beside ``path`` the model may keep tensors in (a decoded
+    container's ``weights.bin``); anything else external is refused.
+
+    Returns:
+        The child's result: ``info`` (the layer table), ``inputs`` and ``outputs``.
+
+    Raises:
+        WrongFileType: the bytes are plainly not a model (415).
+        CatalogInputError: the inspection refused it; the message names ``display_name``.
+    """
+    from webapp.catalog.errors import CatalogInputError
+    from webapp.catalog.sandbox import SandboxError, run_child
+    from webapp.catalog.services.uploads import model_head_check
+
+    with open(path, "rb") as fh:
+        model_head_check(fh.read(64), filename=display_name)
+    work = _work_dir("onnx-check-")
+    try:
+        return run_child(
+            {"action": "onnx", "path": str(path), "external_data": list(external_data)},
+            work_dir=work,
+        )
+    except SandboxError as exc:
+        raise CatalogInputError(str(exc).replace(path.name, display_name), field="file") from None
+    finally:
+        work_dir_remove(work)

@@ -124,6 +124,18 @@ def _sniff(head: bytes, *, kind: str, filename: str) -> None:
         raise CatalogInputError(f"{filename!r} is empty.", field="file")
 
 
+def model_head_check(head: bytes, *, filename: str) -> None:
+    """The first bytes of a model file (ONNX, whatever its name says) are not plainly another
+    kind of file: an executable, a script, a PDF, an archive."""
+    onnx_name = filename if filename.lower().endswith(".onnx") else f"{filename}.onnx"
+    try:
+        _sniff(head, kind="model", filename=onnx_name)
+    except CatalogInputError as exc:
+        exc.message = exc.message.replace(repr(onnx_name), repr(filename))
+        exc.args = (exc.message,)
+        raise
+
+
 def max_upload_bytes() -> int:
     return int(getattr(settings, "EDGESLIM_MAX_UPLOAD_BYTES", 2 * 1024**3))
 
