@@ -201,6 +201,10 @@ def artifact_list(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
         try:
+            # Size, sniffing and the catalog's sandboxed inspection, before anything is stored.
+            fmt = services.artifact_upload_check(
+                file=upload, eval_file=form.cleaned_data.get("eval_file")
+            )
             artifact = services.artifact_create(
                 organization=_org(request),
                 name=form.cleaned_data["name"] or upload.name,
@@ -208,8 +212,10 @@ def artifact_list(request: HttpRequest) -> HttpResponse:
                 eval_file=form.cleaned_data.get("eval_file"),
                 source="upload",
                 created_by=request.user,  # type: ignore[arg-type]
-                format=services.sniff_format(upload),
+                format=fmt,
             )
+        except services.ArtifactRefused as exc:
+            form.add_error(exc.field, str(exc))
         except ContainerError as exc:
             form.add_error("file", str(exc))
         else:
