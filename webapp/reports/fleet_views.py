@@ -67,6 +67,9 @@ def lineage(request: HttpRequest, pk: int) -> HttpResponse:
         data = lineage_build(organization=request.organization, version_id=pk)  # type: ignore[attr-defined]
     except LineageTooLarge as exc:
         return render(request, "reports/lineage.html", {"error": str(exc)}, status=400)
+    numbers = {n["id"]: n["number"] for n in data["versions"]}
+    for n in data["versions"]:
+        n["parent_number"] = numbers.get(n["parent"])
     ctx = {
         "lineage": data,
         "edges": lineage_edges(data),

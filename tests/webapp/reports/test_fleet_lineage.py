@@ -275,3 +275,27 @@ def test_a_family_too_large_to_draw_is_refused_with_the_reason(fam, monkeypatch,
     assert r.status_code == 400 and "at most 3" in r.json()["detail"]
     r = client.get(reverse("reports:lineage_export", args=[v.pk, "csv"]))
     assert r.status_code == 400
+
+
+def test_the_fleet_and_lineage_pages_run_no_query_per_row(fam):
+    """The whole request, pages included: more devices and versions, the same query count."""
+    org, client = fam["org"], client_for(fam["owner"])
+    urls = [reverse("reports:fleet", args=[fam["int8"].pk]),
+            reverse("reports:lineage", args=[fam["int8"].pk])]  # fmt: skip
+
+    def counts() -> list[int]:
+        out = []
+        for url in urls:
+            with CaptureQueriesContext(connection) as ctx:
+                assert client.get(url).status_code == 200
+            out.append(len(ctx.captured_queries))
+        return out
+
+    before = counts()
+    parent = fam["int8"]
+    for i in range(6):
+        dev = Device.objects.create(organization=org, name=f"more-{i}")
+        deploy(org, fam["int8"], dev, latencies=[latency_payload(2.0, profile={"Conv": 1.0})])
+        parent = version(org, parent=parent, job=fam["job2"], label="int8")
+        device_result(org, parent, dev, p50=1.0)
+    assert counts() == before
