@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("--round-to", type=int, default=1)
     r.add_argument("--no-wait", action="store_true", help="print the id and return")
     r.add_argument("--json", action="store_true", help="print the result as JSON")
+    r.add_argument(
+        "--timeout", type=float, default=6 * 3600, help="give up waiting after this many seconds"
+    )
     common(r)
     r.set_defaults(func=run)
 
@@ -87,11 +90,14 @@ def _table(item: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _wait(client: Client, url: str) -> dict[str, Any]:
+def _wait(client: Client, url: str, timeout_s: float) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout_s
     while True:
         item: dict[str, Any] = client.get(url)
         if item["status"] in TERMINAL:
             return item
+        if time.monotonic() > deadline:
+            return None
         print(f"\r{item['status']} {item['progress'] * 100:3.0f}% {item['message'][:60]:<60}",
               end="", file=sys.stderr)  # fmt: skip
         time.sleep(1.0)
@@ -121,8 +127,13 @@ def run(args: argparse.Namespace) -> int:
     if args.no_wait:
         print(item["id"])
         return 0
-    item = _wait(client, item["url"])
+    done = _wait(client, item["url"], args.timeout)
     print(file=sys.stderr)
+    if done is None:
+        print(f"edgeslim sensitivity: analysis {item['id']} not finished in {args.timeout:g} s "
+              "(it goes on; see `edgeslim sensitivity show`)", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
+    item = done
     print(json.dumps(item["result"], indent=2) if args.json else _table(item))
     return 0 if item["status"] == "SUCCEEDED" else EXIT_FAILED
 
