@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.db import connection, transaction
 from django.db.models import CharField, F, Value
@@ -57,6 +58,7 @@ from edgeslim_agent.protocol import (
 )
 from webapp.accounts.models import Organization, User
 from webapp.live.services import org_event_send
+from webapp.names import name_problem
 
 log = logging.getLogger("edgeslim.devices")
 
@@ -108,7 +110,14 @@ def device_register(
     tags: Any = (),
     created_by: User | None = None,
 ) -> tuple[Device, str]:
-    """Create a device and its first enrollment code; the code is returned once, never stored."""
+    """Create a device and its first enrollment code; the code is returned once, never stored.
+
+    Raises:
+        ValidationError: a name with an invisible control or format character (the form and
+            the serializer refuse it first, beside the field).
+    """
+    if (problem := name_problem(name)) is not None:
+        raise ValidationError({"name": problem})
     with transaction.atomic():
         device = Device.objects.create(
             organization=organization,

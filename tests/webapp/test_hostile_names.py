@@ -101,6 +101,12 @@ def test_device_names_are_refused_by_the_page_and_the_api(engineer_client):
     )  # fmt: skip
     assert api.status_code == 400
     assert "U+FEFF" in json.dumps(api.json())
+    from device_registry import services as device_services
+
+    with pytest.raises(ValidationError, match="U\\+2066"):
+        device_services.device_register(
+            organization=Organization.objects.get(), name="model\u2066x\u2069"
+        )
     assert not Device.objects.exists()
 
 
