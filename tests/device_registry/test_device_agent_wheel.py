@@ -50,13 +50,18 @@ def test_the_wheel_holds_edgeslim_agent_and_nothing_else(tmp_path):
     assert again.read_bytes() == path.read_bytes()  # reproducible: the same source, same bytes
 
 
-def test_the_served_wheel_is_cached_with_its_sha256(settings, tmp_path):
+def test_the_served_wheel_is_cached_with_its_sha256(settings, tmp_path, client):
     settings.DATA_DIR = tmp_path
     path = agent_wheel_build()
     assert path.is_relative_to(tmp_path / "agent")
-    assert agent_wheel_sha256() == hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert agent_wheel_sha256() == digest
     mtime = path.stat().st_mtime_ns
     assert agent_wheel_build() == path and path.stat().st_mtime_ns == mtime  # not rebuilt
+    info = client.get("/agent/").json()
+    assert info["wheel"] == f"/agent/{agent_wheel_name()}" and info["sha256"] == digest
+    served = b"".join(client.get(info["wheel"]).streaming_content)
+    assert hashlib.sha256(served).hexdigest() == digest
 
 
 def test_it_installs_with_hash_checking_in_a_clean_venv_and_runs(tmp_path):
