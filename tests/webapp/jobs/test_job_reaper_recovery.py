@@ -129,6 +129,9 @@ def _run_events(job: Job) -> list[tuple[str, int | None, object]]:
     return [(e.payload.get("status"), e.payload.get("attempt"), e.ts) for e in rows]
 
 
+# Three worker starts, a model load and two training stages on a shared two-core machine: more
+# than the suite's default 300 s under load. The 2-minute bound is asserted on the job's events.
+@pytest.mark.timeout(600)
 def test_kill_9_mid_job_resumes_through_the_reaper_within_two_minutes(broker_prefix, tmp_path):
     assert settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] == 12 * 3600
     env = _env(broker_prefix)
@@ -201,6 +204,8 @@ def test_kill_9_mid_job_resumes_through_the_reaper_within_two_minutes(broker_pre
     assert "stopped renewing the lease" in requeued.get().payload["message"]
     # ... and attempt 2 began within 2 minutes of the kill.
     resumed_at = next(ts for status, attempt, ts in events if attempt == 2)
+    requeued_at = requeued.get().ts
+    print(f"kill -> requeued {requeued_at - killed_at}, kill -> resumed {resumed_at - killed_at}")
     assert resumed_at - killed_at < timedelta(minutes=2), resumed_at - killed_at
     started = list(job.events.filter(kind="stage_started").values_list("payload__stage", flat=True))
     assert started.count(0) == 1 and started[-1] == 1  # stage 0 never ran again
