@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from webapp.accounts.permissions import org_required
-from webapp.reports import charts
+from webapp.reports import charts, exports
 from webapp.reports.comparison import (
     MAX_COMPARE_VERSIONS,
     ComparisonInputError,
@@ -88,10 +88,18 @@ def compare_export(request: HttpRequest, fmt: str) -> HttpResponse:
             charts=len(ctx["figures"]),
             filename=f"{filename}.pdf",
         )
+    latency = exports.comparison_latency(
+        organization=request.organization,  # type: ignore[attr-defined]
+        comparison=comparison,
+    )
     if fmt == "json":
-        response = HttpResponse(json.dumps(comparison, indent=2), content_type="application/json")
+        body = json.dumps({**comparison, "latency": latency}, indent=2)
+        response = HttpResponse(body, content_type="application/json")
     else:
         response = HttpResponse(content_type="text/csv; charset=utf-8")
-        csv.writer(response).writerows(comparison_csv_rows(comparison))
+        rows = comparison_csv_rows(comparison)
+        csv.writer(response).writerows(
+            exports.comparison_csv_with_latency(rows, comparison, latency)
+        )
     response["Content-Disposition"] = f'attachment; filename="{filename}.{fmt}"'
     return response

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from device_registry.models import DeploymentResult
+from webapp.accounts.models import Organization
 from webapp.jobs.models import Job
+from webapp.reports.comparison import _produced_state
 from webapp.reports.fleet import latency_block
 
 # The CSV's columns: one row per state (baseline, each stage, final), then one per on-device
@@ -119,4 +122,85 @@ def report_csv_rows(export: dict[str, Any]) -> list[list[Any]]:
             **{f"latency_{k}": v for k, v in d["latency"].items()},
         }
         out.append(["" if flat.get(k) is None else flat.get(k) for k in REPORT_CSV_FIELDS])
+    return out
+
+
+# --- the comparison's latency blocks -----------------------------------------------------------
+
+
+def comparison_latency(
+    *, organization: Organization, comparison: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The latency block of every compared version, by version id (as a string, like JSON
+    keys): ``host`` from the report that gave the comparison its host figures (``host_job``:
+    the producing job's state for a version it made, the report's baseline for the version it
+    started from), and ``devices`` by device id: each device's newest deployment at its
+    smallest batch size. Two queries, whatever the number of versions and devices."""
+    rows = comparison["rows"]
+    jobs = {
+        j.pk: j.report if isinstance(j.report, dict) else {}
+        for j in Job.objects.for_org(organization)
+        .filter(pk__in=[r["host_job"] for r in rows if r["host_job"]])
+        .only("id", "report")
+    }
+    sources = {f"model_version:{r['id']}": r["id"] for r in rows}
+    best: dict[tuple[int, int], tuple[int, int, dict[str, Any]]] = {}
+    results = (
+        DeploymentResult.objects.filter(
+            deployment__organization=organization,
+            deployment__artifact__source__in=list(sources),
+            kind="latency",
+        )
+        .order_by("-deployment_id", "seq")
+        .values_list("deployment_id", "device_id", "deployment__artifact__source", "payload")
+    )
+    for deployment_id, device_id, source, payload in results:
+        p = payload if isinstance(payload, dict) else {}
+        if not isinstance(p.get("p50_ms"), int | float):
+            continue
+        size = p.get("batch_size")
+        batch: int = size if isinstance(size, int) else 0
+        key, rank = (sources[source], device_id), (-deployment_id, batch)
+        if key not in best or rank < best[key][:2]:
+            best[key] = (*rank, p)
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        report = jobs.get(r["host_job"] or 0)
+        state: Any = None
+        if report is not None:
+            made_here = r["job"] == r["host_job"] and r["label"] in ("fp32", "int8")
+            state = _produced_state(report, r["label"]) if made_here else report.get("baseline")
+        latency = state.get("latency") if isinstance(state, dict) else None
+        out[str(r["id"])] = {
+            "host": latency_block(latency) if isinstance(latency, dict) else None,
+            "devices": {
+                str(d["id"]): latency_block(best[(r["id"], d["id"])][2])
+                for d in comparison["devices"]
+                if (r["id"], d["id"]) in best
+            },
+        }
+    return out
+
+
+LATENCY_FIELDS = ("count", "mean_ms", "stdev_ms", "p50_ms", "p90_ms", "p99_ms")
+
+
+def comparison_csv_with_latency(
+    rows: list[list[Any]], comparison: dict[str, Any], latency: dict[str, dict[str, Any]]
+) -> list[list[Any]]:
+    """The comparison's CSV rows with the latency blocks appended: ``host_latency_<f>`` and
+    ``device:<id>:<name>:latency_<f>`` for f in count, mean_ms, stdev_ms, p50_ms, p90_ms,
+    p99_ms."""
+    devices = comparison["devices"]
+    header = [f"host_latency_{f}" for f in LATENCY_FIELDS]
+    for d in devices:
+        header += [f"device:{d['id']}:{d['name']}:latency_{f}" for f in LATENCY_FIELDS]
+    out = [rows[0] + header]
+    for line, row in zip(rows[1:], comparison["rows"], strict=True):
+        block = latency[str(row["id"])]
+        extra = [(block["host"] or {}).get(f) for f in LATENCY_FIELDS]
+        for d in devices:
+            dev = block["devices"].get(str(d["id"])) or {}
+            extra += [dev.get(f) for f in LATENCY_FIELDS]
+        out.append(line + ["" if v is None else v for v in extra])
     return out

@@ -110,3 +110,44 @@ def test_a_pdf_without_chromium_is_a_clear_503_not_a_broken_file(fam, settings):
     r = client_for(fam["owner"]).get(reverse("reports:export", args=[job.pk, "pdf"]))
     assert r.status_code == 503 and r["Content-Type"].startswith("text/plain")
     assert "PDF export needs Debian's chromium at /nonexistent/chromium" in r.content.decode()
+
+
+def test_comparison_exports_carry_the_latency_blocks_of_host_and_devices(fam):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from webapp.reports.comparison import comparison_build
+    from webapp.reports.exports import comparison_latency
+
+    base, fp32, int8, pi = fam["base"], fam["fp32"], fam["int8"], fam["pi"]
+    client = client_for(fam["owner"])
+    query = {"v": [base.pk, fp32.pk, int8.pk]}
+    data = client.get(reverse("reports:compare_export", args=["json"]), query).json()
+    lat = data["latency"]
+    assert lat[str(int8.pk)]["host"] == {"count": 200, "mean_ms": 0.52, "stdev_ms": 0.03,
+                                         "p50_ms": 0.5, "p90_ms": 0.75, "p99_ms": 0.9}  # fmt: skip
+    assert lat[str(base.pk)]["host"]["p50_ms"] == 2.0 and lat[str(base.pk)]["host"]["count"] is None
+    assert lat[str(base.pk)]["devices"] == {}
+    on_pi = lat[str(int8.pk)]["devices"][str(pi.pk)]
+    assert on_pi["p50_ms"] == 4.0 and on_pi["count"] == 200  # newest deployment, batch 1
+    assert on_pi["stdev_ms"] == pytest.approx(0.4) and on_pi["p99_ms"] == pytest.approx(6.0)
+    rows = list(
+        csv.DictReader(
+            io.StringIO(
+                client.get(reverse("reports:compare_export", args=["csv"]), query).content.decode()
+            )
+        )
+    )
+    row = next(r for r in rows if int(r["id"]) == int8.pk)
+    assert (row["host_latency_count"], row["host_latency_mean_ms"], row["host_latency_p99_ms"]) == (
+        "200", "0.52", "0.9")  # fmt: skip
+    assert row[f"device:{pi.pk}:pi:latency_count"] == "200"
+    assert float(row[f"device:{pi.pk}:pi:latency_stdev_ms"]) == pytest.approx(0.4)
+    assert (
+        next(r for r in rows if int(r["id"]) == base.pk)[f"device:{pi.pk}:pi:latency_count"] == ""
+    )
+    # Two queries, whatever the number of versions and devices.
+    comparison = comparison_build(organization=fam["org"], version_ids=query["v"])
+    with CaptureQueriesContext(connection) as ctx:
+        comparison_latency(organization=fam["org"], comparison=comparison)
+    assert len(ctx.captured_queries) == 2
