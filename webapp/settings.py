@@ -356,7 +356,10 @@ REST_FRAMEWORK = {
         "webapp.accounts.authentication.HashedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # Every API view declares who may use it (webapp/accounts/permissions.py): by default every
+    # member of the call's organisation reads and admins and engineers write; views that differ
+    # set their own permission_classes. tests/webapp/test_role_matrix.py checks each route.
+    "DEFAULT_PERMISSION_CLASSES": ["webapp.accounts.permissions.OrgWriter"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,

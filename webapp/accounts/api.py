@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 
 from webapp.accounts import selectors, services
 from webapp.accounts.models import ApiToken, User
+from webapp.accounts.permissions import SignedIn
 from webapp.accounts.throttling import (
     login_failure_record,
     login_success_record,
@@ -82,6 +83,8 @@ class DetailSerializer(serializers.Serializer[object]):
 
 
 class MeView(APIView):
+    permission_classes = [SignedIn]
+
     @extend_schema(responses=MeSerializer, summary="The signed-in user and their organisations")
     def get(self, request: Request) -> Response:
         user: User = request.user  # type: ignore[assignment]
@@ -143,6 +146,7 @@ class ApiTokenListView(generics.ListAPIView[ApiToken]):
     """The caller's API tokens that are not revoked (expired ones included), newest first."""
 
     serializer_class = ApiTokenSerializer
+    permission_classes = [SignedIn]
 
     def get_queryset(self) -> QuerySet[ApiToken]:
         return selectors.api_token_list_for_user(user=self.request.user)  # type: ignore[arg-type]
@@ -153,6 +157,8 @@ class ApiTokenListView(generics.ListAPIView[ApiToken]):
 
 
 class ApiTokenRevokeView(APIView):
+    permission_classes = [SignedIn]
+
     @extend_schema(
         request=None,
         responses={204: None, 404: DetailSerializer},
