@@ -15,7 +15,7 @@ from device_registry import conf, enrollment, model_versions, selectors, service
 from device_registry.models import DeployableArtifact, Deployment, Device, TargetKind
 from edgeslim_agent.protocol import BenchSettings, ProtocolError
 from webapp.accounts.models import Organization
-from webapp.accounts.permissions import api_organization, api_require_writer
+from webapp.accounts.permissions import api_organization
 from webapp.accounts.selectors import get_object_for_org_or_404
 from webapp.catalog.models import Dataset, ModelVersion
 from webapp.names import validate_name
@@ -305,7 +305,6 @@ class DeploymentCancelView(APIView):
     )
     def post(self, request: Request, pk: int) -> Response:
         deployment = get_object_for_org_or_404(Deployment, org=_org(request), pk=pk)
-        api_require_writer(request)
         try:
             deployment = services.deployment_cancel(
                 deployment=deployment,

@@ -6,7 +6,6 @@ from typing import Any
 
 import segno
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -27,7 +26,14 @@ from device_registry.enrollment import SYSTEM_VENV
 from device_registry.forms import ArtifactUploadForm, DeploymentForm, DeviceRegisterForm
 from device_registry.models import DeployableArtifact, Deployment, Device, TargetKind
 from edgeslim_agent.protocol import BenchSettings, ProtocolError
-from webapp.accounts.permissions import WRITE_ROLES, can_write, org_required, require_role
+from webapp.accounts.permissions import (
+    READ,
+    WRITE,
+    WRITE_ONLY,
+    can_write,
+    login_page,
+    org_page,
+)
 from webapp.accounts.selectors import get_object_for_org_or_404
 from webapp.catalog.models import Dataset, ModelVersion
 
@@ -98,7 +104,7 @@ def _enrollment_page(request: HttpRequest, device: Device, code: str) -> HttpRes
     )
 
 
-@login_required
+@login_page
 def device_help(request: HttpRequest) -> HttpResponse:
     """Install, Raspberry Pi and systemd instructions with this studio's address filled in."""
     base = _studio_base(request)
@@ -119,7 +125,7 @@ def device_help(request: HttpRequest) -> HttpResponse:
     )
 
 
-@org_required
+@org_page(READ)
 def device_list(request: HttpRequest) -> HttpResponse:
     services.deployments_expire(organization=_org(request))  # deadlines shown as they stand
     tag = request.GET.get("tag") or None
@@ -138,7 +144,7 @@ def device_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-@org_required
+@org_page(WRITE_ONLY)
 def device_register(request: HttpRequest) -> HttpResponse:
     form = DeviceRegisterForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -154,7 +160,7 @@ def device_register(request: HttpRequest) -> HttpResponse:
     return render(request, "device_registry/device_register.html", {"form": form})
 
 
-@org_required
+@org_page(WRITE)
 @require_POST
 def device_new_code(request: HttpRequest, pk: int) -> HttpResponse:
     device = get_object_for_org_or_404(Device, org=_org(request), pk=pk)
@@ -165,7 +171,7 @@ def device_new_code(request: HttpRequest, pk: int) -> HttpResponse:
     return _enrollment_page(request, device, code)
 
 
-@org_required
+@org_page(WRITE)
 @require_POST
 def device_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     device = get_object_for_org_or_404(Device, org=_org(request), pk=pk)
@@ -174,7 +180,7 @@ def device_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("devices:detail", pk=pk)
 
 
-@org_required
+@org_page(READ)
 def device_detail(request: HttpRequest, pk: int) -> HttpResponse:
     device = get_object_for_org_or_404(Device, org=_org(request), pk=pk)
     services.deployments_expire(organization=_org(request))
@@ -195,7 +201,7 @@ def device_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-@org_required
+@org_page(WRITE)
 def artifact_list(request: HttpRequest) -> HttpResponse:
     form = ArtifactUploadForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
@@ -230,7 +236,7 @@ def artifact_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-@org_required
+@org_page(WRITE_ONLY)
 def deployment_new(request: HttpRequest) -> HttpResponse:
     org = _org(request)
     artifacts = list(selectors.artifact_list(organization=org))
@@ -286,7 +292,7 @@ def deployment_new(request: HttpRequest) -> HttpResponse:
     )
 
 
-@org_required
+@org_page(WRITE)
 @require_POST
 def model_version_deploy(request: HttpRequest, pk: int) -> HttpResponse:
     """Make (or reuse) the artifact of a catalog ONNX version, with its data set's test split as
@@ -294,7 +300,6 @@ def model_version_deploy(request: HttpRequest, pk: int) -> HttpResponse:
     version = get_object_for_org_or_404(
         ModelVersion.objects.select_related("asset"), org=_org(request), pk=pk
     )
-    require_role(request, *WRITE_ROLES)
     dataset = None
     if request.POST.get("dataset"):
         dataset = get_object_for_org_or_404(
@@ -320,7 +325,7 @@ def model_version_deploy(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect(f"{reverse('devices:deploy')}?artifact={artifact.pk}")
 
 
-@org_required
+@org_page(READ)
 def deployment_list(request: HttpRequest) -> HttpResponse:
     services.deployments_expire(organization=_org(request))
     deployments = selectors.deployment_list(organization=_org(request))[:200]
@@ -331,7 +336,7 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-@org_required
+@org_page(READ)
 def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     services.deployments_expire(organization=_org(request))
     deployment = get_object_for_org_or_404(
@@ -359,11 +364,10 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-@org_required
+@org_page(WRITE)
 @require_POST
 def deployment_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     deployment = get_object_for_org_or_404(Deployment, org=_org(request), pk=pk)
-    require_role(request, *WRITE_ROLES)
     try:
         services.deployment_cancel(deployment=deployment, user=request.user)  # type: ignore[arg-type]
     except services.DeploymentEnded as exc:
