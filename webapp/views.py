@@ -17,7 +17,7 @@ from drf_spectacular.generators import SchemaGenerator
 
 from webapp import dashboard
 from webapp.accounts.models import Role
-from webapp.accounts.permissions import org_required
+from webapp.accounts.permissions import READ, org_page
 from webapp.accounts.selectors import membership_list_for_org
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ ROLE_SECTIONS: dict[str, list[str]] = {
 }
 
 
-@org_required
+@org_page(READ)
 def home(request: HttpRequest) -> HttpResponse:
     """The dashboard of the current organisation, ordered for the user's role."""
     organization = request.organization  # type: ignore[attr-defined]
@@ -97,7 +97,7 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "home.html", context)
 
 
-@org_required
+@org_page(READ)
 def activity(request: HttpRequest) -> HttpResponse:
     """The newest activity rows (``dashboard/_activity.html``), re-read by js/live.js when an
     event arrives, for the live panel to swap in."""

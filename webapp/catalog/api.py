@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from webapp.accounts.models import User
-from webapp.accounts.permissions import api_organization, api_require_writer
+from webapp.accounts.permissions import api_organization
 from webapp.catalog import selectors, services
 from webapp.catalog.errors import CatalogInputError
 from webapp.catalog.models import Dataset, ModelVersion, Upload
@@ -213,7 +213,6 @@ class ModelVersionListView(APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        api_require_writer(request)
         if (too_large := request_body_too_large(request._request)) is not None:
             return _error(too_large)
         form = ModelUploadSerializer(data=request.data)
@@ -246,7 +245,6 @@ class ModelVersionDetailView(APIView):
     @extend_schema(summary="Delete a model version and its file", responses={204: None})
     def delete(self, request: Request, pk: int) -> Response:
         version = selectors.model_version_get(organization=api_organization(request), pk=pk)
-        api_require_writer(request)
         try:
             services.model_version_delete(version=version)
         except CatalogInputError as exc:
@@ -283,7 +281,6 @@ class DatasetListView(APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        api_require_writer(request)
         if (too_large := request_body_too_large(request._request)) is not None:
             return _error(too_large)
         form = DatasetUploadSerializer(data=request.data)
@@ -310,7 +307,6 @@ class DatasetDetailView(APIView):
     @extend_schema(summary="Delete a dataset", responses={204: None})
     def delete(self, request: Request, pk: int) -> Response:
         dataset = selectors.dataset_get(organization=api_organization(request), pk=pk)
-        api_require_writer(request)
         try:
             services.dataset_delete(dataset=dataset)
         except CatalogInputError as exc:
@@ -337,7 +333,6 @@ class UploadCreateView(APIView):
         responses={201: UploadSerializer, 400: CatalogErrorSerializer, 413: CatalogErrorSerializer},
     )
     def post(self, request: Request) -> Response:
-        api_require_writer(request)
         form = UploadCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         data = dict(form.validated_data)
@@ -376,7 +371,6 @@ class UploadDetailView(APIView):
     )
     def put(self, request: Request, pk: str) -> Response:
         upload = selectors.upload_get(organization=api_organization(request), pk=pk)
-        api_require_writer(request)
         try:
             upload = services.upload_append_chunk(
                 upload=upload,
@@ -390,7 +384,6 @@ class UploadDetailView(APIView):
     @extend_schema(summary="Abort an upload and remove its bytes", responses={204: None})
     def delete(self, request: Request, pk: str) -> Response:
         upload = selectors.upload_get(organization=api_organization(request), pk=pk)
-        api_require_writer(request)
         services.upload_abort(upload=upload)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -407,7 +400,6 @@ class UploadCompleteView(APIView):
     )
     def post(self, request: Request, pk: str) -> Response:
         upload = selectors.upload_get(organization=api_organization(request), pk=pk)
-        api_require_writer(request)
         user: User = request.user  # type: ignore[assignment]
         try:
             item = services.upload_complete(upload=upload, user=user)

@@ -13,7 +13,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from device_registry import model_versions as device_versions
-from webapp.accounts.permissions import WRITE_ROLES, can_write, org_required, require_role
+from webapp.accounts.permissions import READ, WRITE, can_write, org_page
 from webapp.catalog import selectors, services
 from webapp.catalog.errors import CatalogInputError, UploadTooLarge
 from webapp.catalog.forms import DatasetUploadForm, ModelUploadForm
@@ -99,14 +99,13 @@ def _show_error(form: forms.Form, exc: CatalogInputError) -> bool:
 # --- models -------------------------------------------------------------------------------------
 
 
-@org_required
+@org_page(WRITE)
 def model_list(request: HttpRequest) -> HttpResponse:
     org = request.organization  # type: ignore[attr-defined]
     services.builtin_samples_ensure(organization=org)
     form = ModelUploadForm()
     status_code, upload_error = 200, ""
     if request.method == "POST":
-        require_role(request, *WRITE_ROLES)
         too_large = request_body_too_large(request)
         if too_large is not None:
             upload_error = too_large.message
@@ -148,7 +147,7 @@ def model_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-@org_required
+@org_page(READ)
 @require_GET
 def model_version_detail(request: HttpRequest, pk: int) -> HttpResponse:
     org = request.organization  # type: ignore[attr-defined]
@@ -170,18 +169,17 @@ def model_version_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "catalog/model_version_detail.html", context)
 
 
-@org_required
+@org_page(READ)
 @require_GET
 def model_version_download(request: HttpRequest, pk: int) -> FileResponse:
     version = selectors.model_version_get(organization=request.organization, pk=pk)  # type: ignore[attr-defined]
     return stored_file_download(version)
 
 
-@org_required
+@org_page(WRITE)
 @require_POST
 def model_version_delete(request: HttpRequest, pk: int) -> HttpResponse:
     version = selectors.model_version_get(organization=request.organization, pk=pk)  # type: ignore[attr-defined]
-    require_role(request, *WRITE_ROLES)
     label = str(version)
     try:
         services.model_version_delete(version=version)
@@ -195,14 +193,13 @@ def model_version_delete(request: HttpRequest, pk: int) -> HttpResponse:
 # --- datasets -----------------------------------------------------------------------------------
 
 
-@org_required
+@org_page(WRITE)
 def dataset_list(request: HttpRequest) -> HttpResponse:
     org = request.organization  # type: ignore[attr-defined]
     services.builtin_samples_ensure(organization=org)
     form = DatasetUploadForm()
     status_code, upload_error = 200, ""
     if request.method == "POST":
-        require_role(request, *WRITE_ROLES)
         too_large = request_body_too_large(request)
         if too_large is not None:
             upload_error = too_large.message
@@ -238,7 +235,7 @@ def dataset_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-@org_required
+@org_page(READ)
 @require_GET
 def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = selectors.dataset_get(organization=request.organization, pk=pk)  # type: ignore[attr-defined]
@@ -269,18 +266,17 @@ def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "catalog/dataset_detail.html", context)
 
 
-@org_required
+@org_page(READ)
 @require_GET
 def dataset_thumbnail(request: HttpRequest, pk: int, class_index: int, n: int) -> HttpResponse:
     dataset = selectors.dataset_get(organization=request.organization, pk=pk)  # type: ignore[attr-defined]
     return thumbnail_response(dataset, class_index, n)
 
 
-@org_required
+@org_page(WRITE)
 @require_POST
 def dataset_delete(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = selectors.dataset_get(organization=request.organization, pk=pk)  # type: ignore[attr-defined]
-    require_role(request, *WRITE_ROLES)
     name = dataset.name
     try:
         services.dataset_delete(dataset=dataset)

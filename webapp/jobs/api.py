@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from compression.registry import config_json_schema, list_methods
-from webapp.accounts.permissions import api_organization, api_require_writer
+from webapp.accounts.permissions import api_organization
 from webapp.catalog import selectors as catalog_selectors
 from webapp.jobs import selectors, services
 from webapp.jobs.downloads import artifact_response
@@ -127,7 +127,6 @@ class JobListView(APIView):
         responses={201: JobSerializer, 400: ErrorSerializer},
     )
     def post(self, request: Request) -> Response:
-        api_require_writer(request)
         org = api_organization(request)
         form = JobCreateSerializer(data=request.data)
         if not form.is_valid():
@@ -179,7 +178,6 @@ class JobCancelView(APIView):
     )
     def post(self, request: Request, pk: int) -> Response:
         job = selectors.job_get(organization=api_organization(request), pk=pk)
-        api_require_writer(request)
         try:
             job = services.job_cancel(job=job, user=request.user)  # type: ignore[arg-type]
         except JobInputError as exc:
@@ -195,7 +193,6 @@ class JobDuplicateView(APIView):
     )
     def post(self, request: Request, pk: int) -> Response:
         job = selectors.job_get(organization=api_organization(request), pk=pk)
-        api_require_writer(request)
         try:
             copy = services.job_duplicate(job=job, user=request.user)  # type: ignore[arg-type]
         except JobInputError as exc:

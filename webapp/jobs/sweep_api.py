@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from compression.sweep import MAX_SWEEP_PARAMS, MAX_SWEEP_POINTS
-from webapp.accounts.permissions import api_organization, api_require_writer
+from webapp.accounts.permissions import api_organization
 from webapp.catalog import selectors as catalog_selectors
 from webapp.jobs import sweep_selectors, sweep_services
 from webapp.jobs.api import ErrorSerializer
@@ -126,7 +126,6 @@ class SweepListView(APIView):
         responses={201: SweepSerializer, 400: ErrorSerializer},
     )
     def post(self, request: Request) -> Response:
-        api_require_writer(request)
         org = api_organization(request)
         form = SweepCreateSerializer(data=request.data)
         if not form.is_valid():
@@ -178,7 +177,6 @@ class SweepCancelView(APIView):
     )
     def post(self, request: Request, pk: int) -> Response:
         sweep = sweep_selectors.sweep_get(organization=api_organization(request), pk=pk)
-        api_require_writer(request)
         try:
             sweep = sweep_services.sweep_cancel(sweep=sweep, user=request.user)  # type: ignore[arg-type]
         except JobInputError as exc:

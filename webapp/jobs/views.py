@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 
 from compression.recipe import recipe_to_yaml
 from device_registry import selectors as device_selectors
-from webapp.accounts.permissions import WRITE_ROLES, can_write, org_required, require_role
+from webapp.accounts.permissions import READ, WRITE, WRITE_ONLY, can_write, org_page
 from webapp.catalog import selectors as catalog_selectors
 from webapp.jobs import selectors, services, sweep_services
 from webapp.jobs.downloads import artifact_response
@@ -49,7 +49,7 @@ STEPS = [
 ]
 
 
-@org_required
+@org_page(READ)
 def job_list(request: HttpRequest) -> HttpResponse:
     org = request.organization  # type: ignore[attr-defined]
     jobs = list(selectors.job_list(organization=org)[:200])
@@ -142,10 +142,9 @@ def _step_url(step: str) -> str:
     return reverse("jobs:wizard", args=[step])
 
 
-@org_required
+@org_page(WRITE_ONLY)
 def wizard_start(request: HttpRequest) -> HttpResponse:
     """A fresh wizard (``?model=<id>`` preselects a model)."""
-    require_role(request, *WRITE_ROLES)
     state = {"org": request.organization.pk}  # type: ignore[attr-defined]
     if request.GET.get("model", "").isdigit():
         state["model_version"] = int(request.GET["model"])
@@ -153,9 +152,8 @@ def wizard_start(request: HttpRequest) -> HttpResponse:
     return redirect(_step_url("pick"))
 
 
-@org_required
+@org_page(WRITE_ONLY)
 def wizard(request: HttpRequest, step: str) -> HttpResponse:
-    require_role(request, *WRITE_ROLES)
     org = request.organization  # type: ignore[attr-defined]
     state = _state(request)
     names = [s for s, _ in STEPS]
@@ -315,10 +313,9 @@ def _launch_sweep(
     return redirect("sweeps:detail", pk=sweep.pk)
 
 
-@org_required
+@org_page(WRITE_ONLY)
 def job_from_file(request: HttpRequest) -> HttpResponse:
     """Launch from a recipe file: pick the model and the dataset, upload the YAML."""
-    require_role(request, *WRITE_ROLES)
     org = request.organization  # type: ignore[attr-defined]
     post = request.method == "POST"
     form = RecipeFileForm(
@@ -362,13 +359,13 @@ def _detail_context(request: HttpRequest, job: Job) -> dict[str, Any]:
     }
 
 
-@org_required
+@org_page(READ)
 def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     job = selectors.job_get(organization=request.organization, pk=pk)  # type: ignore[attr-defined]
     return render(request, "jobs/job_detail.html", _detail_context(request, job))
 
 
-@org_required
+@org_page(READ)
 def job_live_regions(request: HttpRequest, pk: int) -> HttpResponse:
     """The live page's server-rendered regions (actions, summary, stages, log, downloads), which
     the page swaps in when a stage ends or the status changes, so they never need a reload."""
@@ -376,11 +373,10 @@ def job_live_regions(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "jobs/_job_regions.html", _detail_context(request, job))
 
 
-@org_required
+@org_page(WRITE)
 @require_POST
 def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     job = selectors.job_get(organization=request.organization, pk=pk)  # type: ignore[attr-defined]
-    require_role(request, *WRITE_ROLES)
     try:
         services.job_cancel(job=job, user=request.user)  # type: ignore[arg-type]
         messages.info(request, "Cancel requested.")
@@ -389,11 +385,10 @@ def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("jobs:detail", pk=job.pk)
 
 
-@org_required
+@org_page(WRITE)
 @require_POST
 def job_duplicate(request: HttpRequest, pk: int) -> HttpResponse:
     job = selectors.job_get(organization=request.organization, pk=pk)  # type: ignore[attr-defined]
-    require_role(request, *WRITE_ROLES)
     try:
         copy = services.job_duplicate(job=job, user=request.user)  # type: ignore[arg-type]
     except JobInputError as exc:
@@ -403,11 +398,10 @@ def job_duplicate(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("jobs:detail", pk=copy.pk)
 
 
-@org_required
+@org_page(WRITE_ONLY)
 def job_edit_as_new(request: HttpRequest, pk: int) -> HttpResponse:
     """Open a job's recipe in the wizard's review step, to change it before launching a copy."""
     job = selectors.job_get(organization=request.organization, pk=pk)  # type: ignore[attr-defined]
-    require_role(request, *WRITE_ROLES)
     recipe = job.recipe
     _save(
         request,
@@ -434,8 +428,8 @@ def wizard_open_with_stages(
     name: str,
 ) -> HttpResponse:
     """Open the wizard's Parameters step with ``stages`` prefilled (a custom recipe), for pages
-    that build a stage for the user (the sensitivity page's per-layer ratios)."""
-    require_role(request, *WRITE_ROLES)
+    that build a stage for the user (the sensitivity page's per-layer ratios). The calling page
+    declares its access (``org_page(WRITE)``)."""
     _save(
         request,
         {
@@ -451,7 +445,7 @@ def wizard_open_with_stages(
     return redirect(_step_url("params"))
 
 
-@org_required
+@org_page(READ)
 def job_artifact(request: HttpRequest, pk: int, key: str) -> HttpResponse | FileResponse:
     job = selectors.job_get(organization=request.organization, pk=pk)  # type: ignore[attr-defined]
     return artifact_response(job, key)

@@ -15,7 +15,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
-from webapp.accounts.permissions import org_required
+from webapp.accounts.permissions import READ, org_page
 from webapp.reports import charts, exports
 from webapp.reports.comparison import (
     MAX_COMPARE_VERSIONS,
@@ -56,8 +56,8 @@ def _page_context(request: HttpRequest, comparison: dict[str, Any]) -> dict[str,
     }
 
 
+@org_page(READ)
 @require_GET
-@org_required
 def compare(request: HttpRequest) -> HttpResponse:
     ctx: dict[str, Any] = {"max_versions": MAX_COMPARE_VERSIONS, "comparison": None}
     if not _picked(request):
@@ -70,8 +70,8 @@ def compare(request: HttpRequest) -> HttpResponse:
     return render(request, "reports/compare.html", ctx)
 
 
+@org_page(READ)
 @require_GET
-@org_required
 def compare_export(request: HttpRequest, fmt: str) -> HttpResponse:
     """``/reports/compare/export.csv``, ``.json`` or ``.pdf``: the same query as the page."""
     try:

@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET
 
-from webapp.accounts.permissions import org_required
+from webapp.accounts.permissions import READ, org_page
 from webapp.reports import exports, fleet, pdf
 from webapp.reports.views import report_context
 
@@ -52,8 +52,8 @@ def pdf_attachment(
     return attachment(body, content_type="application/pdf", filename=filename)
 
 
+@org_page(READ)
 @require_GET
-@org_required
 def report_export(request: HttpRequest, pk: int, fmt: str) -> HttpResponse:
     """``/reports/jobs/<id>/export.csv``, ``.json`` or ``.pdf``."""
     ctx = report_context(request, pk)

@@ -10,7 +10,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
-from webapp.accounts.permissions import org_required
+from webapp.accounts.permissions import READ, org_page
 from webapp.reports import charts
 from webapp.reports.export_views import csv_attachment, json_attachment, pdf_attachment
 from webapp.reports.fleet import fleet_build, fleet_csv_rows
@@ -35,14 +35,14 @@ def _fleet_context(request: HttpRequest, pk: int) -> dict[str, Any]:
     }
 
 
+@org_page(READ)
 @require_GET
-@org_required
 def fleet(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "reports/fleet.html", _fleet_context(request, pk))
 
 
+@org_page(READ)
 @require_GET
-@org_required
 def fleet_export(request: HttpRequest, pk: int, fmt: str) -> HttpResponse:
     """``/reports/versions/<id>/fleet/export.csv``, ``.json`` or ``.pdf``."""
     ctx = _fleet_context(request, pk)
@@ -60,8 +60,8 @@ def fleet_export(request: HttpRequest, pk: int, fmt: str) -> HttpResponse:
     return csv_attachment(fleet_csv_rows(ctx["fleet"]), filename=f"{name}.csv")
 
 
+@org_page(READ)
 @require_GET
-@org_required
 def lineage(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         data = lineage_build(organization=request.organization, version_id=pk)  # type: ignore[attr-defined]
@@ -83,8 +83,8 @@ def lineage(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "reports/lineage.html", ctx)
 
 
+@org_page(READ)
 @require_GET
-@org_required
 def lineage_export(request: HttpRequest, pk: int, fmt: str) -> HttpResponse:
     """``/reports/versions/<id>/lineage/export.csv`` or ``.json``."""
     try:

@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from webapp.accounts.permissions import WRITE_ROLES, can_write, org_required, require_role
+from webapp.accounts.permissions import READ, WRITE, can_write, org_page
 from webapp.jobs import sweep_selectors, sweep_services
 from webapp.jobs.errors import JobInputError
 from webapp.jobs.models import Sweep
@@ -37,8 +37,8 @@ def _context(request: HttpRequest, sweep: Sweep) -> tuple[dict[str, Any], int]:
         return ctx, 400
 
 
+@org_page(READ)
 @require_GET
-@org_required
 def sweep_list(request: HttpRequest) -> HttpResponse:
     org = request.organization  # type: ignore[attr-defined]
     rows = []
@@ -50,16 +50,16 @@ def sweep_list(request: HttpRequest) -> HttpResponse:
     return render(request, "reports/sweep_list.html", {"rows": rows})
 
 
+@org_page(READ)
 @require_GET
-@org_required
 def sweep_detail(request: HttpRequest, pk: int) -> HttpResponse:
     sweep = sweep_selectors.sweep_get(organization=request.organization, pk=pk)  # type: ignore[attr-defined]
     ctx, status = _context(request, sweep)
     return render(request, "reports/sweep_detail.html", ctx, status=status)
 
 
+@org_page(READ)
 @require_GET
-@org_required
 def sweep_regions(request: HttpRequest, pk: int) -> HttpResponse:
     """The parts of the page a live event redraws (status, recommendation, chart, points)."""
     sweep = sweep_selectors.sweep_get(organization=request.organization, pk=pk)  # type: ignore[attr-defined]
@@ -67,11 +67,10 @@ def sweep_regions(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "reports/_sweep_regions.html", ctx, status=status)
 
 
+@org_page(WRITE)
 @require_POST
-@org_required
 def sweep_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     sweep = sweep_selectors.sweep_get(organization=request.organization, pk=pk)  # type: ignore[attr-defined]
-    require_role(request, *WRITE_ROLES)
     try:
         sweep_services.sweep_cancel(sweep=sweep, user=request.user)  # type: ignore[arg-type]
         messages.info(request, "Cancel requested for every unfinished point.")

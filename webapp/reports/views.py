@@ -8,12 +8,12 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from device_registry.model_versions import p50_by_device
-from webapp.accounts.permissions import can_write, org_required
+from webapp.accounts.permissions import READ, can_write, org_page
 from webapp.jobs import selectors as job_selectors
 from webapp.reports import charts, selectors
 
 
-@org_required
+@org_page(READ)
 def report_index(request: HttpRequest) -> HttpResponse:
     org = request.organization  # type: ignore[attr-defined]
     rows = []
@@ -62,6 +62,6 @@ def report_context(request: HttpRequest, pk: int) -> dict[str, Any]:
     return ctx
 
 
-@org_required
+@org_page(READ)
 def report_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "reports/report_detail.html", report_context(request, pk))

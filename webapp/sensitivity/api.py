@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from compression.sensitivity import DEFAULT_RATIOS, IMPORTANCES
-from webapp.accounts.permissions import api_organization, api_require_writer
+from webapp.accounts.permissions import api_organization
 from webapp.catalog import selectors as catalog_selectors
 from webapp.jobs.errors import JobInputError
 from webapp.sensitivity import selectors, services
@@ -100,7 +100,6 @@ class AnalysisListView(APIView):
         responses={201: AnalysisSerializer},
     )
     def post(self, request: Request) -> Response:
-        api_require_writer(request)
         org = api_organization(request)
         form = AnalysisCreateSerializer(data=request.data)
         if not form.is_valid():

@@ -10,19 +10,17 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from webapp.accounts.permissions import WRITE_ROLES, can_write, org_required, require_role
+from webapp.accounts.permissions import READ, WRITE, can_write, org_page
 from webapp.jobs.errors import JobInputError
 from webapp.jobs.views import wizard_open_with_stages
 from webapp.sensitivity import charts, selectors, services
 from webapp.sensitivity.forms import AnalysisForm, ToleranceForm
 
 
-@org_required
+@org_page(WRITE)
 def analysis_list(request: HttpRequest) -> HttpResponse:
     org = request.organization  # type: ignore[attr-defined]
     post = request.method == "POST"
-    if post:
-        require_role(request, *WRITE_ROLES)
     initial = {}
     if request.GET.get("model", "").isdigit():
         initial["model_version"] = int(request.GET["model"])
@@ -67,16 +65,15 @@ def _detail_context(request: HttpRequest, pk: int) -> dict[str, Any]:
     return ctx
 
 
-@org_required
+@org_page(READ)
 def analysis_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "sensitivity/detail.html", _detail_context(request, pk))
 
 
+@org_page(WRITE)
 @require_POST
-@org_required
 def analysis_to_wizard(request: HttpRequest, pk: int) -> HttpResponse:
     """Turn the analysis into per-layer ratios within the tolerance and open the wizard."""
-    require_role(request, *WRITE_ROLES)
     ctx = _detail_context(request, pk)
     analysis = ctx["analysis"]
     form = ToleranceForm(request.POST)
