@@ -87,6 +87,10 @@ class UnsafeAnnotationError(DatasetError):
     refused, as an unsafe zip entry refuses the whole archive."""
 
 
+class NotDetectionError(DatasetError):
+    """The folder is in none of the detection formats (it may be an image-folder set)."""
+
+
 # --- samples and bundles -------------------------------------------------------------------
 
 
@@ -210,6 +214,7 @@ class DetectionReport:
     boxes_per_class: dict[str, int] = field(default_factory=dict)
     images_per_split: dict[str, int] = field(default_factory=dict)
     boxes_per_split: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> class -> boxes
     # sqrt(area) histogram: bin labels ("0-8", ..., "512+") -> box count
     size_histogram: dict[str, int] = field(default_factory=dict)
     image_sizes: dict[str, int] = field(default_factory=dict)  # "WxH" -> count
@@ -217,6 +222,9 @@ class DetectionReport:
     problems: list[Problem] = field(default_factory=list)  # the first MAX_LISTED_PROBLEMS
     ignored: list[str] = field(default_factory=list)  # files neither image nor annotation
     split_seed: int = DEFAULT_SPLIT_SEED
+    # Where each split came from: "carved" (from all images with the split seed) or "fixed"
+    # (the built-in set's own, generated split).
+    split_sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def boxes(self) -> int:
@@ -243,6 +251,8 @@ class DetectionReport:
             "boxes_per_class": dict(self.boxes_per_class),
             "images_per_split": dict(self.images_per_split),
             "boxes_per_split": dict(self.boxes_per_split),
+            "counts": {k: dict(v) for k, v in self.counts.items()},
+            "totals": dict(self.images_per_split),
             "size_histogram": dict(self.size_histogram),
             "image_sizes": dict(self.image_sizes),
             "problem_counts": dict(self.problem_counts),
@@ -251,6 +261,7 @@ class DetectionReport:
             "problems_listed": len(self.problems),
             "ignored": list(self.ignored[:MAX_LISTED_PROBLEMS]),
             "split_seed": self.split_seed,
+            "split_sources": dict(self.split_sources),
         }
 
 
@@ -284,6 +295,10 @@ def _fill_counts(report: DetectionReport, bundle_splits: dict[str, list[Detectio
     report.negatives = sum(1 for s in every if not len(s.boxes))
     report.images_per_split = {k: len(v) for k, v in bundle_splits.items()}
     report.boxes_per_split = {k: sum(len(s.boxes) for s in v) for k, v in bundle_splits.items()}
+    report.counts = {}
+    for split, part in bundle_splits.items():
+        c = Counter(int(v) for s in part for v in s.labels.tolist())
+        report.counts[split] = {name: c.get(i, 0) for i, name in enumerate(report.classes)}
     report.size_histogram = size_histogram(every)
     report.image_sizes = dict(Counter(f"{s.width}x{s.height}" for s in every))
 
@@ -815,6 +830,79 @@ def _read_coco(root: Path, base: Path, report: DetectionReport) -> list[_Pending
     return pending
 
 
+def format_from_names(names: Sequence[str]) -> DetectionFormat | None:
+    """A guess at a zip's detection format from its entry names alone (nothing extracted):
+    ``voc`` for ``Annotations/*.xml``, ``yolo`` for ``labels/*.txt`` beside ``images/``,
+    ``coco`` for any ``.json`` (confirmed only once read: see :func:`detect_format`)."""
+    parts = [[p.lower() for p in n.split("/") if p] for n in names]
+    parts = [p for p in parts if p and not any(x.startswith(".") or x == "__macosx" for x in p)]
+    if any("annotations" in p[:-1] and p[-1].endswith(".xml") for p in parts):
+        return "voc"
+    if any("labels" in p[:-1] and p[-1].endswith(".txt") for p in parts) and any(
+        "images" in p[:-1] for p in parts
+    ):
+        return "yolo"
+    if any(p[-1].endswith(".json") for p in parts):
+        return "coco"
+    return None
+
+
+# --- drawing -------------------------------------------------------------------------------
+
+# Distinct box colours (Okabe-Ito, then a few more), cycled by class index.
+BOX_COLORS = (
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
+    (204, 121, 167),
+    (255, 255, 255),
+    (255, 0, 0),
+    (0, 255, 0),
+)
+
+
+def draw_boxes(sample: DetectionSample, classes: Sequence[str], *, side: int = 192) -> Any:
+    """A PIL image of ``sample`` scaled so its longer side is ``side`` pixels, every box drawn
+    in its class's colour with the class name above it."""
+    from PIL import Image, ImageDraw
+
+    scale = side / max(sample.width, sample.height)
+    size = (max(1, round(sample.width * scale)), max(1, round(sample.height * scale)))
+    image = Image.fromarray(sample.image).resize(size, Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(image)
+    for box, label in zip(sample.boxes.tolist(), sample.labels.tolist(), strict=True):
+        color = BOX_COLORS[int(label) % len(BOX_COLORS)]
+        x1, y1, x2, y2 = (v * scale for v in box)
+        draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=color, width=2)
+        name = str(classes[int(label)]) if 0 <= int(label) < len(classes) else str(label)
+        ty = y1 - 11 if y1 >= 11 else y2 + 1
+        text_box = draw.textbbox((x1, ty), name)
+        draw.rectangle(text_box, fill=(0, 0, 0))
+        draw.text((x1, ty), name, fill=color)
+    return image
+
+
+def samples_per_class(
+    bundle: DetectionBundle, per_class: int = 2
+) -> dict[str, list[DetectionSample]]:
+    """Up to ``per_class`` images holding each class (train first, then val and test), an
+    image used for one class not used again for another where others exist."""
+    out: dict[str, list[DetectionSample]] = {c: [] for c in bundle.classes}
+    used: set[int] = set()
+    every = bundle.train + bundle.val + bundle.test
+    for i, name in enumerate(bundle.classes):
+        for s in every:
+            if len(out[name]) >= per_class:
+                break
+            if id(s) not in used and i in s.labels.tolist():
+                out[name].append(s)
+                used.add(id(s))
+    return out
+
+
 # --- format detection and loading ----------------------------------------------------------
 
 
@@ -898,6 +986,7 @@ def _finish(
                 f"the {label} split is empty: {len(samples)} usable images are too few to split"
             )
     _fill_counts(report, splits)
+    report.split_sources = dict.fromkeys(SPLITS, "carved")
     return DetectionBundle(
         name=name,
         format=fmt,
@@ -929,7 +1018,7 @@ def read_detection_folder(
     root = _find_root(base)
     fmt = fmt or detect_format(root)
     if fmt is None:
-        raise DatasetError(
+        raise NotDetectionError(
             "not a detection data set: expected YOLO (images/ + labels/*.txt + classes.txt or "
             "data.yaml), Pascal VOC (Annotations/*.xml + JPEGImages/) or COCO (a JSON file with "
             "images and annotations, and the images)"
@@ -1151,6 +1240,7 @@ def load_mnist_scenes(cfg: SceneConfig | None = None) -> DetectionBundle:
             )
         splits[split] = out
     _fill_counts(report, splits)
+    report.split_sources = dict.fromkeys(SPLITS, "fixed")
     return DetectionBundle(
         name="mnist_scenes",
         format="builtin",

@@ -166,6 +166,9 @@ def validate_dataset(req: dict[str, Any]) -> dict[str, Any]:
 
     work = Path(req["work_dir"])
     split_seed = int(req.get("split_seed") or 0)
+    detection = _validate_detection(req, work, split_seed)
+    if detection is not None:
+        return detection
     if req["kind"] in BUILTIN_DATASETS:
         bundle = load_builtin(req["kind"], split_seed=split_seed)
     else:
@@ -175,6 +178,52 @@ def validate_dataset(req: dict[str, Any]) -> dict[str, Any]:
     report = dataset_report(bundle).to_dict()
     report["name"] = req.get("name") or report["name"]
     thumbs = _write_thumbnails(bundle, work / "thumbs")
+    return {"report": report, "thumbnails": thumbs}
+
+
+def _validate_detection(req: dict[str, Any], work: Path, split_seed: int) -> dict[str, Any] | None:
+    """A detection data set's report and box-drawn samples, or None for a classification set.
+
+    ``mnist_scenes`` is generated from the split seed; a ``detection_zip`` is read as YOLO, VOC
+    or COCO; an ``image_zip`` whose entry names look like one of those is tried as detection
+    first (a COCO guess that holds no COCO JSON falls back to the image-folder reading)."""
+    import shutil
+    import zipfile
+
+    from compression import detection_data as dd
+
+    kind = req["kind"]
+    if kind == "mnist_scenes":
+        bundle = dd.load_builtin_detection("mnist_scenes", seed=split_seed)
+    elif kind in ("detection_zip", "image_zip"):
+        if kind == "image_zip":
+            try:
+                with zipfile.ZipFile(req["path"]) as zf:
+                    guess = dd.format_from_names(zf.namelist())
+            except (zipfile.BadZipFile, OSError):
+                return None  # the image-folder reading refuses it with its own message
+            if guess is None:
+                return None
+        try:
+            bundle = dd.load_detection_zip(req["path"], work / "det", split_seed=split_seed)
+        except dd.NotDetectionError:
+            if kind == "detection_zip":
+                raise
+            shutil.rmtree(work / "det", ignore_errors=True)
+            return None
+    else:
+        return None
+    report = bundle.report.to_dict()
+    report["name"] = req.get("name") or report["name"]
+    thumbs: dict[str, list[str]] = {}
+    folder = work / "thumbs"
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, (name, samples) in enumerate(dd.samples_per_class(bundle).items()):
+        thumbs[name] = []
+        for n, sample in enumerate(samples):
+            path = folder / f"{index}_{n}.png"
+            dd.draw_boxes(sample, bundle.classes).save(path, format="PNG")
+            thumbs[name].append(str(path))
     return {"report": report, "thumbnails": thumbs}
 
 
@@ -215,9 +264,9 @@ UNEXPECTED = {
     "model": "the file could not be inspected: reading it failed in a way EdgeSlim does not "
     "recognise. Check that it is a model file EdgeSlim accepts (safetensors or a weights-only "
     ".pt state dict for a zoo architecture, or a single-file ONNX) and that it is complete",
-    "dataset": "the archive could not be read as an image-folder dataset: reading it failed "
-    "in a way EdgeSlim does not recognise. Check that it is a complete zip of "
-    "train/<class>/<image> folders",
+    "dataset": "the archive could not be read as a dataset: reading it failed in a way "
+    "EdgeSlim does not recognise. Check that it is a complete zip of train/<class>/<image> "
+    "folders, or of a detection set (YOLO, Pascal VOC or COCO, see docs/detection.md)",
     "onnx": "the file could not be inspected: reading it failed in a way EdgeSlim does not "
     "recognise. Check that it is a complete, single-file ONNX model",
     "builtin": "the built-in sample could not be built; see the worker's log",

@@ -20,6 +20,7 @@ from compression.stage import ModelState
 from webapp.catalog.models import (
     BUILTIN_DATASET_KINDS,
     Dataset,
+    DatasetTask,
     ItemStatus,
     ModelFormat,
     ModelVersion,
@@ -90,6 +91,11 @@ def dataset_load(
         raise DatasetError(
             f"dataset {dataset.name!r} is {dataset.status}, not ready: "
             f"{dataset.error or 'not validated yet'}"
+        )
+    if dataset.task == DatasetTask.DETECTION:
+        raise DatasetError(
+            f"dataset {dataset.name!r} is an object-detection data set; jobs train and score "
+            "image classifiers only so far (docs/detection.md says what is built)"
         )
     if dataset.kind in BUILTIN_DATASET_KINDS:
         if channels not in (None, 1):

@@ -154,13 +154,22 @@ class DatasetKind(models.TextChoices):
     DIGITS = "digits", "Built-in digits"
     MNIST = "mnist", "Built-in MNIST (5,000 digits)"
     IMAGE_ZIP = "image_zip", "Image-folder zip"
+    DETECTION_ZIP = "detection_zip", "Detection zip (YOLO, Pascal VOC or COCO)"
+    MNIST_SCENES = "mnist_scenes", "Built-in MNIST scenes (detection)"
 
 
 BUILTIN_DATASET_KINDS = (DatasetKind.DIGITS, DatasetKind.MNIST)
 
 
+class DatasetTask(models.TextChoices):
+    CLASSIFICATION = "classification", "Classification"
+    DETECTION = "detection", "Object detection"
+
+
 class Dataset(OrgScopedModel):
-    """A classification dataset: a built-in set (digits, mnist), or an uploaded image-folder zip.
+    """A dataset: a built-in set (digits, mnist; mnist_scenes for detection), or an uploaded
+    image-folder zip (classification) or detection zip (YOLO, Pascal VOC or COCO; an image zip
+    whose layout is a detection format becomes one when validated, see docs/detection.md).
 
     The dataset owns its train/val/test split: ``split_seed`` is chosen when the row is made and
     every load carves the same split from it (a zip's own ``val/`` and ``test/`` folders are
@@ -180,6 +189,9 @@ class Dataset(OrgScopedModel):
         default=0, help_text="Seed of the stratified val/test carving; fixed for the row's life."
     )
     num_classes = models.PositiveIntegerField(null=True, blank=True)
+    task = models.CharField(
+        max_length=32, choices=DatasetTask.choices, default=DatasetTask.CLASSIFICATION
+    )
     status = models.CharField(max_length=16, choices=ItemStatus.choices, default=ItemStatus.PENDING)
     error = models.TextField(blank=True)
     is_builtin = models.BooleanField(default=False)

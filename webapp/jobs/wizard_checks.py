@@ -14,7 +14,7 @@ from webapp.catalog.models import Dataset, DatasetKind, ModelVersion
 
 # Built-in data sets hold 1-channel images; image zips are converted to the model's channels.
 ONE_CHANNEL_KINDS = frozenset({DatasetKind.DIGITS, DatasetKind.MNIST})
-# Every data set the catalog validates is a folder of labelled images: a classification set.
+# A data set's task when its row does not say (rows from before detection data sets).
 DATASET_TASK = "classification"
 
 
@@ -45,12 +45,14 @@ def pick_problems(model_version: ModelVersion, dataset: Dataset) -> list[PickPro
                 f"{task} model yet; pick another version",
             )
         )
-    if task != DATASET_TASK:
+    dataset_task = dataset.task or DATASET_TASK
+    if task != dataset_task:
+        what = "labelled image folders" if dataset_task == DATASET_TASK else "images with boxes"
         problems.append(
             PickProblem(
                 "dataset",
-                f"the model is a {task} model but {dataset.name!r} is a {DATASET_TASK} data set "
-                "(labelled image folders); pick a model that classifies images",
+                f"the model is a {task} model but {dataset.name!r} is a {dataset_task} data set "
+                f"({what}); pick a model and a data set of the same task",
             )
         )
         return problems

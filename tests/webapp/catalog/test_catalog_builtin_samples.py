@@ -27,7 +27,7 @@ def test_builtin_samples_are_created_once_per_organisation(
         Dataset.objects.filter(organization=org_a, builtin_key="mnist", kind="mnist").count() == 1
     )
     assert ModelVersion.objects.filter(organization=org_b, is_builtin=True).count() == len(keys)
-    assert len(callbacks) == len(keys) + 2  # one inspection per model, one validation per set
+    assert len(callbacks) == len(keys) + 3  # one inspection per model, one validation per set
 
 
 def test_the_builtin_lenet5_is_trained_on_mnist_and_recorded_as_such(org_a, settings):

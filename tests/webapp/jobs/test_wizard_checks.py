@@ -60,6 +60,21 @@ def test_a_detection_model_is_refused_on_a_classification_dataset(org_a):
     assert r.status_code == 400 and "a detection model" in _field_error(r, "dataset")
 
 
+def test_a_classifier_is_refused_on_a_detection_dataset_naming_both(org_a):
+    org, user = org_a
+    mv = make_model_version(org)
+    boxes = Dataset.objects.create(
+        organization=org, name="scenes", kind=DatasetKind.MNIST_SCENES, task="detection",
+        num_classes=10, status=ItemStatus.READY, report={"task": "detection"},
+    )  # fmt: skip
+    r = _pick(client_for(user), mv, boxes)
+    assert r.status_code == 400
+    assert (
+        "the model is a classification model but 'scenes' is a detection data set "
+        "(images with boxes)" in _field_error(r, "dataset")
+    )
+
+
 def test_the_picker_hides_job_outputs_until_asked(org_a):
     org, user = org_a
     make_model_version(org, name="mine")

@@ -12,6 +12,7 @@ from webapp.accounts.models import Organization
 from webapp.catalog.models import (
     Dataset,
     DatasetKind,
+    DatasetTask,
     ItemStatus,
     ModelFormat,
     ModelVersion,
@@ -29,7 +30,10 @@ BUILTIN_DATASET_KEY = "digits"
 BUILTIN_DATASETS: dict[str, tuple[str, str]] = {
     "digits": ("Digits (built-in)", DatasetKind.DIGITS),
     "mnist": ("MNIST 5k (built-in)", DatasetKind.MNIST),
+    # Object detection: MNIST digits pasted onto crops of two photographs (docs/detection.md).
+    "mnist_scenes": ("MNIST scenes, detection (built-in)", DatasetKind.MNIST_SCENES),
 }
+DETECTION_DATASET_KINDS = frozenset({DatasetKind.MNIST_SCENES})
 # The data set the built-in models are trained on at first start (in the catalog worker), at
 # each model's own input size (32x32), and the epochs each gets there (about 20 s, 3 min and
 # 5 min on one CPU core; ``EDGESLIM_BUILTIN_TRAIN_EPOCHS`` overrides them, tests lower it).
@@ -72,7 +76,7 @@ def builtin_train_epochs(spec: dict[str, Any]) -> int:
 
 
 def builtin_samples_ensure(*, organization: Organization) -> None:
-    """Give ``organization`` the built-in datasets (digits, mnist) and the zoo samples
+    """Give ``organization`` the built-in datasets (digits, mnist, mnist_scenes) and the zoo samples
     (idempotent, cheap when done), and re-validate its datasets whose stored report predates
     the train/val/test split.
 
@@ -103,6 +107,9 @@ def builtin_samples_ensure(*, organization: Organization) -> None:
                         organization=organization,
                         name=name,
                         kind=kind,
+                        task=DatasetTask.DETECTION
+                        if kind in DETECTION_DATASET_KINDS
+                        else DatasetTask.CLASSIFICATION,
                         status=ItemStatus.PENDING,
                         is_builtin=True,
                         builtin_key=key,

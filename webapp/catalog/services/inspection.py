@@ -178,7 +178,7 @@ def dataset_validate(*, dataset: Dataset) -> Dataset:
             "split_seed": dataset.split_seed,
             "work_dir": str(work),
         }
-        if dataset.kind == DatasetKind.IMAGE_ZIP:
+        if dataset.kind in (DatasetKind.IMAGE_ZIP, DatasetKind.DETECTION_ZIP):
             request["path"] = str(stored_file_local_path(dataset.file, work_dir=work))
         try:
             result = run_child(request, work_dir=work)

@@ -25,6 +25,7 @@ from webapp.catalog.errors import (
 from webapp.catalog.models import (
     Dataset,
     DatasetKind,
+    DatasetTask,
     ItemStatus,
     ModelFormat,
     ModelVersion,
@@ -271,11 +272,16 @@ def dataset_upload_create(
     path: Path | str | None = None,
     filename: str | None = None,
     split_seed: int | None = None,
+    task: str | None = None,
 ) -> Dataset:
-    """Store an image-folder zip as a pending dataset and enqueue its validation.
+    """Store a dataset zip as a pending dataset and enqueue its validation.
 
     ``split_seed`` (default 0) fixes how the val and test splits are carved when the zip has no
     ``val/`` or ``test/`` folder; it is stored with the dataset and never changes.
+
+    ``task``: ``"detection"`` reads the zip as YOLO, Pascal VOC or COCO (and refuses it when it
+    is none of them); ``"auto"`` or none reads it as image folders unless its entry names look
+    like a detection format, then as detection (docs/detection.md).
 
     Raises:
         WrongFileType: not a .zip, or not zip bytes.
@@ -284,6 +290,7 @@ def dataset_upload_create(
     """
     _check_name(name)
     seed = split_seed_check(split_seed)
+    detection = dataset_task_check(task) == DatasetTask.DETECTION
     clean, _size = _prepare_input(uploaded_file=uploaded_file, path=path, filename=filename)
     _check_dataset_filename(clean)
     _sniff(_head(uploaded_file, path), kind="dataset", filename=clean)
@@ -299,7 +306,8 @@ def dataset_upload_create(
             dataset = Dataset.objects.create(
                 organization=organization,
                 name=(name or "").strip()[:200] or filename_normalize(Path(clean).stem),
-                kind=DatasetKind.IMAGE_ZIP,
+                kind=DatasetKind.DETECTION_ZIP if detection else DatasetKind.IMAGE_ZIP,
+                task=DatasetTask.DETECTION if detection else DatasetTask.CLASSIFICATION,
                 split_seed=seed,
                 file=stored,
                 source_filename=clean,
@@ -313,6 +321,25 @@ def dataset_upload_create(
         storage_delete_quietly(stored)
         raise
     return dataset
+
+
+# "auto" reads image folders unless the entry names look like a detection format.
+DATASET_TASK_CHOICES = ("auto", "detection")
+
+
+def dataset_task_check(value: Any) -> str:
+    """A dataset upload's task: ``auto`` (blank) or ``detection``.
+
+    Raises:
+        CatalogInputError: anything else (``field="task"``).
+    """
+    if value in (None, ""):
+        return "auto"
+    if not isinstance(value, str) or value.strip().lower() not in DATASET_TASK_CHOICES:
+        raise CatalogInputError(
+            f"task must be one of {', '.join(DATASET_TASK_CHOICES)}.", field="task"
+        )
+    return value.strip().lower()
 
 
 def upload_tmp_dir() -> Path:
@@ -338,7 +365,7 @@ def _remove(path: Path) -> None:
 
 _UPLOAD_PARAM_KEYS = (
     "name", "arch", "num_classes", "in_channels", "input_size", "description", "normalization",
-    "split_seed",
+    "split_seed", "task",
 )  # fmt: skip
 
 
@@ -373,6 +400,7 @@ def upload_create(
     }
     if kind == UploadKind.MODEL:
         params.pop("split_seed", None)
+        params.pop("task", None)
         if "normalization" in params:
             params["normalization"] = normalization_check(
                 params["normalization"], in_channels=params.get("in_channels")
@@ -389,6 +417,8 @@ def upload_create(
             params.pop(key, None)
         if "split_seed" in params:
             params["split_seed"] = split_seed_check(params["split_seed"])
+        if "task" in params:
+            params["task"] = dataset_task_check(params["task"])
         _check_dataset_filename(clean)
     sha256 = (sha256 or "").strip().lower()
     if sha256 and not re.fullmatch(r"[0-9a-f]{64}", sha256):
@@ -553,6 +583,7 @@ def _upload_item_create(*, upload: Upload, user: User | None, temp: Path) -> Mod
         path=temp,
         filename=upload.filename,
         split_seed=p.get("split_seed"),
+        task=p.get("task"),
     )
     upload.dataset = dataset
     return dataset

@@ -16,6 +16,8 @@ from webapp.catalog.errors import (
 )
 from webapp.catalog.models import (
     Dataset,
+    DatasetKind,
+    DatasetTask,
     ItemStatus,
     ModelAsset,
     ModelFormat,
@@ -405,10 +407,19 @@ def dataset_mark_ready(
     old = dataset.thumbnails
     dataset.report = {**report, "thumbnails": thumbs}
     dataset.num_classes = len(report.get("classes", [])) or None
+    if report.get("task") == DatasetTask.DETECTION:
+        # An image zip whose layout turned out to be YOLO, VOC or COCO becomes a detection zip.
+        dataset.task = DatasetTask.DETECTION
+        if dataset.kind == DatasetKind.IMAGE_ZIP:
+            dataset.kind = DatasetKind.DETECTION_ZIP
     dataset.status = ItemStatus.READY
     dataset.error = ""
     dataset.validated_at = timezone.now()
-    dataset.save(update_fields=["report", "num_classes", "status", "error", "validated_at"])
+    dataset.save(
+        update_fields=["report", "num_classes", "task", "kind", "status", "error", "validated_at"]
+    )
+    if dataset.task == DatasetTask.DETECTION:
+        _detection_class_rows(dataset)
     for names in old.values():
         for n in names:
             storage_delete_quietly(n)
@@ -416,6 +427,35 @@ def dataset_mark_ready(
         organization_id=dataset.organization_id, item="dataset", pk=dataset.pk, status="ready"
     )
     return dataset
+
+
+def _detection_class_rows(dataset: Dataset) -> None:
+    """Store the detection page's per-class rows in the report, in class-id order: boxes per
+    split and where each class's sample images sit in the stored thumbnails.
+
+    The thumbnail URL indexes the stored mapping's values, and PostgreSQL's jsonb keeps keys
+    in its own order (shorter first), not the class order, so the positions are read back
+    from the saved row."""
+    dataset.refresh_from_db(fields=["report"])
+    report = dict(dataset.report)
+    positions = {name: i for i, name in enumerate(dataset.thumbnails)}
+    raw = report.get("counts")
+    counts: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    rows = []
+    for name in report.get("classes") or []:
+        per_split = {k: int((counts.get(k) or {}).get(name, 0)) for k in ("train", "val", "test")}
+        rows.append(
+            {
+                "name": name,
+                "boxes": sum(per_split.values()),
+                **per_split,
+                "thumb_index": positions.get(name),
+                "thumbs": list(range(len(dataset.thumbnails.get(name) or []))),
+            }
+        )
+    report["class_rows"] = rows
+    dataset.report = report
+    dataset.save(update_fields=["report"])
 
 
 def dataset_mark_invalid(*, dataset: Dataset, error: str) -> Dataset:
