@@ -1,0 +1,58 @@
+"""In Chromium: a YOLO zip uploaded as a plain dataset is open on its page while the worker
+checks it; when it turns ready the page becomes the detection report by itself, with the
+box-size histogram drawn by Plotly, the problems by file and line and the box-drawn samples."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from browser import chromium_context, first_page
+from factories import client_for
+from test_catalog_detection import yolo_zip
+
+from webapp.catalog import services
+from webapp.catalog.models import Dataset
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def test_the_detection_report_appears_when_the_check_ends(live_server, tmp_path, org_a, user_a):
+    # Rows first: the ORM refuses to run beside Playwright's event loop.
+    dataset = services.dataset_upload_create(
+        organization=org_a, user=user_a, path=yolo_zip(tmp_path / "shapes.zip")
+    )
+    session = client_for(user_a).cookies["sessionid"].value
+
+    def validate() -> None:  # the worker's part, on a thread of its own (no event loop there)
+        from django.db import connection
+
+        try:
+            services.dataset_validate(dataset=Dataset.objects.get(pk=dataset.pk))
+        finally:
+            connection.close()
+
+    with chromium_context(tmp_path) as context:
+        context.add_cookies([{"name": "sessionid", "value": session, "url": live_server.url}])
+        page = first_page(context)
+        page.goto(f"{live_server.url}/datasets/{dataset.pk}/")
+        assert page.get_attribute("#item-body", "data-item-status") == "pending"
+        worker = threading.Thread(target=validate)
+        worker.start()
+        worker.join(timeout=180)
+        page.wait_for_selector('#item-body[data-item-status="ready"]', timeout=30_000)
+        assert page.inner_text("[data-task]") == "Object detection"
+        assert page.inner_text("[data-format]") == "YOLO"
+        assert page.inner_text("[data-boxes]").startswith("18")
+        # the histogram: Plotly's bars, one per size bin, drawn after the htmx swap
+        page.wait_for_selector("[data-size-histogram] .main-svg", timeout=30_000)
+        assert page.locator("[data-size-histogram] .bars path").count() == 8
+        problems = page.inner_text("[data-problem-list]")
+        assert "shapes/labels/03.txt:3 — class id 9 is not in 0..1; dropped" in problems
+        # every sample image loads (the worker's PNGs through the org-scoped view)
+        samples = page.locator("img[data-det-sample]")
+        assert samples.count() >= 2
+        page.wait_for_function(
+            "[...document.querySelectorAll('img[data-det-sample]')]"
+            ".every(i => i.complete && i.naturalWidth === 192)"
+        )
