@@ -85,7 +85,7 @@ class DatasetSerializer(serializers.ModelSerializer[Dataset]):
     class Meta:
         model = Dataset
         fields = [
-            "id", "name", "kind", "source_filename", "size_bytes", "sha256", "num_classes",
+            "id", "name", "kind", "task", "source_filename", "size_bytes", "sha256", "num_classes",
             "status", "error", "split_seed", "splits", "report", "is_builtin", "created_at",
             "validated_at", "url", "thumbnail_urls",
         ]  # fmt: skip
@@ -130,6 +130,12 @@ class ModelUploadSerializer(serializers.Serializer[Any]):
 SPLIT_SEED_HELP = "Seeds the val/test carving of a zip without val/ or test/ folders (default 0)."
 
 
+TASK_HELP = (
+    "auto (default): image folders, or detection when the zip's layout is YOLO, Pascal VOC or "
+    "COCO; detection: read as one of those, refused otherwise (docs/detection.md)."
+)
+
+
 class DatasetUploadSerializer(serializers.Serializer[Any]):
     file = serializers.FileField()
     name = serializers.CharField(
@@ -137,6 +143,9 @@ class DatasetUploadSerializer(serializers.Serializer[Any]):
     )
     split_seed = serializers.IntegerField(
         required=False, min_value=0, max_value=2**31 - 1, help_text=SPLIT_SEED_HELP
+    )
+    task = serializers.ChoiceField(
+        choices=["auto", "detection"], required=False, allow_blank=True, help_text=TASK_HELP
     )
 
 
@@ -158,6 +167,12 @@ class UploadCreateSerializer(serializers.Serializer[Any]):
     )
     split_seed = serializers.IntegerField(
         required=False, min_value=0, max_value=2**31 - 1, help_text=SPLIT_SEED_HELP
+    )
+    task = serializers.ChoiceField(
+        choices=["auto", "detection"],
+        required=False,
+        allow_blank=True,
+        help_text="Datasets: " + TASK_HELP,
     )
 
 
@@ -292,6 +307,7 @@ class DatasetListView(APIView):
                 name=form.validated_data.get("name", ""),
                 uploaded_file=form.validated_data["file"],
                 split_seed=form.validated_data.get("split_seed"),
+                task=form.validated_data.get("task"),
             )
         except CatalogInputError as exc:
             return _error(exc)

@@ -56,7 +56,15 @@ class ModelUploadForm(forms.Form):
 class DatasetUploadForm(forms.Form):
     file = forms.FileField(
         help_text="An image-folder .zip: train/<class>/*.png with optional val/<class>/ and "
-        "test/<class>/ folders, or <class>/*.png."
+        "test/<class>/ folders, or <class>/*.png; or a detection .zip (YOLO, Pascal VOC or COCO)."
+    )
+    task = forms.ChoiceField(
+        choices=[("auto", "Detect from the layout"), ("detection", "Object detection")],
+        required=False,
+        initial="auto",
+        label="Task",
+        help_text="Image folders are classification; YOLO, Pascal VOC and COCO zips are found "
+        "by their layout. Choose object detection to refuse anything else.",
     )
     name = forms.CharField(max_length=200, required=False, validators=[validate_name])
     split_seed = forms.IntegerField(

@@ -212,6 +212,7 @@ def dataset_list(request: HttpRequest) -> HttpResponse:
                     name=form.cleaned_data["name"],
                     uploaded_file=form.cleaned_data["file"],
                     split_seed=form.cleaned_data["split_seed"],
+                    task=form.cleaned_data.get("task"),
                 )
             except CatalogInputError as exc:
                 upload_error = "" if _show_error(form, exc) else exc.message
@@ -242,16 +243,19 @@ def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
     report = dataset.report or {}
     counts = report.get("counts", {})
     classes = report.get("classes", [])
+    # The thumbnail URL indexes the stored mapping, whose keys PostgreSQL's jsonb keeps in its
+    # own order (shorter first), not in class order.
+    positions = {name: i for i, name in enumerate(dataset.thumbnails)}
     rows = [
         {
-            "index": i,
+            "index": positions.get(name),
             "name": name,
             "train": counts.get("train", {}).get(name, 0),
             "val": counts.get("val", {}).get(name, 0),
             "test": counts.get("test", {}).get(name),
             "thumbs": range(len(dataset.thumbnails.get(name, []))),
         }
-        for i, name in enumerate(classes)
+        for name in classes
     ]
     context = {
         "dataset": dataset,

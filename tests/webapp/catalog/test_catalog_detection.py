@@ -15,7 +15,7 @@ from PIL import Image
 
 from compression.errors import DatasetError
 from webapp.catalog import loaders, services
-from webapp.catalog.models import Dataset, DatasetKind, DatasetTask, ItemStatus
+from webapp.catalog.models import Dataset, DatasetKind, DatasetTask, ItemStatus, Upload
 
 pytestmark = pytest.mark.django_db
 
@@ -184,3 +184,45 @@ def test_the_builtin_mnist_scenes_set_validates_with_fixed_splits(org_a, client_
 
     with pytest.raises(DatasetError, match="object-detection data set"):
         loaders.dataset_load(dataset, work_dir=Path("/nonexistent"))
+
+
+def test_the_page_and_the_api_upload_take_the_task(org_a, client_a, tmp_path):
+    files: dict[str, bytes | str] = {f"{c}/{i}.png": _png(i) for c in ("a", "b") for i in range(3)}
+    path = _zip(tmp_path / "folders.zip", files)
+    with path.open("rb") as fh:
+        response = client_a.post("/datasets/", {"file": fh, "task": "detection", "name": "pg"})
+    assert response.status_code == 302
+    assert Dataset.objects.get(name="pg").kind == DatasetKind.DETECTION_ZIP
+    with path.open("rb") as fh:
+        response = client_a.post("/api/v1/datasets/", {"file": fh, "task": "detection"})
+    assert response.status_code == 201, response.content
+    assert (response.json()["kind"], response.json()["task"]) == ("detection_zip", "detection")
+    with path.open("rb") as fh:
+        response = client_a.post("/api/v1/datasets/", {"file": fh, "task": "segmentation"})
+    assert response.status_code == 400 and "task" in response.json()
+    response = client_a.post(
+        "/api/v1/uploads/",
+        {"kind": "dataset", "filename": "f.zip", "size": 10, "task": "detection"},
+        content_type="application/json",
+    )
+    assert response.status_code == 201
+    assert Upload.objects.get(pk=response.json()["id"]).params["task"] == "detection"
+
+
+def test_class_thumbnails_on_the_page_follow_the_class_not_the_stored_key_order(
+    org_a, user_a, client_a, tmp_path
+):
+    # jsonb keeps shorter keys first: {"cat", "airplane"}, while the classes sort "airplane" first
+    from catalog_files import image_folder_zip
+
+    zp = image_folder_zip(tmp_path / "vehicles.zip", classes=("airplane", "cat"), per_class=5)
+    dataset = _upload(org_a, user_a, zp)
+    assert dataset.report["classes"] == ["airplane", "cat"] and list(dataset.thumbnails) == [
+        "cat",
+        "airplane",
+    ]
+    page = client_a.get(f"/datasets/{dataset.pk}/").content.decode()
+    first = page.index("<td>airplane</td>")
+    url = page[page.index('src="', first) + 5 : page.index('"', page.index('src="', first) + 5)]
+    image = Image.open(io.BytesIO(client_a.get(url).content)).convert("RGB")
+    assert image.getpixel((0, 0)) == (20, 100, 200)  # the airplane images' colour (class 0)
