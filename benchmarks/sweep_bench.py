@@ -224,7 +224,9 @@ def _run_by_hand(rows: dict[str, Any], tag: str) -> dict[str, Any]:
     }
 
 
-def write_results(runs: list[dict[str, Any]], *, planned: int, note: str = "") -> None:
+def write_results(
+    runs: list[dict[str, Any]], *, planned: int, note: str = "", measured: str = ""
+) -> None:
     """Write benchmarks/results/sweep.json and the docs section from the complete repeats."""
     done = {r["repeat"] for r in runs if r["kind"] == "sweep"} & {
         r["repeat"] for r in runs if r["kind"] == "by_hand"
@@ -241,7 +243,7 @@ def write_results(runs: list[dict[str, Any]], *, planned: int, note: str = "") -
     ratio = statistics.median(ratios)
     all_ok = all(st == "SUCCEEDED" for r in runs for st in r["statuses"])
     met = ratio <= RATIO_TARGET and all_ok and all(s["baseline_measurements"] == 1 for s in sweeps)
-    measured = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    measured = measured or datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     record = {
         "measured": measured,
         "grid": GRID,
