@@ -103,15 +103,12 @@ def _url_name(path: str) -> str:
 
 
 def too_large(limit: Limit, length: int | None) -> Refusal:
-    said = f"{length} bytes" if length is not None else "more bytes"
     message = (
-        f"The request body is {said}, over this route's limit of {limit.max_bytes} bytes."
+        f"The request body is {length} bytes, over this route's limit of {limit.max_bytes} bytes."
         if length is not None
         else f"The request body went past this route's limit of {limit.max_bytes} bytes."
     )
-    if limit.upload:
-        message += " Send large files in chunks (POST /api/v1/uploads/)."
-    return _json(413, {"detail": message, "limit": limit.max_bytes}, said)
+    return _json(413, {"detail": message, "limit": limit.max_bytes})
 
 
 def sign_in_first(limit: Limit, path: str, *, bad_token: bool = False) -> Refusal:
@@ -122,7 +119,7 @@ def sign_in_first(limit: Limit, path: str, *, bad_token: bool = False) -> Refusa
             else "Authentication credentials were not provided: sign in or send an API token "
             "before uploading."
         )
-        refusal = _json(401, {"detail": detail}, "")
+        refusal = _json(401, {"detail": detail})
         return Refusal(401, [*refusal.headers, (b"www-authenticate", b"Token")], refusal.body)
     from django.conf import settings
     from django.shortcuts import resolve_url
@@ -135,7 +132,7 @@ def sign_in_first(limit: Limit, path: str, *, bad_token: bool = False) -> Refusa
     )
 
 
-def _json(status: int, data: dict[str, Any], _said: str) -> Refusal:
+def _json(status: int, data: dict[str, Any]) -> Refusal:
     body = json.dumps(data).encode()
     headers = [
         (b"content-type", b"application/json"),
