@@ -107,6 +107,9 @@ class DetectionSample:
     image: np.ndarray
     boxes: np.ndarray
     labels: np.ndarray
+    # The image's (width, height) in its file when it was shrunk on reading (``max_side``);
+    # the boxes are in the pixels of ``image``, the report in those of the file.
+    source_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -121,6 +124,11 @@ class DetectionSample:
     @property
     def height(self) -> int:
         return int(self.image.shape[0])
+
+    @property
+    def file_size(self) -> tuple[int, int]:
+        """``(width, height)`` of the image in its file."""
+        return self.source_size or (self.width, self.height)
 
 
 class DetectionDataset(Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
@@ -273,14 +281,17 @@ def size_bin_labels() -> list[str]:
 
 
 def size_histogram(samples: Sequence[DetectionSample]) -> dict[str, int]:
-    """Box counts by ``sqrt(width * height)`` in pixels, over :data:`SIZE_BIN_EDGES`."""
+    """Box counts by ``sqrt(width * height)`` in pixels of the image files, over
+    :data:`SIZE_BIN_EDGES`."""
     labels = size_bin_labels()
     counts = dict.fromkeys(labels, 0)
     for s in samples:
         if not len(s.boxes):
             continue
         wh = s.boxes[:, 2:] - s.boxes[:, :2]
-        side = np.sqrt(np.clip(wh[:, 0] * wh[:, 1], 0, None))
+        fw, fh = s.file_size
+        area = wh[:, 0] * wh[:, 1] * (fw / s.width) * (fh / s.height)
+        side = np.sqrt(np.clip(area, 0, None))
         idx = np.searchsorted(np.asarray(SIZE_BIN_EDGES[1:-1]), side, side="right")
         for i in idx.tolist():
             counts[labels[i]] += 1
@@ -300,7 +311,7 @@ def _fill_counts(report: DetectionReport, bundle_splits: dict[str, list[Detectio
         c = Counter(int(v) for s in part for v in s.labels.tolist())
         report.counts[split] = {name: c.get(i, 0) for i, name in enumerate(report.classes)}
     report.size_histogram = size_histogram(every)
-    report.image_sizes = dict(Counter(f"{s.width}x{s.height}" for s in every))
+    report.image_sizes = dict(Counter("{}x{}".format(*s.file_size) for s in every))
 
 
 # --- boxes ---------------------------------------------------------------------------------
@@ -695,7 +706,7 @@ def _coco_files(root: Path, base: Path) -> list[tuple[Path, dict[str, Any]]]:
             continue
         try:
             doc = json.loads(p.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             continue
         if (
             isinstance(doc, dict)
@@ -1007,8 +1018,13 @@ def read_detection_folder(
     split_seed: int = DEFAULT_SPLIT_SEED,
     val_fraction: float = DEFAULT_VAL_FRACTION,
     test_fraction: float = DEFAULT_TEST_FRACTION,
+    max_side: int | None = None,
 ) -> DetectionBundle:
     """Read an extracted YOLO, VOC or COCO folder (``fmt`` detected when not given).
+
+    Images are decoded into memory; ``max_side`` shrinks any image whose longer side is larger
+    to that many pixels (its boxes with it) to bound the memory a large set takes. The report
+    still counts sizes in the files' pixels.
 
     Raises:
         DatasetError: the layout is not recognised, a VOC file declares a DTD or entities,
@@ -1037,7 +1053,13 @@ def read_detection_folder(
         except Exception as exc:  # any decoder failure makes the image unusable, not the set
             report.add(Problem("corrupt_image", pd.name, f"{type(exc).__name__}: {exc}"[:300]))
             continue
-        samples.append(DetectionSample(pd.name, image, np.asarray(pd.boxes), np.asarray(pd.labels)))
+        boxes = np.asarray(pd.boxes, dtype=np.float32).reshape(-1, 4)
+        source: tuple[int, int] | None = None
+        h, w = image.shape[:2]
+        if max_side is not None and max(h, w) > max_side:
+            image, boxes = _shrink(image, boxes, max_side)
+            source = (w, h)
+        samples.append(DetectionSample(pd.name, image, boxes, np.asarray(pd.labels), source))
     return _finish(
         report.name,
         fmt,
@@ -1049,6 +1071,17 @@ def read_detection_folder(
     )
 
 
+def _shrink(image: np.ndarray, boxes: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    scale = max_side / max(h, w)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    small = Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR)
+    factors = np.asarray([nw / w, nh / h, nw / w, nh / h], dtype=np.float32)
+    return np.asarray(small, dtype=np.uint8).copy(), boxes * factors
+
+
 def load_detection_zip(
     zip_path: Path | str,
     work_dir: Path | str,
@@ -1058,6 +1091,7 @@ def load_detection_zip(
     val_fraction: float = DEFAULT_VAL_FRACTION,
     test_fraction: float = DEFAULT_TEST_FRACTION,
     max_total_bytes: int | None = None,
+    max_side: int | None = None,
 ) -> DetectionBundle:
     """Extract a detection zip safely (:func:`compression.archive.safe_extract_zip`, into
     ``work_dir/extracted``) and read it with :func:`read_detection_folder`.
@@ -1081,6 +1115,7 @@ def load_detection_zip(
         split_seed=split_seed,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
+        max_side=max_side,
     )
 
 

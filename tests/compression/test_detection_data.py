@@ -461,3 +461,16 @@ def test_mnist_scenes_test_digits_come_from_a_disjoint_pool(monkeypatch) -> None
 def test_unknown_builtin_is_refused() -> None:
     with pytest.raises(DatasetError, match="mnist_scenes"):
         load_builtin_detection("coco2017")
+
+
+def test_max_side_shrinks_images_and_boxes_but_reports_file_pixels(tmp_path: Path) -> None:
+    files = _yolo_files(6)
+    for i in range(6):
+        files[f"ds/images/im{i}.png"] = _png(10 * i, size=(400, 300))
+    bundle = _load(tmp_path, files, max_side=100)
+    s = _by_name(bundle)["ds/images/im1.png"]
+    assert s.image.shape == (75, 100, 3) and s.source_size == (400, 300)
+    np.testing.assert_allclose(s.boxes[0], [25, 18.75, 75, 56.25])  # (100, 75, 300, 225) / 4
+    assert bundle.report.image_sizes == {"400x300": 6}
+    # sqrt(200*150)=173 -> 128-256 in the file's pixels (43 px in the shrunk image)
+    assert bundle.report.size_histogram["128-256"] == 6

@@ -16,6 +16,9 @@ from typing import Any
 
 THUMBS_PER_CLASS = 4
 THUMB_SIDE = 64
+# Detection images are checked at most this large (longer side): every image is decoded, but a
+# set of photos held at full size would not fit the child's memory cap.
+DETECTION_MAX_SIDE = 640
 
 
 def inspect_model(req: dict[str, Any]) -> dict[str, Any]:
@@ -205,7 +208,9 @@ def _validate_detection(req: dict[str, Any], work: Path, split_seed: int) -> dic
             if guess is None:
                 return None
         try:
-            bundle = dd.load_detection_zip(req["path"], work / "det", split_seed=split_seed)
+            bundle = dd.load_detection_zip(
+                req["path"], work / "det", split_seed=split_seed, max_side=DETECTION_MAX_SIDE
+            )
         except dd.NotDetectionError:
             if kind == "detection_zip":
                 raise
