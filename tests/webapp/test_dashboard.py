@@ -79,6 +79,7 @@ def lab():
         issued_at=0,
         signature="x",
         created_by=owner,
+        expires_at=timezone.now() + timedelta(days=1),
     )
     DeploymentTarget.objects.create(deployment=deployment, device=offline)
     return org, owner, good
