@@ -8,8 +8,8 @@ from django.urls import reverse
 from factories import client_for, make_member
 
 from device_registry import model_versions, services
-from device_registry.agent.protocol import BenchSettings, Result
 from device_registry.models import DeployableArtifact
+from edgeslim_agent.protocol import BenchSettings, Result
 from webapp.accounts.models import Role
 from webapp.catalog.models import ModelVersion
 from webapp.reports import charts
