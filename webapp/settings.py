@@ -370,7 +370,14 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     # Several models have a "status" field with different choices; name each set.
-    "ENUM_NAME_OVERRIDES": {"ItemStatusEnum": "webapp.catalog.models.ItemStatus"},
+    "ENUM_NAME_OVERRIDES": {
+        "ItemStatusEnum": "webapp.catalog.models.ItemStatus",
+        # Choice sets that share a field name across components get names of their own.
+        "JobStatusEnum": "webapp.jobs.models.JobStatus",
+        "QueueRequestEnum": ["auto", "cpu", "gpu"],
+        "JobQueueEnum": "webapp.jobs.models.JobQueue",
+        "UploadTaskEnum": ["auto", "detection"],
+    },
 }
 
 LANGUAGE_CODE = "en-us"

@@ -24,11 +24,14 @@ def test_the_detection_report_appears_when_the_check_ends(live_server, tmp_path,
     )
     session = client_for(user_a).cookies["sessionid"].value
 
+    checked: list[tuple[str, str]] = []
+
     def validate() -> None:  # the worker's part, on a thread of its own (no event loop there)
         from django.db import connection
 
         try:
             services.dataset_validate(dataset=Dataset.objects.get(pk=dataset.pk))
+            checked.append(Dataset.objects.values_list("status", "error").get(pk=dataset.pk))
         finally:
             connection.close()
 
@@ -40,7 +43,10 @@ def test_the_detection_report_appears_when_the_check_ends(live_server, tmp_path,
         worker = threading.Thread(target=validate)
         worker.start()
         worker.join(timeout=180)
-        page.wait_for_selector('#item-body[data-item-status="ready"]', timeout=30_000)
+        # The row first (a failed check says why here, not as a page timeout), then the page,
+        # which htmx re-polls every 2 s.
+        assert checked and checked[0][0] == "ready", checked
+        page.wait_for_selector('#item-body[data-item-status="ready"]', timeout=60_000)
         assert page.inner_text("[data-task]") == "Object detection"
         assert page.inner_text("[data-format]") == "YOLO"
         assert page.inner_text("[data-boxes]").startswith("18")
