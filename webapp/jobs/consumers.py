@@ -23,13 +23,32 @@ REPLAY_LIMIT = 2000
 
 
 @database_sync_to_async  # type: ignore[untyped-decorator,unused-ignore]
-def _job_for_user(user: Any, job_id: int) -> Job | None:
-    job = Job.objects.filter(pk=job_id).only("id", "organization_id").first()
-    if job is None:
+def _row_for_member(model: Any, user: Any, pk: int) -> Any:
+    """The org-scoped row ``pk`` of ``model`` when ``user`` is a member of its organisation."""
+    row = model.objects.filter(pk=pk).only("id", "organization_id").first()
+    if row is None:
         return None
-    if not Membership.objects.filter(user=user, organization_id=job.organization_id).exists():
+    if not Membership.objects.filter(user=user, organization_id=row.organization_id).exists():
         return None
-    return job
+    return row
+
+
+async def _authorise(consumer: BrowserGroupConsumer, model: Any, kwarg: str) -> Any:
+    """The row the socket's URL names, for a signed-in member; else close (4401 / 4403) and
+    return None, the same answer for a row that does not exist."""
+    user = consumer.scope.get("user")
+    if user is None or not user.is_authenticated:
+        await consumer.close(code=CLOSE_UNAUTHENTICATED)
+        return None
+    try:
+        pk = int(consumer.scope["url_route"]["kwargs"][kwarg])
+    except (KeyError, TypeError, ValueError):
+        await consumer.close(code=CLOSE_FORBIDDEN)
+        return None
+    row = await _row_for_member(model, user, pk)
+    if row is None:
+        await consumer.close(code=CLOSE_FORBIDDEN)
+    return row
 
 
 @database_sync_to_async  # type: ignore[untyped-decorator,unused-ignore]
@@ -41,18 +60,8 @@ def _replay(job: Job, after: int) -> list[dict[str, Any]]:
 
 class JobConsumer(BrowserGroupConsumer):
     async def connect(self) -> None:
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
-            return
-        try:
-            job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
-        except (KeyError, TypeError, ValueError):
-            await self.close(code=CLOSE_FORBIDDEN)
-            return
-        job = await _job_for_user(user, job_id)
+        job = await _authorise(self, Job, "job_id")
         if job is None:
-            await self.close(code=CLOSE_FORBIDDEN)
             return
         await self.join(job_group_name(job.pk))
         await self.accept()
@@ -66,33 +75,13 @@ class JobConsumer(BrowserGroupConsumer):
         await self.send_json({k: v for k, v in message.items() if k != "type"})
 
 
-@database_sync_to_async  # type: ignore[untyped-decorator,unused-ignore]
-def _sweep_for_user(user: Any, sweep_id: int) -> Sweep | None:
-    sweep = Sweep.objects.filter(pk=sweep_id).only("id", "organization_id").first()
-    if sweep is None:
-        return None
-    if not Membership.objects.filter(user=user, organization_id=sweep.organization_id).exists():
-        return None
-    return sweep
-
-
 class SweepConsumer(BrowserGroupConsumer):
     """``/ws/sweeps/<id>/`` joins ``sweep.<id>``: a child started or ended, the baseline moved
     on. The page redraws from the server on each message, so nothing needs replaying."""
 
     async def connect(self) -> None:
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
-            return
-        try:
-            sweep_id = int(self.scope["url_route"]["kwargs"]["sweep_id"])
-        except (KeyError, TypeError, ValueError):
-            await self.close(code=CLOSE_FORBIDDEN)
-            return
-        sweep = await _sweep_for_user(user, sweep_id)
+        sweep = await _authorise(self, Sweep, "sweep_id")
         if sweep is None:
-            await self.close(code=CLOSE_FORBIDDEN)
             return
         await self.join(sweep_group_name(sweep.pk))
         await self.accept()
