@@ -104,14 +104,6 @@ def can_write(request: HttpRequest) -> bool:
     return membership is not None and membership.role in WRITE_ROLES
 
 
-def require_role(request: HttpRequest, *roles: str) -> Membership:
-    """Return the current membership, or raise PermissionDenied unless its role is in ``roles``."""
-    membership: Membership | None = getattr(request, "membership", None)
-    if membership is None or (roles and membership.role not in roles):
-        raise PermissionDenied(DENIED)
-    return membership
-
-
 def _role(request: HttpRequest) -> str | None:
     membership: Membership | None = getattr(request, "membership", None)
     return membership.role if membership is not None else None
@@ -147,21 +139,6 @@ def login_page(view: _View) -> _View:
     return org_page(SIGNED_IN)(view)
 
 
-def org_required(view: _View) -> _View:
-    """Login required, and an organisation to work in (else a page that says so).
-
-    Declares no access: the role-matrix test refuses a route that uses it; use :func:`org_page`.
-    """
-
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        if getattr(request, "organization", None) is None:
-            return render(request, "accounts/no_organization.html", status=403)
-        return view(request, *args, **kwargs)
-
-    return cast(_View, login_required(wrapper))
-
-
 def api_organization(request: Request) -> Organization:
     """The organisation an API call acts in: the session's, or for a token the user's current
     one (``X-Organization: <id>`` picks another of theirs)."""
@@ -180,15 +157,6 @@ def api_organization(request: Request) -> Organization:
     request._request.organization = membership.organization  # type: ignore[attr-defined]
     request._request.membership = membership  # type: ignore[attr-defined]
     return membership.organization
-
-
-def api_require_writer(request: Request) -> Membership:
-    """The API call's membership when its role may write (:data:`WRITE_ROLES`), else 403.
-
-    Views declare this with :class:`OrgWriter` instead; kept for code that checks inside.
-    """
-    api_organization(request)
-    return require_role(request._request, *WRITE_ROLES)
 
 
 class OrgAccess(BasePermission):
