@@ -109,6 +109,12 @@ class Client:
         return len(raw)
 
 
+def _print_refusal(err: Any, exc: ApiError) -> None:
+    """The server's refusal of a submission, with the field it names."""
+    field = exc.body.get("field") if isinstance(exc.body, dict) else None
+    err.print(f"[red]refused: {exc}[/red]" + (f" (field: {field})" if field else ""))
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("jobs", help="submit and follow compression jobs on an EdgeSlim server")
 
@@ -255,8 +261,7 @@ def submit(args: argparse.Namespace) -> int:
             },
         )
     except ApiError as exc:
-        field = exc.body.get("field") if isinstance(exc.body, dict) else None
-        err.print(f"[red]refused: {exc}[/red]" + (f" (field: {field})" if field else ""))
+        _print_refusal(err, exc)
         return EXIT_BAD_INPUT
     print(job["id"])
     if args.no_wait:
@@ -416,8 +421,7 @@ def sweep(args: argparse.Namespace) -> int:
             },
         )
     except ApiError as exc:
-        field = exc.body.get("field") if isinstance(exc.body, dict) else None
-        err.print(f"[red]refused: {exc}[/red]" + (f" (field: {field})" if field else ""))
+        _print_refusal(err, exc)
         return EXIT_BAD_INPUT
     print(created["id"])
     if args.no_wait:
