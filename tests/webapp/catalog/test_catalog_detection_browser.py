@@ -5,6 +5,7 @@ box-size histogram drawn by Plotly, the problems by file and line and the box-dr
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from browser import chromium_context, first_page
@@ -38,15 +39,27 @@ def test_the_detection_report_appears_when_the_check_ends(live_server, tmp_path,
     with chromium_context(tmp_path) as context:
         context.add_cookies([{"name": "sessionid", "value": session, "url": live_server.url}])
         page = first_page(context)
+        # What the page's polls got, so a page that never turns ready says why.
+        polls: list[str] = []
+        page.on("requestfinished", lambda r: polls.append(f"{r.url} -> {r.response().status}"))
+        page.on("requestfailed", lambda r: polls.append(f"{r.url} failed: {r.failure}"))
+        page.on("console", lambda m: polls.append(f"console {m.type}: {m.text}"))
         page.goto(f"{live_server.url}/datasets/{dataset.pk}/")
         assert page.get_attribute("#item-body", "data-item-status") == "pending"
         worker = threading.Thread(target=validate)
         worker.start()
-        worker.join(timeout=180)
+        # Keep Playwright's loop turning while the worker runs (a blocked join would not).
+        deadline = time.monotonic() + 180
+        while worker.is_alive() and time.monotonic() < deadline:
+            page.wait_for_timeout(250)
         # The row first (a failed check says why here, not as a page timeout), then the page,
-        # which htmx re-polls every 2 s.
+        # which htmx re-polls every 2 s (each poll gives up after 10 s, so one lost request
+        # cannot stop the polling).
         assert checked and checked[0][0] == "ready", checked
-        page.wait_for_selector('#item-body[data-item-status="ready"]', timeout=60_000)
+        try:
+            page.wait_for_selector('#item-body[data-item-status="ready"]', timeout=60_000)
+        except Exception as exc:  # the page's last requests and messages, then the error
+            raise AssertionError("\n".join(polls[-20:])) from exc
         assert page.inner_text("[data-task]") == "Object detection"
         assert page.inner_text("[data-format]") == "YOLO"
         assert page.inner_text("[data-boxes]").startswith("18")

@@ -32,6 +32,8 @@ def test_a_small_model_posted_from_the_page_goes_to_its_item_page(client_a, tmp_
     assert response.status_code == 302 and response["Location"] == f"/models/{version.pk}/"
     page = client_a.get(response["Location"]).content.decode()
     assert "Inspecting on a worker" in page and 'hx-trigger="every 2s"' in page
+    # each poll gives up after 10 s: one lost request must not stop the page's polling
+    assert "hx-request='{\"timeout\": 10000}'" in page
 
 
 @pytest.mark.parametrize("name", ["virus.exe", "readme.txt"])
