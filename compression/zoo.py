@@ -1,12 +1,17 @@
 """The model zoo: small CNN architectures by name, so state dicts and checkpoints can be rebuilt.
 
 Every architecture takes ``num_classes`` and ``in_channels``; weights are never downloaded.
+Each one has a task: ``classification`` (logits ``(N, num_classes)``) or ``detection`` (the
+YOLO family returns raw per-level maps, see :mod:`compression.darknet`; the torchvision SSD and
+Faster R-CNN models return boxes in eval mode and a loss dict in train mode). Detectors also
+take ``width`` and ``input_size`` options. Places that expect a classifier list
+``list_models(task="classification")``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -16,55 +21,97 @@ from compression.errors import ConfigError
 ModelFactory = Callable[..., nn.Module]
 F = TypeVar("F", bound=ModelFactory)
 
+TASKS = ("classification", "detection")
+
 _MODELS: dict[str, ModelFactory] = {}
 _INPUT_SIZES: dict[str, int] = {}
+_TASKS: dict[str, str] = {}
+_OPTIONS: dict[str, tuple[str, ...]] = {}
 
 
-def register_model(name: str, *, input_size: int = 32) -> Callable[[F], F]:
-    """Register ``factory(*, num_classes, in_channels) -> nn.Module`` under ``name``."""
+def register_model(
+    name: str,
+    *,
+    input_size: int = 32,
+    task: str = "classification",
+    options: tuple[str, ...] = (),
+) -> Callable[[F], F]:
+    """Register ``factory(*, num_classes, in_channels, **options) -> nn.Module`` under ``name``.
+
+    ``options`` names the extra keyword arguments the factory accepts (e.g. ``width``).
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
     def decorator(fn: F) -> F:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
         _MODELS[name] = fn
         _INPUT_SIZES[name] = input_size
+        _TASKS[name] = task
+        _OPTIONS[name] = options
         return fn
 
     return decorator
 
 
-def list_models() -> list[str]:
-    """Names of all registered architectures, sorted."""
-    return sorted(_MODELS)
+def list_models(task: str | None = None) -> list[str]:
+    """Names of the registered architectures (of one task, if given), sorted."""
+    if task is not None and task not in TASKS:
+        raise ConfigError("task", f"must be one of {', '.join(TASKS)}, got {task!r}")
+    return sorted(name for name in _MODELS if task is None or _TASKS[name] == task)
 
 
 def has_model(name: str) -> bool:
     return name in _MODELS
 
 
-def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+def _unknown(name: str) -> ConfigError:
+    return ConfigError("arch", f"unknown architecture {name!r}; known: {', '.join(list_models())}")
+
+
+def model_task(name: str) -> str:
+    """``classification`` or ``detection``."""
+    if name not in _TASKS:
+        raise _unknown(name)
+    return _TASKS[name]
+
+
+def model_options(name: str) -> tuple[str, ...]:
+    """The extra keyword options ``create_model`` accepts for this architecture."""
+    if name not in _OPTIONS:
+        raise _unknown(name)
+    return _OPTIONS[name]
+
+
+def create_model(
+    name: str, *, num_classes: int = 10, in_channels: int = 3, **options: Any
+) -> nn.Module:
     """Build a freshly initialised architecture.
 
+    ``options`` are architecture-specific (detectors: ``width``, ``input_size``).
+
     Raises:
-        ConfigError: the name is not registered or the sizes are out of range.
+        ConfigError: the name is not registered, an option is unknown, or a value is out of range.
     """
     if name not in _MODELS:
-        raise ConfigError(
-            "arch", f"unknown architecture {name!r}; known: {', '.join(list_models())}"
-        )
+        raise _unknown(name)
     if num_classes < 1:
         raise ConfigError("num_classes", f"must be >= 1, got {num_classes}")
     if in_channels < 1:
         raise ConfigError("in_channels", f"must be >= 1, got {in_channels}")
-    return _MODELS[name](num_classes=num_classes, in_channels=in_channels)
+    unknown = sorted(set(options) - set(_OPTIONS[name]))
+    if unknown:
+        known = ", ".join(_OPTIONS[name]) or "none"
+        raise ConfigError(unknown[0], f"is not an option of {name!r} (options: {known})")
+    return _MODELS[name](num_classes=num_classes, in_channels=in_channels, **options)
 
 
 def default_input_size(name: str) -> int:
-    """Square input side the architecture is meant for (digits are upscaled to 32)."""
+    """Square input side the architecture is meant for (digits are upscaled to 32; detectors
+    default to the built-in ``mnist_scenes`` images, 96 px)."""
     if name not in _INPUT_SIZES:
-        raise ConfigError(
-            "arch", f"unknown architecture {name!r}; known: {', '.join(list_models())}"
-        )
+        raise _unknown(name)
     return _INPUT_SIZES[name]
 
 
@@ -281,3 +328,76 @@ def _init_weights(model: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+# --- detectors -----------------------------------------------------------------------------
+#
+# Defaults are sized for CPU training on the built-in ``mnist_scenes`` set (96x96 images,
+# 10 digit classes): input 96, and a width multiplier that keeps a training step well under a
+# second on two cores. Pass ``width=1.0, input_size=416`` for the published sizes.
+
+DETECTION_INPUT_SIZE = 96
+YOLO_OPTIONS = ("width", "input_size")
+
+
+def _yolo(
+    cfg: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    width: float,
+    input_size: int | None,
+) -> nn.Module:
+    from compression.darknet import build_darknet
+
+    return build_darknet(
+        cfg,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        width=width,
+        input_size=DETECTION_INPUT_SIZE if input_size is None else input_size,
+    )
+
+
+@register_model(
+    "yolov3_tiny", input_size=DETECTION_INPUT_SIZE, task="detection", options=YOLO_OPTIONS
+)
+def yolov3_tiny(
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    width: float = 0.25,
+    input_size: int | None = None,
+) -> nn.Module:
+    """YOLOv3-tiny from compression/cfg/yolov3-tiny.cfg: two levels (strides 32, 16).
+
+    Default width 0.25 (16..1024 filters become 8..256), input 96.
+    """
+    return _yolo(
+        "yolov3-tiny",
+        num_classes=num_classes,
+        in_channels=in_channels,
+        width=width,
+        input_size=input_size,
+    )
+
+
+@register_model("yolov3", input_size=DETECTION_INPUT_SIZE, task="detection", options=YOLO_OPTIONS)
+def yolov3(
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    width: float = 0.25,
+    input_size: int | None = None,
+) -> nn.Module:
+    """YOLOv3 (Darknet-53) from compression/cfg/yolov3.cfg: three levels (strides 32, 16, 8).
+
+    Default width 0.25 (about 3.9 M parameters instead of 62 M), input 96.
+    """
+    return _yolo(
+        "yolov3",
+        num_classes=num_classes,
+        in_channels=in_channels,
+        width=width,
+        input_size=input_size,
+    )
