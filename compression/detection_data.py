@@ -1288,6 +1288,38 @@ def load_mnist_scenes(cfg: SceneConfig | None = None) -> DetectionBundle:
     )
 
 
+# Bump when something outside the code fingerprinted below changes what ``load_mnist_scenes``
+# makes (a change to this module or to compression/datasets.py changes the fingerprint itself).
+MNIST_SCENES_VERSION = 1
+
+
+def builtin_detection_fingerprint(name: str, *, seed: int = 0, size: int | None = None) -> str:
+    """A name for exactly what ``load_builtin_detection(name, seed=seed, size=size)`` returns,
+    safe as a file name: ``<name>-seed<seed>-v<version>-<digest>``.
+
+    The set is deterministic, so equal fingerprints mean equal sets (images, boxes, report).
+    The digest covers :data:`MNIST_SCENES_VERSION`, every :class:`SceneConfig` field, the source
+    of the modules that generate and report the set (this one and ``compression.datasets``),
+    the MNIST file's bytes and the scikit-learn release whose photographs it crops; so a
+    changed generator gives a new fingerprint without anyone remembering to bump the version.
+    """
+    import dataclasses
+    import hashlib
+    import importlib.metadata
+
+    from compression import datasets
+
+    if name not in BUILTIN_DETECTION_DATASETS:
+        raise DatasetError(f"unknown built-in detection data set {name!r}")
+    cfg = SceneConfig(seed=seed, size=size or SceneConfig.size)
+    digest = hashlib.sha256()
+    digest.update(json.dumps([name, MNIST_SCENES_VERSION, dataclasses.asdict(cfg)]).encode())
+    for source in (Path(__file__), Path(datasets.__file__), datasets.mnist_5k_path()):
+        digest.update(source.read_bytes())
+    digest.update(importlib.metadata.version("scikit-learn").encode())
+    return f"{name}-seed{seed}-v{MNIST_SCENES_VERSION}-{digest.hexdigest()[:16]}"
+
+
 def load_builtin_detection(name: str, *, seed: int = 0, size: int | None = None) -> DetectionBundle:
     """A built-in detection set by name (only ``mnist_scenes`` so far)."""
     if name == "mnist_scenes":

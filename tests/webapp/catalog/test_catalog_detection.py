@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from django.core.files.storage import default_storage
 from PIL import Image
 
 from compression.errors import DatasetError
@@ -165,25 +166,96 @@ def test_a_resumable_upload_carries_the_task(org_a, user_a, tmp_path):
     assert (dataset.task, dataset.kind) == (DatasetTask.DETECTION, DatasetKind.DETECTION_ZIP)
 
 
-def test_the_builtin_mnist_scenes_set_validates_with_fixed_splits(org_a, client_a):
-    services.builtin_samples_ensure(organization=org_a)
-    dataset = Dataset.objects.get(organization=org_a, builtin_key="mnist_scenes")
-    assert dataset.task == DatasetTask.DETECTION and dataset.kind == DatasetKind.MNIST_SCENES
+def test_the_builtin_mnist_scenes_set_validates_once_with_fixed_splits_for_every_organisation(
+    org_a, client_a, org_b, client_b, monkeypatch
+):
+    """The first organisation's set is generated and validated in the sandbox child; the set
+    follows from its fingerprint alone, so the second organisation's row gets the same report
+    and samples without the child generating the scenes again."""
+    from webapp.catalog import sandbox
+    from webapp.catalog.services import builtin_dataset_cache as cache
 
-    services.dataset_validate(dataset=dataset)
-
-    dataset.refresh_from_db()
-    assert dataset.status == ItemStatus.READY, dataset.error
-    report = dataset.report
+    for org in (org_a, org_b):
+        services.builtin_samples_ensure(organization=org)
+    first = Dataset.objects.get(organization=org_a, builtin_key="mnist_scenes")
+    assert first.task == DatasetTask.DETECTION and first.kind == DatasetKind.MNIST_SCENES
+    services.dataset_validate(dataset=first)
+    first.refresh_from_db()
+    assert first.status == ItemStatus.READY, first.error
+    report = first.report
     assert report["totals"] == {"train": 1050, "val": 150, "test": 300}
     assert report["split_sources"] == {"train": "fixed", "val": "fixed", "test": "fixed"}
     assert report["classes"] == [str(d) for d in range(10)] and report["negatives"] == 0
-    assert len(dataset.thumbnails) == 10
-    page = client_a.get(f"/datasets/{dataset.pk}/").content.decode()
+    assert len(first.thumbnails) == 10
+    page = client_a.get(f"/datasets/{first.pk}/").content.decode()
+    assert 'data-split-source="fixed"' in page and "Object detection" in page
+    with pytest.raises(DatasetError, match="object-detection data set"):
+        loaders.dataset_load(first, work_dir=Path("/nonexistent"))
+
+    key = cache.cache_key(first)
+    assert key and key.startswith("mnist_scenes-seed0-v") and cache.cache_get(key) is not None
+
+    def no_child(*args: object, **kw: object) -> None:
+        raise AssertionError("the cached set was generated again")
+
+    monkeypatch.setattr(sandbox, "run_child", no_child)
+    second = Dataset.objects.get(organization=org_b, builtin_key="mnist_scenes")
+    services.dataset_validate(dataset=second)
+    second.refresh_from_db()
+    assert second.status == ItemStatus.READY, second.error
+    strip = lambda r: {k: v for k, v in r.items() if k != "thumbnails"}  # noqa: E731
+    assert strip(second.report) == strip(first.report)
+    assert second.report["totals"] == {"train": 1050, "val": 150, "test": 300}
+    assert list(second.thumbnails) == list(first.thumbnails)
+    # the samples are the second organisation's own stored copies of the same PNGs
+    name_a, name_b = first.thumbnails["3"][0], second.thumbnails["3"][0]
+    assert name_b.startswith(f"catalog/{org_b.pk}/") and name_a != name_b
+    with default_storage.open(name_a) as fa, default_storage.open(name_b) as fb:
+        assert fa.read() == fb.read()
+    page = client_b.get(f"/datasets/{second.pk}/").content.decode()
     assert 'data-split-source="fixed"' in page and "Object detection" in page
 
-    with pytest.raises(DatasetError, match="object-detection data set"):
-        loaders.dataset_load(dataset, work_dir=Path("/nonexistent"))
+
+def test_a_changed_generator_version_or_a_broken_entry_validates_afresh(org_a, monkeypatch):
+    from compression import detection_data
+    from webapp.catalog import sandbox
+    from webapp.catalog.services import builtin_dataset_cache as cache
+
+    services.builtin_samples_ensure(organization=org_a)
+    dataset = Dataset.objects.get(organization=org_a, builtin_key="mnist_scenes")
+    key = cache.cache_key(dataset)
+    assert key is not None
+    png = cache.cache_root().parent / "sample.png"
+    png.parent.mkdir(parents=True)
+    png.write_bytes(_png(7))
+    cache.cache_put(key, report={"classes": ["a"], "marker": 1}, thumbnails={"a": [png]})
+    assert cache.cache_get(key) == (
+        {"classes": ["a"], "marker": 1},
+        {"a": [cache.cache_root() / key / "thumbs/0_0.png"]},
+    )
+
+    children: list[dict[str, object]] = []
+
+    def child_refuses(request: dict[str, object], **kw: object) -> None:
+        children.append(request)
+        raise sandbox.SandboxError("generated again")
+
+    monkeypatch.setattr(sandbox, "run_child", child_refuses)
+    monkeypatch.setattr(
+        detection_data, "MNIST_SCENES_VERSION", detection_data.MNIST_SCENES_VERSION + 1
+    )
+    new_key = cache.cache_key(dataset)
+    assert new_key != key and cache.cache_get(str(new_key)) is None
+    services.dataset_validate(dataset=dataset)
+    dataset.refresh_from_db()
+    assert [c["kind"] for c in children] == ["mnist_scenes"]
+    assert dataset.status == ItemStatus.INVALID and "generated again" in dataset.error
+
+    # a seed is part of the key too, and an entry that cannot be read is a miss, not an error
+    dataset.split_seed = 1
+    assert cache.cache_key(dataset) not in (key, new_key)
+    (cache.cache_root() / key / cache.ENTRY_FILE).write_text("{not json")
+    assert cache.cache_get(key) is None
 
 
 def test_the_page_and_the_api_upload_take_the_task(org_a, client_a, tmp_path):

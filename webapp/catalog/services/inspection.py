@@ -21,6 +21,7 @@ from webapp.catalog.models import (
     ItemStatus,
     ModelVersion,
 )
+from webapp.catalog.services import builtin_dataset_cache
 from webapp.catalog.services.builtin_samples import (
     BUILTIN_TRAIN_DATASET,
     builtin_spec,
@@ -169,6 +170,12 @@ def dataset_validate(*, dataset: Dataset) -> Dataset:
 
     if dataset.status != ItemStatus.PENDING:
         return dataset
+    key = builtin_dataset_cache.cache_key(dataset)
+    cached = builtin_dataset_cache.cache_get(key) if key else None
+    if cached is not None:  # the same set, validated before: copy its report and samples
+        report, thumbs = cached
+        report["name"] = dataset.name or report.get("name", "")
+        return dataset_mark_ready(dataset=dataset, report=report, thumbnail_files=thumbs)
     work = _work_dir(f"dataset-{dataset.pk}-")
     try:
         request: dict[str, Any] = {
@@ -190,6 +197,8 @@ def dataset_validate(*, dataset: Dataset) -> Dataset:
                 )
             return dataset_mark_invalid(dataset=dataset, error=message)
         thumbs = {k: [Path(p) for p in v] for k, v in result.get("thumbnails", {}).items()}
+        if key:
+            builtin_dataset_cache.cache_put(key, report=result["report"], thumbnails=thumbs)
         return dataset_mark_ready(dataset=dataset, report=result["report"], thumbnail_files=thumbs)
     finally:
         work_dir_remove(work)
