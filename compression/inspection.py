@@ -217,6 +217,12 @@ def inspect_onnx(path: Path | str, *, allowed_external: frozenset[str] = frozens
     out_dims = dims_of(graph.output[0]) if graph.output else []
     input_shape = [int(d) for d in in_dims[1:] if isinstance(d, int)]
     num_classes = out_dims[-1] if out_dims and isinstance(out_dims[-1], int) else None
+    extra: dict[str, Any] = {}
+    detector = _detector_facts(model)
+    if detector is not None:
+        # a detector's outputs are head maps, not (batch, classes): the metadata says
+        num_classes = detector["num_classes"]
+        extra["detection"] = detector
     return ModelInfo(
         format="onnx",
         params=params,
@@ -230,5 +236,26 @@ def inspect_onnx(path: Path | str, *, allowed_external: frozenset[str] = frozens
             "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
             "producer": model.producer_name,
             "ops": sorted({n.op_type for n in graph.node}),
+            **extra,
         },
     )
+
+
+def _detector_facts(model: Any) -> dict[str, Any] | None:
+    """What a detector's stored metadata says (priors left out: thousands of numbers), with
+    its outputs' names; None for a model without detection metadata."""
+    from compression.detect_post import DetectionError
+    from compression.detection_export import meta_of_proto
+    from compression.errors import InvalidModelError
+
+    try:
+        meta = meta_of_proto(model)
+    except DetectionError as exc:
+        raise InvalidModelError(f"the model's detection metadata is refused: {exc}") from exc
+    if meta is None:
+        return None
+    facts = meta.to_dict()
+    facts.pop("priors", None)
+    facts["priors"] = len(meta.priors) if meta.priors else None
+    facts["outputs"] = [o.name for o in model.graph.output]
+    return facts

@@ -638,6 +638,68 @@ def _onnx_state(
     )
 
 
+def _onnx_detector_state(
+    path: Path,
+    probe: dict[str, Any],
+    input_shape: tuple[int, int, int] | None,
+    num_classes: int | None,
+) -> ModelState | None:
+    """The state of an ONNX detector (one carrying EdgeSlim's detection metadata, see
+    :mod:`compression.detection_export`), after checking that its outputs are what the
+    post-processing decodes; None for a file without the metadata whose outputs do not look
+    like a detector's raw outputs.
+
+    Raises:
+        InvalidModelError: malformed metadata, outputs the post-processing does not recognise,
+            a number of classes or input shape other than the metadata's, or a model that looks
+            like a detector (several outputs, or outputs with a spatial or box layout) but
+            carries no metadata.
+    """
+    from compression.detect_post import DetectionError, recognise_outputs
+    from compression.detection_export import read_detector_meta
+
+    try:
+        meta = read_detector_meta(path)
+    except DetectionError as exc:
+        raise InvalidModelError(f"{path.name}: {exc}") from exc
+    outputs = probe["outputs"]
+    shapes = [o.get("run_shape") or o["shape"] for o in outputs]
+    if meta is None:
+        looks_like_detector = len(outputs) > 1 or any(
+            len(s) >= 3 and any(isinstance(d, int) and d > 1 for d in s[2:]) for s in shapes
+        )
+        if looks_like_detector:
+            found = ", ".join(str(tuple(s)) for s in shapes)
+            raise InvalidModelError(
+                f"{path.name} has outputs {found}, not a classifier's (batch, classes), and "
+                "carries no detection metadata: EdgeSlim decodes an ONNX detector's raw outputs "
+                "only with the metadata its export stores (compression.detection_export)"
+            )
+        return None
+    inputs = probe["inputs"]
+    try:
+        recognise_outputs(shapes, meta, input_shape=inputs[0]["shape"] if inputs else None)
+    except DetectionError as exc:
+        raise InvalidModelError(
+            f"{path.name} is refused: its outputs are not what the detector's post-processing "
+            f"recognises: {exc}"
+        ) from exc
+    if len(inputs) != 1:
+        raise InvalidModelError(f"{path.name}: expected one image input, found {len(inputs)}")
+    if num_classes is not None and num_classes != meta.num_classes:
+        raise InvalidModelError(
+            f"{path.name} is a detector of {meta.num_classes} classes, not {num_classes}"
+        )
+    shape = (3, meta.input_size, meta.input_size)
+    if input_shape is not None and tuple(input_shape) != shape:
+        raise InvalidModelError(
+            f"{path.name} is a detector with input {shape}, not {tuple(input_shape)}"
+        )
+    return ModelState(
+        input_shape=shape, num_classes=meta.num_classes, task="detection", onnx_path=path
+    )
+
+
 # --- the entry point -----------------------------------------------------------------------
 
 
@@ -684,7 +746,8 @@ def load_model_file(
     kind = sniff_format(path)
     if kind == "onnx":
         probe = probe_onnx(path, memory_bytes=onnx_memory_bytes, allowed_external=allowed_external)
-        return _onnx_state(path, probe, input_shape, num_classes)
+        detector = _onnx_detector_state(path, probe, input_shape, num_classes)
+        return detector or _onnx_state(path, probe, input_shape, num_classes)
     if kind == "safetensors":
         state = read_safetensors(path)
     elif kind in ("torch_state", "torchscript", "torch_package", "pt2"):

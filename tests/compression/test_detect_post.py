@@ -336,3 +336,71 @@ def test_the_agent_module_imports_and_runs_without_torch():
     import edgeslim_agent.detect_post
 
     assert compression.detect_post is edgeslim_agent.detect_post
+
+
+# --- inspection of uploaded ONNX detectors --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def probed(exported):
+    from compression.model_io import probe_onnx
+
+    return probe_onnx(exported[1])  # the memory-capped ONNX Runtime run an upload gets
+
+
+def test_an_onnx_detector_is_inspected_as_a_detector(exported, probed):
+    from compression.inspection import inspect_onnx
+    from compression.model_io import _onnx_detector_state
+
+    _, raw, _ = exported
+    state = _onnx_detector_state(raw, probed, None, None)
+    assert state is not None
+    assert (state.task, state.num_classes, state.input_shape) == ("detection", 3, (3, 64, 64))
+    info = inspect_onnx(raw)
+    assert info.num_classes == 3
+    assert info.extra["detection"]["family"] == "yolo"
+    assert info.extra["detection"]["outputs"] == ["level0", "level1"]
+
+
+def test_inspection_refuses_a_detector_whose_outputs_the_post_processing_does_not_know(
+    exported, probed, tmp_path
+):
+    from compression.errors import InvalidModelError
+    from compression.inspection import inspect_onnx
+    from compression.model_io import _onnx_detector_state, load_model_file
+
+    model, raw, _ = exported
+    # metadata claiming a fourth class: the heads are 16 channels, the post-processing wants 18
+    lying = tmp_path / "lying.onnx"
+    lying.write_bytes(raw.read_bytes())
+    de.write_detector_meta(
+        lying, dataclasses.replace(de.meta_from_model(model), num_classes=4, class_names=None)
+    )
+    with pytest.raises(InvalidModelError) as info:
+        load_model_file(lying)  # the whole upload path
+    message = str(info.value)
+    assert "lying.onnx is refused: its outputs are not what the detector's post-processing" in (
+        message
+    )
+    assert "output 0 has shape (1, 16, 2, 2)" in message and "expects (N, 18, 2, 2)" in message
+    # the same graph without metadata: several head maps are no classifier's output
+    bare = onnx.load(str(raw))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    with pytest.raises(InvalidModelError, match=r"outputs \(1, 16, 2, 2\), \(1, 16, 4, 4\), not a"):
+        _onnx_detector_state(tmp_path / "bare.onnx", probed, None, None)
+    # malformed metadata
+    broken = onnx.load(str(raw))
+    broken.metadata_props[0].value = '{"family": "yolo"'
+    onnx.save(broken, str(tmp_path / "broken.onnx"))
+    with pytest.raises(
+        InvalidModelError, match=r"broken\.onnx: the detection metadata is not valid"
+    ):
+        _onnx_detector_state(tmp_path / "broken.onnx", probed, None, None)
+    with pytest.raises(
+        InvalidModelError, match=r"detection metadata is refused: .* not valid JSON"
+    ):
+        inspect_onnx(tmp_path / "broken.onnx")
+    # a number of classes other than the metadata's
+    with pytest.raises(InvalidModelError, match="is a detector of 3 classes, not 5"):
+        _onnx_detector_state(raw, probed, None, 5)

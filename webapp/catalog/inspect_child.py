@@ -64,6 +64,7 @@ def inspect_model(req: dict[str, Any]) -> dict[str, Any]:
         "num_classes": state.num_classes,
         "in_channels": state.input_shape[0],
         "input_size": state.input_shape[1],
+        "task": state.task,  # "detection" for an ONNX carrying EdgeSlim's detection metadata
     }
 
 
