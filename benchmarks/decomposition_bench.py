@@ -439,6 +439,7 @@ def render(r: dict[str, Any]) -> str:
                 )
             )
         lines.append("")
+    lines += whole_model_speed(r)
     lines += [
         "### Single convs: which decompositions are slower than dense here",
         "",
@@ -475,6 +476,52 @@ def render(r: dict[str, Any]) -> str:
         "Slower than dense, measured: " + (", ".join(slow) if slow else "none") + ".",
     ]
     return "\n".join(lines) + "\n"
+
+
+def whole_model_speed(r: dict[str, Any]) -> list[str]:
+    """Which decomposed models ran slower (or faster) than their trained dense model, measured.
+
+    Same criterion as for the single convs, per seed: slower when the variant's median is above
+    the dense model's by more than the two IQRs together (faster: below by as much); a variant
+    is called slower or faster only when every seed agrees.
+    """
+    slower, faster, unclear = [], [], []
+    for arch, seeds in r["models"].items():
+        for name in VARIANTS:
+            pairs = [(s, s["variants"][name]) for s in seeds if name in s["variants"]]
+            if not pairs:
+                continue
+            calls = []
+            for s, v in pairs:
+                margin = s["iqr_ms"] + v["iqr_ms"]
+                calls.append(
+                    "slower"
+                    if v["p50_ms"] > s["p50_ms"] + margin
+                    else "faster"
+                    if v["p50_ms"] < s["p50_ms"] - margin
+                    else "unclear"
+                )
+            speed = mean([v["speedup"] for _, v in pairs])
+            label = f"`{name}` on `{arch}` ({speed:.2f}x)"
+            if all(c == "slower" for c in calls):
+                slower.append(label)
+            elif all(c == "faster" for c in calls):
+                faster.append(label)
+            else:
+                unclear.append(label)
+    return [
+        "### Whole models: which decompositions are slower than dense here",
+        "",
+        "From the tables above, per seed against that seed's trained model in the same "
+        "interleaved call (a variant counts as slower when its median exceeds the dense median "
+        "by more than the two IQRs together, and only when every seed agrees; speedup in "
+        "brackets, dense / decomposed):",
+        "",
+        f"- slower than dense, measured: {', '.join(slower) or 'none'}",
+        f"- faster than dense, measured: {', '.join(faster) or 'none'}",
+        f"- within the noise: {', '.join(unclear) or 'none'}",
+        "",
+    ]
 
 
 def environment() -> dict[str, Any]:
