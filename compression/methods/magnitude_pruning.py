@@ -2,22 +2,45 @@
 
 Han et al. 2015 ("Learning both Weights and Connections", the pruning step of Deep Compression,
 seed 004) prune the smallest weights and retrain the rest; Zhu & Gupta 2017 ("To prune, or not
-to prune") ramp the sparsity up along a cubic so the network adapts between cuts.
+to prune") ramp the sparsity up along a cubic so the network adapts between cuts. Optionally the
+sparse fine-tuning also learns from the unpruned model's softened predictions (Hinton et al.
+2015's soft targets, the model as it was before this stage as the teacher), which keeps the
+pruned network's function close to the dense one on a small training set.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from compression.errors import ConfigError
 from compression.methods._common import finish, history_metrics, layer_kind, torch_module
+from compression.methods.distillation import soft_target_loss
 from compression.registry import param, register_method
 from compression.stage import LayerChange, StageContext, StageResult
-from compression.training import train
+from compression.training import LossFn, cross_entropy_loss, train
+
+
+def distilling_loss(teacher: nn.Module, alpha: float, temperature: float) -> LossFn:
+    """``alpha`` x the soft-target loss towards ``teacher`` + ``1 - alpha`` x cross-entropy."""
+
+    def loss(
+        module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            teacher_logits = teacher(inputs)
+        logits = module(inputs)
+        value = alpha * soft_target_loss(logits, teacher_logits, temperature)
+        if alpha < 1.0:
+            value = value + (1.0 - alpha) * F.cross_entropy(logits, targets)
+        return value, logits
+
+    return loss
 
 
 @dataclass(frozen=True)
@@ -41,6 +64,16 @@ class MagnitudePruningConfig:
     batch_size: int = param(64, help="training batch size", ge=1, le=4096)
     optimizer: Literal["sgd", "adam"] = param("sgd", help="SGD with Nesterov momentum, or AdamW")
     weight_decay: float = param(5e-4, help="weight decay", ge=0.0, le=1.0)
+    distill: float = param(
+        0.0,
+        help="weight of the soft-target loss towards the unpruned model's predictions during "
+        "the sparse fine-tuning; 1 - distill weighs the label loss (0: labels only)",
+        ge=0.0,
+        le=1.0,
+    )
+    temperature: float = param(
+        4.0, help="softmax temperature of the soft targets (with distill > 0)", gt=0.0, le=100.0
+    )
 
     def validate(self) -> None:
         if self.steps > 1 and self.epochs_per_step == 0 and self.finetune_epochs == 0:
@@ -123,6 +156,13 @@ def run(ctx: StageContext, cfg: MagnitudePruningConfig) -> StageResult:
     before = {n: (_sparsity(w), w.numel()) for n, w in weights.items()}
     kinds = {n: layer_kind(m) for n, m in module.named_modules() if n in weights}
     masks: dict[str, torch.Tensor] = {}
+    loss_fn: LossFn = cross_entropy_loss
+    if cfg.distill > 0.0:
+        # The teacher is the model as it came in: frozen, in eval mode, on the same device.
+        teacher = copy.deepcopy(module).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        loss_fn = distilling_loss(teacher, cfg.distill, cfg.temperature)
 
     def apply_masks(_: nn.Module) -> None:
         # Re-zero after every optimizer step: momentum and weight decay would revive them.
@@ -153,6 +193,7 @@ def run(ctx: StageContext, cfg: MagnitudePruningConfig) -> StageResult:
             batch_size=cfg.batch_size,
             optimizer=cfg.optimizer,
             weight_decay=cfg.weight_decay,
+            loss_fn=loss_fn,
             after_step=apply_masks,
             progress=(done / total_epochs, (done + epochs) / total_epochs),
             label=f"sparse fine-tuning {step + 1}/{cfg.steps}",

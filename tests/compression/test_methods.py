@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compression import registry
-from compression.datasets import DatasetBundle, load_digits
+from compression.datasets import DatasetBundle, ImageTensorDataset, load_digits
 from compression.errors import Cancelled, ConfigError, StageScopeError
 from compression.macs import count_macs
 from compression.methods.channel_pruning import l1_on_bn_scales
@@ -262,6 +263,38 @@ def test_magnitude_pruning_prunes_the_smallest_weights(
     for n, p in model.named_parameters():
         if n in original:
             assert bool(((p == 0) == (original[n].abs() <= cut)).float().mean() > 0.999)
+
+
+def test_magnitude_pruning_can_learn_from_the_unpruned_model_instead_of_the_labels(
+    digits: DatasetBundle, trained_lenet: nn.Module, tmp_path: Path
+) -> None:
+    # Every training label shifted by one class: fine-tuning on labels learns the wrong classes,
+    # fine-tuning on the unpruned model's soft targets alone (distill 1) never reads them.
+    train_set = digits.train
+    wrong = dataclasses.replace(
+        digits,
+        train=ImageTensorDataset(
+            train_set.images, (train_set.labels + 1) % 10, digits.mean, digits.std
+        ),
+    )
+    before = evaluate(trained_lenet, digits.val_loader(), CPU)
+    accs = {}
+    for distill in (0.0, 1.0):
+        model = copy.deepcopy(trained_lenet)
+        ctx = make_ctx(model, wrong, tmp_path)
+        result = run_method(
+            "magnitude_pruning", ctx, sparsity=0.5, steps=1, finetune_epochs=3, lr=0.02,
+            distill=distill,
+        )  # fmt: skip
+        pruned = result.model.module
+        assert pruned is not None
+        weights = [m.weight for m in pruned.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        zeros = sum(int((w == 0).sum()) for w in weights)
+        assert zeros / sum(w.numel() for w in weights) == pytest.approx(0.5, abs=0.01)
+        # The teacher is not left inside the pruned model.
+        assert len(list(pruned.parameters())) == len(list(trained_lenet.parameters()))
+        accs[distill] = evaluate(pruned, digits.val_loader(), CPU)
+    assert accs[0.0] < 40.0 < before - 15.0 < accs[1.0]
 
 
 # --- channel pruning -----------------------------------------------------------------------
