@@ -733,7 +733,7 @@ def load_model_file(
         UnsafeModelError: a pickle, TorchScript, torch.package, ``.pt2`` or external-data ONNX.
         InvalidModelError: malformed, truncated, or not fitting ``arch``.
     """
-    from compression.zoo import create_model, default_input_size, has_model
+    from compression.zoo import create_model, default_input_size, has_model, model_task
 
     path = Path(path)
     if not path.is_file():
@@ -762,6 +762,11 @@ def load_model_file(
         )
     if not has_model(arch):
         create_model(arch)  # raises ConfigError naming the known architectures
+    if model_task(arch) != "classification":
+        raise InvalidModelError(
+            f"{arch!r} is a {model_task(arch)} architecture: weights files are read for "
+            "classification architectures only"
+        )
     guessed_classes, guessed_channels = _infer_sizes(arch, state)
     num_classes = num_classes or guessed_classes or 10
     in_channels = in_channels or (input_shape[0] if input_shape else None) or guessed_channels or 3

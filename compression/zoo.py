@@ -401,3 +401,194 @@ def yolov3(
         width=width,
         input_size=input_size,
     )
+
+
+# --- torchvision detectors ------------------------------------------------------------------
+#
+# Built from torchvision's parts with ``weights=None`` everywhere (its defaults download).
+# Inputs are float images in [0, 1]; the model resizes and normalises them itself. In train mode
+# ``model(images, targets)`` returns a dict of losses; in eval mode ``model(images)`` returns one
+# ``{"boxes", "labels", "scores"}`` dict per image, boxes as x1, y1, x2, y2 in input pixels.
+# Label 0 is torchvision's background: dataset class k is label k + 1 (``label_offset = 1``).
+
+SSD_INPUT_SIZE = 96
+FASTERRCNN_INPUT_SIZE = 160
+FASTERRCNN_BOX_HEAD = 256  # the box head's hidden size (torchvision's default is 1024)
+
+
+def _check_side(input_size: int) -> int:
+    if not isinstance(input_size, int) or input_size < 32 or input_size > 2048 or input_size % 32:
+        raise ConfigError("input_size", f"must be a multiple of 32 in 32..2048, got {input_size!r}")
+    return input_size
+
+
+def _check_width(width: float) -> float:
+    if not isinstance(width, int | float) or not 0 < width <= 4:
+        raise ConfigError("width", f"must be a number in (0, 4], got {width!r}")
+    return float(width)
+
+
+def _tag_detector(
+    model: nn.Module, *, family: str, num_classes: int, input_size: int, label_offset: int
+) -> nn.Module:
+    facts = {
+        "task": "detection",
+        "family": family,
+        "num_classes": num_classes,
+        "input_size": input_size,
+        "label_offset": label_offset,
+    }
+    for key, value in facts.items():
+        setattr(model, key, value)
+    return model
+
+
+class MobileNetV2Features(nn.Module):
+    """MobileNetV2 (torchvision, no weights) as an SSD backbone: feature maps at strides 8, 16
+    and 32 (the ends of its 32-, 96- and 320-channel stages, scaled by ``width``) and one extra
+    depthwise-separable block at stride 64."""
+
+    def __init__(self, *, width: float, in_channels: int) -> None:
+        super().__init__()
+        from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
+        from torchvision.ops.misc import Conv2dNormActivation
+
+        features = tv_mobilenet_v2(weights=None, width_mult=width).features
+        if in_channels != 3:
+            first = features[0][0]
+            assert isinstance(first, nn.Conv2d)
+            features[0][0] = nn.Conv2d(
+                in_channels, first.out_channels, 3, stride=2, padding=1, bias=False
+            )
+        stages = [nn.Sequential(*list(features)[a:b]) for a, b in ((0, 7), (7, 14), (14, 18))]
+        channels = [_out_channels(stage) for stage in stages]
+        self.stages = nn.ModuleList(stages)
+        wide = channels[-1]
+        extra = max(8, round(256 * width / 8) * 8)
+        self.extra = nn.Sequential(
+            Conv2dNormActivation(wide, wide // 2, 1, activation_layer=nn.ReLU6),
+            Conv2dNormActivation(
+                wide // 2, wide // 2, 3, stride=2, groups=wide // 2, activation_layer=nn.ReLU6
+            ),
+            Conv2dNormActivation(wide // 2, extra, 1, activation_layer=nn.ReLU6),
+        )
+        self.out_channels = [*channels, extra]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps: dict[str, torch.Tensor] = {}
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            maps[str(i)] = x
+        maps[str(len(self.stages))] = self.extra(x)
+        return maps
+
+
+def _out_channels(stage: nn.Sequential) -> int:
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    last = stage[-1]
+    assert isinstance(last, InvertedResidual)
+    return int(last.out_channels)
+
+
+@register_model(
+    "ssdlite_mobilenetv2",
+    input_size=SSD_INPUT_SIZE,
+    task="detection",
+    options=("width", "input_size"),
+)
+def ssdlite_mobilenetv2(
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    width: float = 0.5,
+    input_size: int | None = None,
+) -> nn.Module:
+    """SSDlite over MobileNetV2: torchvision's ``SSD`` with an ``SSDLiteHead`` on four levels
+    (strides 8, 16, 32, 64), six default boxes per cell from a ``DefaultBoxGenerator``
+    (scales 0.1..0.9 of the input side). Default width 0.5, input 96."""
+    from functools import partial
+
+    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+    from torchvision.models.detection.ssd import SSD
+    from torchvision.models.detection.ssdlite import SSDLiteHead
+
+    side = _check_side(SSD_INPUT_SIZE if input_size is None else input_size)
+    backbone = MobileNetV2Features(width=_check_width(width), in_channels=in_channels)
+    anchors = DefaultBoxGenerator([[2, 3]] * len(backbone.out_channels), min_ratio=0.1)
+    head = SSDLiteHead(
+        backbone.out_channels,
+        anchors.num_anchors_per_location(),
+        num_classes + 1,
+        partial(nn.BatchNorm2d, eps=0.001, momentum=0.03),
+    )
+    model = SSD(
+        backbone,
+        anchors,
+        (side, side),
+        num_classes + 1,
+        image_mean=[0.5] * in_channels,
+        image_std=[0.5] * in_channels,
+        head=head,
+        score_thresh=0.01,
+        nms_thresh=0.45,
+        detections_per_img=100,
+        topk_candidates=300,
+    )
+    return _tag_detector(
+        model, family="ssd", num_classes=num_classes, input_size=side, label_offset=1
+    )
+
+
+@register_model(
+    "fasterrcnn_mobilenetv3_fpn",
+    input_size=FASTERRCNN_INPUT_SIZE,
+    task="detection",
+    options=("input_size",),
+)
+def fasterrcnn_mobilenetv3_fpn(
+    *, num_classes: int = 10, in_channels: int = 3, input_size: int | None = None
+) -> nn.Module:
+    """Faster R-CNN, MobileNetV3-Large FPN backbone (torchvision's builder, no weights).
+
+    For small inputs: images resized to ``input_size`` (default 160), RPN anchors of 0.1..0.8
+    of it (torchvision's are 32..512 px), 150 proposals at test time (600/300 in training),
+    64 sampled boxes per image and a 256-wide box head (torchvision's is 1024).
+    """
+    if in_channels != 3:
+        raise ConfigError(
+            "in_channels", f"fasterrcnn_mobilenetv3_fpn takes RGB images (3), got {in_channels}"
+        )
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import (
+        FastRCNNPredictor,
+        TwoMLPHead,
+        fasterrcnn_mobilenet_v3_large_fpn,
+    )
+
+    side = _check_side(FASTERRCNN_INPUT_SIZE if input_size is None else input_size)
+    model = fasterrcnn_mobilenet_v3_large_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=num_classes + 1,
+        min_size=side,
+        max_size=side,
+        rpn_pre_nms_top_n_train=600,
+        rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=150,
+        rpn_post_nms_top_n_test=150,
+        box_batch_size_per_image=64,
+        box_detections_per_img=100,
+    )
+    # Anchors for small images: the same count per cell (5 sizes x 3 ratios), so the RPN head
+    # built for torchvision's anchors still fits.
+    levels = len(model.rpn.anchor_generator.sizes)
+    sizes = tuple(max(4, round(side * f)) for f in (0.1, 0.2, 0.4, 0.6, 0.8))
+    model.rpn.anchor_generator = AnchorGenerator((sizes,) * levels, ((0.5, 1.0, 2.0),) * levels)
+    resolution = model.roi_heads.box_roi_pool.output_size[0]
+    channels = model.backbone.out_channels
+    model.roi_heads.box_head = TwoMLPHead(channels * resolution**2, FASTERRCNN_BOX_HEAD)
+    model.roi_heads.box_predictor = FastRCNNPredictor(FASTERRCNN_BOX_HEAD, num_classes + 1)
+    return _tag_detector(
+        model, family="fasterrcnn", num_classes=num_classes, input_size=side, label_offset=1
+    )

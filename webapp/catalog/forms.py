@@ -16,7 +16,9 @@ NORMALIZATION_CHOICES = [
 
 
 def _arch_choices() -> list[tuple[str, str]]:
-    return [("", "— ONNX carries its own graph —")] + [(name, name) for name in list_models()]
+    return [("", "— ONNX carries its own graph —")] + [
+        (name, name) for name in list_models(task="classification")
+    ]
 
 
 class ModelUploadForm(forms.Form):

@@ -159,10 +159,24 @@ def _check_recipe_for_model(args: argparse.Namespace, recipe: Recipe) -> None:
         )
         facts = ModelFacts.from_state(state)
     else:
+        _refuse_a_detector(args.model)
         facts = ModelFacts.from_info(
             None, format="torch", arch=args.model, num_classes=args.num_classes
         )
     check_recipe_for_model(recipe, facts)
+
+
+def _refuse_a_detector(arch: str) -> None:
+    """The command compresses classifiers; a zoo detector is refused naming its task."""
+    from compression.errors import ConfigError
+    from compression.zoo import has_model, model_task
+
+    if has_model(arch) and model_task(arch) != "classification":
+        raise ConfigError(
+            "--model",
+            f"{arch!r} is a {model_task(arch)} architecture; edgeslim compress runs "
+            "classification models",
+        )
 
 
 def _load_model_and_data(args: argparse.Namespace, out: Path) -> tuple[ModelState, DatasetBundle]:
@@ -176,6 +190,8 @@ def _load_model_and_data(args: argparse.Namespace, out: Path) -> tuple[ModelStat
     is_file = model_path.is_file()
     if not is_file and not has_model(args.model):
         raise ConfigError("--model", f"{args.model!r} is neither a file nor a zoo architecture")
+    if not is_file:
+        _refuse_a_detector(args.model)
 
     def load_data(channels: int, size: int) -> DatasetBundle:
         from compression.preprocessing import PreprocessingError

@@ -69,13 +69,20 @@ def _check_torch_spec(
     if not arch:
         raise CatalogInputError(
             "A PyTorch weights file needs its architecture: pick one of "
-            + ", ".join(zoo.list_models())
+            + ", ".join(zoo.list_models(task="classification"))
             + ". Or upload ONNX, which carries its own graph.",
             field="arch",
         )
+    classifiers = zoo.list_models(task="classification")
     if not zoo.has_model(str(arch)):
         raise CatalogInputError(
-            f"Unknown architecture {arch!r}; known: {', '.join(zoo.list_models())}.", field="arch"
+            f"Unknown architecture {arch!r}; known: {', '.join(classifiers)}.", field="arch"
+        )
+    if zoo.model_task(str(arch)) != "classification":
+        raise CatalogInputError(
+            f"{arch!r} is a {zoo.model_task(str(arch))} architecture; weights files are read for "
+            f"classification architectures only: {', '.join(classifiers)}.",
+            field="arch",
         )
     try:
         classes = int(num_classes) if num_classes not in (None, "") else None
