@@ -434,7 +434,8 @@ class LatencyChild:
     """A measuring child process: JSON commands on its stdin, one JSON reply line each.
 
     Commands: ``load`` (open the model and warm up), ``run`` (timed runs), ``stats`` (peak RSS),
-    ``profile`` (op times in a separate session), ``exit``. Always :meth:`close` it.
+    ``profile`` (op times in a separate session), ``detect`` (a detector's timed runs, each with
+    its post-processing), ``exit``. Always :meth:`close` it.
     """
 
     def __init__(self, label: str, *, threads: int) -> None:
@@ -690,6 +691,194 @@ def measure_latency_isolated(
             child.close()
 
 
+# --- detectors: the network alone and end to end with post-processing ------------------------
+
+
+@dataclass
+class DetectorLatency:
+    """A detector's latency without and with its post-processing (milliseconds, one batch).
+
+    Every timed run is one ONNX Runtime inference (``network``) followed by the numpy decode
+    and NMS of :mod:`edgeslim_agent.detect_post` on that inference's outputs
+    (``postprocess``); ``end_to_end`` is their sum per run. Each p50 is the median of its own
+    series, so ``end_to_end_p50_ms`` is close to, not exactly, the sum of the other two.
+    """
+
+    network_p50_ms: float
+    postprocess_p50_ms: float
+    end_to_end_p50_ms: float
+    network_fps: float  # images per second from network_p50_ms
+    end_to_end_fps: float  # images per second from end_to_end_p50_ms
+    detections_per_image: float  # mean over the timed runs' images
+    score_threshold: float
+    batch_size: int
+    input_shape: list[int]
+    runs: int
+    warmup: int
+    threads: int
+    isolated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _load_images(path: str | None) -> np.ndarray | None:
+    if not path:
+        return None
+    return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
+
+
+def _time_detector(
+    bench: _Bench, *, runs: int, warmup: int, images: np.ndarray | None
+) -> dict[str, Any]:
+    """Timed ORT runs, each followed by the post-processing of its own outputs."""
+    from edgeslim_agent import detect_post
+
+    text = bench.session.get_modelmeta().custom_metadata_map.get(detect_post.META_KEY)
+    if not text:
+        raise detect_post.DetectionError(
+            f"{Path(bench.path).name} carries no detection metadata "
+            f"({detect_post.META_KEY}): the post-processing cannot decode its outputs"
+        )
+    meta = detect_post.DetectorMeta.from_json(text)
+    name = bench.session.get_inputs()[0].name
+    if images is None:  # image-like input: a detector's scores depend on what it sees
+        rng = np.random.default_rng(0)
+        images = rng.random(bench.shape).astype(np.float32)
+    feed = {name: images}
+    shapes = [o.shape for o in bench.session.get_outputs()]
+    detect_post.recognise_outputs(
+        [[d if isinstance(d, int) else None for d in s] for s in shapes], meta
+    )
+    for _ in range(warmup):
+        detect_post.postprocess(bench.session.run(None, feed), meta)
+    network, post, total, found = [], [], [], 0
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        outputs = bench.session.run(None, feed)
+        t1 = time.perf_counter_ns()
+        detections = detect_post.postprocess(outputs, meta)
+        t2 = time.perf_counter_ns()
+        network.append((t1 - t0) / 1e6)
+        post.append((t2 - t1) / 1e6)
+        total.append((t2 - t0) / 1e6)
+        found += sum(len(d) for d in detections)
+    return {
+        "network_ms": network,
+        "postprocess_ms": post,
+        "end_to_end_ms": total,
+        "detections": found,
+        "batch_size": int(images.shape[0]),
+        "input_shape": [int(d) for d in images.shape],
+        "score_threshold": meta.score_threshold,
+    }
+
+
+def _detector_result(
+    timed: dict[str, Any], *, runs: int, warmup: int, threads: int, isolated: bool
+) -> DetectorLatency:
+    batch = int(timed["batch_size"])
+    network = float(statistics.median(timed["network_ms"]))
+    total = float(statistics.median(timed["end_to_end_ms"]))
+    return DetectorLatency(
+        network_p50_ms=network,
+        postprocess_p50_ms=float(statistics.median(timed["postprocess_ms"])),
+        end_to_end_p50_ms=total,
+        network_fps=batch * 1000.0 / network if network > 0 else 0.0,
+        end_to_end_fps=batch * 1000.0 / total if total > 0 else 0.0,
+        detections_per_image=timed["detections"] / (runs * batch),
+        score_threshold=float(timed["score_threshold"]),
+        batch_size=batch,
+        input_shape=list(timed["input_shape"]),
+        runs=runs,
+        warmup=warmup,
+        threads=threads,
+        isolated=isolated,
+    )
+
+
+def measure_detector_latency(
+    onnx_path: Path | str,
+    *,
+    images: np.ndarray | None = None,
+    input_shape: Sequence[int] | None = None,
+    threads: int = 2,
+    warmup: int = 5,
+    runs: int = 30,
+    providers: list[str] | None = None,
+    isolated: bool = True,
+    timeout_s: float = 300.0,
+    should_cancel: Callable[[], bool] | None = None,
+) -> DetectorLatency:
+    """Time a raw-output ONNX detector (one carrying the detection metadata) for the network
+    alone and end to end with :func:`edgeslim_agent.detect_post.postprocess`.
+
+    Args:
+        onnx_path: the detector's raw export.
+        images: float ``(N, 3, S, S)`` in [0, 1] to feed (real images give a real number of
+            boxes to sort out); by default seeded uniform noise of the model's input shape.
+        input_shape: the input shape when ``images`` is not given; the model's, batch 1, by
+            default.
+        threads: intra-op threads (and, isolated, the pinned OpenMP/BLAS thread count).
+        warmup: untimed inference + post-processing runs first.
+        runs: timed runs.
+        providers: ONNX Runtime execution providers; CPU by default.
+        isolated: time in a fresh torch-free child (the host); False times in this process
+            (the agent, whose process has no torch).
+        timeout_s: limit of each request to the child.
+        should_cancel: polled while waiting on the child.
+
+    Raises:
+        LatencyError: the model has no detection metadata, its outputs do not fit it, or the
+            child failed.
+    """
+    _check_settings(threads=threads, warmup=warmup, runs=runs)
+    shape = list(images.shape) if images is not None else input_shape
+    if not isolated:
+        from edgeslim_agent.detect_post import DetectionError
+
+        bench = _Bench(
+            onnx_path,
+            input_shape=shape,
+            threads=threads,
+            providers=providers,
+            seed=0,
+        )
+        try:
+            timed = _time_detector(bench, runs=runs, warmup=warmup, images=images)
+        except DetectionError as exc:
+            raise LatencyError(f"measuring {Path(onnx_path).name}: {exc}") from exc
+        return _detector_result(timed, runs=runs, warmup=warmup, threads=threads, isolated=False)
+    child = LatencyChild(str(onnx_path), threads=threads)
+    with tempfile.TemporaryDirectory(prefix="edgeslim-detlat-") as tmp:
+        images_path = None
+        if images is not None:
+            images_path = os.path.join(tmp, "images.npy")
+            np.save(images_path, np.asarray(images, dtype=np.float32))
+        try:
+            child.request(
+                {
+                    "cmd": "load",
+                    "path": str(Path(onnx_path).resolve()),
+                    "input_shape": [int(d) for d in shape] if shape is not None else None,
+                    "threads": threads,
+                    "providers": providers,
+                    "seed": 0,
+                    "warmup": 0,
+                },
+                timeout_s=timeout_s,
+                should_cancel=should_cancel,
+            )
+            timed = child.request(
+                {"cmd": "detect", "runs": runs, "warmup": warmup, "images_path": images_path},
+                timeout_s=timeout_s,
+                should_cancel=should_cancel,
+            )
+        finally:
+            child.close()
+    return _detector_result(timed, runs=runs, warmup=warmup, threads=threads, isolated=True)
+
+
 # --- the child's side -------------------------------------------------------------------------
 
 
@@ -728,6 +917,14 @@ def _child_handle(command: dict[str, Any], state: dict[str, _Bench]) -> dict[str
         return {"peak_rss_mb": peak_rss_mb()}
     if what == "profile":
         return {"op_profile_ms": state["bench"].op_profile()}
+    if what == "detect":
+        images = _load_images(command.get("images_path"))
+        return _time_detector(
+            state["bench"],
+            runs=int(command["runs"]),
+            warmup=int(command.get("warmup", 0)),
+            images=images,
+        )
     raise ValueError(f"unknown command {what!r}")
 
 

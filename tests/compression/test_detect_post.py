@@ -404,3 +404,32 @@ def test_inspection_refuses_a_detector_whose_outputs_the_post_processing_does_no
     # a number of classes other than the metadata's
     with pytest.raises(InvalidModelError, match="is a detector of 3 classes, not 5"):
         _onnx_detector_state(raw, probed, None, 5)
+
+
+# --- latency with and without post-processing -----------------------------------------------
+
+
+@pytest.mark.parametrize("isolated", [False, True])
+def test_detector_latency_times_the_network_and_the_post_processing(exported, isolated):
+    from compression.latency import LatencyError, measure_detector_latency
+
+    model, raw, folder = exported
+    images = np.random.default_rng(4).random((2, 3, 64, 64)).astype(np.float32)
+    result = measure_detector_latency(raw, images=images, runs=4, warmup=1, isolated=isolated)
+    assert result.isolated is isolated and result.batch_size == 2 and result.runs == 4
+    assert result.network_p50_ms > 0 and result.postprocess_p50_ms > 0
+    assert result.end_to_end_p50_ms >= result.network_p50_ms
+    assert result.end_to_end_fps <= result.network_fps
+    # the same images' detections, counted by the post-processing itself
+    meta = de.read_detector_meta(raw)
+    assert meta is not None
+    with torch.no_grad():
+        outputs = [o.numpy() for o in model(torch.from_numpy(images))]
+    expected = sum(len(d) for d in dp.postprocess(outputs, meta)) / 2
+    assert result.detections_per_image == pytest.approx(expected)
+    if not isolated:
+        bare = onnx.load(str(raw))
+        del bare.metadata_props[:]
+        onnx.save(bare, str(folder / "bare_latency.onnx"))
+        with pytest.raises(LatencyError, match="carries no detection metadata"):
+            measure_detector_latency(folder / "bare_latency.onnx", runs=1, isolated=False)
