@@ -47,6 +47,20 @@ def test_a_state_dict_file_is_checked_from_its_layers(
     assert not out.exists()
 
 
+def test_a_zoo_detector_is_refused_naming_its_task_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = tmp_path / "bn.yaml"
+    recipe.write_text(BN_SCALE)
+    out = tmp_path / "out"
+    code = main(["compress", "--model", "yolov3_tiny", "--dataset", "digits", "--recipe",
+                 str(recipe), "--out", str(out), "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "'yolov3_tiny' is a detection architecture" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_the_same_recipe_passes_the_check_on_vgg11_bn(tmp_path: Path) -> None:
     import argparse
 

@@ -109,6 +109,21 @@ def test_a_weights_file_without_an_architecture_is_refused_naming_the_choices(
     assert media_files(tmp_path) == []
 
 
+def test_a_detection_architecture_is_refused_for_a_weights_file_and_not_offered(
+    org_a, user_a, tmp_path
+):
+    from webapp.catalog.forms import ModelUploadForm
+
+    with pytest.raises(
+        CatalogInputError, match="'yolov3_tiny' is a detection architecture"
+    ) as info:
+        _upload(org_a, user_a, lenet5_safetensors(tmp_path / "l.safetensors"), arch="yolov3_tiny")
+    assert info.value.field == "arch" and "lenet5" in str(info.value)
+    assert media_files(tmp_path) == []
+    offered = {value for value, _ in ModelUploadForm().fields["arch"].choices}  # type: ignore[attr-defined]
+    assert "lenet5" in offered and not offered & {"yolov3", "yolov3_tiny", "ssdlite_mobilenetv2"}
+
+
 def test_a_pickled_module_ends_invalid_with_the_export_hint_and_its_file_removed(
     org_a, user_a, tmp_path
 ):
