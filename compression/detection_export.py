@@ -225,12 +225,17 @@ def export_detector(
                 output_names=names,
                 dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}},
             )
+        # The shapes one run gives (the exporter leaves some spatial dims symbolic, after a
+        # padded max-pool for one), checked against the metadata and then declared as such.
+        run = _session(tmp).run(None, {INPUT_NAME: example.numpy()})
+        recognise_outputs([np.shape(o) for o in run], meta)
         proto = onnx.load(str(tmp))
-        shapes = [
-            [d.dim_value if d.HasField("dim_value") else None for d in o.type.tensor_type.shape.dim]
-            for o in proto.graph.output
-        ]
-        recognise_outputs(shapes, meta)
+        for output, shape in zip(proto.graph.output, meta.expected_output_shapes(), strict=True):
+            dims = output.type.tensor_type.shape.dim
+            for dim, size in zip(dims, shape, strict=True):
+                if size is not None:
+                    dim.ClearField("dim_param")
+                    dim.dim_value = size
         _set_meta(proto, meta)
         onnx.save(proto, str(tmp))
     except DetectionError as exc:

@@ -746,10 +746,7 @@ def _time_detector(
         rng = np.random.default_rng(0)
         images = rng.random(bench.shape).astype(np.float32)
     feed = {name: images}
-    shapes = [o.shape for o in bench.session.get_outputs()]
-    detect_post.recognise_outputs(
-        [[d if isinstance(d, int) else None for d in s] for s in shapes], meta
-    )
+    detect_post.recognise_outputs([np.shape(o) for o in bench.session.run(None, feed)], meta)
     for _ in range(warmup):
         detect_post.postprocess(bench.session.run(None, feed), meta)
     network, post, total, found = [], [], [], 0

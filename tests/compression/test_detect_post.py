@@ -281,6 +281,25 @@ def test_parity_torch_against_ort_numpy_and_end_to_end(exported, threshold):
     assert report.ok
 
 
+def test_the_zoo_yolov3_tiny_exports_with_parity(tmp_path):
+    from compression.zoo import create_model
+
+    torch.manual_seed(0)
+    model = create_model("yolov3_tiny", num_classes=4, width=0.125, input_size=64)
+    raw = de.export_detector(model, tmp_path / "tiny.onnx")
+    # every box above 0.001, no cap reached: an untrained head's scores sit within float noise
+    # of each other, and a binding cap would cut between near-ties
+    meta = dataclasses.replace(
+        de.meta_from_model(model), score_threshold=0.001, max_detections=1000
+    )
+    e2e = de.export_end_to_end(raw, tmp_path / "tiny_e2e.onnx", meta=meta)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    report = de.check_parity(model, raw, images, end_to_end_path=e2e, meta=meta)
+    assert report.numpy.reference > 50
+    assert report.numpy.matched_fraction == 1.0 and report.numpy.max_box_diff < 1e-3
+    assert report.end_to_end is not None and report.end_to_end.matched_fraction == 1.0
+
+
 def test_end_to_end_graph_returns_the_numpy_boxes_capped_per_image(exported):
     import onnxruntime as ort
 
