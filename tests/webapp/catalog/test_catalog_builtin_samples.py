@@ -30,7 +30,9 @@ def test_builtin_samples_are_created_once_per_organisation(
     assert len(callbacks) == len(keys) + 3  # one inspection per model, one validation per set
 
 
-def test_the_builtin_lenet5_is_trained_on_mnist_and_recorded_as_such(org_a, settings):
+def test_the_builtin_lenet5_is_trained_on_mnist_and_recorded_as_such(
+    org_a, org_b, settings, monkeypatch
+):
     # Two full epochs (about 7 s); the test settings otherwise train a few batches only.
     settings.EDGESLIM_BUILTIN_TRAIN_EPOCHS = 2
     settings.EDGESLIM_BUILTIN_TRAIN_MAX_BATCHES = 0
@@ -52,6 +54,27 @@ def test_the_builtin_lenet5_is_trained_on_mnist_and_recorded_as_such(org_a, sett
     # The record it was trained with: 32x32 grayscale, MNIST's own statistics.
     pre = version.preprocessing
     assert (pre["input_size"], pre["channels"]) == ([32, 32], 1) and pre["mean"][0] > 0.05
+
+    # The same build for a second organisation is a copy of the first: the same weights,
+    # training record and inspection, without the sandbox child training or inspecting again.
+    from django.core.files.storage import default_storage
+
+    from webapp.catalog import sandbox
+
+    def no_child(*args: object, **kw: object) -> None:
+        raise AssertionError("the cached build was made again")
+
+    monkeypatch.setattr(sandbox, "run_child", no_child)
+    services.builtin_samples_ensure(organization=org_b)
+    copy = ModelVersion.objects.get(organization=org_b, builtin_key="zoo:lenet5")
+    services.model_version_inspect(version=copy)
+    copy.refresh_from_db()
+    assert copy.status == ItemStatus.READY, copy.error
+    assert copy.file.name != version.file.name and copy.file.name.startswith(f"catalog/{org_b.pk}/")
+    assert copy.sha256 == version.sha256 and copy.params == version.params
+    with default_storage.open(copy.file.name) as fh:
+        assert len(fh.read()) == version.size_bytes
+    assert copy.info == version.info and copy.preprocessing == version.preprocessing
 
 
 @pytest.mark.parametrize("key", ["zoo:resnet20"])  # VGG-11-BN: the same path, 40 s slower

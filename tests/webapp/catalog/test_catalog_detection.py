@@ -173,7 +173,7 @@ def test_the_builtin_mnist_scenes_set_validates_once_with_fixed_splits_for_every
     follows from its fingerprint alone, so the second organisation's row gets the same report
     and samples without the child generating the scenes again."""
     from webapp.catalog import sandbox
-    from webapp.catalog.services import builtin_dataset_cache as cache
+    from webapp.catalog.services import builtin_cache as cache
 
     for org in (org_a, org_b):
         services.builtin_samples_ensure(organization=org)
@@ -192,8 +192,8 @@ def test_the_builtin_mnist_scenes_set_validates_once_with_fixed_splits_for_every
     with pytest.raises(DatasetError, match="object-detection data set"):
         loaders.dataset_load(first, work_dir=Path("/nonexistent"))
 
-    key = cache.cache_key(first)
-    assert key and key.startswith("mnist_scenes-seed0-v") and cache.cache_get(key) is not None
+    key = cache.dataset_cache_key(first)
+    assert key and key.startswith("dataset-mnist_scenes-seed0-") and cache.dataset_get(key)
 
     def no_child(*args: object, **kw: object) -> None:
         raise AssertionError("the cached set was generated again")
@@ -216,22 +216,21 @@ def test_the_builtin_mnist_scenes_set_validates_once_with_fixed_splits_for_every
     assert 'data-split-source="fixed"' in page and "Object detection" in page
 
 
-def test_a_changed_generator_version_or_a_broken_entry_validates_afresh(org_a, monkeypatch):
+def test_a_changed_generator_or_a_broken_entry_validates_afresh(org_a, monkeypatch, tmp_path):
     from compression import detection_data
     from webapp.catalog import sandbox
-    from webapp.catalog.services import builtin_dataset_cache as cache
+    from webapp.catalog.services import builtin_cache as cache
 
     services.builtin_samples_ensure(organization=org_a)
     dataset = Dataset.objects.get(organization=org_a, builtin_key="mnist_scenes")
-    key = cache.cache_key(dataset)
+    key = cache.dataset_cache_key(dataset)
     assert key is not None
-    png = cache.cache_root().parent / "sample.png"
-    png.parent.mkdir(parents=True)
+    png = tmp_path / "sample.png"
     png.write_bytes(_png(7))
-    cache.cache_put(key, report={"classes": ["a"], "marker": 1}, thumbnails={"a": [png]})
-    assert cache.cache_get(key) == (
+    cache.dataset_put(key, report={"classes": ["a"], "marker": 1}, thumbnails={"a": [png]})
+    assert cache.dataset_get(key) == (
         {"classes": ["a"], "marker": 1},
-        {"a": [cache.cache_root() / key / "thumbs/0_0.png"]},
+        {"a": [cache.cache_root() / key / "files" / "0_0.png"]},
     )
 
     children: list[dict[str, object]] = []
@@ -244,18 +243,24 @@ def test_a_changed_generator_version_or_a_broken_entry_validates_afresh(org_a, m
     monkeypatch.setattr(
         detection_data, "MNIST_SCENES_VERSION", detection_data.MNIST_SCENES_VERSION + 1
     )
-    new_key = cache.cache_key(dataset)
-    assert new_key != key and cache.cache_get(str(new_key)) is None
+    new_key = cache.dataset_cache_key(dataset)
+    assert new_key != key and cache.dataset_get(str(new_key)) is None
     services.dataset_validate(dataset=dataset)
     dataset.refresh_from_db()
     assert [c["kind"] for c in children] == ["mnist_scenes"]
     assert dataset.status == ItemStatus.INVALID and "generated again" in dataset.error
 
-    # a seed is part of the key too, and an entry that cannot be read is a miss, not an error
+    # the seed and the code that makes the result are in the key too
     dataset.split_seed = 1
-    assert cache.cache_key(dataset) not in (key, new_key)
+    assert cache.dataset_cache_key(dataset) not in (key, new_key)
+    dataset.split_seed = 0
+    edited = tmp_path / "inspect_child.py"
+    edited.write_bytes(cache.CHILD_SOURCE.read_bytes() + b"# edited\n")
+    monkeypatch.setattr(cache, "CHILD_SOURCE", edited)
+    assert cache.dataset_cache_key(dataset) not in (key, new_key)
+    # an entry that cannot be read is a miss, not an error
     (cache.cache_root() / key / cache.ENTRY_FILE).write_text("{not json")
-    assert cache.cache_get(key) is None
+    assert cache.dataset_get(key) is None
 
 
 def test_the_page_and_the_api_upload_take_the_task(org_a, client_a, tmp_path):

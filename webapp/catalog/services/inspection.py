@@ -21,7 +21,7 @@ from webapp.catalog.models import (
     ItemStatus,
     ModelVersion,
 )
-from webapp.catalog.services import builtin_dataset_cache
+from webapp.catalog.services import builtin_cache
 from webapp.catalog.services.builtin_samples import (
     BUILTIN_TRAIN_DATASET,
     builtin_spec,
@@ -55,6 +55,10 @@ def _work_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
+# The file name a cached built-in model's weights are kept under (builtin_cache).
+WEIGHTS = "weights.safetensors"
+
+
 def model_version_inspect(*, version: ModelVersion) -> ModelVersion:
     """Inspect a pending version in the sandbox child and mark it ready or invalid.
 
@@ -69,42 +73,58 @@ def model_version_inspect(*, version: ModelVersion) -> ModelVersion:
     work = _work_dir(f"inspect-{version.pk}-")
     try:
         built: dict[str, Any] = {}
+        result: dict[str, Any] | None = None
+        key = ""
         if version.is_builtin and not version.file:
             spec = builtin_spec(version) or {}
-            built = run_child(
+            build = {
+                "action": "builtin",
+                "arch": version.arch,
+                "num_classes": version.num_classes or 10,
+                "in_channels": version.in_channels or 1,
+                "input_size": version.input_size or 32,
+                "train_epochs": builtin_train_epochs(spec) if spec else 0,
+                "train_dataset": BUILTIN_TRAIN_DATASET,
+                "train_optimizer": str(spec.get("train_optimizer", "adam")),
+                "train_lr": float(spec.get("train_lr", 0.003)),
+                "max_batches": int(getattr(settings, "EDGESLIM_BUILTIN_TRAIN_MAX_BATCHES", 0) or 0),
+                "out_path": str(work / f"{version.arch}.safetensors"),
+            }
+            key = builtin_cache.model_cache_key(build)
+            cached = builtin_cache.cache_get(key)
+            if cached is not None and WEIGHTS in cached[1] and "inspect" in cached[0]:
+                # The same build, made before: its weights, training record and inspection.
+                built, result = dict(cached[0]["built"]), dict(cached[0]["inspect"])
+                built["path"] = str(cached[1][WEIGHTS])
+                key = ""  # nothing new to store
+            else:
+                # Training takes longer than an inspection; the cap on memory stays.
+                timeout = 3 * float(settings.EDGESLIM_INSPECT_TIMEOUT_S)
+                built = run_child(build, work_dir=work, timeout_s=timeout)
+            model_version_set_file(version=version, path=built["path"])
+        if result is None:
+            path = stored_file_local_path(version.file, work_dir=work)
+            result = run_child(
                 {
-                    "action": "builtin",
+                    "action": "model",
+                    "path": str(path),
+                    "format": version.format,
                     "arch": version.arch,
-                    "num_classes": version.num_classes or 10,
-                    "in_channels": version.in_channels or 1,
-                    "input_size": version.input_size or 32,
-                    "train_epochs": builtin_train_epochs(spec) if spec else 0,
-                    "train_dataset": BUILTIN_TRAIN_DATASET,
-                    "train_optimizer": str(spec.get("train_optimizer", "adam")),
-                    "train_lr": float(spec.get("train_lr", 0.003)),
-                    "max_batches": int(
-                        getattr(settings, "EDGESLIM_BUILTIN_TRAIN_MAX_BATCHES", 0) or 0
-                    ),
-                    "out_path": str(work / f"{version.arch}.safetensors"),
+                    "num_classes": version.num_classes,
+                    "in_channels": version.in_channels,
+                    "input_size": version.input_size,
                 },
                 work_dir=work,
-                # Training takes longer than an inspection; the cap on memory stays.
-                timeout_s=3 * float(settings.EDGESLIM_INSPECT_TIMEOUT_S),
             )
-            model_version_set_file(version=version, path=built["path"])
-        path = stored_file_local_path(version.file, work_dir=work)
-        result = run_child(
-            {
-                "action": "model",
-                "path": str(path),
-                "format": version.format,
-                "arch": version.arch,
-                "num_classes": version.num_classes,
-                "in_channels": version.in_channels,
-                "input_size": version.input_size,
-            },
-            work_dir=work,
-        )
+        if key:
+            builtin_cache.cache_put(
+                key,
+                payload={
+                    "built": {k: v for k, v in built.items() if k != "path"},
+                    "inspect": result,
+                },
+                files={WEIGHTS: Path(built["path"])},
+            )
     except (SandboxError, FileNotFoundError) as exc:
         # Errors name the stored file; show the name the user uploaded instead.
         message = str(exc)
@@ -170,8 +190,8 @@ def dataset_validate(*, dataset: Dataset) -> Dataset:
 
     if dataset.status != ItemStatus.PENDING:
         return dataset
-    key = builtin_dataset_cache.cache_key(dataset)
-    cached = builtin_dataset_cache.cache_get(key) if key else None
+    key = builtin_cache.dataset_cache_key(dataset)
+    cached = builtin_cache.dataset_get(key) if key else None
     if cached is not None:  # the same set, validated before: copy its report and samples
         report, thumbs = cached
         report["name"] = dataset.name or report.get("name", "")
@@ -198,7 +218,7 @@ def dataset_validate(*, dataset: Dataset) -> Dataset:
             return dataset_mark_invalid(dataset=dataset, error=message)
         thumbs = {k: [Path(p) for p in v] for k, v in result.get("thumbnails", {}).items()}
         if key:
-            builtin_dataset_cache.cache_put(key, report=result["report"], thumbnails=thumbs)
+            builtin_cache.dataset_put(key, report=result["report"], thumbnails=thumbs)
         return dataset_mark_ready(dataset=dataset, report=result["report"], thumbnail_files=thumbs)
     finally:
         work_dir_remove(work)
