@@ -21,8 +21,10 @@ labels shifted back from ``1..C`` to ``0..C-1``.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,8 +161,9 @@ class MapAccumulator:
             raise ValueError(
                 f"mAP is undefined: the {self.images} image(s) scored have no ground-truth box"
             )
-        coco = self._coco.compute()
-        at50 = self._at50.compute()
+        with _quiet("faster_coco_eval"):  # it logs its whole summary table at INFO
+            coco = self._coco.compute()
+            at50 = self._at50.compute()
         per50 = _per_class(at50)
         per5095 = _per_class(coco)
         per_class: dict[str, ClassAP] = {}
@@ -181,6 +184,17 @@ class MapAccumulator:
             detections=self.detections,
             ground_truths=int(self._gt_per_class.sum()),
         )
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    old = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 def _clean(value: float) -> float:
