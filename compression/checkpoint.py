@@ -168,6 +168,8 @@ def save_checkpoint(model: ModelState, stem: Path | str) -> Path:
             "num_classes": model.arch.num_classes,
             "in_channels": model.arch.in_channels,
         }
+        if model.arch.options:
+            meta["arch"]["options"] = dict(model.arch.options)
     if model.module is not None:
         if model.arch is None:
             raise CheckpointError("a torch model without a zoo architecture cannot be checkpointed")
@@ -197,6 +199,18 @@ def save_checkpoint(model: ModelState, stem: Path | str) -> Path:
     return weights
 
 
+def _arch_spec(raw: dict[str, Any]) -> ArchSpec:
+    options = raw.get("options") or {}
+    if not isinstance(options, dict):
+        raise CheckpointError("checkpoint metadata: arch.options must be an object")
+    return ArchSpec(
+        name=str(raw["name"]),
+        num_classes=int(raw["num_classes"]),
+        in_channels=int(raw["in_channels"]),
+        options=tuple(sorted(options.items())),
+    )
+
+
 def load_checkpoint(path: Path | str, *, verify: bool = True) -> ModelState:
     """Load a checkpoint written by :func:`save_checkpoint` (give the weights or the JSON path).
 
@@ -220,7 +234,7 @@ def load_checkpoint(path: Path | str, *, verify: bool = True) -> ModelState:
         raise CheckpointError(f"checkpoint weights {weights.name} are missing")
     if verify and sha256_file(weights) != meta.get("sha256"):
         raise CheckpointError(f"checkpoint weights {weights.name} do not match their sha256")
-    arch = ArchSpec(**meta["arch"]) if meta.get("arch") else None
+    arch = _arch_spec(meta["arch"]) if meta.get("arch") else None
     input_shape = tuple(int(v) for v in meta["input_shape"])
     assert len(input_shape) == 3
     base = {
@@ -233,7 +247,7 @@ def load_checkpoint(path: Path | str, *, verify: bool = True) -> ModelState:
         return ModelState(onnx_path=weights, **base)
     if arch is None:
         raise CheckpointError("torch checkpoint without an architecture")
-    module = create_model(arch.name, num_classes=arch.num_classes, in_channels=arch.in_channels)
+    module = create_model(arch.name, **arch.build_kwargs())
     try:
         apply_structure(module, meta.get("structure") or [])
     except StructureError as exc:

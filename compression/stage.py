@@ -23,6 +23,17 @@ class ArchSpec:
     name: str
     num_classes: int
     in_channels: int
+    # The zoo options beyond the sizes, sorted by name, e.g. (("input_size", 96), ("width", 0.25))
+    # for a detector; a tuple so the spec stays hashable.
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def build_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild the architecture with ``zoo.create_model``."""
+        return {
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            **dict(self.options),
+        }
 
 
 @dataclass

@@ -298,3 +298,22 @@ def test_yolov3_tiny_raw_heads_export_to_onnx_and_onnxruntime_agrees(tmp_path: P
     assert [g.shape for g in got] == [(2, 27, 2, 2), (2, 27, 4, 4)]
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, atol=1e-4, rtol=0)
+
+
+def test_a_checkpoint_rebuilds_a_detector_with_its_zoo_options(tmp_path: Path) -> None:
+    from compression.checkpoint import load_checkpoint, save_checkpoint
+    from compression.stage import ArchSpec, ModelState
+
+    options: dict[str, Any] = {"width": 0.125, "input_size": 64}
+    module = create_model("yolov3_tiny", num_classes=2, **options).eval()
+    arch = ArchSpec("yolov3_tiny", 2, 3, options=tuple(sorted(options.items())))
+    state = ModelState(
+        input_shape=(3, 64, 64), num_classes=2, task="detection", module=module, arch=arch
+    )
+    back = load_checkpoint(save_checkpoint(state, tmp_path / "tiny"))
+    assert back.arch == arch and back.task == "detection"
+    assert isinstance(back.module, DarknetDetector) and back.module.input_size == 64
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for got, want in zip(back.module.eval()(x), module(x), strict=True):
+            torch.testing.assert_close(got, want)
