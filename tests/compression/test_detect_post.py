@@ -428,9 +428,22 @@ def test_inspection_refuses_a_detector_whose_outputs_the_post_processing_does_no
 # --- latency with and without post-processing -----------------------------------------------
 
 
-@pytest.mark.parametrize("isolated", [False, True])
-def test_detector_latency_times_the_network_and_the_post_processing(exported, isolated):
+def test_export_and_check_writes_both_graphs_checks_parity_and_times_both_ways(tmp_path):
+    torch.manual_seed(0)
+    model = TinyYolo()
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    done = de.export_and_check(model, tmp_path, images, latency_runs=2, warmup=0)
+    assert Path(done.raw_path).is_file() and Path(done.end_to_end_path or "").is_file()
+    assert done.parity.ok and done.meta["family"] == "yolo"
+    assert done.latency is not None and done.latency["isolated"] is True
+    assert done.latency["end_to_end_p50_ms"] >= done.latency["network_p50_ms"] > 0
+
+
+def test_detector_latency_times_the_network_and_the_post_processing(exported):
+    """In process here; export_and_check above times in the isolated child."""
     from compression.latency import LatencyError, measure_detector_latency
+
+    isolated = False
 
     model, raw, folder = exported
     images = np.random.default_rng(4).random((2, 3, 64, 64)).astype(np.float32)
@@ -446,9 +459,8 @@ def test_detector_latency_times_the_network_and_the_post_processing(exported, is
         outputs = [o.numpy() for o in model(torch.from_numpy(images))]
     expected = sum(len(d) for d in dp.postprocess(outputs, meta)) / 2
     assert result.detections_per_image == pytest.approx(expected)
-    if not isolated:
-        bare = onnx.load(str(raw))
-        del bare.metadata_props[:]
-        onnx.save(bare, str(folder / "bare_latency.onnx"))
-        with pytest.raises(LatencyError, match="carries no detection metadata"):
-            measure_detector_latency(folder / "bare_latency.onnx", runs=1, isolated=False)
+    bare = onnx.load(str(raw))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(folder / "bare_latency.onnx"))
+    with pytest.raises(LatencyError, match="carries no detection metadata"):
+        measure_detector_latency(folder / "bare_latency.onnx", runs=1, isolated=False)
