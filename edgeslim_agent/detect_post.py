@@ -286,7 +286,8 @@ def decode_yolo(outputs: Sequence[np.ndarray], meta: DetectorMeta) -> tuple[np.n
         anchor_wh = np.asarray(anchors, dtype=np.float32).reshape(1, a, 1, 1, 2)
         x = (_sigmoid(t[..., 0]) + cx) * stride
         y = (_sigmoid(t[..., 1]) + cy) * stride
-        wh = anchor_wh * np.exp(t[..., 2:4])
+        with np.errstate(over="ignore"):  # a huge tw is an inf box, clipped by select()
+            wh = anchor_wh * np.exp(t[..., 2:4])
         boxes = np.stack(
             [x - wh[..., 0] / 2, y - wh[..., 1] / 2, x + wh[..., 0] / 2, y + wh[..., 1] / 2],
             axis=-1,
