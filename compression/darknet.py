@@ -329,6 +329,10 @@ class DarknetDetector(nn.Module):
         self.width = float(width)
         self.in_channels = in_channels or net.integer("channels", 3, low=1, high=64)
         self.input_size = input_size if input_size is not None else cfg_width
+        if not isinstance(self.input_size, int) or not 32 <= self.input_size <= 8192:
+            raise ConfigError(
+                "input_size", f"must be a positive multiple of 32, got {self.input_size!r}"
+            )
         self.cfg_input_size = cfg_width
         classes = self._classes(layers, num_classes)
         self.num_classes = classes
@@ -392,7 +396,7 @@ class DarknetDetector(nn.Module):
             elif sec.kind == "yolo":
                 anchors, mask = self._anchors(sec)
                 head = layers[i - 1] if i > 0 else None
-                if head is None or head.kind != "convolutional" or i - 1 not in heads:
+                if head is None or head.kind != "convolutional":
                     raise sec.error("must follow the [convolutional] layer that is its head")
                 picked = tuple((anchors[m][0] * scale, anchors[m][1] * scale) for m in mask)
                 level_anchors.append(picked)
