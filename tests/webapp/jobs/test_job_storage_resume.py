@@ -113,7 +113,7 @@ def _up(base: str) -> bool:
 
 
 def test_a_killed_job_resumes_on_another_worker_and_the_web_serves_it_from_the_bucket(
-    queue, s3_storage: S3Bucket, tmp_path: Path
+    queue, s3_storage: S3Bucket, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     folder_a, folder_b, folder_web = (tmp_path / n for n in ("worker-a", "worker-b", "web"))
     log = tmp_path / "workers.log"
@@ -122,6 +122,14 @@ def test_a_killed_job_resumes_on_another_worker_and_the_web_serves_it_from_the_b
     recipe = two_stage_recipe()
     recipe["stages"][1] = {"method": "finetune", "config": {"epochs": 2, "batch_size": 64}}
     procs: list[subprocess.Popen[bytes]] = []
+    # The web process (its own data folder) starts now, beside the workers: it serves nothing
+    # until the job is done, and starting it here keeps its start off the test's critical path.
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    web_log = tmp_path / "daphne.log"
+    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
+    web = _start([*argv, "webapp.asgi:application"], _env(s3_storage, folder_web), web_log)
+    request.addfinalizer(lambda: _stop(web))  # also when an assertion below fails
     try:
         procs.append(_start_worker(queue, _env(s3_storage, folder_a), log))
         job = services.job_create(
@@ -158,11 +166,6 @@ def test_a_killed_job_resumes_on_another_worker_and_the_web_serves_it_from_the_b
     assert not (folder_a / "jobs" / str(job.uid) / "report.json").exists()
 
     # A web process with yet another data folder serves the report and the model from the bucket.
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    web_log = tmp_path / "daphne.log"
-    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
-    web = _start([*argv, "webapp.asgi:application"], _env(s3_storage, folder_web), web_log)
     try:
         _wait_for(lambda: _up(base), 90, "the web process", web_log)
         _, token = api_token_create(user=user, name="storage")
