@@ -4,7 +4,8 @@
 the defaults below apply. pytest-django imports the settings before any conftest, so after
 filling in the environment the settings module is read again, once, before any database,
 cache or channel-layer connection exists. Each run gets its own Redis key prefixes (cache,
-channel layer, Celery broker) so parallel runs sharing Redis db 15 never see each other.
+channel layer, Celery broker) so parallel runs sharing Redis db 15 never see each other. The
+built-in samples' cache is shared by every run on the machine (its keys name the code).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ _DEFAULTS = {
     "EDGESLIM_CHANNEL_PREFIX": f"edgeslim-test-{_RUN_ID}",
     "EDGESLIM_CACHE_PREFIX": f"edgeslim-test-{_RUN_ID}",
     "EDGESLIM_BROKER_PREFIX": f"edgeslim-test-{_RUN_ID}:",
+    # The built-in samples' results, kept across runs (keyed by the code that makes them; the
+    # catalog tests use their own): a live-stack test's organisation gets them at once.
+    "EDGESLIM_BUILTIN_CACHE_DIR": os.path.join(tempfile.gettempdir(), "edgeslim-test-builtin"),
 }
 for _name, _value in _DEFAULTS.items():
     os.environ.setdefault(_name, _value)

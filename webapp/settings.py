@@ -234,6 +234,11 @@ EDGESLIM_INSPECT_TIMEOUT_S = envint("EDGESLIM_INSPECT_TIMEOUT_S", 600)
 _TEST = EDGESLIM_ENV == "test"
 EDGESLIM_BUILTIN_TRAIN_EPOCHS = envint("EDGESLIM_BUILTIN_TRAIN_EPOCHS", 1 if _TEST else 0)
 EDGESLIM_BUILTIN_TRAIN_MAX_BATCHES = envint("EDGESLIM_BUILTIN_TRAIN_MAX_BATCHES", 5 if _TEST else 0)
+# Where the built-in samples' validations and builds are kept for the next organisation
+# (webapp/catalog/services/builtin_cache.py; entries are keyed by the code that makes them).
+EDGESLIM_BUILTIN_CACHE_DIR = Path(
+    env("EDGESLIM_BUILTIN_CACHE_DIR", str(DATA_DIR / "cache" / "builtin"))
+).resolve()
 
 # --- compression jobs ----------------------------------------------------------------------------
 # A run holds a lease on its Job row and renews it while it reports progress; a worker that dies

@@ -14,10 +14,13 @@ from webapp.accounts.models import Membership, Organization, User
 
 @pytest.fixture(autouse=True)
 def catalog_storage(settings, tmp_path: Path) -> Iterator[Path]:  # type: ignore[no-untyped-def]
-    """Uploads, temp chunks and worker scratch go under this test's own folder."""
+    """Uploads, temp chunks, worker scratch and the built-in cache go under this test's own
+    folder."""
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.EDGESLIM_UPLOAD_TMP_DIR = tmp_path / "uploads"
     settings.DATA_DIR = tmp_path / "data"
+    # Each test builds the built-in samples afresh (the suite's shared cache is for the stack).
+    settings.EDGESLIM_BUILTIN_CACHE_DIR = tmp_path / "data" / "cache" / "builtin"
     yield tmp_path
 
 

@@ -175,6 +175,9 @@ def test_the_builtin_mnist_scenes_set_validates_once_with_fixed_splits_for_every
     from webapp.catalog import sandbox
     from webapp.catalog.services import builtin_cache as cache
 
+    # The code digest as it is now, so others' edits to compression/ meanwhile change no key.
+    digest = cache.code_digest()
+    monkeypatch.setattr(cache, "code_digest", lambda: digest)
     for org in (org_a, org_b):
         services.builtin_samples_ensure(organization=org)
     first = Dataset.objects.get(organization=org_a, builtin_key="mnist_scenes")
@@ -261,6 +264,34 @@ def test_a_changed_generator_or_a_broken_entry_validates_afresh(org_a, monkeypat
     # an entry that cannot be read is a miss, not an error
     (cache.cache_root() / key / cache.ENTRY_FILE).write_text("{not json")
     assert cache.dataset_get(key) is None
+
+
+def test_storing_an_entry_prunes_the_same_items_entries_unused_for_an_hour(tmp_path):
+    import os
+    import time
+
+    from webapp.catalog.services import builtin_cache as cache
+
+    png = tmp_path / "sample.png"
+    png.write_bytes(_png(3))
+    old, recent, other = "model-lenet5-aaaa", "model-lenet5-bbbb", "model-vgg11_bn-cccc"
+    for key in (old, recent, other):
+        cache.cache_put(key, payload={"key": key}, files={"w.bin": png})
+    hour_ago = time.time() - cache.PRUNE_AFTER_S - 60
+    for key in (old, other):
+        os.utime(cache.cache_root() / key, (hour_ago, hour_ago))
+    assert cache.cache_get(old) is not None  # reading an entry marks it used now
+    assert (cache.cache_root() / old).stat().st_mtime > time.time() - 60
+    os.utime(cache.cache_root() / old, (hour_ago, hour_ago))
+
+    cache.cache_put("model-lenet5-dddd", payload={}, files={"w.bin": png})
+
+    left = sorted(p.name for p in cache.cache_root().iterdir())
+    assert left == ["model-lenet5-bbbb", "model-lenet5-dddd", "model-vgg11_bn-cccc"]
+    assert cache.cache_get(recent) == (
+        {"key": recent},
+        {"w.bin": cache.cache_root() / recent / "files" / "w.bin"},
+    )
 
 
 def test_the_page_and_the_api_upload_take_the_task(org_a, client_a, tmp_path):

@@ -4,7 +4,8 @@ organisation.
 Every organisation starts with the same built-in data sets (digits, mnist, mnist_scenes) and the
 same built-in models (zoo architectures trained on the built-in MNIST with a fixed seed and
 recipe). What the sandbox child makes of them follows from the request and the code alone, so
-the first organisation's result is kept under ``DATA_DIR/cache/builtin/<key>/`` and later
+the first organisation's result is kept under ``EDGESLIM_BUILTIN_CACHE_DIR/<key>/`` (by
+default ``DATA_DIR/cache/builtin``; the test suite shares one across its runs) and later
 organisations get a copy of it instead of another child run (``mnist_scenes`` alone took about
 7 s and 1 GB; a built-in model's training and inspection, two children, tens of seconds).
 
@@ -17,7 +18,8 @@ therefore misses and is validated or built afresh. Why a cache and not a lazy va
 docs/decisions.md.
 
 An entry is built in a temporary folder beside it and renamed into place, so a reader sees a
-whole entry or none. The cache is a speed-up only: an entry that cannot be read is a miss, and
+whole entry or none. Storing an entry removes the same item's entries made by other code once
+they have gone unused for an hour, so the folder does not grow with every code change. The cache is a speed-up only: an entry that cannot be read is a miss, and
 one that cannot be written is logged and skipped.
 """
 
@@ -30,6 +32,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +47,13 @@ CACHED_DATASET_KINDS = frozenset({DatasetKind.DIGITS, DatasetKind.MNIST, Dataset
 ENTRY_FILE = "entry.json"
 CHILD_SOURCE = Path(__file__).resolve().parent.parent / "inspect_child.py"
 PACKAGES = ("scikit-learn", "torch", "numpy", "mlxtend")
+# An entry for the same item made by other code is removed once unused this long.
+PRUNE_AFTER_S = 3600.0
 
 
 def cache_root() -> Path:
-    return Path(settings.DATA_DIR) / "cache" / "builtin"
+    configured = getattr(settings, "EDGESLIM_BUILTIN_CACHE_DIR", None)
+    return Path(configured) if configured else Path(settings.DATA_DIR) / "cache" / "builtin"
 
 
 def code_digest() -> str:
@@ -105,7 +111,26 @@ def cache_get(key: str) -> tuple[dict[str, Any], dict[str, Path]] | None:
         return None
     if not isinstance(payload, dict) or not all(p.is_file() for p in files.values()):
         return None
+    try:
+        os.utime(folder)  # last used now: _prune keeps it
+    except OSError:
+        pass
     return payload, files
+
+
+def _prune(root: Path, key: str) -> None:
+    """Remove entries for the same item made by other code (other keys with ``key``'s prefix)
+    and abandoned temporary folders, once unused for :data:`PRUNE_AFTER_S`."""
+    prefix = key.rsplit("-", 1)[0] + "-"
+    cutoff = time.time() - PRUNE_AFTER_S
+    for entry in root.iterdir():
+        name = entry.name
+        stale = name.startswith(".") or (name.startswith(prefix) and name != key)
+        try:
+            if stale and entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def cache_put(key: str, *, payload: dict[str, Any], files: dict[str, Path]) -> None:
@@ -130,6 +155,7 @@ def cache_put(key: str, *, payload: dict[str, Any], files: dict[str, Path]) -> N
             tmp = None
         except OSError:
             pass  # another worker stored the same entry first; theirs equals ours
+        _prune(root, key)
     except (OSError, ValueError, TypeError):
         log.warning("could not cache the built-in result %s", key, exc_info=True)
     finally:

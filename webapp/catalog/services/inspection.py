@@ -94,14 +94,17 @@ def model_version_inspect(*, version: ModelVersion) -> ModelVersion:
             cached = builtin_cache.cache_get(key)
             if cached is not None and WEIGHTS in cached[1] and "inspect" in cached[0]:
                 # The same build, made before: its weights, training record and inspection.
-                built, result = dict(cached[0]["built"]), dict(cached[0]["inspect"])
-                built["path"] = str(cached[1][WEIGHTS])
-                key = ""  # nothing new to store
-            else:
+                try:
+                    model_version_set_file(version=version, path=cached[1][WEIGHTS])
+                    built, result = dict(cached[0]["built"]), dict(cached[0]["inspect"])
+                    key = ""  # nothing new to store
+                except FileNotFoundError:
+                    pass  # the entry was pruned meanwhile: build afresh
+            if not version.file:
                 # Training takes longer than an inspection; the cap on memory stays.
                 timeout = 3 * float(settings.EDGESLIM_INSPECT_TIMEOUT_S)
                 built = run_child(build, work_dir=work, timeout_s=timeout)
-            model_version_set_file(version=version, path=built["path"])
+                model_version_set_file(version=version, path=built["path"])
         if result is None:
             path = stored_file_local_path(version.file, work_dir=work)
             result = run_child(
@@ -158,6 +161,7 @@ def model_version_inspect(*, version: ModelVersion) -> ModelVersion:
         input_size=result.get("input_size"),
         in_channels=result.get("in_channels"),
         num_classes=result.get("num_classes"),
+        task=result.get("task"),
     )
 
 
@@ -195,7 +199,10 @@ def dataset_validate(*, dataset: Dataset) -> Dataset:
     if cached is not None:  # the same set, validated before: copy its report and samples
         report, thumbs = cached
         report["name"] = dataset.name or report.get("name", "")
-        return dataset_mark_ready(dataset=dataset, report=report, thumbnail_files=thumbs)
+        try:
+            return dataset_mark_ready(dataset=dataset, report=report, thumbnail_files=thumbs)
+        except FileNotFoundError:
+            pass  # the entry was pruned meanwhile: validate afresh
     work = _work_dir(f"dataset-{dataset.pk}-")
     try:
         request: dict[str, Any] = {
