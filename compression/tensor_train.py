@@ -141,6 +141,22 @@ def tt_svd(
     return out
 
 
+def balance_cores(cores: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The same chain with every core at the same Frobenius norm (their product unchanged).
+
+    TT-SVD leaves the left cores orthonormal and puts the whole scale of the weight into the
+    last core. Gradient descent on such a chain is badly conditioned: a core's gradient is
+    scaled by the norms of the others, so the orthonormal cores get large steps and the last
+    one tiny ones, and weight decay pulls unevenly. Rescaling core ``k`` by ``g / ||G_k||``
+    (``g`` the geometric mean of the norms) changes no product of the chain.
+    """
+    norms = [float(np.linalg.norm(c)) for c in cores]
+    if not cores or min(norms) <= 0.0:
+        return [np.asarray(c) for c in cores]
+    g = math.exp(sum(math.log(n) for n in norms) / len(norms))
+    return [np.asarray(c * (g / n), dtype=c.dtype) for c, n in zip(cores, norms, strict=True)]
+
+
 def tt_to_matrix(cores: Sequence[np.ndarray]) -> np.ndarray:
     """Contract TT cores back into the dense ``(O, I)`` matrix."""
     out_modes = [c.shape[1] for c in cores]

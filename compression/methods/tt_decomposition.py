@@ -44,6 +44,7 @@ from compression.structure import replace_module
 from compression.tensor_train import (
     LayerKind,
     TTLayer,
+    balance_cores,
     left_to_right_path,
     max_ranks,
     mode_pairs,
@@ -107,6 +108,10 @@ class TTDecompositionConfig:
     dense_fallback: bool = param(
         True,
         help="multiply a layer's cores back into a dense weight when no order beats its FLOPs",
+    )
+    balance_cores: bool = param(
+        True,
+        help="rescale each layer's cores to equal norms before fine-tuning (same product)",
     )
     finetune_epochs: int = param(2, help="fine-tuning epochs after decomposing", ge=0, le=1000)
     lr: float = param(0.01, help="peak learning rate of the fine-tuning", gt=0.0, le=10.0)
@@ -419,6 +424,8 @@ def _apply(
             "one dense weight"
         )
         return
+    if cfg.balance_cores:
+        cores = balance_cores(cores)
     layer = TTLayer.from_cores(dec.kind, cores, plan.dp_path, bias=m.bias, stride=stride)
     layer.to(m.weight.device)
     replace_module(root, name, layer)

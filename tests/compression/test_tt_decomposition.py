@@ -23,6 +23,7 @@ from compression.registry import config_from_dict, get_method
 from compression.stage import ArchSpec, ModelState, StageContext
 from compression.tensor_train import (
     TTLayer,
+    balance_cores,
     balanced_factors,
     left_to_right_path,
     max_ranks,
@@ -131,6 +132,18 @@ def test_ranks_for_error_recovers_the_true_tt_ranks_and_matches_tensorly() -> No
     assert sizes == sorted(sizes, reverse=True)
     with pytest.raises(ValueError):
         tt_svd(w, out_modes, in_modes, [max_ranks(out_modes, in_modes)[0] + 1, 1])
+
+
+def test_balance_cores_keeps_the_product_and_evens_the_norms() -> None:
+    w = np.random.default_rng(3).standard_normal((48, 64)).astype(np.float32)
+    cores = tt_svd(w, (6, 8), (8, 8), [20])
+    norms = [float(np.linalg.norm(c)) for c in cores]
+    assert max(norms) / min(norms) > 3  # TT-SVD puts the scale into the last core
+    balanced = balance_cores(cores)
+    new = [float(np.linalg.norm(c)) for c in balanced]
+    assert new == pytest.approx([math.sqrt(norms[0] * norms[1])] * 2, rel=1e-5)
+    assert np.allclose(tt_to_matrix(balanced), tt_to_matrix(cores), atol=1e-5)
+    assert all(b.dtype == np.float32 for b in balanced)
 
 
 # --- the layer and its order ------------------------------------------------------------------
