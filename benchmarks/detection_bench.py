@@ -189,6 +189,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the budget's epochs")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument(
+        "--results", type=Path, default=None, help="where the raw runs go (default: the JSON)"
+    )
     args = parser.parse_args()
     if args.render_only:
         replace_section(args.doc, SECTION, HEADING, render(json.loads(RESULTS.read_text())))
@@ -220,7 +223,9 @@ def main() -> None:
         ),
         "runs": [],
     }
-    results = RESULTS if not args.quick else ROOT / "benchmarks" / "out" / "detection.json"
+    results = args.results or (
+        RESULTS if not args.quick else ROOT / "benchmarks" / "out" / "detection.json"
+    )
     results.parent.mkdir(parents=True, exist_ok=True)
     for seed in budget.seeds:
         raw["runs"].append(measure(bundle, budget, seed))

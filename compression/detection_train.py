@@ -85,6 +85,10 @@ class DetectionTrainConfig:
     seed: int = 0
     device: str = "cpu"
     ignore_threshold: float = 0.5
+    # YOLO only: multipliers of the box, objectness and class terms (Darknet: all 1)
+    box_gain: float = 1.0
+    obj_gain: float = 1.0
+    cls_gain: float = 1.0
     grad_clip: float = 10.0
     val_every: int = 0
     max_batches_per_epoch: int | None = None
@@ -108,6 +112,10 @@ class DetectionTrainConfig:
             raise ConfigError("scale_range", f"must be 0 < low <= high, got {self.scale_range}")
         if not 0 < self.ignore_threshold <= 1:
             raise ConfigError("ignore_threshold", f"must be in (0, 1], got {self.ignore_threshold}")
+        for name in ("box_gain", "obj_gain", "cls_gain"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(name, f"must be a number >= 0, got {value}")
         if self.val_every < 0:
             raise ConfigError("val_every", f"must be >= 0, got {self.val_every}")
 
@@ -261,8 +269,10 @@ def yolo_loss(
     input_size: int,
     *,
     ignore_threshold: float = 0.5,
+    gains: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The YOLOv3 loss of one batch (see the module's description).
+    """The YOLOv3 loss of one batch (see the module's description); ``gains`` multiply the
+    box, objectness and class terms.
 
     Returns the loss (summed over slots, divided by the batch size) and its parts as floats
     (``box``, ``obj``, ``cls``)."""
@@ -313,7 +323,8 @@ def yolo_loss(
             )
         obj = F.binary_cross_entropy_with_logits(p[..., 4], obj_target, reduction="none")
         obj_sum = obj_sum + obj[counted].sum()
-    total = (box_sum + obj_sum + cls_sum) / max(n, 1)
+    box_gain, obj_gain, cls_gain = gains
+    total = (box_gain * box_sum + obj_gain * obj_sum + cls_gain * cls_sum) / max(n, 1)
     parts = {
         "box": float(box_sum.detach()) / max(n, 1),
         "obj": float(obj_sum.detach()) / max(n, 1),
@@ -328,6 +339,7 @@ def model_yolo_loss(
     targets: Sequence[tuple[torch.Tensor, torch.Tensor]],
     *,
     ignore_threshold: float = 0.5,
+    gains: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """:func:`yolo_loss` of a YOLO-contract model on one batch."""
     spec = yolo_spec(model)
@@ -340,6 +352,7 @@ def model_yolo_loss(
         spec.num_classes,
         int(inputs.shape[-1]),
         ignore_threshold=ignore_threshold,
+        gains=gains,
     )
 
 
@@ -490,7 +503,11 @@ def train_detector(
             lr_used = opt.param_groups[0]["lr"]
             if family == "yolo":
                 loss, parts = model_yolo_loss(
-                    model, inputs, targets, ignore_threshold=cfg.ignore_threshold
+                    model,
+                    inputs,
+                    targets,
+                    ignore_threshold=cfg.ignore_threshold,
+                    gains=(cfg.box_gain, cfg.obj_gain, cfg.cls_gain),
                 )
             else:
                 tv_targets = [{"boxes": b, "labels": lab + 1} for b, lab in targets]

@@ -138,6 +138,12 @@ def test_encoded_targets_decode_back_through_the_shared_post_processing() -> Non
     blank = [torch.zeros_like(o) for o in outs]
     high, blank_parts = yolo_loss(blank, [(boxes, labels)], ANCHORS, STRIDES, 2, S)
     assert float(high) > float(low.detach()) + 20 and blank_parts["obj"] > 20
+    # the gains weigh the three terms
+    only_obj, _ = yolo_loss(blank, [(boxes, labels)], ANCHORS, STRIDES, 2, S, gains=(0, 1, 0))
+    assert float(only_obj) == pytest.approx(blank_parts["obj"], rel=1e-5)
+    mixed, _ = yolo_loss(blank, [(boxes, labels)], ANCHORS, STRIDES, 2, S, gains=(2, 0, 3))
+    want = 2 * blank_parts["box"] + 3 * blank_parts["cls"]
+    assert float(mixed) == pytest.approx(want, rel=1e-5)
 
 
 def test_ignore_threshold_leaves_overlapping_predictions_out_of_the_objectness_loss() -> None:
