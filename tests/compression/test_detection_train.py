@@ -146,6 +146,32 @@ def test_encoded_targets_decode_back_through_the_shared_post_processing() -> Non
     assert float(mixed) == pytest.approx(want, rel=1e-5)
 
 
+class _OracleYolo(TinyYolo):
+    """Says exactly the given boxes (in its input pixels) for every image."""
+
+    def __init__(self, boxes: torch.Tensor, labels: torch.Tensor) -> None:
+        super().__init__()
+        self.truth = (boxes, labels)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return _encode([self.truth] * x.shape[0], self.num_classes)
+
+
+def test_evaluate_detector_yolo_path_scores_an_oracle_one() -> None:
+    # A 64x32 image letterboxed to 64 sits 16 px down; the oracle speaks in input pixels.
+    image = np.zeros((32, 64, 3), np.uint8)
+    in_image = np.array([[20.0, 0.0, 60.0, 30.0], [2.0, 2.0, 12.0, 12.0]], np.float32)
+    labels = np.array([1, 0])
+    sample = DetectionSample("a.png", image, in_image, labels)
+    shifted = torch.from_numpy(in_image + np.array([0, 16, 0, 16], np.float32))
+    oracle = _OracleYolo(shifted, torch.from_numpy(labels))
+    m = evaluate_detector(oracle, [sample, sample], ["a", "b"])
+    assert m.map50 == pytest.approx(1.0) and m.map50_95 == pytest.approx(1.0)
+    assert m.per_class["a"].ground_truths == 2 and m.per_class["b"].detections >= 2
+    wrong = _OracleYolo(torch.from_numpy(in_image), torch.from_numpy(labels))  # not shifted
+    assert evaluate_detector(wrong, [sample], ["a", "b"]).map50_95 < 0.5
+
+
 def test_ignore_threshold_leaves_overlapping_predictions_out_of_the_objectness_loss() -> None:
     boxes = torch.tensor([[20.0, 0.0, 60.0, 40.0]])
     labels = torch.tensor([1])
