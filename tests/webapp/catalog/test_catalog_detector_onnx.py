@@ -48,6 +48,7 @@ def test_an_onnx_detector_with_its_metadata_is_accepted(client_a, detector):
     version = _upload_and_inspect(client_a, detector[0])
     assert version.status == ItemStatus.READY, version.error
     assert (version.num_classes, version.in_channels, version.input_size) == (4, 3, 64)
+    assert version.task == "detection"
     assert version.info["extra"]["detection"]["family"] == "yolo"
 
 

@@ -288,9 +288,14 @@ def model_version_mark_ready(
     input_size: int | None = None,
     in_channels: int | None = None,
     num_classes: int | None = None,
+    task: str | None = None,
 ) -> ModelVersion:
-    """Record a successful inspection (shapes an ONNX file declared fill the blanks)."""
+    """Record a successful inspection (shapes an ONNX file declared fill the blanks; ``task``
+    is what the file says it is: "detection" for an ONNX carrying detection metadata is kept,
+    the default "classification" never overrides a task the version already has)."""
     version.info = info
+    if task and task != "classification":
+        version.task = task
     version.status = ItemStatus.READY
     version.error = ""
     version.inspected_at = timezone.now()
@@ -306,7 +311,7 @@ def model_version_mark_ready(
     version.save(
         update_fields=[
             "info", "status", "error", "inspected_at", "input_size", "in_channels", "num_classes",
-            "preprocessing",
+            "preprocessing", "task",
         ]
     )  # fmt: skip
     catalog_event_send(
