@@ -29,6 +29,7 @@ from compression.registry import (
     config_from_dict,
     config_to_dict,
     get_method,
+    task_refusal,
 )
 
 if TYPE_CHECKING:
@@ -268,8 +269,7 @@ def validate_recipe_for_model(recipe: Recipe, model_format: ModelFormat, task: T
                 f"{label}: needs {need} model but the model is {_format_name(fmt)} at that point"
             )
         if task not in spec.scope.tasks:
-            allowed = ", ".join(sorted(spec.scope.tasks))
-            raise StageScopeError(f"{label}: supports {allowed}, not {task}")
+            raise StageScopeError(f"{label}: {task_refusal(stage.method, spec.scope.tasks, task)}")
         fmt = spec.output_format(fmt)
 
 

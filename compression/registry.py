@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_origin
 
-from compression.errors import ConfigError, UnknownMethodError, quote
+from compression.errors import ConfigError, StageScopeError, UnknownMethodError, quote
 
 if TYPE_CHECKING:
     from compression.model_facts import ModelFacts
@@ -90,13 +90,41 @@ class MethodSpec:
 _METHODS: dict[str, MethodSpec] = {}
 
 
+def task_refusal(
+    method: str, tasks: frozenset[TaskType] | tuple[TaskType, ...], task: TaskType
+) -> str:
+    """The message refusing a ``task`` model to a method declared for ``tasks``."""
+    allowed = " and ".join(sorted(tasks))
+    return (
+        f"{method} supports {allowed} models; the model is a {task} model "
+        f"(methods for {task}: {', '.join(m.name for m in list_methods(task=task)) or 'none'})"
+    )
+
+
+def _task_guard(
+    name: str, tasks: frozenset[TaskType], fn: Callable[..., Any]
+) -> Callable[..., Any]:
+    """``fn`` refusing, before it does anything, a model of a task the method does not support
+    (the recipe check refuses it earlier; this covers a direct call)."""
+
+    def run(ctx: Any, config: Any) -> Any:
+        task: Any = getattr(getattr(ctx, "model", None), "task", "classification")
+        if task not in tasks:
+            raise StageScopeError(task_refusal(name, tasks, task))
+        return fn(ctx, config)
+
+    run.__wrapped__ = fn  # type: ignore[attr-defined]
+    run.__doc__ = fn.__doc__
+    return run
+
+
 def register_method(
     name: str,
     *,
     config: type[Any],
     summary: str,
     inputs: tuple[ModelFormat, ...] = ("torch",),
-    tasks: tuple[TaskType, ...] = ("classification",),
+    tasks: tuple[TaskType, ...] = ("classification",),  # the model tasks it works on
     output: ModelFormat | None = None,
     check_model: ModelCheck | None = None,
 ) -> Callable[[F], F]:
@@ -113,12 +141,13 @@ def register_method(
     def decorator(fn: F) -> F:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is registered twice")
+        scope = MethodScope(frozenset(inputs), frozenset(tasks), output)
         _METHODS[name] = MethodSpec(
             name=name,
             summary=summary,
             config_cls=config,
-            scope=MethodScope(frozenset(inputs), frozenset(tasks), output),
-            run=fn,
+            scope=scope,
+            run=_task_guard(name, scope.tasks, fn),
             check_model=check_model,
         )
         return fn
@@ -141,9 +170,13 @@ def get_method(name: str) -> MethodSpec:
         raise UnknownMethodError(f"unknown method {quote(name)}; known methods: {known}") from None
 
 
-def list_methods() -> list[MethodSpec]:
+def list_methods(task: TaskType | None = None) -> list[MethodSpec]:
+    """Every registered method by name; with ``task``, only those declared for that task
+    (``tasks=`` of :func:`register_method`), which is what the wizard, API and CLI offer."""
     _ensure_builtin_methods()
-    return [_METHODS[k] for k in sorted(_METHODS)]
+    return [
+        _METHODS[k] for k in sorted(_METHODS) if task is None or task in _METHODS[k].scope.tasks
+    ]
 
 
 # --- configs -------------------------------------------------------------------------------

@@ -44,6 +44,13 @@ def classifier_layer(module: nn.Module, num_classes: int) -> nn.Module | None:
     return found
 
 
+def detection_heads(module: nn.Module) -> list[nn.Module] | None:
+    """A YOLO detector's head convs (``module.head_convs()``, one per level, their outputs the
+    raw ``A * (5 + C)`` predictions), or None for a model without them."""
+    heads = getattr(module, "head_convs", None)
+    return list(heads()) if callable(heads) else None
+
+
 def prunable_layers(module: nn.Module) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
     """Every conv and linear layer with its qualified name, in module order."""
     return [(n, m) for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

@@ -36,6 +36,7 @@ from compression.errors import ConfigError, MacTargetError, StageScopeError
 from compression.macs import count_macs
 from compression.methods._common import (
     classifier_layer,
+    detection_heads,
     example_input,
     finish,
     layer_kind,
@@ -318,6 +319,7 @@ class _SlimPruner:
         importance: Any,
         ignored: list[nn.Module],
         global_pruning: bool,
+        protect_inputs: Iterable[nn.Module] = (),
         max_layer_ratio: float,
         round_to: int,
         initial: dict[str, int] | None = None,
@@ -326,6 +328,9 @@ class _SlimPruner:
         self.dg = tp.DependencyGraph().build_dependency(module, example_inputs=example)
         self.importance = importance
         self.ignored = ignored
+        # Layers whose input channels must stay: a group that removes any of them (i.e. the
+        # channels of whatever feeds the layer, through concatenations too) is never pruned.
+        self.protect_inputs = set(protect_inputs)
         self.global_pruning = global_pruning
         self.max_layer_ratio = max_layer_ratio
         self.round_to = round_to
@@ -344,6 +349,12 @@ class _SlimPruner:
             if any(
                 isinstance(d.target.module, nn.Conv2d)
                 and 1 < d.target.module.groups < d.target.module.in_channels
+                for d, _ in g
+            ):
+                continue
+            if self.protect_inputs and any(
+                d.target.module in self.protect_inputs
+                and self.dg.is_in_channel_pruning_fn(d.handler)
                 for d, _ in g
             ):
                 continue
@@ -640,6 +651,7 @@ def prune_and_finetune(
             example_input(ctx, m),
             importance=make_importance(alpha),
             ignored=_ignored(m, ctx.model.num_classes),
+            protect_inputs=_protected_inputs(m),
             global_pruning=cfg.global_pruning,
             max_layer_ratio=cfg.max_layer_ratio,
             round_to=cfg.round_to,
@@ -653,6 +665,7 @@ def prune_and_finetune(
             example,
             importance=make_importance(alpha),
             ignored=ignored,
+            protect_inputs=_protected_inputs(module),
             global_pruning=cfg.global_pruning,
             max_layer_ratio=cfg.max_layer_ratio,
             round_to=cfg.round_to,
@@ -660,8 +673,14 @@ def prune_and_finetune(
         shape,
         macs_before,
     )
-    steps_per_epoch = len(ctx.data.train_loader(cfg.batch_size, seed=ctx.seed, shuffle=True))
-    shares = split_batches(cfg.finetune_epochs * steps_per_epoch, steps)
+    if ctx.model.task == "detection":
+        # The classification training loop does not apply; a detector is fine-tuned by a
+        # later stage. Every step prunes, none trains.
+        steps_per_epoch = 1
+        shares = [0] * steps
+    else:
+        steps_per_epoch = len(ctx.data.train_loader(cfg.batch_size, seed=ctx.seed, shuffle=True))
+        shares = split_batches(cfg.finetune_epochs * steps_per_epoch, steps)
     start, end = progress
     budget = max(1, sum(shares))
     done = 0
@@ -812,9 +831,20 @@ class _EpochTap:
 
 
 def _ignored(module: nn.Module, num_classes: int) -> list[nn.Module]:
-    # Never remove class logits: the classifier's outputs are the task's contract.
+    # Never remove class logits: the classifier's outputs are the task's contract. A YOLO
+    # head's outputs are A * (5 + C) raw predictions per cell, the post-processing's contract.
+    heads = detection_heads(module)
+    if heads is not None:
+        return heads
     classifier = classifier_layer(module, num_classes)
     return [classifier] if classifier is not None else []
+
+
+def _protected_inputs(module: nn.Module) -> list[nn.Module]:
+    """Layers whose input channels stay: a detector's heads (Torch-Pruning's ``ignored_layers``
+    only keeps a layer's outputs, so the channels feeding a head would still be removed,
+    Torch-Pruning issue #341). A head's weights then come out of pruning untouched."""
+    return detection_heads(module) or []
 
 
 def _advance(
@@ -843,13 +873,20 @@ def _advance(
     "dynamic mix of BN scales and channel independence) with Torch-Pruning's DependencyGraph, "
     "in one or several prune-and-fine-tune steps.",
     inputs=("torch",),
-    tasks=("classification",),
+    tasks=("classification", "detection"),
     check_model=lambda facts, cfg: check_model(facts, cfg),  # defined at the end of the file
 )
 def run(ctx: StageContext, cfg: ChannelPruningConfig) -> StageResult:
-    """Slim ``ctx.model``: optional sparsity training, physical channel removal, fine-tuning."""
+    """Slim ``ctx.model``: optional sparsity training, physical channel removal, fine-tuning.
+
+    On a YOLO detector the heads keep their inputs and outputs, and nothing is trained: the
+    sparsity and fine-tuning epochs are skipped (a detector is fine-tuned by a later stage).
+    """
     module = torch_module(ctx, "channel_pruning")
     module.to(ctx.device)
+    detector = ctx.model.task == "detection"
+    if detector:
+        _check_detector(module, cfg)
     if cfg.importance in ("bn_scale", "dynamic") and not _bn_layers(module):
         raise StageScopeError(
             f"channel_pruning with importance {cfg.importance} needs BatchNorm layers; "
@@ -860,8 +897,15 @@ def run(ctx: StageContext, cfg: ChannelPruningConfig) -> StageResult:
         layer_pruner(
             module, example_input(ctx, module), num_classes=ctx.model.num_classes
         ).check_layer_names(cfg.layer_ratios)
-    teacher = copy.deepcopy(module) if cfg.recovery_distillation > 0 else None
-    sparsity_epochs = cfg.sparsity_epochs if cfg.importance == "bn_scale" else 0
+    teacher = copy.deepcopy(module) if cfg.recovery_distillation > 0 and not detector else None
+    sparsity_epochs = cfg.sparsity_epochs if cfg.importance == "bn_scale" and not detector else 0
+    if detector and (cfg.sparsity_epochs or cfg.finetune_epochs):
+        ctx.report(
+            0.0,
+            "detection model: sparsity training and fine-tuning are skipped "
+            "(fine-tune the pruned detector in a later stage)",
+            {},
+        )
     split = sparsity_epochs / max(1, sparsity_epochs + cfg.finetune_epochs)
     history: list[dict[str, float]] = []
     if sparsity_epochs > 0:
@@ -926,6 +970,7 @@ def layer_pruner(
         example,
         importance=_importance(importance),
         ignored=_ignored(module, num_classes),
+        protect_inputs=_protected_inputs(module),
         global_pruning=False,
         max_layer_ratio=max_layer_ratio,
         round_to=round_to,
@@ -1010,9 +1055,48 @@ def run_pruning(
     return StageResult(model=ctx.model, metrics=metrics, layers=layers, history=history)
 
 
+def _detector_refusal(cfg: ChannelPruningConfig, label: str) -> str | None:
+    """Why channel_pruning's config cannot run on the detector ``label``, or None."""
+    if cfg.importance == "dynamic":
+        return (
+            f"importance dynamic scores candidates by classification accuracy on val, but "
+            f"{label} is a detection model; use importance bn_scale, l1 or l2"
+        )
+    if cfg.recovery_distillation > 0:
+        return (
+            f"recovery_distillation matches class soft targets, but {label} is a detection "
+            "model; set it to 0"
+        )
+    return None
+
+
+def _check_detector(module: nn.Module, cfg: ChannelPruningConfig) -> None:
+    label = f"the {type(module).__name__}"
+    if detection_heads(module) is None:
+        raise StageScopeError(
+            f"channel_pruning supports detection models of the YOLO family (whose heads it "
+            f"protects); {label} is a detection model without head_convs()"
+        )
+    why = _detector_refusal(cfg, label)
+    if why is not None:
+        raise StageScopeError(f"channel_pruning: {why}")
+
+
 def check_model(facts: ModelFacts, cfg: ChannelPruningConfig) -> None:
-    """Refuse BatchNorm-based importances on a model without BatchNorm, and per-layer ratios
-    naming layers the model does not have, before anything runs."""
+    """Refuse BatchNorm-based importances on a model without BatchNorm, per-layer ratios
+    naming layers the model does not have, and on a detector anything but a YOLO with a
+    data-free importance, before anything runs."""
+    if facts.task == "detection":
+        if facts.arch is not None and "yolo" not in facts.arch:
+            raise ConfigError(
+                "method",
+                f"{facts.label} is a detection model of another family than YOLO; "
+                "channel_pruning protects only YOLO heads so far",
+            )
+        why = _detector_refusal(cfg, facts.label)
+        if why is not None:
+            field = "importance" if cfg.importance == "dynamic" else "recovery_distillation"
+            raise ConfigError(f"config.{field}", why)
     known = facts.layer_names("conv", "depthwise_conv", "linear")
     if cfg.layer_ratios and known:
         unknown = sorted(set(cfg.layer_ratios) - set(known))

@@ -18,9 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compression.errors import ConfigError
-from compression.methods._common import finish, history_metrics, layer_kind, torch_module
+from compression.errors import ConfigError, StageScopeError
+from compression.methods._common import (
+    detection_heads,
+    finish,
+    history_metrics,
+    layer_kind,
+    torch_module,
+)
 from compression.methods.distillation import soft_target_loss
+from compression.model_facts import ModelFacts
 from compression.registry import param, register_method
 from compression.stage import LayerChange, StageContext, StageResult
 from compression.training import LossFn, cross_entropy_loss, train
@@ -93,10 +100,13 @@ def cubic_schedule(final: float, steps: int) -> list[float]:
 
 
 def _weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The conv and linear weights to prune; a YOLO detector's heads stay dense (a small share
+    of the weights that turns features into box offsets, objectness and class scores)."""
+    heads = set(detection_heads(module) or [])
     return {
         name: m.weight
         for name, m in module.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m not in heads
     }
 
 
@@ -142,15 +152,22 @@ def _sparsity(w: torch.Tensor) -> float:
     config=MagnitudePruningConfig,
     summary="Zero the smallest weights along a cubic schedule, then fine-tune with fixed masks.",
     inputs=("torch",),
-    tasks=("classification",),
+    tasks=("classification", "detection"),
+    check_model=lambda facts, cfg: check_model(facts, cfg),  # defined below
 )
 def run(ctx: StageContext, cfg: MagnitudePruningConfig) -> StageResult:
     """Prune ``ctx.model`` to ``cfg.sparsity`` and fine-tune it; masks stay zero throughout.
 
     The result is a plain module whose pruned weights are exact zeros (no parametrizations or
     mask buffers are left behind), so it exports and checkpoints like any other.
+
+    A detection model is pruned at once to the final sparsity (YOLO heads stay dense) and not
+    trained: the classification fine-tuning does not apply, a later stage fine-tunes it.
     """
     module = torch_module(ctx, "magnitude_pruning")
+    detector = ctx.model.task == "detection"
+    if detector and cfg.distill > 0.0:
+        raise StageScopeError(f"magnitude_pruning: {_DISTILL_REFUSAL}")
     module.to(ctx.device)
     weights = _weights(module)
     before = {n: (_sparsity(w), w.numel()) for n, w in weights.items()}
@@ -172,6 +189,10 @@ def run(ctx: StageContext, cfg: MagnitudePruningConfig) -> StageResult:
 
     schedule = cubic_schedule(cfg.sparsity, cfg.steps)
     phases = [cfg.epochs_per_step] * (cfg.steps - 1) + [cfg.finetune_epochs]
+    if detector:
+        # Without training between them, the schedule's steps would only repeat the last cut.
+        schedule, phases = [cfg.sparsity], [0]
+        ctx.report(0.0, "detection model: one-shot pruning, no fine-tuning in this stage", {})
     total_epochs = max(1, sum(phases))
     done = 0
     history: list[dict[str, float]] = []
@@ -184,6 +205,8 @@ def run(ctx: StageContext, cfg: MagnitudePruningConfig) -> StageResult:
             f"pruning step {step + 1}/{cfg.steps}: sparsity {target:.3f}",
             {"sparsity": target},
         )
+        if epochs == 0:
+            continue
         history += train(
             module,
             ctx.data,
@@ -224,3 +247,14 @@ def run(ctx: StageContext, cfg: MagnitudePruningConfig) -> StageResult:
     }
     ctx.model.module = finish(module)
     return StageResult(model=ctx.model, metrics=metrics, layers=layers, history=history)
+
+
+_DISTILL_REFUSAL = "distill matches a classifier's soft targets; a detection model needs distill 0"
+
+
+def check_model(facts: ModelFacts, cfg: MagnitudePruningConfig) -> None:
+    """Refuse soft-target distillation on a detection model before anything runs."""
+    if facts.task == "detection" and cfg.distill > 0.0:
+        raise ConfigError(
+            "config.distill", f"{facts.label} is a detection model: {_DISTILL_REFUSAL}"
+        )

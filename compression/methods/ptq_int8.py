@@ -6,6 +6,11 @@ quantizes the weights and computes activation scales at run time. Before quantiz
 ``quant_pre_process`` runs ORT's graph optimizer, which folds Conv+BatchNorm (the operator
 fusion of seed 003) and infers shapes, so each conv gets one scale instead of a conv scale and
 a BN scale.
+
+A detection model is calibrated on images of its detection data set (training split,
+letterboxed to the model's input as evaluation and the agent feed it), its fp32 ONNX is the
+raw head outputs of :func:`compression.detection_export.export_detector`, and the int8 file
+keeps the detector metadata, so the shared post-processing decodes it like the fp32 one.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from compression.detection_data import DetectionBundle
+from compression.detection_transforms import letterbox
 from compression.errors import StageScopeError
 from compression.registry import param, register_method
 from compression.stage import ModelState, StageContext, StageResult
@@ -95,11 +102,61 @@ def _input_name(path: Path) -> str:
     return inputs[0]
 
 
+def detection_calibration_arrays(
+    bundle: DetectionBundle, n: int, *, size: int, seed: int = 0
+) -> list[np.ndarray]:
+    """``n`` (1, 3, size, size) float32 arrays in [0, 1]: training images of ``bundle`` drawn
+    with ``seed`` and letterboxed to ``size`` (the test split is never seen)."""
+    if not bundle.train:
+        raise StageScopeError(
+            f"ptq_int8: the detection data set {bundle.name!r} has no training images"
+        )
+    rng = np.random.default_rng(seed)
+    count = len(bundle.train)
+    out = []
+    for i in rng.choice(count, size=min(n, count), replace=False):
+        image, _ = letterbox(bundle.train[int(i)].image, size)
+        out.append(image.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
+    return out
+
+
+def _check_calibration_data(ctx: StageContext) -> None:
+    data: object = ctx.data
+    if ctx.model.task == "detection":
+        if not isinstance(data, DetectionBundle):
+            raise StageScopeError(
+                "ptq_int8: a detection model is calibrated on a detection data set, "
+                f"got {type(data).__name__}"
+            )
+        c, h, w = ctx.model.input_shape
+        if c != 3 or h != w:
+            raise StageScopeError(
+                f"ptq_int8: a detector's input must be 3 x S x S, got {c} x {h} x {w}"
+            )
+    elif isinstance(data, DetectionBundle):
+        raise StageScopeError(
+            f"ptq_int8: the {ctx.model.task} model cannot be calibrated on the detection data "
+            f"set {data.name!r}"
+        )
+
+
+def _calibration_arrays(ctx: StageContext, n: int) -> list[np.ndarray]:
+    _check_calibration_data(ctx)
+    data: object = ctx.data
+    if isinstance(data, DetectionBundle):
+        return detection_calibration_arrays(data, n, size=ctx.model.input_shape[1], seed=ctx.seed)
+    return ctx.data.calibration_arrays(n, seed=ctx.seed)
+
+
 def _fp32_onnx(ctx: StageContext, opset: int) -> Path:
     if ctx.model.onnx_path is not None and ctx.model.module is None:
         return Path(ctx.model.onnx_path)
     if ctx.model.module is None:
         raise StageScopeError("ptq_int8: the model has neither a torch module nor an ONNX file")
+    if ctx.model.task == "detection":
+        from compression.detection_export import export_detector
+
+        return export_detector(ctx.model.module, ctx.work_dir / "fp32.onnx", opset=opset)
     from compression.onnx_export import export_onnx
 
     return export_onnx(
@@ -119,20 +176,25 @@ def _fp32_onnx(ctx: StageContext, opset: int) -> Path:
 def run(ctx: StageContext, cfg: PtqInt8Config) -> StageResult:
     """Quantize ``ctx.model`` into ``ctx.work_dir/model_int8.onnx``."""
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.mode == "static":
+        _check_calibration_data(ctx)  # before the export: a wrong data set fails at once
     fp32 = _fp32_onnx(ctx, cfg.opset)
     ctx.report(0.1, "exported the fp32 model", {})
     source = fp32
     if cfg.preprocess:
         ctx.check_cancel()
         source = ctx.work_dir / "fp32_preprocessed.onnx"
-        quant_pre_process(str(fp32), str(source), skip_symbolic_shape=False)
+        # ORT's symbolic shape inference gives up on a YOLO's padded max-pool (its coarse level
+        # stays symbolic); ONNX's own shape inference, which runs anyway, is enough there.
+        detector = ctx.model.task == "detection"
+        quant_pre_process(str(fp32), str(source), skip_symbolic_shape=detector)
         ctx.report(0.2, "pre-processed (Conv+BN folded, shapes inferred)", {})
     out = ctx.work_dir / "model_int8.onnx"
     ctx.check_cancel()
     weight_type = QuantType.QInt8
     fmt = QuantFormat.QDQ if cfg.quant_format == "qdq" else QuantFormat.QOperator
     if cfg.mode == "static":
-        arrays = ctx.data.calibration_arrays(cfg.calibration_samples, seed=ctx.seed)
+        arrays = _calibration_arrays(ctx, cfg.calibration_samples)
         reader = _ArrayReader(_input_name(source), arrays, ctx.check_cancel)
         quantize_static(
             str(source),
@@ -153,6 +215,12 @@ def run(ctx: StageContext, cfg: PtqInt8Config) -> StageResult:
             reduce_range=cfg.reduce_range,
             weight_type=weight_type,
         )
+    if ctx.model.task == "detection":
+        from compression.detection_export import read_detector_meta, write_detector_meta
+
+        meta = read_detector_meta(fp32)
+        if meta is not None:  # the quantizer drops the file's metadata
+            write_detector_meta(out, meta)
     ctx.report(1.0, "quantized to int8", {})
     size_before = fp32.stat().st_size
     size_after = out.stat().st_size
