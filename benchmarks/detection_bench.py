@@ -144,7 +144,7 @@ def render(raw: dict[str, Any]) -> str:
         f" {env['torch']} with {THREADS} thread(s); 1-min load average {env['load_avg_start']:.1f}"
         f" at the start and {raw['load_avg_end']:.1f} at the end (above 2: the cores were shared"
         f" with other work); training took {mean([r['train_s'] for r in runs]) / 60:.1f} min per"
-        " seed.",
+        " seed." + (f" {raw['note'][0].upper()}{raw['note'][1:]}." if raw.get("note") else ""),
         "",
         "| seeds | test mAP@0.5 | test mAP@0.5:0.95 | target | verdict |",
         "|---|---|---|---|---|",
