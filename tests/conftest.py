@@ -5,7 +5,8 @@ the defaults below apply. pytest-django imports the settings before any conftest
 filling in the environment the settings module is read again, once, before any database,
 cache or channel-layer connection exists. Each run gets its own Redis key prefixes (cache,
 channel layer, Celery broker) so parallel runs sharing Redis db 15 never see each other. The
-built-in samples' cache is shared by every run on the machine (its keys name the code).
+built-in samples' cache is one folder per run: the run's first organisation builds them, the
+later ones copy them, and nothing a run finds depends on what an earlier run left behind.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ _DEFAULTS = {
     "EDGESLIM_CHANNEL_PREFIX": f"edgeslim-test-{_RUN_ID}",
     "EDGESLIM_CACHE_PREFIX": f"edgeslim-test-{_RUN_ID}",
     "EDGESLIM_BROKER_PREFIX": f"edgeslim-test-{_RUN_ID}:",
-    # The built-in samples' results, kept across runs (keyed by the code that makes them; the
-    # catalog tests use their own): a live-stack test's organisation gets them at once.
-    "EDGESLIM_BUILTIN_CACHE_DIR": os.path.join(tempfile.gettempdir(), "edgeslim-test-builtin"),
+    # The built-in samples' results, shared by the run's live stacks (the catalog tests use
+    # their own): after the first organisation, a live-stack test's organisation gets them at once.
+    "EDGESLIM_BUILTIN_CACHE_DIR": tempfile.mkdtemp(prefix="edgeslim-test-builtin-"),
 }
 for _name, _value in _DEFAULTS.items():
     os.environ.setdefault(_name, _value)
