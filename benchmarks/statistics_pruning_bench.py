@@ -219,6 +219,25 @@ def render(raw: dict[str, Any]) -> str:
             f"| `{arch}` | {pm([x['test'] for x in r['base']], unit='%')} | {_cell(s)} | {_cell(l1)}"
             f" | {p['diff']:+.2f} pt | {p['one_sd']:.2f} pt | {word} |"
         )
+    for arch, r in rows.items():
+        ms, ml = (
+            mean([x["mac_ratio"] for x in r["statistics"]]),
+            mean([x["mac_ratio"] for x in r["l1"]]),
+        )
+        if abs(ms - ml) > 0.1 * min(ms, ml):
+            lines += [
+                "",
+                f"Caveat for `{arch}`: the two did not end at the same MACs (statistics "
+                f"{ms:.2f}x, L1 {ml:.2f}x mean; per seed "
+                + ", ".join(
+                    f"{a['mac_ratio']:.2f}x / {c['mac_ratio']:.2f}x"
+                    for a, c in zip(r["statistics"], r["l1"], strict=True)
+                )
+                + "): both aim at the same `target_mac_reduction` with the same loop, yet the "
+                "MACs each ranking ends at differ (not examined further in this run), so the "
+                "accuracy difference is not an equal-MACs comparison and the rule's premise "
+                "does not hold for it.",
+            ]
     lines += [
         "",
         (
