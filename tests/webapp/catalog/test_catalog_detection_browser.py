@@ -14,15 +14,24 @@ from test_catalog_detection import yolo_zip
 
 from webapp.catalog import services
 from webapp.catalog.models import Dataset
+from webapp.catalog.services import uploads
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def test_the_detection_report_appears_when_the_check_ends(live_server, tmp_path, org_a, user_a):
+def test_the_detection_report_appears_when_the_check_ends(
+    live_server, tmp_path, org_a, user_a, monkeypatch
+):
+    # This test plays the worker (the thread below), so the validation it queues is kept here:
+    # a live stack that an earlier test left running would otherwise take it from the broker
+    # and check the zip without this test's storage (the row turns invalid under the page).
+    queued: list[tuple[str, int]] = []
+    monkeypatch.setattr(uploads, "_enqueue", lambda name, pk: queued.append((name, pk)))
     # Rows first: the ORM refuses to run beside Playwright's event loop.
     dataset = services.dataset_upload_create(
         organization=org_a, user=user_a, path=yolo_zip(tmp_path / "shapes.zip")
     )
+    assert queued == [(uploads.DATASET_VALIDATE_TASK, dataset.pk)]
     session = client_for(user_a).cookies["sessionid"].value
 
     checked: list[tuple[str, str]] = []
