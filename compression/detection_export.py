@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from compression.detect_post import (
     DetectorMeta,
     postprocess,
 )
-from compression.onnx_export import INPUT_NAME, ExportError
+from compression.onnx_export import INPUT_NAME, ExportError, export_onnx
 
 E2E_OUTPUTS = ("det_boxes", "det_scores", "det_classes", "det_batch")
 
@@ -205,26 +204,11 @@ def export_detector(
     meta = meta or meta_from_model(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    module = copy.deepcopy(model).to("cpu").eval()
     example = torch.zeros((1, 3, meta.input_size, meta.input_size), dtype=torch.float32)
     names = meta.output_names()
     tmp = path.with_name(path.name + ".tmp")
+    export_onnx(model, (3, meta.input_size, meta.input_size), tmp, opset=opset, output_names=names)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-            torch.onnx.export(
-                module,
-                (example,),
-                str(tmp),
-                dynamo=False,
-                export_params=True,
-                opset_version=opset,
-                do_constant_folding=True,
-                training=torch.onnx.TrainingMode.EVAL,
-                input_names=[INPUT_NAME],
-                output_names=names,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}},
-            )
         # The shapes one run gives (the exporter leaves some spatial dims symbolic, after a
         # padded max-pool for one), checked against the metadata and then declared as such.
         run = _session(tmp).run(None, {INPUT_NAME: example.numpy()})

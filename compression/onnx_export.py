@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ def export_onnx(
     opset: int = 17,
     fold_batchnorm: bool = True,
     fuse: bool = False,
+    output_names: Sequence[str] = (OUTPUT_NAME,),
 ) -> Path:
     """Write ``module`` as an ONNX file with a dynamic batch axis.
 
@@ -45,6 +47,8 @@ def export_onnx(
             folding scales every output channel and breaks the shared values.
         fuse: fold Conv+BN in torch first and simplify the exported graph with onnxslim
             (:mod:`compression.fusion`); the export is float, so simplifying is always safe.
+        output_names: one name per output of the module (a detector has one per head), each
+            with a dynamic batch axis.
 
     Returns:
         The path written.
@@ -80,8 +84,8 @@ def export_onnx(
                     else torch.onnx.TrainingMode.PRESERVE
                 ),
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                output_names=list(output_names),
+                dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in output_names}},
             )
     except Exception as exc:
         tmp.unlink(missing_ok=True)
