@@ -43,6 +43,7 @@ from compression.methods._common import (
     prunable_layers,
     torch_module,
 )
+from compression.methods.distillation import teacher_kd_loss
 from compression.methods.importances import DynamicImportance
 from compression.metrics import count_params
 from compression.model_facts import ModelFacts
@@ -477,21 +478,7 @@ def recovery_kd_loss(
     on the label loss's scale.
     """
 
-    def loss(
-        module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            t_logits = teacher(inputs)
-        logits = module(inputs)
-        log_p_s = F.log_softmax(logits.float() / temperature, dim=1)
-        log_p_t = F.log_softmax(t_logits.float() / temperature, dim=1)
-        soft = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
-        total = weight * soft * temperature**2
-        if weight < 1.0:
-            total = total + (1.0 - weight) * F.cross_entropy(logits.float(), targets)
-        return total, logits
-
-    return loss
+    return teacher_kd_loss(teacher, weight, temperature)
 
 
 def _clip_grads(max_norm: float) -> Callable[[nn.Module], None]:

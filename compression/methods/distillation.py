@@ -36,7 +36,7 @@ from compression.methods._common import classifier_layer, finish, history_metric
 from compression.model_facts import CONV_KINDS, ModelFacts
 from compression.registry import param, register_method
 from compression.stage import StageContext, StageResult
-from compression.training import train
+from compression.training import LossFn, train
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,25 @@ def soft_target_loss(
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
+
+
+def teacher_kd_loss(teacher: nn.Module, weight: float, temperature: float) -> LossFn:
+    """A training loss: ``weight`` x :func:`soft_target_loss` towards ``teacher``'s logits +
+    ``1 - weight`` x cross-entropy on the labels (the pruning methods' self-distillation, with
+    the unpruned model as teacher)."""
+
+    def loss(
+        module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            teacher_logits = teacher(inputs)
+        logits = module(inputs)
+        value = weight * soft_target_loss(logits, teacher_logits, temperature)
+        if weight < 1.0:
+            value = value + (1.0 - weight) * F.cross_entropy(logits.float(), targets)
+        return value, logits
+
+    return loss
 
 
 def class_correlation(probs: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from compression.errors import ConfigError, StageScopeError
@@ -26,28 +25,11 @@ from compression.methods._common import (
     layer_kind,
     torch_module,
 )
-from compression.methods.distillation import soft_target_loss
+from compression.methods.distillation import teacher_kd_loss
 from compression.model_facts import ModelFacts
 from compression.registry import param, register_method
 from compression.stage import LayerChange, StageContext, StageResult
 from compression.training import LossFn, cross_entropy_loss, train
-
-
-def distilling_loss(teacher: nn.Module, alpha: float, temperature: float) -> LossFn:
-    """``alpha`` x the soft-target loss towards ``teacher`` + ``1 - alpha`` x cross-entropy."""
-
-    def loss(
-        module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            teacher_logits = teacher(inputs)
-        logits = module(inputs)
-        value = alpha * soft_target_loss(logits, teacher_logits, temperature)
-        if alpha < 1.0:
-            value = value + (1.0 - alpha) * F.cross_entropy(logits, targets)
-        return value, logits
-
-    return loss
 
 
 @dataclass(frozen=True)
@@ -179,7 +161,7 @@ def run(ctx: StageContext, cfg: MagnitudePruningConfig) -> StageResult:
         teacher = copy.deepcopy(module).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-        loss_fn = distilling_loss(teacher, cfg.distill, cfg.temperature)
+        loss_fn = teacher_kd_loss(teacher, cfg.distill, cfg.temperature)
 
     def apply_masks(_: nn.Module) -> None:
         # Re-zero after every optimizer step: momentum and weight decay would revive them.
