@@ -70,8 +70,17 @@ def size_waterfall(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return _fig(fig)
 
 
-def accuracy_vs_size(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """One point per state: size against accuracy (up and left is better)."""
+def metric_names(task: str) -> tuple[str, str]:
+    """What a chart calls the report's ``accuracy``: (title word, axis title) by task. A
+    detector's ``accuracy`` is mAP@0.5 in percent (docs/reports.md)."""
+    if task == "detection":
+        return "mAP@0.5", "test mAP@0.5"
+    return "Accuracy", "accuracy"
+
+
+def accuracy_vs_size(rows: list[dict[str, Any]], *, task: str = "classification") -> dict[str, Any]:
+    """One point per state: size against accuracy, mAP@0.5 for a detector (up and left is
+    better)."""
     pts = [
         r for r in rows if r["size_bytes"] and r["accuracy"] is not None and r["kind"] != "final"
     ]
@@ -87,10 +96,42 @@ def accuracy_vs_size(rows: list[dict[str, Any]]) -> dict[str, Any]:
             marker={"size": 10},
         )
     )
+    word, axis = metric_names(task)
     fig.update_layout(
-        title="Accuracy against size",
+        title=f"{word} against size",
         xaxis_title="ONNX size (KiB)",
-        yaxis={**ACCURACY_AXIS, "title": "accuracy"},
+        yaxis={**ACCURACY_AXIS, "title": axis},
+        **_LAYOUT,
+    )
+    return _fig(fig)
+
+
+def map_vs_latency(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A detector's states: test mAP@0.5 against p50 latency, one trace for the network alone
+    and one end to end (network + box decoding + NMS); up and left is better."""
+    pts = [r for r in rows if r["accuracy"] is not None and r["kind"] != "final"]
+    traces = []
+    for key, name in (("p50_ms", "network alone"), ("e2e_p50_ms", "end to end (+ decode, NMS)")):
+        have = [r for r in pts if r.get(key)]
+        if have:
+            traces.append(
+                go.Scatter(
+                    x=[r[key] for r in have],
+                    y=[r["accuracy"] for r in have],
+                    name=name,
+                    mode="markers+text+lines",
+                    text=[r["label"] for r in have],
+                    textposition="top center",
+                    marker={"size": 10},
+                )
+            )
+    if not traces:
+        return {}
+    fig = go.Figure(traces)
+    fig.update_layout(
+        title="mAP@0.5 against latency",
+        xaxis_title="p50 latency (ms)",
+        yaxis={**ACCURACY_AXIS, "title": "test mAP@0.5"},
         **_LAYOUT,
     )
     return _fig(fig)
@@ -120,18 +161,31 @@ def layer_changes(changes: dict[str, Any]) -> dict[str, Any]:
     return _fig(fig)
 
 
-def training_curves(epochs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Loss and validation accuracy per epoch across the run's training stages."""
+def _val_map50(row: dict[str, Any]) -> float | None:
+    """A detection epoch's validation mAP@0.5 in percent (``val_map50`` is a fraction)."""
+    value = row.get("val_map50")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return 100.0 * float(value)
+    acc = row.get("val_acc")
+    return float(acc) if isinstance(acc, int | float) and not isinstance(acc, bool) else None
+
+
+def training_curves(
+    epochs: list[dict[str, Any]], *, task: str = "classification"
+) -> dict[str, Any]:
+    """Loss and validation accuracy (a detector's: mAP@0.5) per epoch across the run's
+    training stages."""
     if not epochs:
         return {}
     x = list(range(1, len(epochs) + 1))
+    detection = task == "detection"
     fig = go.Figure(
         [
             go.Scatter(x=x, y=[e.get("loss") for e in epochs], name="loss", mode="lines+markers"),
             go.Scatter(
                 x=x,
-                y=[e.get("val_acc") for e in epochs],
-                name="val acc (%)",
+                y=[_val_map50(e) if detection else e.get("val_acc") for e in epochs],
+                name="val mAP@0.5 (%)" if detection else "val acc (%)",
                 mode="lines+markers",
                 yaxis="y2",
             ),
@@ -143,7 +197,7 @@ def training_curves(epochs: list[dict[str, Any]]) -> dict[str, Any]:
         yaxis={"title": "loss"},
         yaxis2={
             **ACCURACY_AXIS,
-            "title": "val accuracy",
+            "title": "val mAP@0.5" if detection else "val accuracy",
             "overlaying": "y",
             "side": "right",
             # An overlaying axis syncs its ticks to the left axis's grid by default, which
@@ -179,13 +233,17 @@ def report_figures(
     epochs: list[dict[str, Any]],
     on_device: dict[str, dict[str, float]] | None = None,
     deep_compression: dict[str, Any] | None = None,
+    *,
+    task: str = "classification",
 ) -> dict[str, dict[str, Any]]:
-    """Every chart of the report page, by element id; empty ones are left out."""
+    """Every chart of the report page, by element id; empty ones are left out. A detector's
+    report adds mAP@0.5 against latency (``chart-map-latency``)."""
     figs = {
         "chart-size": size_waterfall(rows),
-        "chart-acc-size": accuracy_vs_size(rows),
+        "chart-acc-size": accuracy_vs_size(rows, task=task),
+        "chart-map-latency": map_vs_latency(rows) if task == "detection" else {},
         "chart-layers": layer_changes(changes),
-        "chart-training": training_curves(epochs),
+        "chart-training": training_curves(epochs, task=task),
         "chart-devices": on_device_p50(on_device or {}),
         "chart-deep-compression": deep_compression_waterfall(deep_compression),
     }

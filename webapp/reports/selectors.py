@@ -3,6 +3,7 @@ changes that the tables and the charts are drawn from."""
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any
 
 from django.db.models import QuerySet
@@ -52,6 +53,58 @@ def _row(label: str, kind: str, m: dict[str, Any]) -> dict[str, Any]:
         "throughput": _number(latency.get("throughput")),
         "peak_mem_mb": _number(m.get("peak_mem_mb")),
         "cv": latency.get("cv"),
+        **_detection_fields(m),
+    }
+
+
+DETECTION = "detection"
+# How the table, charts and exports name a state's ``accuracy``, by task.
+METRIC_LABELS = {DETECTION: "mAP@0.5", "classification": "top-1"}
+
+
+def metrics_task(m: dict[str, Any]) -> str:
+    """The task one state's metrics were measured for: ``detection`` when the dict says so
+    (``task``, ``metric`` mAP@0.5, or a ``detection`` block), else ``classification``."""
+    if m.get("task") == DETECTION or m.get("metric") == METRIC_LABELS[DETECTION]:
+        return DETECTION
+    return DETECTION if isinstance(m.get("detection"), dict) else "classification"
+
+
+def report_task(report: dict[str, Any]) -> str:
+    """The report's task: its top-level ``task``, else what its baseline or final model's
+    metrics say (reports from before issue 15 are classification)."""
+    task = report.get("task")
+    if task in (DETECTION, "classification"):
+        return str(task)
+    for key in ("baseline", "final"):
+        if metrics_task(_dict(report.get(key))) == DETECTION:
+            return DETECTION
+    return "classification"
+
+
+def _pct_of(value: Any) -> float | None:
+    """A 0-1 fraction as a percent (mAP in the report is a fraction; the page shows percent)."""
+    v = _number(value)
+    return None if v is None else 100.0 * v
+
+
+def _detection_fields(m: dict[str, Any]) -> dict[str, Any]:
+    """A state's detection figures, None for a classifier: mAP@0.5:0.95 (percent), the
+    end-to-end latency (network + decode + NMS), and the test images and boxes scored."""
+    task = metrics_task(m)
+    det = _dict(m.get("detection"))
+    e2e = _dict(m.get("latency_e2e"))
+    return {
+        "task": task,
+        "metric": str(m.get("metric") or METRIC_LABELS.get(task, "top-1")),
+        "map50_95": _pct_of(det.get("map50_95")),
+        "det_images": det.get("images"),
+        "det_boxes": det.get("boxes"),
+        "e2e_p50_ms": _number(e2e.get("p50_ms")),
+        "e2e_p90_ms": _number(e2e.get("p90_ms")),
+        "e2e_p99_ms": _number(e2e.get("p99_ms")),
+        "e2e_iqr_ms": _number(e2e.get("iqr_ms")),
+        "e2e_throughput": _number(e2e.get("throughput")),
     }
 
 
@@ -84,6 +137,16 @@ def report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         row["speedup"] = (
             base["p50_ms"] / row["p50_ms"] if row["p50_ms"] and base["p50_ms"] else None
         )
+        row["map50_95_delta"] = (
+            row["map50_95"] - base["map50_95"]
+            if row["map50_95"] is not None and base["map50_95"] is not None
+            else None
+        )
+        row["e2e_speedup"] = (
+            base["e2e_p50_ms"] / row["e2e_p50_ms"]
+            if row["e2e_p50_ms"] and base["e2e_p50_ms"]
+            else None
+        )
     return rows
 
 
@@ -96,6 +159,7 @@ def report_eval_facts(report: dict[str, Any]) -> dict[str, Any]:
     accuracy is scored on, and the preprocessing record (None in reports from before them)."""
     dataset = _dict(report.get("dataset"))
     totals = _dict(dataset.get("totals"))
+    boxes = _dict(dataset.get("boxes"))
     base = _dict(report.get("baseline"))
     eval_split = base.get("eval_split") or ("test" if "test" in totals else "val")
     identity = _dict(report.get("identity"))
@@ -106,6 +170,10 @@ def report_eval_facts(report: dict[str, Any]) -> dict[str, Any]:
         "fingerprint": dataset.get("fingerprint") or identity.get("dataset_fingerprint"),
         "eval_split": eval_split,
         "test_images": base.get("test_images") or totals.get("test"),
+        # detection data sets: boxes per split (None elsewhere)
+        "boxes": [(name, boxes.get(name)) for name in ("train", "val", "test")],
+        "has_boxes": bool(boxes),
+        "test_boxes": _dict(base.get("detection")).get("boxes") or boxes.get("test"),
         "preprocessing": preprocessing_summary(report.get("preprocessing")),
         "identity": identity,
     }
@@ -340,3 +408,108 @@ def _times_1000(value: Any) -> float | None:
 def _ratio(dense: Any, size: Any) -> float | None:
     d, s = _number(dense), _number(size)
     return d / s if d and s else None
+
+
+# --- detection --------------------------------------------------------------------------------
+
+
+def _per_class(m: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """One state's AP per class, by class, in percent: the contract's list
+    (``[{"class", "ap50", "ap50_95"}]``), or a dict by class name (``map50``/``map50_95``, as
+    :class:`compression.detection_metrics.DetectionMetrics` writes it). A class without ground
+    truth in the test split has None."""
+    raw = _dict(m.get("detection")).get("per_class")
+    items: list[tuple[Any, dict[str, Any]]] = []
+    if isinstance(raw, list):
+        items = [(e.get("class", e.get("name")), e) for e in raw if isinstance(e, dict)]
+    elif isinstance(raw, dict):
+        items = [(name, e) for name, e in raw.items() if isinstance(e, dict)]
+    out: dict[str, dict[str, float | None]] = {}
+    for name, e in items:
+        if name is None or str(name) == "":
+            continue
+        out[str(name)] = {
+            "ap50": _pct_of(e.get("ap50", e.get("map50"))),
+            "ap50_95": _pct_of(e.get("ap50_95", e.get("map50_95"))),
+        }
+    return out
+
+
+def _class_names(report: dict[str, Any]) -> list[str]:
+    classes = _dict(report.get("dataset")).get("classes")
+    return [str(c) for c in classes] if isinstance(classes, list) else []
+
+
+def report_per_class(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per class: AP@0.5 and AP@0.5:0.95 (percent) of the baseline and the final model and
+    the change (final − baseline, in points), in the data set's class order (else as the
+    baseline lists them); empty when neither state has per-class figures.
+
+    A class id (``"3"``) that indexes the data set's class names is shown with its name."""
+    base = _per_class(_dict(report.get("baseline")))
+    final = _per_class(_dict(report.get("final")))
+    if not base and not final:
+        return []
+    names = _class_names(report)
+    keys = list(base) + [k for k in final if k not in base]
+    order = {n: i for i, n in enumerate(names)}
+
+    def rank(key: str) -> tuple[int, int, str]:
+        if key in order:
+            return (0, order[key], key)
+        if key.isdigit() and int(key) < len(names):
+            return (0, int(key), key)
+        return (1, keys.index(key), key)
+
+    rows = []
+    for key in sorted(keys, key=rank):
+        b, f = base.get(key, {}), final.get(key, {})
+        label = key
+        if key.isdigit() and key not in order and int(key) < len(names):
+            label = f"{key} ({names[int(key)]})"
+        row: dict[str, Any] = {"class": key, "label": label}
+        for metric in ("ap50", "ap50_95"):
+            before, after = b.get(metric), f.get(metric)
+            row[f"base_{metric}"] = before
+            row[f"final_{metric}"] = after
+            row[f"delta_{metric}"] = (
+                after - before if before is not None and after is not None else None
+            )
+        rows.append(row)
+    return rows
+
+
+GRID_KIND = "detections_grid"
+
+
+def report_grid_path(report: dict[str, Any]) -> str | None:
+    """The run-folder path of the report's detections grid (artifact kind
+    ``detections_grid``, a PNG), or None when there is none or its path is unsafe (absolute,
+    climbing out of the folder, not a ``.png``)."""
+    for art in report.get("artifacts") or []:
+        if not isinstance(art, dict) or art.get("kind") != GRID_KIND:
+            continue
+        rel = art.get("path")
+        if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
+            return None
+        path = PurePosixPath(rel)
+        if path.is_absolute() or ".." in path.parts or path.suffix.lower() != ".png":
+            return None
+        return path.as_posix()
+    return None
+
+
+def report_grid(report: dict[str, Any], artifacts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The report's detections grid for the page: its run-folder ``path`` and, when the job's
+    stored artifacts include it (key ``detections_grid``, served by the job's artifact download
+    path), that ``key`` and its size; ``key`` None when the report names a grid that is not
+    downloadable. None when the report has no (safe) grid."""
+    rel = report_grid_path(report)
+    if rel is None:
+        return None
+    stored = next((a for a in artifacts if a.get("key") == GRID_KIND), None)
+    return {
+        "path": rel,
+        "key": GRID_KIND if stored else None,
+        "size_bytes": stored.get("size_bytes") if stored else None,
+    }

@@ -46,16 +46,23 @@ def report_context(request: HttpRequest, pk: int) -> dict[str, Any]:
             for s in on_device
         }
         dc = selectors.report_deep_compression(report)
+        task = selectors.report_task(report)
+        artifacts = job_selectors.job_artifact_list(job=job)
         ctx.update(
+            task=task,
+            is_detection=task == selectors.DETECTION,
+            metric_label=selectors.METRIC_LABELS[task],
+            per_class=selectors.report_per_class(report),
+            grid=selectors.report_grid(report, artifacts) if task == selectors.DETECTION else None,
             rows=rows,
             deep_compression=dc,
             factored=selectors.report_factored_layers(report),
             facts=selectors.report_eval_facts(report),
             changes=changes,
-            figures=charts.report_figures(rows, changes, epochs, p50, dc),
+            figures=charts.report_figures(rows, changes, epochs, p50, dc, task=task),
             on_device=on_device,
             targets=report.get("targets") or {},
-            artifacts=job_selectors.job_artifact_list(job=job),
+            artifacts=artifacts,
             versions=report.get("model_versions", []),
         )
         ctx["flags"] = selectors.report_verdict_flags(report, rows, ctx["artifacts"])
