@@ -274,6 +274,90 @@ class ModelVersionDownloadView(APIView):
         return stored_file_download(version)
 
 
+# --- new models from the zoo ---------------------------------------------------------------
+
+
+class ZooArchitectureSerializer(serializers.Serializer[Any]):
+    arch = serializers.CharField()
+    task = serializers.CharField()
+    options = serializers.ListField(child=serializers.CharField())
+    defaults = serializers.DictField()
+    input_size = serializers.IntegerField()
+
+
+class ZooModelCreateSerializer(serializers.Serializer[Any]):
+    arch = serializers.CharField(help_text="A zoo architecture (GET /zoo/ lists them).")
+    dataset = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text="A data set of the architecture's task; its classes size the model.",
+    )
+    num_classes = serializers.IntegerField(
+        required=False, allow_null=True, help_text="Only without a data set."
+    )
+    options = serializers.DictField(
+        required=False,
+        help_text='The architecture\'s options, e.g. {"width": 0.25, "input_size": 64} '
+        "for a YOLO detector.",
+    )
+    input_size = serializers.IntegerField(required=False, allow_null=True)
+    in_channels = serializers.IntegerField(required=False, allow_null=True)
+    name = serializers.CharField(
+        required=False, allow_blank=True, max_length=200, validators=[validate_name]
+    )
+    description = serializers.CharField(required=False, allow_blank=True)
+
+
+class ZooArchitectureListView(APIView):
+    @extend_schema(
+        summary="The zoo's architectures, with their task and options",
+        parameters=[OpenApiParameter("task", str, enum=["classification", "detection"])],
+        responses=ZooArchitectureSerializer(many=True),
+    )
+    def get(self, request: Request) -> Response:
+        api_organization(request)
+        task = request.query_params.get("task") or None
+        if task not in (None, "classification", "detection"):
+            return _error(
+                CatalogInputError("task must be classification or detection.", field="task")
+            )
+        return Response(services.zoo_architectures(task))
+
+
+class ZooModelCreateView(APIView):
+    parser_classes = [JSONParser, FormParser, MultiPartParser]
+
+    @extend_schema(
+        summary="A new, untrained model version from the zoo (a job trains it with finetune)",
+        request=ZooModelCreateSerializer,
+        responses={201: ModelVersionSerializer, 400: CatalogErrorSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        org = api_organization(request)
+        form = ZooModelCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        dataset = None
+        if data.get("dataset") is not None:
+            dataset = selectors.dataset_get(organization=org, pk=data["dataset"])
+        try:
+            version = services.zoo_model_create(
+                organization=org,
+                user=request.user,  # type: ignore[arg-type]
+                arch=data["arch"],
+                dataset=dataset,
+                num_classes=data.get("num_classes"),
+                options=data.get("options") or None,
+                input_size=data.get("input_size"),
+                in_channels=data.get("in_channels"),
+                name=data.get("name", ""),
+                description=data.get("description", ""),
+            )
+        except CatalogInputError as exc:
+            return _error(exc)
+        return Response(ModelVersionSerializer(version).data, status=status.HTTP_201_CREATED)
+
+
 # --- datasets -------------------------------------------------------------------------------
 
 
@@ -432,6 +516,8 @@ class UploadCompleteView(APIView):
 
 api_urlpatterns = [
     path("models/", ModelVersionListView.as_view(), name="catalog-model-list"),
+    path("models/from-zoo/", ZooModelCreateView.as_view(), name="catalog-model-from-zoo"),
+    path("zoo/", ZooArchitectureListView.as_view(), name="catalog-zoo-list"),
     path("models/<int:pk>/", ModelVersionDetailView.as_view(), name="catalog-model-detail"),
     path(
         "models/<int:pk>/download/",

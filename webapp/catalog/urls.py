@@ -8,6 +8,7 @@ from webapp.catalog import views
 app_name = "catalog"
 
 urlpatterns = [
+    path("models/new-from-zoo/", views.model_zoo_create, name="model_zoo_create"),
     path("models/<int:pk>/", views.model_version_detail, name="model_version_detail"),
     path("models/<int:pk>/download/", views.model_version_download, name="model_version_download"),
     path("models/<int:pk>/delete/", views.model_version_delete, name="model_version_delete"),

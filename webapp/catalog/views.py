@@ -16,7 +16,7 @@ from device_registry import model_versions as device_versions
 from webapp.accounts.permissions import READ, WRITE, can_write, org_page
 from webapp.catalog import selectors, services
 from webapp.catalog.errors import CatalogInputError, UploadTooLarge
-from webapp.catalog.forms import DatasetUploadForm, ModelUploadForm
+from webapp.catalog.forms import DatasetUploadForm, ModelUploadForm, ZooModelForm
 from webapp.catalog.models import Dataset, ItemStatus, ModelVersion
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -143,6 +143,62 @@ def model_list(request: HttpRequest) -> HttpResponse:
             "max_upload_bytes": services.max_upload_bytes(),
             "can_write": can_write(request),
         },
+        status=status_code,
+    )
+
+
+def zoo_dataset_choices(organization: object) -> list[tuple[int, str]]:
+    """The organisation's ready data sets, labelled with their task and class count."""
+    rows = selectors.dataset_list(organization=organization, status=ItemStatus.READY)  # type: ignore[arg-type]
+    return [
+        (d.pk, f"{d.name} ({d.get_task_display().lower()}, {d.num_classes or '?'} classes)")
+        for d in rows
+    ]
+
+
+@org_page(WRITE)
+def model_zoo_create(request: HttpRequest) -> HttpResponse:
+    """A new, untrained model from the zoo, sized for a data set; a job trains it first."""
+    org = request.organization  # type: ignore[attr-defined]
+    services.builtin_samples_ensure(organization=org)
+    choices = zoo_dataset_choices(org)
+    form = ZooModelForm(initial={"arch": "yolov3_tiny"}, datasets=choices)
+    status_code, error = 200, ""
+    if request.method == "POST":
+        form = ZooModelForm(request.POST, datasets=choices)
+        if form.is_valid():
+            data = form.cleaned_data
+            dataset = None
+            if data["dataset"] is not None:
+                dataset = selectors.dataset_get(organization=org, pk=data["dataset"])
+            try:
+                version = services.zoo_model_create(
+                    organization=org,
+                    user=request.user,  # type: ignore[arg-type]
+                    arch=data["arch"],
+                    dataset=dataset,
+                    num_classes=data["num_classes"],
+                    in_channels=data["in_channels"],
+                    input_size=data["input_size"],
+                    options={"width": data["width"]} if data["width"] is not None else None,
+                    name=data["name"],
+                )
+            except CatalogInputError as exc:
+                error = "" if _show_error(form, exc) else exc.message
+                status_code = exc.status_code
+            else:
+                messages.success(
+                    request,
+                    f"{version} created (untrained): the wizard trains it with a finetune "
+                    "stage first.",
+                )
+                return redirect("catalog:model_version_detail", pk=version.pk)
+        else:
+            status_code = 400
+    return render(
+        request,
+        "catalog/model_zoo_create.html",
+        {"form": form, "error": error, "architectures": services.zoo_architectures()},
         status=status_code,
     )
 

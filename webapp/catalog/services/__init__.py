@@ -5,6 +5,7 @@
   invalid, delete) and data set records;
 - ``inspection``: what a worker runs for an upload (the catalog's tasks call it);
 - ``builtin_samples``: the built-in models and data sets every organisation starts with;
+- ``zoo_models``: a new, untrained model from the zoo (detectors included), sized for a data set;
 - ``common``: storage names, the live event, and sending the catalog's tasks by name.
 
 Inspection never runs in a web process: services store the bytes, mark the row ``pending`` and
@@ -75,6 +76,7 @@ from webapp.catalog.services.versions import (
     normalization_check,
     split_seed_check,
 )
+from webapp.catalog.services.zoo_models import zoo_architectures, zoo_model_create
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -128,4 +130,6 @@ __all__ = [
     "upload_temp_path",
     "upload_tmp_dir",
     "work_dir_remove",
+    "zoo_architectures",
+    "zoo_model_create",
 ]
