@@ -8,12 +8,15 @@ Per large weight tensor (a Conv or Gemm/MatMul weight of at least ``min_elements
   ``index_bits`` bits, with a filler entry when a gap overflows (Han et al. 2016, section 2);
 - otherwise, or when the shared form would be larger, the tensor is stored raw.
 
-The symbols are canonical-Huffman coded in streams (format version 3) that several layers share,
-one code table per stream: each codebook is ordered by how often its values occur, so that the
+The symbols are canonical-Huffman coded in streams (format version 3 and 4) that several layers
+share, one code table per stream: each codebook is ordered by how often its values occur, so that the
 cluster-index distributions of different layers line up, and streams of one role (cluster
 indices, or relative indices) are merged greedily for as long as a merge makes the file smaller
 (a table and a section entry saved against the bits a shared code costs). Relative-index widths
 are the caller's, or chosen per layer (``0`` = the width whose own code is the shortest).
+Format 4 (the default) writes each stream in the fewest bytes of: fixed-width symbols (no
+table), or a canonical Huffman code over blocks of 1 to 4 symbols (an extended alphabet, which
+cuts the whole-bit redundancy of a skewed stream), with a sparse, delta-coded code-length table.
 
 Biases, BatchNorm parameters and every other small tensor stay inside the ONNX graph, which is
 stored DEFLATE-compressed with its large initializers replaced by external-data references.
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import math
 import struct
 import zlib
@@ -55,6 +59,8 @@ from compression.container import (
     KIND_SHARED,
     KIND_STREAM,
     MAGIC,
+    MAX_BLOCK,
+    MAX_BLOCK_ALPHABET,
     MAX_CODE_LENGTH,
     MAX_CODEBOOK_SIZE,
     MAX_INDEX_BITS,
@@ -63,6 +69,7 @@ from compression.container import (
     ONNX_FLOAT,
     SECTION_ENTRY,
     SHARED_HEADER,
+    STREAM_FIXED,
     STREAMED_HEADER,
     SUPPORTED_VERSIONS,
     canonical_codes,
@@ -89,6 +96,10 @@ class StreamStats:
     table_bytes: int  # of which the table (alphabet size and code lengths)
     role: str = ""  # values (cluster indices) | gaps (relative indices)
     layers: tuple[str, ...] = ()  # the tensors whose symbols it holds, in order
+    # how the stream codes (format 4): 0 fixed width, k >= 1 Huffman over blocks of k symbols
+    mode: int = 1
+    table_bits: int = 0  # the code-length table alone (format 4: exact; 2 and 3: its bytes x 8)
+    payload_bits: int = 0  # the codes alone: no header, no table, no padding
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -266,17 +277,151 @@ def huffman_encode(symbols: np.ndarray) -> bytes:
     return _encode_with(symbols, huffman_lengths(counts))
 
 
-def stream_bytes(counts: np.ndarray) -> int:
-    """Bytes of the Huffman stream (table, codes, padding) for symbol counts, without coding it."""
+def stream_bytes(counts: np.ndarray, version: int = FORMAT_VERSION) -> int:
+    """Bytes of a stream (header, table, codes, padding) for symbol counts, without coding it.
+
+    For format 4 the cheaper of a fixed-width stream and a Huffman code of single symbols (what
+    blocks of symbols would save needs the symbols' order, not their counts).
+    """
     used = np.flatnonzero(counts)
     alphabet = int(used.max()) + 1 if used.size else 1
+    if version >= 4:
+        fixed = _fixed_plan(counts)
+        if not used.size:
+            return fixed.total_bytes
+        lengths = huffman_lengths(counts[:alphabet])
+        huff = StreamPlan(
+            1, 2, len(table_v4_bits(lengths)), int((counts[:alphabet] * lengths).sum())
+        )
+        return min(fixed.total_bytes, huff.total_bytes)
     lengths = huffman_lengths(counts[:alphabet])
     return len(huffman_table(lengths)) + _ceil_bytes(int((counts[:alphabet] * lengths).sum()))
 
 
-def _encode_with(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
+# --- format 4 streams ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """A format 4 stream's layout and its exact size, before any bit is written."""
+
+    mode: int  # 0 fixed width (STREAM_FIXED), or k: Huffman over blocks of k symbols
+    header_bytes: int  # 3 (mode, smallest, largest) or 2 (mode, alphabet - 1)
+    table_bits: int
+    payload_bits: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.header_bytes + _ceil_bytes(self.table_bits + self.payload_bits)
+
+
+def _gamma(x: int) -> str:
+    """Elias gamma code of ``x >= 1``: ``bit_length - 1`` zeros, then ``x`` in binary."""
+    return "0" * (x.bit_length() - 1) + format(x, "b")
+
+
+def table_v4_bits(lengths: np.ndarray) -> str:
+    """The format 4 code-length table for per-symbol lengths (0 = no code), as a bit string.
+
+    gamma(U), the number of symbols with a code; then per such symbol, in increasing order,
+    gamma(symbol - previous symbol) (the previous of the first is -1) and its length: the first
+    in 4 bits, every later one as gamma(zigzag(length - previous length) + 1), zigzag mapping
+    0, -1, +1, -2, +2, ... to 0, 1, 2, 3, 4, ... Lengths of a frequency-ordered alphabet change
+    slowly, so most cost 1 bit, and absent symbols cost nothing but a longer gap.
+    """
+    used = np.flatnonzero(lengths).tolist()
+    out = [_gamma(len(used))]
+    prev_sym, prev_len = -1, 0
+    for j, sym in enumerate(used):
+        length = int(lengths[sym])
+        out.append(_gamma(sym - prev_sym))
+        if j == 0:
+            out.append(format(length, "04b"))
+        else:
+            d = length - prev_len
+            out.append(_gamma((2 * d if d >= 0 else -2 * d - 1) + 1))
+        prev_sym, prev_len = sym, length
+    return "".join(out)
+
+
+def block_symbols(symbols: np.ndarray, k: int, alphabet: int) -> np.ndarray:
+    """Blocks of ``k`` symbols as one number each, the first symbol most significant; the last
+    block is padded with symbol 0."""
+    blocks = -(-symbols.size // k)
+    padded = np.zeros(blocks * k, dtype=np.int64)
+    padded[: symbols.size] = symbols
+    out = np.zeros(blocks, dtype=np.int64)
+    for j in range(k):
+        out = out * alphabet + padded[j::k]
+    return out
+
+
+def _fixed_plan(counts: np.ndarray) -> StreamPlan:
+    used = np.flatnonzero(counts)
+    lo, hi = (int(used.min()), int(used.max())) if used.size else (0, 0)
+    return StreamPlan(STREAM_FIXED, 3, 0, int(counts.sum()) * (hi - lo).bit_length())
+
+
+def _huffman_plan(
+    symbols: np.ndarray, k: int, alphabet: int, best_bits: float
+) -> tuple[StreamPlan, np.ndarray, np.ndarray] | None:
+    """The Huffman plan over blocks of ``k``, or None when it cannot beat ``best_bits``."""
+    blocks = block_symbols(symbols, k, alphabet)
+    counts = np.bincount(blocks, minlength=alphabet**k)
+    used = counts[counts > 0]
+    # a lower bound: the blocks' entropy, and at least 2 table bits per coded block symbol
+    p = used / blocks.size
+    if float(blocks.size * -(p * np.log2(p)).sum()) + 2 * used.size >= best_bits:
+        return None
+    lengths = huffman_lengths(counts)
+    plan = StreamPlan(k, 2, len(table_v4_bits(lengths)), int((counts * lengths).sum()))
+    return plan, lengths, blocks
+
+
+def encode_stream_v4(
+    symbols: np.ndarray, modes: tuple[int, ...] | None = None
+) -> tuple[bytes, StreamPlan, np.ndarray]:
+    """A format 4 stream for ``symbols``: the fewest bytes of the allowed ``modes``.
+
+    Modes are 0 (fixed width) and 1 to 4 (Huffman over blocks of that many symbols, while the
+    block alphabet ``A^k`` stays within 65,536); by default all of them, ties to the lower mode.
+    Returns the bytes, the plan and the bits each code (block) takes, in order.
+    """
+    symbols = np.asarray(symbols, dtype=np.int64)
+    allowed = tuple(range(MAX_BLOCK + 1)) if modes is None else modes
+    alphabet = int(symbols.max()) + 1 if symbols.size else 1
+    counts = np.bincount(symbols, minlength=alphabet)
+    candidates: list[tuple[StreamPlan, np.ndarray | None, np.ndarray | None]] = []
+    if STREAM_FIXED in allowed or not symbols.size:
+        candidates.append((_fixed_plan(counts), None, None))
+    if symbols.size:
+        for k in range(1, MAX_BLOCK + 1):
+            if k not in allowed or alphabet**k > MAX_BLOCK_ALPHABET:
+                continue
+            best = min((8 * c[0].total_bytes for c in candidates), default=math.inf)
+            found = _huffman_plan(symbols, k, alphabet, best)
+            if found is not None:
+                candidates.append(found)
+    if not candidates:
+        raise ConfigError("modes", f"no allowed stream mode codes these symbols: {allowed}")
+    plan, lengths, blocks = min(candidates, key=lambda c: (c[0].total_bytes, c[0].mode))
+    if lengths is None or blocks is None:  # fixed width
+        lo = int(symbols.min()) if symbols.size else 0
+        hi = int(symbols.max()) if symbols.size else 0
+        width = (hi - lo).bit_length()
+        offsets = symbols - lo
+        bits = ((offsets[:, None] >> np.arange(width - 1, -1, -1)) & 1).astype(np.uint8)
+        body = np.packbits(bits.reshape(-1)).tobytes() if bits.size else b""
+        return bytes([STREAM_FIXED, lo, hi]) + body, plan, np.full(symbols.size, width)
+    table = np.frombuffer(table_v4_bits(lengths).encode("ascii"), dtype=np.uint8) - ord("0")
+    code_bits = _code_bit_array(blocks, lengths)
+    body = np.packbits(np.concatenate([table, code_bits])).tobytes()
+    return bytes([plan.mode, alphabet - 1]) + body, plan, lengths[blocks]
+
+
+def _code_bit_array(symbols: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The canonical codes of ``symbols`` under ``lengths``, one uint8 per bit, MSB first."""
     codes = canonical_codes(lengths)
-    table = huffman_table(lengths)
     sym_len = lengths[symbols]
     sym_code = codes[symbols]
     starts = np.cumsum(sym_len) - sym_len
@@ -284,22 +429,41 @@ def _encode_with(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
     for j in range(int(sym_len.max()) if symbols.size else 0):
         m = sym_len > j
         bits[starts[m] + j] = (sym_code[m] >> (sym_len[m] - 1 - j)) & 1
-    return table + np.packbits(bits).tobytes()
+    return bits
+
+
+def _encode_with(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
+    return huffman_table(lengths) + np.packbits(_code_bit_array(symbols, lengths)).tobytes()
 
 
 def _stream_stats(
-    symbols: np.ndarray, coded: bytes, role: str, layers: tuple[str, ...]
+    symbols: np.ndarray,
+    coded: bytes,
+    role: str,
+    layers: tuple[str, ...],
+    plan: StreamPlan | None = None,
 ) -> StreamStats:
+    """A stream's numbers: ``plan`` for format 4; without it, a format 2/3 stream's table."""
     h = entropy_bits(symbols)
+    if plan is None:
+        table_bytes = huffman_table_bytes(coded[0] + 1, coded[1] & 0x0F)
+        mode, table_bits = 1, 8 * (table_bytes - 2)
+        payload_bits = int(_code_lengths(coded)[symbols].sum())
+    else:
+        table_bytes = plan.header_bytes + _ceil_bytes(plan.table_bits)
+        mode, table_bits, payload_bits = plan.mode, plan.table_bits, plan.payload_bits
     return StreamStats(
         symbols=int(symbols.size),
         distinct=int(np.unique(symbols).size),
         entropy_bits_per_symbol=h,
         entropy_bytes=symbols.size * h / 8,
         coded_bytes=len(coded),
-        table_bytes=huffman_table_bytes(coded[0] + 1, coded[1] & 0x0F),
+        table_bytes=table_bytes,
         role=role,
         layers=layers,
+        mode=mode,
+        table_bits=table_bits,
+        payload_bits=payload_bits,
     )
 
 
@@ -315,7 +479,7 @@ def _code_lengths(coded: bytes) -> np.ndarray:
     return out
 
 
-def _layer_symbols(symbols: np.ndarray, stream: int, lengths: np.ndarray) -> LayerSymbols:
+def _layer_symbols(symbols: np.ndarray, stream: int, code_bits: int) -> LayerSymbols:
     h = entropy_bits(symbols)
     return LayerSymbols(
         stream=stream,
@@ -323,7 +487,7 @@ def _layer_symbols(symbols: np.ndarray, stream: int, lengths: np.ndarray) -> Lay
         distinct=int(np.unique(symbols).size),
         entropy_bits_per_symbol=h,
         entropy_bytes=symbols.size * h / 8,
-        code_bits=int(lengths[symbols].sum()),
+        code_bits=code_bits,
     )
 
 
@@ -341,16 +505,18 @@ def frequency_ordered_codebook(values: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return distinct[order], rank[inverse.reshape(-1)].astype(np.uint8)
 
 
-def best_index_bits(positions: np.ndarray) -> int:
+def best_index_bits(positions: np.ndarray, version: int = FORMAT_VERSION) -> int:
     """The relative-index width (1 to 8 bits) whose gap stream codes in the fewest bytes."""
     costs = [
-        stream_bytes(np.bincount(relative_indices(positions, b), minlength=256))
+        stream_bytes(np.bincount(relative_indices(positions, b), minlength=256), version)
         for b in range(1, MAX_INDEX_BITS + 1)
     ]
     return int(np.argmin(costs)) + 1
 
 
-def group_streams(counts: list[np.ndarray], *, section_bytes: int = 4) -> list[list[int]]:
+def group_streams(
+    counts: list[np.ndarray], *, section_bytes: int = 4, version: int = FORMAT_VERSION
+) -> list[list[int]]:
     """Greedy grouping of same-role symbol sets into shared streams, fewest bytes first.
 
     Starts from one stream per set and repeatedly makes the merge that saves the most bytes
@@ -361,13 +527,13 @@ def group_streams(counts: list[np.ndarray], *, section_bytes: int = 4) -> list[l
     """
     groups = [[i] for i in range(len(counts))]
     cnt = [c.astype(np.int64) for c in counts]
-    cost = [stream_bytes(c) + section_bytes for c in cnt]
+    cost = [stream_bytes(c, version) + section_bytes for c in cnt]
     saving: dict[tuple[int, int], int] = {}
 
     def pair(a: int, b: int) -> None:
         if int(cnt[a].sum() + cnt[b].sum()) > MAX_STREAM_SYMBOLS:
             return
-        merged = stream_bytes(cnt[a] + cnt[b]) + section_bytes
+        merged = stream_bytes(cnt[a] + cnt[b], version) + section_bytes
         saving[(a, b)] = cost[a] + cost[b] - merged
 
     alive = set(range(len(groups)))
@@ -381,7 +547,7 @@ def group_streams(counts: list[np.ndarray], *, section_bytes: int = 4) -> list[l
             break
         groups[a] += groups[b]
         cnt[a] = cnt[a] + cnt[b]
-        cost[a] = stream_bytes(cnt[a]) + section_bytes
+        cost[a] = stream_bytes(cnt[a], version) + section_bytes
         alive.discard(b)
         saving = {k: v for k, v in saving.items() if a not in k and b not in k}
         for other in alive:
@@ -497,8 +663,8 @@ def _shared_estimate(t: _Tensor, version: int) -> int:
         len(t.name_bytes)
         + head
         + 4 * t.codebook.size
-        + stream_bytes(np.bincount(t.values, minlength=256))
-        + stream_bytes(np.bincount(t.gaps, minlength=256))
+        + stream_bytes(np.bincount(t.values, minlength=256), version)
+        + stream_bytes(np.bincount(t.gaps, minlength=256), version)
     )
 
 
@@ -563,7 +729,7 @@ def encode_onnx(
         positions = np.flatnonzero(nz_mask).astype(np.int64)
         bits = conv_index_bits if kind == "conv" else fc_index_bits
         if bits == 0:
-            bits = best_index_bits(positions)
+            bits = best_index_bits(positions, format_version)
         raw = flat.astype(ONNX_DTYPES[tensor.data_type][0], copy=False).tobytes()
         offset = -(-data_length // DATA_ALIGNMENT) * DATA_ALIGNMENT
         t = _Tensor(
@@ -610,7 +776,10 @@ def encode_onnx(
     plan: list[tuple[str, list[_Tensor]]] = []
     for role in ("values", "gaps"):
         if format_version >= 3:
-            groups = group_streams([np.bincount(getattr(t, role), minlength=256) for t in shared])
+            groups = group_streams(
+                [np.bincount(getattr(t, role), minlength=256) for t in shared],
+                version=format_version,
+            )
         else:
             groups = [[i] for i in range(len(shared))]
         plan += [(role, [shared[i] for i in g]) for g in groups]
@@ -627,14 +796,25 @@ def encode_onnx(
     layer_syms: dict[tuple[str, str], LayerSymbols] = {}
     for sid, (role, members) in enumerate(plan):
         stream = np.concatenate([getattr(t, role) for t in members])
-        coded = huffman_encode(stream)
-        lengths = _code_lengths(coded)
-        stream_stats.append(_stream_stats(stream, coded, role, tuple(t.name for t in members)))
+        names = tuple(t.name for t in members)
+        if format_version >= 4:
+            coded, plan4, code_bits = encode_stream_v4(stream)
+            stream_stats.append(_stream_stats(stream, coded, role, names, plan4))
+            # a code (of a block of k symbols) counts for the layer its first symbol is in
+            per = max(plan4.mode, 1)
+            ends = np.cumsum([getattr(t, role).size for t in members])
+            first_block = -(-np.concatenate(([0], ends)) // per)
+            bits_of = [int(code_bits[a:b].sum()) for a, b in itertools.pairwise(first_block)]
+        else:
+            coded = huffman_encode(stream)
+            lengths = _code_lengths(coded)
+            stream_stats.append(_stream_stats(stream, coded, role, names))
+            bits_of = [int(lengths[getattr(t, role)].sum()) for t in members]
         stream_bodies.append((coded, int(stream.size)))
-        for t in members:
+        for t, layer_bits in zip(members, bits_of, strict=True):
             stream_of[(t.name, role)] = sid
             coded_by_layer[(t.name, role)] = coded
-            layer_syms[(t.name, role)] = _layer_symbols(getattr(t, role), sid, lengths)
+            layer_syms[(t.name, role)] = _layer_symbols(getattr(t, role), sid, layer_bits)
 
     sections: list[_Section] = []
     layers: list[LayerStats] = []

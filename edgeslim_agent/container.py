@@ -6,6 +6,9 @@ the cluster index of every non-zero weight and its position as a relative index 
 ``index_bits`` bits, with filler entries when a gap overflows). Since format version 3 the
 streams are sections of their own, each shared by every layer of one kind (one code table for
 all of them); version 2 kept two streams inside every layer's section and is still read.
+Version 4 (written now) gives every stream a compact, delta-coded table and lets it code blocks
+of 2 to 4 symbols as one (extended-alphabet Huffman) or store fixed-width symbols; versions 2
+and 3 are still read.
 ``docs/container-format.md`` describes the bytes; :mod:`compression.weight_coding` writes them;
 this module reads them back.
 
@@ -52,8 +55,13 @@ MAGIC = b"ESDC\r\n\x1a\n"  # like PNG's: a text-mode transfer or a truncation to
 # Version 3 adds one thing: Huffman streams as sections of their own (kind 4), shared by many
 # weight-shared tensors (coding 3), so a small layer no longer pays for two code tables. Every
 # version 2 file is a valid version 3 file but for its version number, so both are read.
-FORMAT_VERSION = 3
-SUPPORTED_VERSIONS = (2, 3)
+# Version 4 changes one thing: the layout of a Huffman stream. Its code-length table is sparse
+# and delta coded (Elias gamma) instead of a fixed-width field per symbol, its codes follow the
+# table without byte alignment, and a stream may code blocks of 2 to 4 symbols as one
+# extended-alphabet symbol (a skewed stream's whole-bit Huffman redundancy shrinks with the
+# block) or store its symbols at a fixed width with no table. Versions 2 and 3 are still read.
+FORMAT_VERSION = 4
+SUPPORTED_VERSIONS = (2, 3, 4)
 HEADER = struct.Struct(
     "<8sHHIIII32s"
 )  # magic, version, header length, sections, payload, graph, data, sha256
@@ -87,6 +95,9 @@ CODING_NAMES = {
     CODING_HUFFMAN: "huffman",
     CODING_STREAMS: "streams",
 }
+STREAM_FIXED = 0  # version 4 stream mode: fixed-width symbols, no table (1 to 4: block length)
+MAX_BLOCK = 4  # version 4: at most 4 symbols per extended-alphabet Huffman symbol
+MAX_BLOCK_ALPHABET = 1 << 16  # version 4: A^k, the extended alphabet, is at most 65,536 symbols
 MAX_STREAMS = 255  # the streams section counts its streams in a byte; tensors name them in one
 ROLE_VALUES, ROLE_GAPS = "cluster-index", "relative-index"
 
@@ -231,7 +242,8 @@ def _parse_header(data: bytes) -> ContainerHeader:
         data
     )
     if version not in SUPPORTED_VERSIONS:
-        known = " and ".join(map(str, SUPPORTED_VERSIONS))
+        *head, last = map(str, SUPPORTED_VERSIONS)
+        known = f"{', '.join(head)} and {last}" if head else last
         raise ContainerError(
             f"The container has format version {version}; this decoder reads version"
             f"{'s' if len(SUPPORTED_VERSIONS) > 1 else ''} {known} only."
@@ -332,6 +344,11 @@ def _verify(
             raise ContainerError(
                 f"{label.capitalize()} uses a shared Huffman stream, which format version 3 "
                 f"introduced, but the container declares version {header.version}."
+            )
+        if header.version >= 4 and kind == KIND_SHARED and coding == CODING_HUFFMAN:
+            raise ContainerError(
+                f"{label.capitalize()} keeps Huffman streams of its own (coding 2), which format "
+                f"version 4 does not allow: its symbols belong in the streams section."
             )
         if kind == KIND_STREAM:
             if coding != CODING_HUFFMAN:
@@ -515,6 +532,14 @@ def huffman_decode(stream: memoryview | bytes, count: int, what: str) -> np.ndar
         raise ContainerError(
             f"The Huffman table of {what} gives no symbol a code but {count} symbols are declared."
         )
+    _check_prefix_code(lengths, what)
+    bits = np.unpackbits(payload)
+    return _decode_codes(bits, lengths, count, what)
+
+
+def _check_prefix_code(lengths: np.ndarray, what: str) -> None:
+    """Refuse code lengths that are not a complete prefix code (or one symbol of length 1)."""
+    used = np.flatnonzero(lengths)
     kraft = sum(1 << (MAX_CODE_LENGTH - int(n)) for n in lengths[used])
     single = used.size == 1 and int(lengths[used[0]]) == 1
     if kraft != 1 << MAX_CODE_LENGTH and not single:
@@ -523,23 +548,29 @@ def huffman_decode(stream: memoryview | bytes, count: int, what: str) -> np.ndar
             f"The Huffman table of {what} does not form a prefix code: its code lengths are "
             f"{kind} (Kraft sum {kraft / (1 << MAX_CODE_LENGTH):.4f}, must be 1)."
         )
+
+
+def _decode_codes(bits: np.ndarray, lengths: np.ndarray, count: int, what: str) -> np.ndarray:
+    """``count`` symbols from ``bits`` (one uint8 0/1 per bit, the codes first, then at most 7
+    zero padding bits) under the canonical code of ``lengths``, already checked to be a prefix
+    code; ``count >= 1``."""
+    used = np.flatnonzero(lengths)
     max_len = int(lengths.max())
     codes = canonical_codes(lengths)
     # Lookup over max_len-bit windows: the symbol and the code length a window starts with.
-    sym_of = np.zeros(1 << max_len, dtype=np.uint8)
+    sym_of = np.zeros(1 << max_len, dtype=np.uint8 if lengths.size <= 256 else np.uint16)
     len_of = np.zeros(1 << max_len, dtype=np.int64)
     for sym in used.tolist():
         n = int(lengths[sym])
         lo = int(codes[sym]) << (max_len - n)
         sym_of[lo : lo + (1 << (max_len - n))] = sym
         len_of[lo : lo + (1 << (max_len - n))] = n
-    nbits = payload.size * 8
+    nbits = int(bits.size)
     if count > nbits:
         raise ContainerError(
             f"The Huffman stream of {what} has {nbits} bits, too few for {count} symbols."
         )
     index = np.int32 if nbits + 64 < 2**31 else np.int64  # halves the decoder's peak memory
-    bits = np.unpackbits(payload)
     padded = np.concatenate([bits, np.zeros(max_len, dtype=np.uint8)])
     windows = np.zeros(nbits, dtype=np.int32)
     for j in range(max_len):
@@ -586,6 +617,155 @@ def huffman_decode(stream: memoryview | bytes, count: int, what: str) -> np.ndar
             "7 zero padding bits are allowed."
         )
     return sym_of[windows[starts]]
+
+
+class _TableBits:
+    """Reads a version 4 stream's code-length table: bits MSB first, Elias gamma codes."""
+
+    def __init__(self, bits: np.ndarray, limit: int, what: str) -> None:
+        self.bits: list[int] = bits[:limit].tolist()  # a table is never longer than ``limit``
+        self.pos = 0
+        self.what = what
+
+    def read(self, n: int) -> int:
+        if self.pos + n > len(self.bits):
+            raise ContainerError(
+                f"The Huffman table of {self.what} runs past the end of its stream."
+            )
+        value = 0
+        for bit in self.bits[self.pos : self.pos + n]:
+            value = (value << 1) | bit
+        self.pos += n
+        return value
+
+    def gamma(self) -> int:
+        """An Elias gamma code: z zero bits, then a z + 1 bit number starting with 1 (>= 1)."""
+        zeros = 0
+        while self.pos < len(self.bits) and self.bits[self.pos] == 0:
+            zeros += 1
+            self.pos += 1
+            if zeros > 31:
+                raise ContainerError(
+                    f"The Huffman table of {self.what} holds a malformed Elias gamma code (more "
+                    "than 31 leading zeros)."
+                )
+        return self.read(zeros + 1)
+
+
+def _decode_fixed(data: bytes, count: int, what: str) -> np.ndarray:
+    """A version 4 fixed-width stream: smallest and largest symbol, then ``symbol - lo``."""
+    if len(data) < 3:
+        raise ContainerError(f"The fixed-width stream of {what} is shorter than its 3-byte header.")
+    lo, hi = data[1], data[2]
+    if lo > hi:
+        raise ContainerError(
+            f"The fixed-width stream of {what} declares symbols {lo} to {hi}; the smallest must "
+            "not exceed the largest."
+        )
+    width = (hi - lo).bit_length()
+    need = (count * width + 7) // 8
+    if len(data) - 3 != need:
+        raise ContainerError(
+            f"The fixed-width stream of {what} holds {len(data) - 3} bytes after its header; "
+            f"{count} symbols of {width} bits take {need}."
+        )
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8, offset=3))
+    if bits[count * width :].any():
+        raise ContainerError(f"The fixed-width stream of {what} has non-zero padding bits.")
+    if width == 0:
+        return np.full(count, lo, dtype=np.uint8)
+    weights = 1 << np.arange(width - 1, -1, -1, dtype=np.int64)
+    offsets = bits[: count * width].reshape(count, width).astype(np.int64) @ weights
+    if count and int(offsets.max()) > hi - lo:
+        raise ContainerError(
+            f"The fixed-width stream of {what} holds symbol {lo + int(offsets.max())}, above its "
+            f"declared largest {hi}."
+        )
+    return (offsets + lo).astype(np.uint8)
+
+
+def decode_stream_v4(stream: memoryview | bytes, count: int, what: str) -> np.ndarray:
+    """Decode ``count`` symbols from a version 4 stream (see docs/container-format.md).
+
+    Byte 0 is the mode: 0 stores the symbols at a fixed width (no table); 1 to 4 is the block
+    length k of a canonical Huffman code over blocks of k symbols (A^k block symbols, A the
+    alphabet in byte 1). The sparse, delta-coded table is read and checked to be a prefix code
+    before any code is decoded; the last block's padding symbols must be 0.
+    """
+    data = bytes(stream)
+    if len(data) < 2:
+        raise ContainerError(f"The stream of {what} is shorter than its 2-byte header.")
+    mode = data[0]
+    if mode == STREAM_FIXED:
+        return _decode_fixed(data, count, what)
+    if not 1 <= mode <= MAX_BLOCK:
+        raise ContainerError(
+            f"The stream of {what} has unknown mode {mode}; 0 (fixed width) and 1 to "
+            f"{MAX_BLOCK} (Huffman over blocks of that many symbols) are defined."
+        )
+    k, alphabet = mode, data[1] + 1
+    n_sym = alphabet**k
+    if n_sym > MAX_BLOCK_ALPHABET:
+        raise ContainerError(
+            f"The stream of {what} codes blocks of {k} symbols from an alphabet of {alphabet}: "
+            f"{n_sym} block symbols, over the cap of {MAX_BLOCK_ALPHABET}."
+        )
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8, offset=2))
+    # the longest table: U, then per symbol a gap (<= 2^17, 33 bits) and a length delta (9 bits)
+    reader = _TableBits(bits, 33 + 4 + n_sym * (33 + 9), what)
+    used_count = reader.gamma()
+    if used_count > n_sym:
+        raise ContainerError(
+            f"The Huffman table of {what} gives {used_count} symbols a code, more than its "
+            f"{n_sym} block symbols."
+        )
+    lengths = np.zeros(n_sym, dtype=np.int64)
+    sym, length = -1, 0
+    for j in range(used_count):
+        sym += reader.gamma()
+        if sym >= n_sym:
+            raise ContainerError(
+                f"The Huffman table of {what} codes symbol {sym}, past its {n_sym} block symbols."
+            )
+        if j == 0:
+            length = reader.read(4)
+        else:
+            z = reader.gamma() - 1  # zigzag: 0, -1, +1, -2, +2, ...
+            length += z >> 1 if z % 2 == 0 else -((z + 1) >> 1)
+        if not 1 <= length <= MAX_CODE_LENGTH:
+            raise ContainerError(
+                f"The Huffman table of {what} gives a code of {length} bits; 1 to "
+                f"{MAX_CODE_LENGTH} are allowed."
+            )
+        lengths[sym] = length
+    _check_prefix_code(lengths, what)
+    codes = bits[reader.pos :]
+    blocks = -(-count // k)
+    if blocks == 0:
+        if codes.size >= 8 or codes.any():
+            raise ContainerError(f"The Huffman stream of {what} has bits but no symbols.")
+        return np.zeros(0, dtype=np.uint8)
+    block_symbols = _decode_codes(codes, lengths, blocks, what)
+    if k == 1:
+        return block_symbols.astype(np.uint8)
+    digits = np.empty((blocks, k), dtype=np.int64)
+    rest = block_symbols.astype(np.int64)
+    for j in range(k - 1, -1, -1):
+        digits[:, j] = rest % alphabet
+        rest //= alphabet
+    flat = digits.reshape(-1)
+    if flat[count:].any():
+        raise ContainerError(
+            f"The last block of the Huffman stream of {what} is padded with non-zero symbols."
+        )
+    return flat[:count].astype(np.uint8)
+
+
+def decode_stream(stream: memoryview | bytes, count: int, what: str, version: int) -> np.ndarray:
+    """A stream of a container of ``version``: the version 4 layout, or that of 2 and 3."""
+    if version >= 4:
+        return decode_stream_v4(stream, count, what)
+    return huffman_decode(stream, count, what)
 
 
 @dataclass
@@ -745,7 +925,9 @@ def _split_streams(entries: list[tuple[str, SectionEntry, memoryview]]) -> list[
 
 
 def _decode_streams(
-    entries: list[tuple[str, SectionEntry, memoryview]], shared: dict[int, _Shared]
+    entries: list[tuple[str, SectionEntry, memoryview]],
+    shared: dict[int, _Shared],
+    version: int,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Every shared section's (cluster indices, relative indices), streams checked first.
 
@@ -785,7 +967,8 @@ def _decode_streams(
         )
     out: dict[int, dict[str, np.ndarray]] = {i: {} for i in shared}
     for sid, body in enumerate(streams):
-        symbols = huffman_decode(body, sum(n for _i, _w, n in users[sid]), f"stream {sid}")
+        total = sum(n for _i, _w, n in users[sid])
+        symbols = decode_stream(body, total, f"stream {sid}", version)
         at = 0
         for j, which, n in users[sid]:
             out[j][which] = symbols[at : at + n]
@@ -880,7 +1063,7 @@ def _decode_into(
         for i, (name, entry, body) in enumerate(entries)
         if entry.kind == KIND_SHARED
     }
-    symbols = _decode_streams(entries, shared)
+    symbols = _decode_streams(entries, shared, header.version)
     infos: list[SectionInfo] = []
     with open(tmp / DATA_FILE_NAME, "wb") as fh:
         if header.data_length:

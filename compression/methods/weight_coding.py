@@ -161,7 +161,13 @@ def deep_compression_table(stats: dict[str, Any]) -> dict[str, Any]:
             "entropy_bytes": float(st["entropy_bytes"]),
             "coded_bytes": int(st["coded_bytes"]),
             "table_bytes": int(st["table_bytes"]),
+            "mode": int(st.get("mode", 1)),
+            "table_bits": int(st.get("table_bits", 0)),
+            "payload_bits": int(st.get("payload_bits", 0)),
             "overhead": st["coded_bytes"] / st["entropy_bytes"] - 1.0
+            if st["entropy_bytes"] > 0
+            else None,
+            "payload_overhead": st.get("payload_bits", 0) / (8 * st["entropy_bytes"]) - 1.0
             if st["entropy_bytes"] > 0
             else None,
         }
