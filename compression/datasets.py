@@ -786,12 +786,44 @@ def dataset_report(bundle: DatasetBundle) -> DatasetReport:
     )
 
 
-def check_dataset_matches_model(bundle: DatasetBundle, model: Any) -> None:
+def check_dataset_matches_model(bundle: Any, model: Any) -> None:
     """Refuse a data set whose classes or channels do not fit the model (a ModelState).
 
+    A detection model needs a detection data set (a
+    :class:`~compression.detection_data.DetectionBundle`) with as many classes as it detects
+    and RGB input; its images may have any size (they are letterboxed to the model's input).
+    A classifier needs a classification data set (a :class:`DatasetBundle`).
+
     Raises:
-        DatasetError: naming both class counts, or both channel counts / input sizes.
+        DatasetError: naming both tasks, both class counts, or both channel counts / input sizes.
     """
+    from compression.detection_data import DetectionBundle
+
+    task = getattr(model, "task", "classification")
+    if task == "detection" or isinstance(bundle, DetectionBundle):
+        if task != "detection":
+            raise DatasetError(
+                f"the data set {bundle.name!r} is a detection data set but the model is a "
+                f"{task} model"
+            )
+        if not isinstance(bundle, DetectionBundle):
+            raise DatasetError(
+                f"the model is a detection model but the data set "
+                f"{getattr(bundle, 'name', '?')!r} is a classification data set"
+            )
+        if bundle.num_classes != model.num_classes:
+            raise DatasetError(
+                f"the detection data set {bundle.name!r} has {bundle.num_classes} classes but "
+                f"the detection model detects {model.num_classes} classes"
+            )
+        if model.input_shape[0] != 3:
+            raise DatasetError(
+                f"the detection data set {bundle.name!r} has RGB (3-channel) images but the "
+                f"model expects {model.input_shape[0]} channels"
+            )
+        if not bundle.test:
+            raise DatasetError(f"the detection data set {bundle.name!r} has no test images")
+        return
     if bundle.num_classes != model.num_classes:
         raise DatasetError(
             f"the data set has {bundle.num_classes} classes but the model outputs "

@@ -1,4 +1,5 @@
-"""The one accuracy evaluator: top-1 in percent, for a torch module or an ONNX file.
+"""The one accuracy evaluator: top-1 in percent, for a torch module or an ONNX file (and, for
+a raw-output ONNX detector, its detections and mAP: :func:`evaluate_detector_onnx`).
 
 Every figure EdgeSlim shows comes from here: the validation curve during training, the test
 accuracy in reports and verdicts, and the benchmarks. Torch runs in float32 (no autocast, so a
@@ -8,7 +9,7 @@ Runtime's CPU provider, exactly what a device runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +119,111 @@ def accuracy(
     if onnx_path is None:
         raise ValueError("the model state holds neither a module nor an ONNX file")
     return accuracy_onnx(onnx_path, loader, check_cancel=check_cancel)
+
+
+# --- detectors -------------------------------------------------------------------------------
+
+
+def detect_onnx(
+    path: Path | str,
+    samples: Sequence[Any],
+    *,
+    score_threshold: float | None = None,
+    iou_threshold: float | None = None,
+    max_detections: int | None = None,
+    pre_nms_top_k: int | None = None,
+    batch_size: int = 16,
+    check_cancel: CancelCheck | None = None,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Run a raw-output ONNX detector (one carrying the detection metadata, e.g. an export of
+    :func:`compression.detection_export.export_detector` or its int8 quantization) on
+    ``samples`` (:class:`~compression.detection_data.DetectionSample`) with ONNX Runtime's CPU
+    provider and the shared numpy post-processing.
+
+    Each image is letterboxed to the model's input as in training and :func:`evaluate_detector`;
+    the boxes come back in the image's own pixels. The thresholds override the file's.
+
+    Returns:
+        Per sample ``(boxes (K, 4) xyxy, scores (K,), labels (K,))``.
+
+    Raises:
+        ValueError: the file carries no detection metadata.
+    """
+    import dataclasses
+
+    import onnxruntime as ort
+
+    from compression.detect_post import postprocess
+    from compression.detection_export import read_detector_meta
+    from compression.detection_transforms import letterbox
+
+    meta = read_detector_meta(path)
+    if meta is None:
+        raise ValueError(f"{Path(path).name} carries no detection metadata")
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in (
+            ("score_threshold", score_threshold),
+            ("iou_threshold", iou_threshold),
+            ("max_detections", max_detections),
+            ("pre_nms_top_k", pre_nms_top_k),
+        )
+        if v is not None
+    }
+    meta = dataclasses.replace(meta, **overrides)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    step = fixed_batch or max(1, batch_size)
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for start in range(0, len(samples), step):
+        if check_cancel is not None:
+            check_cancel()
+        chunk = samples[start : start + step]
+        placed = [letterbox(s.image, meta.input_size) for s in chunk]
+        x = np.stack([img for img, _ in placed]).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        if fixed_batch is not None and fixed_batch != x.shape[0]:
+            pad = np.zeros((fixed_batch - x.shape[0], *x.shape[1:]), dtype=np.float32)
+            x = np.concatenate([x, pad])
+        results = postprocess(session.run(None, {inp.name: np.ascontiguousarray(x)}), meta)
+        for s, (_, pl), r in zip(chunk, placed, results, strict=False):
+            found.append((pl.boxes_to_image(r.boxes, s.width, s.height), r.scores, r.class_ids))
+    return found
+
+
+def evaluate_detector_onnx(
+    path: Path | str,
+    samples: Sequence[Any],
+    class_names: Sequence[str],
+    *,
+    batch_size: int = 16,
+    check_cancel: CancelCheck | None = None,
+) -> Any:
+    """mAP (:class:`~compression.detection_metrics.DetectionMetrics`) of a raw-output ONNX
+    detector on ``samples``, scored as :func:`compression.detection_metrics.evaluate_detector`
+    scores a torch detector: the same letterbox, the same low score threshold, NMS IoU and
+    detections per image, the same accumulator."""
+    from compression.detection_metrics import (
+        MAP_NMS_IOU,
+        MAP_SCORE_THRESHOLD,
+        MAX_DETECTIONS,
+        PRE_NMS_TOP_K,
+        MapAccumulator,
+    )
+
+    found = detect_onnx(
+        path,
+        samples,
+        score_threshold=MAP_SCORE_THRESHOLD,
+        iou_threshold=MAP_NMS_IOU,
+        max_detections=MAX_DETECTIONS,
+        pre_nms_top_k=PRE_NMS_TOP_K,
+        batch_size=batch_size,
+        check_cancel=check_cancel,
+    )
+    acc = MapAccumulator(class_names, max_detections=MAX_DETECTIONS)
+    for s, (boxes, scores, labels) in zip(samples, found, strict=True):
+        acc.add(boxes, scores, labels, s.boxes, s.labels)
+    return acc.compute()

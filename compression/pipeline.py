@@ -21,16 +21,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from compression.checkpoint import load_checkpoint, save_checkpoint, sha256_file
 from compression.datasets import DatasetBundle, check_dataset_matches_model, dataset_report
+from compression.detection_data import DetectionBundle
 from compression.errors import Cancelled, CompressionError, ConfigError
 from compression.latency import measure_latency_isolated
-from compression.metrics import ModelMetrics, measure_model
+from compression.metrics import (
+    ModelMetrics,
+    letterboxed_inputs,
+    measure_detection_latency_isolated,
+    measure_model,
+)
 from compression.preprocessing import stamp_onnx
 from compression.recipe import Recipe, check_recipe_for_state, recipe_hash, recipe_to_dict
 from compression.registry import get_method
@@ -38,6 +44,13 @@ from compression.stage import LayerChange, ModelState, ProgressFn, StageContext,
 
 SCHEMA_VERSION = 2
 STATE_VERSION = 2
+# A detection run's final artifacts: the end-to-end graph's thresholds, and the grid of test
+# images with the baseline's and the final model's boxes.
+E2E_SCORE_THRESHOLD = 0.25
+E2E_MAX_DETECTIONS = 100
+GRID_IMAGES = 8
+GRID_SIDE = 192  # pixels of each image in the grid
+GRID_SCORE_THRESHOLD = 0.3  # boxes drawn in the grid: at least this score
 # Shares of the overall progress bar: the baseline measurement, the stages, the final export.
 _BASELINE_SHARE = 0.05
 _FINAL_SHARE = 0.03
@@ -102,10 +115,12 @@ class RunReport:
     eval_settings: dict[str, Any] = field(default_factory=dict)
     # The last weight_coding stage's per-layer size table (docs/report-schema.md), else None.
     deep_compression: dict[str, Any] | None = None
+    task: str = "classification"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,
+            "task": self.task,
             "recipe": self.recipe,
             "recipe_hash": self.recipe_hash,
             "model": self.model,
@@ -316,7 +331,7 @@ class _Progress:
 def run_recipe(
     recipe: Recipe,
     model: ModelState,
-    data: DatasetBundle,
+    data: DatasetBundle | DetectionBundle,
     out_dir: Path | str,
     *,
     progress: ProgressFn | None = None,
@@ -331,7 +346,8 @@ def run_recipe(
     Args:
         recipe: a validated recipe (:func:`compression.recipe.parse_recipe`).
         model: the starting model; it is copied, not modified.
-        data: the data set; its classes and channels must match the model.
+        data: the data set; its classes and channels must match the model. A detection model
+            (``model.task == "detection"``) takes a DetectionBundle and is measured by mAP.
         out_dir: the run's folder; rerunning with the same folder and recipe resumes.
         progress: ``(fraction 0..1, message, metrics)``; metrics carry an ``event`` key
             (``baseline``, ``stage_start``, ``stage_progress``/``epoch``, ``stage_end``, ``done``).
@@ -367,7 +383,7 @@ def run_recipe(
     identity = {
         "recipe_hash": digest,
         "model_sha256": model_fingerprint(model),
-        "dataset_fingerprint": data.fingerprint(),
+        "dataset_fingerprint": data_fingerprint(data),
         "eval_hash": eval_hash(recipe),
     }
     if shared_baseline is not None:
@@ -505,7 +521,8 @@ def run_recipe(
             )
             ctx = StageContext(
                 model=current,
-                data=data,
+                # a DetectionBundle for a detector (methods declare the tasks they take)
+                data=cast(Any, data),
                 device=dev,
                 work_dir=work_dir,
                 seed=recipe.seed + i,
@@ -611,17 +628,39 @@ def run_recipe(
             for m, lat in zip(states, results, strict=True):
                 m.latency = lat
                 m.peak_mem_mb = lat.peak_rss_mb
+            if isinstance(data, DetectionBundle):
+                # End to end: the same states, network + numpy decode + NMS, interleaved too.
+                check_cancel()
+                e2e = measure_detection_latency_isolated(
+                    [out_dir / str(m.onnx_path) for m in states],
+                    letterboxed_inputs(data.test, model.input_shape[1], recipe.eval.batch_size),
+                    threads=recipe.eval.threads,
+                    warmup=recipe.eval.warmup,
+                    runs=recipe.eval.latency_runs,
+                    rounds=recipe.eval.rounds,
+                    should_cancel=(lambda: should_cancel()) if should_cancel is not None else None,
+                )
+                for m, lat in zip(states, e2e, strict=True):
+                    m.latency_e2e = lat
         check_cancel()
 
         # Final ---------------------------------------------------------------------------
         final_metrics = reports[-1].metrics
         final_artifacts = _final_artifacts(out_dir, state, recipe, current)
-        pre = data.preprocessing
-        for art in final_artifacts:
-            if art["kind"].startswith("onnx"):
-                stamp_onnx(out_dir / art["path"], pre)
-                art["bytes"] = (out_dir / art["path"]).stat().st_size
-                art["sha256"] = sha256_file(out_dir / art["path"])
+        pre_dict: dict[str, Any] = {}
+        if isinstance(data, DatasetBundle):
+            pre = data.preprocessing
+            pre_dict = pre.to_dict()
+            for art in final_artifacts:
+                if art["kind"].startswith("onnx"):
+                    stamp_onnx(out_dir / art["path"], pre)
+                    art["bytes"] = (out_dir / art["path"]).stat().st_size
+                    art["sha256"] = sha256_file(out_dir / art["path"])
+        else:
+            bar.emit(1.0 - _FINAL_SHARE / 2, "drawing the detections", {"event": "final"})
+            final_artifacts[1:1] = _detection_artifacts(
+                out_dir, state, data, final_artifacts, check_cancel
+            )
         targets = _verdict(recipe, baseline, reports)
         run_report = RunReport(
             recipe=recipe_to_dict(recipe),
@@ -632,17 +671,18 @@ def run_recipe(
             final_format=current.format,
             targets=targets,
             artifacts=final_artifacts,
-            dataset=_dataset_summary(data),
+            dataset=_dataset_summary(data, model),
             model=_model_summary(model),
             environment=_environment(dev),
             started_at=state.get("started_at", started_at),
             finished_at=_now(),
             duration_s=time.monotonic() - started,
             resumed_from_stage=resumed_from,
-            preprocessing=pre.to_dict(),
+            preprocessing=pre_dict,
             identity=identity,
             eval_settings=recipe_to_dict(recipe)["eval"],
             deep_compression=_deep_compression(reports),
+            task=model.task,
         )
         _write_json_atomic(out_dir / "report.json", run_report.to_dict())
         state["status"] = "done"
@@ -654,7 +694,7 @@ def run_recipe(
 def measure_baseline(
     recipe: Recipe,
     model: ModelState,
-    data: DatasetBundle,
+    data: DatasetBundle | DetectionBundle,
     out_dir: Path | str,
     *,
     progress: ProgressFn | None = None,
@@ -677,7 +717,7 @@ def measure_baseline(
     out_dir.mkdir(parents=True, exist_ok=True)
     identity = {
         "model_sha256": model_fingerprint(model),
-        "dataset_fingerprint": data.fingerprint(),
+        "dataset_fingerprint": data_fingerprint(data),
         "eval_hash": eval_hash(recipe),
     }
     stored = out_dir / "baseline.json"
@@ -726,6 +766,16 @@ def measure_baseline(
                 should_cancel=should_cancel,
             )
             metrics.peak_mem_mb = metrics.latency.peak_rss_mb
+            if isinstance(data, DetectionBundle):
+                (metrics.latency_e2e,) = measure_detection_latency_isolated(
+                    [onnx_path],
+                    letterboxed_inputs(data.test, model.input_shape[1], recipe.eval.batch_size),
+                    threads=recipe.eval.threads,
+                    warmup=recipe.eval.warmup,
+                    runs=recipe.eval.latency_runs,
+                    rounds=recipe.eval.rounds,
+                    should_cancel=should_cancel,
+                )
     metrics.onnx_path = "model.onnx"
     shared = SharedBaseline(metrics=metrics, onnx_path=onnx_path, identity=identity)
     _write_json_atomic(stored, shared.to_dict())
@@ -784,14 +834,15 @@ def _copy_state(model: ModelState) -> ModelState:
 def _measure(
     recipe: Recipe,
     model: ModelState,
-    data: DatasetBundle,
+    data: DatasetBundle | DetectionBundle,
     work_dir: Path,
     device: torch.device,
     *,
     macs_hint: int | None,
     check_cancel: Callable[[], None] | None = None,
 ) -> ModelMetrics:
-    """Accuracy (test and val), size and MACs; latency comes later, all states interleaved."""
+    """Accuracy (test and val; a detector's mAP), size and MACs; latency comes later, all
+    states interleaved."""
     return measure_model(
         model,
         data,
@@ -810,18 +861,62 @@ def _rel(out_dir: Path, path: Path) -> str:
 def _flat(m: ModelMetrics) -> dict[str, Any]:
     """The few numbers a progress line shows."""
     return {
+        "task": m.task,
+        "metric": m.metric,
         "accuracy": m.accuracy,
         "val_accuracy": m.val_accuracy,
+        "map50_95": m.detection.get("map50_95") if m.detection else None,
         "params": m.params,
         "nonzero_params": m.nonzero_params,
         "macs": m.macs,
         "onnx_bytes": m.onnx_bytes,
         "onnx_zip_bytes": m.onnx_zip_bytes,
         "p50_ms": m.latency.p50_ms if m.latency else None,
+        "p50_e2e_ms": m.latency_e2e.p50_ms if m.latency_e2e else None,
     }
 
 
-def _dataset_summary(data: DatasetBundle) -> dict[str, Any]:
+def data_fingerprint(data: DatasetBundle | DetectionBundle) -> str:
+    """What identifies the data a run measures on: a classification bundle's own fingerprint,
+    or for a detection set the sha256 of its name, classes and every split's images, boxes and
+    labels (deterministic, so a resumed run on the same set matches)."""
+    if isinstance(data, DatasetBundle):
+        return data.fingerprint()
+    h = hashlib.sha256()
+    h.update(json.dumps([data.name, list(data.classes)]).encode())
+    for split in ("train", "val", "test"):
+        samples = data.split(split)
+        h.update(f"|{split}:{len(samples)}|".encode())
+        for s in samples:
+            h.update(f"{s.name}|{s.image.shape}|".encode())
+            h.update(np.ascontiguousarray(s.image).tobytes())
+            h.update(np.asarray(s.boxes, dtype=np.float32).tobytes())
+            h.update(np.asarray(s.labels, dtype=np.int64).tobytes())
+    return "det-" + h.hexdigest()
+
+
+def _dataset_summary(
+    data: DatasetBundle | DetectionBundle, model: ModelState | None = None
+) -> dict[str, Any]:
+    if isinstance(data, DetectionBundle):
+        det = data.report
+        return {
+            "task": "detection",
+            "name": data.name,
+            "format": data.format,
+            "classes": list(data.classes),
+            "input_shape": list(model.input_shape) if model is not None else None,
+            "totals": {k: len(data.split(k)) for k in ("train", "val", "test")},
+            "boxes": {
+                k: int(sum(len(s.boxes) for s in data.split(k))) for k in ("train", "val", "test")
+            },
+            "negatives": det.negatives,
+            "corrupt_files": int(det.problem_counts.get("corrupt_image", 0)),
+            "split_seed": data.split_seed,
+            "split_sources": dict(det.split_sources),
+            "fingerprint": data_fingerprint(data),
+            "reported_split": "test",
+        }
     rep = dataset_report(data).to_dict()
     return {
         "name": rep["name"],
@@ -898,6 +993,8 @@ def _load_state(
         "final.int8.onnx",
         "final.compressed.onnx",
         "final.esdc",
+        "final.e2e.onnx",
+        "detections_grid.png",
     ):
         (out_dir / name).unlink(missing_ok=True)
     return None
@@ -951,3 +1048,122 @@ def _final_artifacts(
         ckpt = out_dir / record["checkpoint"]
         arts.append(_artifact(out_dir, ckpt, "checkpoint"))
     return arts
+
+
+# --- a detector's final artifacts ------------------------------------------------------------
+
+
+def _detection_artifacts(
+    out_dir: Path,
+    state: dict[str, Any],
+    data: DetectionBundle,
+    final_artifacts: list[dict[str, Any]],
+    check_cancel: Callable[[], None],
+) -> list[dict[str, Any]]:
+    """The end-to-end ONNX of the final model (decode and ``NonMaxSuppression`` in the graph,
+    score threshold :data:`E2E_SCORE_THRESHOLD`, at most :data:`E2E_MAX_DETECTIONS` boxes per
+    image) and the grid of test images with the baseline's and the final model's boxes.
+
+    Both models run as ONNX through ONNX Runtime and the shared numpy post-processing, the
+    final one in its final format (int8 after ``ptq_int8``)."""
+    import dataclasses
+
+    from compression.detection_export import export_end_to_end, read_detector_meta
+    from compression.evaluation import detect_onnx
+    from compression.onnx_export import ExportError
+
+    by_kind = {a["kind"]: out_dir / a["path"] for a in final_artifacts}
+    final_raw = (
+        by_kind.get("onnx_int8") or by_kind.get("onnx_compressed") or by_kind.get("onnx_fp32")
+    )
+    if final_raw is None:
+        raise ExportError("the run left no final ONNX detector to draw and export")
+    meta = read_detector_meta(final_raw)
+    if meta is None:
+        raise ExportError(f"{final_raw.name} carries no detection metadata")
+    out: list[dict[str, Any]] = []
+    check_cancel()
+    e2e = export_end_to_end(
+        final_raw,
+        out_dir / "final.e2e.onnx",
+        meta=dataclasses.replace(
+            meta, score_threshold=E2E_SCORE_THRESHOLD, max_detections=E2E_MAX_DETECTIONS
+        ),
+    )
+    out.append(_artifact(out_dir, e2e, "onnx_e2e"))
+    samples = data.test[:GRID_IMAGES]
+    baseline_onnx = out_dir / str(state.get("baseline_onnx") or "")
+    if samples and baseline_onnx.is_file():
+        check_cancel()
+        before = detect_onnx(baseline_onnx, samples, score_threshold=GRID_SCORE_THRESHOLD)
+        after = detect_onnx(final_raw, samples, score_threshold=GRID_SCORE_THRESHOLD)
+        grid = draw_detections_grid(samples, data.classes, [("baseline", before), ("final", after)])
+        path = out_dir / "detections_grid.png"
+        tmp = path.with_name(path.name + ".tmp")
+        grid.save(tmp, format="PNG")
+        os.replace(tmp, path)
+        out.append(_artifact(out_dir, path, "detections_grid"))
+    return out
+
+
+def draw_detections_grid(
+    samples: Any,
+    classes: list[str],
+    rows: list[tuple[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]],
+    *,
+    side: int = GRID_SIDE,
+) -> Any:
+    """A PIL image: one row per ``(title, detections)`` (detections per sample, boxes in image
+    pixels), one column per sample. Every cell shows the image scaled so its longer side is
+    ``side``, its ground-truth boxes as thin white outlines and the detections in their class's
+    colour with the class name and score."""
+    from PIL import Image, ImageDraw
+
+    from compression.detection_data import BOX_COLORS
+
+    gap, title_h = 4, 14
+    n = len(samples)
+    width = gap + n * (side + gap)
+    height = gap + len(rows) * (title_h + side + gap)
+    canvas = Image.new("RGB", (width, height), (32, 32, 32))
+    draw = ImageDraw.Draw(canvas)
+    for r, (title, found) in enumerate(rows):
+        top = gap + r * (title_h + side + gap)
+        draw.text(
+            (gap, top),
+            f"{title}: boxes scoring >= {GRID_SCORE_THRESHOLD:g} (white: ground truth)",
+            fill=(255, 255, 255),
+        )
+        for c, (sample, (boxes, scores, labels)) in enumerate(zip(samples, found, strict=True)):
+            left = gap + c * (side + gap)
+            cell_top = top + title_h
+            scale = side / max(sample.width, sample.height)
+            size = (max(1, round(sample.width * scale)), max(1, round(sample.height * scale)))
+            image = Image.fromarray(sample.image).resize(size, Image.Resampling.BILINEAR)
+            canvas.paste(image, (left, cell_top))
+
+            for box in np.asarray(sample.boxes).reshape(-1, 4).tolist():
+                draw.rectangle(_grid_box(box, scale, left, cell_top), outline=(255, 255, 255))
+            for box, score, label in zip(
+                np.asarray(boxes).reshape(-1, 4).tolist(),
+                np.asarray(scores).reshape(-1).tolist(),
+                np.asarray(labels).reshape(-1).tolist(),
+                strict=True,
+            ):
+                color = BOX_COLORS[int(label) % len(BOX_COLORS)]
+                x1, y1, x2, y2 = _grid_box(box, scale, left, cell_top)
+                draw.rectangle((x1, y1, x2, y2), outline=color, width=2)
+                name = classes[int(label)] if 0 <= int(label) < len(classes) else str(label)
+                text = f"{name} {score:.2f}"
+                ty = y1 - 11 if y1 - 11 >= cell_top else y2 + 1
+                draw.rectangle(draw.textbbox((x1, ty), text), fill=(0, 0, 0))
+                draw.text((x1, ty), text, fill=color)
+    return canvas
+
+
+def _grid_box(
+    box: list[float], scale: float, left: float, top: float
+) -> tuple[float, float, float, float]:
+    """An image-pixel box as a rectangle in a grid cell whose image starts at (left, top)."""
+    x1, y1, x2, y2 = (v * scale for v in box)
+    return (left + x1, top + y1, left + max(x1, x2 - 1), top + max(y1, y2 - 1))

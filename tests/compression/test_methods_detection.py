@@ -35,7 +35,13 @@ from compression.zoo import create_model
 
 SIZE = 64
 CLASSES = 3
-DETECTION_METHODS = {"channel_pruning", "magnitude_pruning", "ptq_int8", "fuse_operators"}
+DETECTION_METHODS = {
+    "channel_pruning",
+    "magnitude_pruning",
+    "ptq_int8",
+    "fuse_operators",
+    "finetune",
+}
 
 
 def tiny_yolo(seed: int = 0) -> DarknetDetector:

@@ -4,6 +4,12 @@ Example::
 
     edgeslim compress --model vgg11_bn --dataset digits --recipe recipes/vgg_slim_int8.yaml --out runs/vgg
 
+A zoo detector runs on a detection data set (the built-in ``mnist_scenes`` or a YOLO, Pascal
+VOC or COCO zip), and the results are mAP@0.5 instead of top-1::
+
+    edgeslim compress --model yolov3_tiny --width 0.25 --input-size 64 --dataset mnist_scenes \
+        --recipe recipes/yolov3_tiny_prune_int8.yaml --out runs/yolo
+
 The run writes checkpoints, ``final.onnx`` and ``report.json`` under ``--out``. Running the same
 command again resumes after the last completed stage. No Django is imported here.
 """
@@ -21,6 +27,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from compression.datasets import DatasetBundle
+    from compression.detection_data import DetectionBundle
     from compression.pipeline import RunReport
     from compression.recipe import Recipe
     from compression.stage import ModelState
@@ -50,7 +57,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--dataset",
         required=True,
         help="'mnist' or 'digits' (built in) or an image-folder .zip (train/ with optional "
-        "val/ and test/, or flat class folders)",
+        "val/ and test/, or flat class folders); for a detector 'mnist_scenes' (built in) or a "
+        "YOLO, Pascal VOC or COCO .zip",
+    )
+    p.add_argument(
+        "--width", type=float, help="a zoo detector's width multiplier (default: the zoo's)"
+    )
+    p.add_argument(
+        "--input-size",
+        type=int,
+        help="a zoo detector's square input side, a multiple of 32 (default: the zoo's)",
     )
     p.add_argument(
         "--split-seed",
@@ -123,9 +139,10 @@ def _run(args: argparse.Namespace, err: Console) -> RunReport:
     torch.manual_seed(recipe.seed)  # a zoo model's initial weights depend on it
     model, data = _load_model_and_data(args, out)
     err.print(
-        f"model [bold]{args.model}[/] ({model.format}, input {tuple(model.input_shape)}, "
-        f"{model.num_classes} classes); data [bold]{data.name}[/] "
-        f"({len(data.train)} train / {len(data.val)} val / {len(data.test)} test; reports use test); recipe [bold]{recipe.name}[/] "
+        f"model [bold]{args.model}[/] ({model.format}, {model.task}, input "
+        f"{tuple(model.input_shape)}, {model.num_classes} classes); data [bold]{data.name}[/] "
+        f"({len(data.train)} train / {len(data.val)} val / {len(data.test)} test; reports use "
+        f"test{', mAP@0.5' if model.task == 'detection' else ''}); recipe [bold]{recipe.name}[/] "
         f"({len(recipe.stages)} stages)",
         highlight=False,
     )
@@ -159,27 +176,124 @@ def _check_recipe_for_model(args: argparse.Namespace, recipe: Recipe) -> None:
         )
         facts = ModelFacts.from_state(state)
     else:
-        _refuse_a_detector(args.model)
+        task = _check_task_matches_dataset(args.model, args.dataset)
         facts = ModelFacts.from_info(
-            None, format="torch", arch=args.model, num_classes=args.num_classes
+            None,
+            format="torch",
+            task="detection" if task == "detection" else "classification",
+            arch=args.model,
+            num_classes=args.num_classes,
         )
     check_recipe_for_model(recipe, facts)
 
 
-def _refuse_a_detector(arch: str) -> None:
-    """The command compresses classifiers; a zoo detector is refused naming its task."""
+def _is_detection_dataset(dataset: str, task: str) -> bool:
+    """A built-in detection set by name, or a zip given with a detector (read as YOLO, VOC or
+    COCO)."""
+    from compression.detection_data import BUILTIN_DETECTION_DATASETS
+
+    return dataset in BUILTIN_DETECTION_DATASETS or (
+        task == "detection" and dataset not in _builtin_classification()
+    )
+
+
+def _builtin_classification() -> tuple[str, ...]:
+    from compression.datasets import BUILTIN_DATASETS
+
+    return tuple(BUILTIN_DATASETS)
+
+
+def _check_task_matches_dataset(arch: str, dataset: str) -> str:
+    """The zoo architecture's task; a detector with a classification data set, or a classifier
+    with a detection one, is refused naming both."""
+    from compression.detection_data import BUILTIN_DETECTION_DATASETS
     from compression.errors import ConfigError
     from compression.zoo import has_model, model_task
 
-    if has_model(arch) and model_task(arch) != "classification":
+    if not has_model(arch):
+        return "classification"
+    task = model_task(arch)
+    if task == "detection" and dataset in _builtin_classification():
         raise ConfigError(
-            "--model",
-            f"{arch!r} is a {model_task(arch)} architecture; edgeslim compress runs "
-            "classification models",
+            "--dataset",
+            f"{arch!r} is a detection architecture but {dataset!r} is a classification data "
+            f"set; use {', '.join(BUILTIN_DETECTION_DATASETS)} or a YOLO, VOC or COCO zip",
         )
+    if task == "classification" and dataset in BUILTIN_DETECTION_DATASETS:
+        raise ConfigError(
+            "--dataset",
+            f"{arch!r} is a classification architecture but {dataset!r} is a detection data "
+            "set; use a detector (e.g. yolov3_tiny) or a classification data set",
+        )
+    if task not in ("classification", "detection"):
+        raise ConfigError("--model", f"{arch!r} is a {task} architecture, which is not supported")
+    return task
 
 
-def _load_model_and_data(args: argparse.Namespace, out: Path) -> tuple[ModelState, DatasetBundle]:
+def _detector_options(args: argparse.Namespace, arch: str) -> dict[str, Any]:
+    """``--width`` and ``--input-size`` for a zoo detector; refused for an architecture that
+    does not take them."""
+    from compression.errors import ConfigError
+    from compression.zoo import default_input_size, model_options
+
+    options: dict[str, Any] = {}
+    accepted = model_options(arch)
+    for flag, name, value in (
+        ("--width", "width", args.width),
+        ("--input-size", "input_size", args.input_size),
+    ):
+        if value is None:
+            continue
+        if name not in accepted:
+            raise ConfigError(flag, f"{arch!r} has no {name} option")
+        options[name] = value
+    if "input_size" in accepted:
+        options.setdefault("input_size", default_input_size(arch))
+    return options
+
+
+def _load_detection(args: argparse.Namespace, out: Path) -> tuple[ModelState, DetectionBundle]:
+    """A zoo detector (``--width``, ``--input-size``) and its detection data set."""
+    from compression.detection_data import (
+        BUILTIN_DETECTION_DATASETS,
+        load_builtin_detection,
+        load_detection_zip,
+    )
+    from compression.detection_metrics import input_size_of
+    from compression.errors import DatasetError
+    from compression.stage import ArchSpec, ModelState
+    from compression.zoo import create_model
+
+    arch = args.model
+    if args.dataset in BUILTIN_DETECTION_DATASETS:
+        data = load_builtin_detection(args.dataset, seed=args.split_seed)
+    else:
+        zip_path = Path(args.dataset)
+        if not zip_path.is_file():
+            raise DatasetError(
+                f"--dataset: {args.dataset!r} is neither "
+                f"{', '.join(BUILTIN_DETECTION_DATASETS)} nor a .zip file"
+            )
+        work = out / "dataset"
+        shutil.rmtree(work, ignore_errors=True)  # re-extract on a resumed run
+        data = load_detection_zip(zip_path, work, split_seed=args.split_seed)
+    options = _detector_options(args, arch)
+    num_classes = args.num_classes or data.num_classes
+    module = create_model(arch, num_classes=num_classes, in_channels=3, **options)
+    size = input_size_of(module)
+    model = ModelState(
+        input_shape=(3, size, size),
+        num_classes=num_classes,
+        task="detection",
+        module=module,
+        arch=ArchSpec(arch, num_classes, 3, tuple(sorted(options.items()))),
+    )
+    return model, data
+
+
+def _load_model_and_data(
+    args: argparse.Namespace, out: Path
+) -> tuple[ModelState, DatasetBundle | DetectionBundle]:
     from compression.datasets import BUILTIN_DATASETS, load_builtin, load_image_folder_zip
     from compression.errors import ConfigError, DatasetError
     from compression.model_io import load_model_file
@@ -190,8 +304,13 @@ def _load_model_and_data(args: argparse.Namespace, out: Path) -> tuple[ModelStat
     is_file = model_path.is_file()
     if not is_file and not has_model(args.model):
         raise ConfigError("--model", f"{args.model!r} is neither a file nor a zoo architecture")
-    if not is_file:
-        _refuse_a_detector(args.model)
+    if not is_file and _check_task_matches_dataset(args.model, args.dataset) == "detection":
+        return _load_detection(args, out)
+    if args.width is not None or args.input_size is not None:
+        raise ConfigError(
+            "--width" if args.width is not None else "--input-size",
+            "is an option of zoo detectors only",
+        )
 
     def load_data(channels: int, size: int) -> DatasetBundle:
         from compression.preprocessing import PreprocessingError
@@ -307,8 +426,9 @@ class _Bars:
         elif event in ("baseline_start", "baseline"):
             self.progress.update(self.stage, completed=1.0 if event == "baseline" else 0.0)
         if event == "stage_end" and self.enabled:
+            what = "mAP@0.5" if metrics.get("metric") == "mAP@0.5" else "accuracy"
             self.progress.console.print(
-                f"  {metrics.get('method')}: accuracy {metrics.get('accuracy', 0):.2f}%, "
+                f"  {metrics.get('method')}: {what} {metrics.get('accuracy', 0):.2f}%, "
                 f"{_fmt_int(metrics.get('params'))} params, {_fmt_int(metrics.get('macs'))} MACs, "
                 f"{metrics.get('duration_s', 0):.1f}s",
                 highlight=False,
@@ -338,17 +458,20 @@ def _fmt_bytes(v: Any) -> str:
 def _print_summary(console: Console, report: RunReport, out: Path) -> None:
     from rich.table import Table
 
+    detection = report.task == "detection"
     table = Table(title=f"{report.recipe['name']}: results", title_justify="left")
-    cols = (
+    cols: tuple[str, ...] = (
         "state",
-        "test acc. %",
-        "val acc. %",
+        "test mAP@0.5 %" if detection else "test acc. %",
+        *(("mAP@.5:.95 %",) if detection else ()),
+        "val mAP@0.5 %" if detection else "val acc. %",
         "params",
         "non-zero",
         "MACs",
         "ONNX",
         "zipped",
         "p50 ms (IQR)",
+        *(("+NMS p50 ms",) if detection else ()),
     )
     for col in cols:
         table.add_column(col, justify="left" if col == "state" else "right", no_wrap=True)
@@ -358,9 +481,11 @@ def _print_summary(console: Console, report: RunReport, out: Path) -> None:
         if m.latency:
             iqr = m.latency.iqr_ms
             lat = f"{m.latency.p50_ms:.3f}" + (f" ({iqr:.3f})" if iqr is not None else "")
-        table.add_row(
+        det = m.detection or {}
+        cells = [
             label,
             f"{m.accuracy:.2f}",
+            *((_pct(det.get("map50_95")),) if detection else ()),
             "—" if m.val_accuracy is None else f"{m.val_accuracy:.2f}",
             _fmt_int(m.params),
             _fmt_int(m.nonzero_params),
@@ -368,8 +493,10 @@ def _print_summary(console: Console, report: RunReport, out: Path) -> None:
             _fmt_bytes(m.onnx_bytes),
             _fmt_bytes(m.onnx_zip_bytes),
             lat,
-            style=style,
-        )
+        ]
+        if detection:
+            cells.append(f"{m.latency_e2e.p50_ms:.3f}" if m.latency_e2e else "—")
+        table.add_row(*cells, style=style)
 
     row("baseline", report.baseline)
     for s in report.stages:
@@ -377,7 +504,8 @@ def _print_summary(console: Console, report: RunReport, out: Path) -> None:
     row(f"final ({report.final_format})", report.final, style="bold")
     console.print(table)
     t = report.targets
-    parts = [f"vs {t['reference']}: test accuracy drop {t['accuracy_drop']:+.2f} pt"]
+    what = "mAP@0.5" if detection else "accuracy"
+    parts = [f"vs {t['reference']}: test {what} drop {t['accuracy_drop']:+.2f} pt"]
     if t.get("size_ratio"):
         parts.append(f"{t['size_ratio']:.2f}x smaller ONNX")
     if t.get("zip_size_ratio"):
@@ -400,6 +528,10 @@ def _print_summary(console: Console, report: RunReport, out: Path) -> None:
         + ", ".join(a["path"] for a in report.artifacts if a["kind"] != "checkpoint"),
         highlight=False,
     )
+
+
+def _pct(fraction: Any) -> str:
+    return "—" if fraction is None else f"{100.0 * float(fraction):.2f}"
 
 
 def _kib(v: Any) -> str:
