@@ -50,7 +50,9 @@ class CompareCellSerializer(serializers.Serializer[Any]):
 
 class CompareColumnSerializer(serializers.Serializer[Any]):
     key = serializers.CharField(help_text="params, macs, size_bytes, compressed_bytes, accuracy, "
-                                "host_p50_ms, host_p90_ms, or device:<id>:p50_ms|p90_ms|top1_pct")  # fmt: skip
+                                "host_p50_ms, host_p90_ms, or device:<id>:p50_ms|p90_ms|top1_pct; "
+                                "a detection comparison adds map50_95 and host_e2e_p50_ms, and "
+                                "its device columns end in map50_pct instead of top1_pct")  # fmt: skip
     label = serializers.CharField()  # type: ignore[assignment]
     unit = serializers.CharField(help_text="'', bytes, %, ms")
     better = serializers.ChoiceField(choices=["lower", "higher"])
@@ -65,7 +67,10 @@ class CompareRowSerializer(serializers.Serializer[Any]):
     label = serializers.CharField()  # type: ignore[assignment]
     title = serializers.CharField()
     format = serializers.CharField()
-    task = serializers.CharField()
+    task = serializers.CharField(help_text="classification or detection.")
+    metric = serializers.CharField(
+        help_text="What its accuracy is: top-1 (a classifier) or mAP@0.5 (a detector)."
+    )
     parent = serializers.IntegerField(allow_null=True)  # type: ignore[assignment]
     job = serializers.IntegerField(allow_null=True, help_text="The job that produced it.")
     is_baseline = serializers.BooleanField()
@@ -85,6 +90,17 @@ class ComparisonSerializer(serializers.Serializer[Any]):
     versions = serializers.ListField(child=serializers.IntegerField())
     max_versions = serializers.IntegerField()
     accuracy_split = serializers.CharField(help_text="The test split accuracies are compared on.")
+    task = serializers.CharField(
+        help_text="The baseline's task (classification or detection): whose metric the "
+        "accuracy column holds."
+    )
+    metric = serializers.CharField(
+        help_text="The accuracy column's metric: top-1, or mAP@0.5 (percent) for detection."
+    )
+    mixed_tasks = serializers.CharField(
+        help_text="When detectors and classifiers are compared together, why the other task's "
+        "accuracy is blank; '' otherwise."
+    )
     devices = CompareDeviceSerializer(many=True)
     columns = CompareColumnSerializer(many=True)
     rows = CompareRowSerializer(many=True)
@@ -243,7 +259,10 @@ class LineageNodeSerializer(serializers.Serializer[Any]):
     label = serializers.CharField()  # type: ignore[assignment]
     format = serializers.CharField()
     status = serializers.CharField()
-    task = serializers.CharField()
+    task = serializers.CharField(help_text="classification or detection.")
+    metric = serializers.CharField(
+        help_text="What its accuracy is: top-1 (a classifier) or mAP@0.5 (a detector)."
+    )
     parent = serializers.IntegerField(allow_null=True)  # type: ignore[assignment]
     children = serializers.ListField(child=serializers.IntegerField())
     depth = serializers.IntegerField(help_text="Generations below the root.")

@@ -282,8 +282,8 @@ def deep_compression_waterfall(dc: dict[str, Any] | None) -> dict[str, Any]:
 def pareto_scatter(
     comparison: dict[str, Any], *, axis: str, cost_key: str, cost_title: str, scale: float = 1.0
 ) -> dict[str, Any]:
-    """Test accuracy against one cost (a latency or the file size) for every compared version
-    that has both, the Pareto front drawn as a staircase and its members labelled.
+    """Test accuracy (mAP@0.5 when the baseline is a detector) against one cost (a latency or
+    the file size) for every compared version that has both, the Pareto front drawn as a staircase and its members labelled.
 
     ``axis`` names the front in ``comparison["pareto"]``; ``scale`` divides the cost (bytes to
     KiB)."""
@@ -326,11 +326,12 @@ def pareto_scatter(
             "marker": {"size": 11, "color": "#c0392b"},
         },
     ]
+    what = "mAP@0.5" if comparison.get("task") == "detection" else "accuracy"
     layout = {
         **_plain_layout(),
-        "title": {"text": f"Test accuracy against {cost_title}"},
+        "title": {"text": f"Test {what} against {cost_title}"},
         "xaxis": {"title": {"text": cost_title}},
-        "yaxis": {**ACCURACY_AXIS, "title": {"text": "test accuracy (host, full test split)"}},
+        "yaxis": {**ACCURACY_AXIS, "title": {"text": f"test {what} (host, full test split)"}},
         "meta": {"pareto": [p[0]["id"] for p in on]},
     }
     return {"data": traces, "layout": layout}

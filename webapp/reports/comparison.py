@@ -25,7 +25,7 @@ from webapp.accounts.models import Organization
 from webapp.catalog.models import ModelVersion
 from webapp.jobs.models import Job, JobStatus
 from webapp.reports.pareto import pareto_front
-from webapp.reports.selectors import state_metrics
+from webapp.reports.selectors import DETECTION, METRIC_LABELS, metrics_task, state_metrics
 
 # A comparison of this many versions across ten devices renders in well under a second; more
 # makes an unreadable table and chart, so it is refused (issue 16).
@@ -74,13 +74,46 @@ VERSION_COLUMNS = (
 )
 
 
-def device_columns(device_id: int, name: str) -> tuple[Column, ...]:
+# A comparison whose baseline is a detector: the accuracy column is mAP@0.5 (the report's
+# ``accuracy`` is mAP@0.5 in percent), and two more figures of every detection report.
+DETECTION_COLUMNS = (
+    Column("map50_95", "Test mAP@0.5:0.95", "%", "higher", "points"),
+    Column("host_e2e_p50_ms", "Host p50 end to end", "ms", "lower", "ratio"),
+)
+
+
+def version_columns(task: str) -> list[Column]:
+    """The per-version columns of a comparison whose baseline is of ``task``."""
+    if task != DETECTION:
+        return list(VERSION_COLUMNS)
+    out = []
+    for c in VERSION_COLUMNS:
+        if c.key == "accuracy":
+            c = Column("accuracy", "Test mAP@0.5", "%", "higher", "points")
+        out.append(c)
+        if c.key == "accuracy":
+            out.append(DETECTION_COLUMNS[0])
+        if c.key == "host_p90_ms":
+            out.append(DETECTION_COLUMNS[1])
+    return out
+
+
+def device_columns(device_id: int, name: str, task: str = "classification") -> tuple[Column, ...]:
+    """A device's columns: p50, p90 and what it measured: top-1 for a classifier, mAP@0.5 (in
+    percent, key ``map50_pct``) for a detector."""
+    accuracy = (
+        Column(
+            f"device:{device_id}:map50_pct", f"{name} mAP@0.5", "%", "higher", "points", device_id
+        )
+        if task == DETECTION
+        else Column(
+            f"device:{device_id}:top1_pct", f"{name} accuracy", "%", "higher", "points", device_id
+        )
+    )
     return (
         Column(f"device:{device_id}:p50_ms", f"{name} p50", "ms", "lower", "ratio", device_id),
         Column(f"device:{device_id}:p90_ms", f"{name} p90", "ms", "lower", "ratio", device_id),
-        Column(
-            f"device:{device_id}:top1_pct", f"{name} accuracy", "%", "higher", "points", device_id
-        ),
+        accuracy,
     )
 
 
@@ -291,6 +324,7 @@ class _DeviceMeasure:
     p50_ms: float | None = None
     p90_ms: float | None = None
     top1_pct: float | None = None
+    map50_pct: float | None = None  # a detector's mAP@0.5 on the device, in percent
     eval_key: str = ""
     eval_text: str = ""
 
@@ -326,21 +360,25 @@ def _device_measures(
             "payload__p90_ms",
             "payload__batch_size",
             "payload__top1_pct",
+            "payload__map50",
         )
     )
     devices: dict[int, str] = {}
     latency: dict[tuple[int, int], tuple[int, int, dict[str, Any]]] = {}
     accuracy: dict[tuple[int, int], tuple[int, dict[str, Any], dict[str, Any]]] = {}
-    for dep_id, device_id, kind, device_name, source, eval_meta, p50, p90, batch, top1 in results:
+    for row in results:
+        dep_id, device_id, kind, device_name, source, eval_meta, p50, p90, batch, top1, map50 = row
         key = (sources[source], device_id)
         devices[device_id] = device_name
         if kind == "latency" and _number(p50) is not None:
             rank = (-dep_id, batch if isinstance(batch, int) and not isinstance(batch, bool) else 0)
             if key not in latency or rank < latency[key][:2]:
                 latency[key] = (*rank, {"p50_ms": p50, "p90_ms": p90})
-        elif kind == "accuracy" and _number(top1) is not None and key not in accuracy:
+        elif kind == "accuracy" and key not in accuracy:
+            if _number(top1) is None and _number(map50) is None:
+                continue
             meta = eval_meta if isinstance(eval_meta, dict) else {}
-            accuracy[key] = (dep_id, {"top1_pct": top1}, meta)
+            accuracy[key] = (dep_id, {"top1_pct": top1, "map50": map50}, meta)
     out: dict[tuple[int, int], _DeviceMeasure] = {}
     for key in {*latency, *accuracy}:
         m = _DeviceMeasure()
@@ -350,6 +388,8 @@ def _device_measures(
         if key in accuracy:
             _, p, meta = accuracy[key]
             m.top1_pct = _number(p.get("top1_pct"))
+            map50 = _number(p.get("map50"))
+            m.map50_pct = None if map50 is None else 100.0 * map50
             m.eval_key = (
                 f"dataset:{meta.get('dataset_id')}:seed:{meta.get('split_seed')}"
                 f":first:{meta.get('count')}"
@@ -435,6 +475,13 @@ def comparison_build(
         v.pk: ms[0] if (ms := measures.get(v.pk)) else None for v in versions
     }
     host_metrics = {pk: state_metrics(m.metrics) if m else None for pk, m in host.items()}
+    # A version's task: the catalog's, or detection when the report measured it as a detector.
+    tasks: dict[int, str] = {}
+    for v in versions:
+        measured = host[v.pk]
+        as_detector = measured is not None and metrics_task(measured.metrics) == DETECTION
+        tasks[v.pk] = DETECTION if as_detector else v.task
+    task = tasks[baseline_id]
     acc_keys: dict[int, str] = {}
     for pk, m in host.items():
         hm = host_metrics[pk]
@@ -444,9 +491,9 @@ def comparison_build(
         (m.split_text for m in host.values() if m and m.split_key == reference), ""
     )
 
-    columns = list(VERSION_COLUMNS)
+    columns = version_columns(task)
     for device_id, name in devices.items():
-        columns.extend(device_columns(device_id, name))
+        columns.extend(device_columns(device_id, name, task))
 
     rows: list[dict[str, Any]] = []
     for v in versions:
@@ -471,8 +518,16 @@ def comparison_build(
                 note="deflate" if hm and hm.get("zip_bytes") else "",
             )
         cells["accuracy"] = _accuracy_cell(
-            v, base, hm, measure, reference, reference_text, seeds.get(v.pk, []), not_measured
-        )
+            tasks[v.pk], task, hm, measure, reference, reference_text, seeds.get(v.pk, []),
+            not_measured,
+        )  # fmt: skip
+        if task == DETECTION:
+            cells["map50_95"] = _map50_95_cell(cells["accuracy"], hm, not_measured)
+            cells["host_e2e_p50_ms"] = _cell(
+                (hm or {}).get("e2e_p50_ms"),
+                reason=not_measured if hm is None else "The job measured no end-to-end latency.",
+                spread=(hm or {}).get("e2e_iqr_ms"),
+            )
         for key, field in (("host_p50_ms", "p50_ms"), ("host_p90_ms", "p90_ms")):
             value = (hm or {}).get(field)
             cells[key] = _cell(
@@ -490,11 +545,18 @@ def comparison_build(
             cells[f"device:{device_id}:p90_ms"] = _cell(
                 dm.p90_ms if dm else None, reason=reason or "No p90 in the latency result."
             )
-            cells[f"device:{device_id}:top1_pct"] = _cell(
-                dm.top1_pct if dm else None,
-                reason=reason or "Accuracy was not measured on the device.",
-                note=dm.eval_text if dm else "",
-            )
+            if task == DETECTION:
+                cells[f"device:{device_id}:map50_pct"] = _cell(
+                    dm.map50_pct if dm else None,
+                    reason=reason or "mAP was not measured on the device.",
+                    note=dm.eval_text if dm else "",
+                )
+            else:
+                cells[f"device:{device_id}:top1_pct"] = _cell(
+                    dm.top1_pct if dm else None,
+                    reason=reason or "Accuracy was not measured on the device.",
+                    note=dm.eval_text if dm else "",
+                )
         rows.append(
             {
                 "id": v.pk,
@@ -503,7 +565,8 @@ def comparison_build(
                 "label": v.label,
                 "title": _title(v),
                 "format": v.format,
-                "task": v.task,
+                "task": tasks[v.pk],
+                "metric": METRIC_LABELS.get(tasks[v.pk], "top-1"),
                 "parent": v.parent_id,
                 "job": v.produced_by_job_id,
                 "is_baseline": v.pk == baseline_id,
@@ -512,7 +575,7 @@ def comparison_build(
             }
         )
     for device_id, name in devices.items():
-        _device_accuracy_comparable(rows, on_device, device_id, name, baseline_id)
+        _device_accuracy_comparable(rows, on_device, device_id, name, baseline_id, task)
     for column in columns:
         _deltas_and_best(rows, column, baseline_id)
     return {
@@ -520,6 +583,9 @@ def comparison_build(
         "versions": [v.pk for v in versions],
         "max_versions": MAX_COMPARE_VERSIONS,
         "accuracy_split": reference_text,
+        "task": task,
+        "metric": METRIC_LABELS.get(task, "top-1"),
+        "mixed_tasks": mixed_tasks_note(tasks, baseline_id),
         "devices": [{"id": pk, "name": name} for pk, name in devices.items()],
         "columns": [c.to_dict() for c in columns],
         "rows": rows,
@@ -527,9 +593,39 @@ def comparison_build(
     }
 
 
+def mixed_tasks_note(tasks: dict[int, str], baseline_id: int) -> str:
+    """What the page says when detectors and classifiers are compared together ('' when all
+    are of one task): their metrics (mAP@0.5, top-1) are not one axis, so only the baseline's
+    task is scored, charted and marked best."""
+    others = sorted({t for t in tasks.values()} - {tasks[baseline_id]})
+    if not others:
+        return ""
+    base = tasks[baseline_id]
+    n = sum(1 for t in tasks.values() if t != base)
+    what = " and ".join(others)
+    return (
+        f"This comparison mixes {base} and {what} models. The baseline is a {base} model, so "
+        f"{METRIC_LABELS.get(base, 'top-1')} is shown and plotted for the {base} models only; "
+        f"the {n} {what} model{'s' if n != 1 else ''} ({METRIC_LABELS.get(others[0], 'top-1')} "
+        "is another measure) are left blank in that column and off the charts. Pick one of "
+        "them as the baseline to compare those instead."
+    )
+
+
+def _map50_95_cell(
+    accuracy: dict[str, Any], hm: dict[str, Any] | None, not_measured: str
+) -> dict[str, Any]:
+    """A detector's test mAP@0.5:0.95, blank whenever its mAP@0.5 is (same split, same task),
+    with the same reason."""
+    if accuracy["value"] is None:
+        return _cell(None, reason=accuracy["blank_reason"] or not_measured)
+    value = (hm or {}).get("map50_95")
+    return _cell(value, reason="The job's report has no mAP@0.5:0.95.")
+
+
 def _accuracy_cell(
-    v: ModelVersion,
-    base: ModelVersion,
+    task: str,
+    base_task: str,
     hm: dict[str, Any] | None,
     measure: _HostMeasure | None,
     reference: str,
@@ -544,8 +640,12 @@ def _accuracy_cell(
     value = hm["accuracy"]
     if value is None:
         return _cell(None, reason="The job's report has no accuracy.")
-    if v.task != base.task:
-        return _cell(None, reason=f"A {v.task} model; the baseline is {base.task}: not comparable.")
+    if task != base_task:
+        return _cell(
+            None,
+            reason=f"A {task} model ({METRIC_LABELS.get(task, 'top-1')}); the baseline is "
+            f"{base_task} ({METRIC_LABELS.get(base_task, 'top-1')}): not comparable.",
+        )
     if not measure.split_key.endswith(":test"):
         return _cell(
             None,
@@ -573,13 +673,18 @@ def _device_accuracy_comparable(
     device_id: int,
     name: str,
     baseline_id: int,
+    task: str = "classification",
 ) -> None:
-    """On one device, accuracy is compared only on the same evaluation set (data set, split
-    seed and number of images); other cells are blanked with the reason."""
+    """On one device, accuracy (a detector's mAP@0.5) is compared only on the same evaluation
+    set (data set, split seed and number of images) and for the baseline's task; other cells
+    are blanked with the reason."""
+    field = "map50_pct" if task == DETECTION else "top1_pct"
     keys = {
         row["id"]: m.eval_key
         for row in rows
-        if (m := on_device.get((row["id"], device_id))) and m.top1_pct is not None
+        if (m := on_device.get((row["id"], device_id)))
+        and getattr(m, field) is not None
+        and row["task"] == task
     }
     reference = _reference(keys, baseline_id)
     text = next(
@@ -587,8 +692,10 @@ def _device_accuracy_comparable(
     )
     for row in rows:
         m = on_device.get((row["id"], device_id))
-        cell = row["cells"][f"device:{device_id}:top1_pct"]
-        if m is not None and m.top1_pct is not None and m.eval_key != reference:
+        cell = row["cells"][f"device:{device_id}:{field}"]
+        if m is not None and getattr(m, field) is not None and row["task"] != task:
+            cell.update(value=None, blank_reason=f"A {row['task']} model: not comparable.")
+        elif m is not None and getattr(m, field) is not None and m.eval_key != reference:
             cell.update(
                 value=None,
                 blank_reason=f"Measured on {name} with {m.eval_text}, not {text}: not comparable.",
@@ -681,7 +788,7 @@ def comparison_from_query(
 # --- exports and display -----------------------------------------------------------------------
 
 CSV_VERSION_FIELDS = ("id", "name", "number", "label", "format", "task", "parent", "job",
-                      "is_baseline")  # fmt: skip
+                      "is_baseline", "metric")  # fmt: skip
 CSV_CELL_SUFFIXES = ("", "_spread", "_n", "_delta", "_best", "_blank_reason")
 
 
