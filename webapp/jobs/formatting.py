@@ -60,20 +60,40 @@ METRIC_LABELS: dict[str, tuple[str, Callable[[float], str]]] = {
     "duration_s": ("Took", duration_text),
 }
 # Bookkeeping keys a person has no use for on the stage list.
-HIDDEN_KEYS = frozenset({"stage_fraction", "progress", "targets_met", "event", "stage", "method"})
+HIDDEN_KEYS = frozenset(
+    {"stage_fraction", "progress", "targets_met", "event", "stage", "method", "metric"}
+)
 
 
-def metric_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
+# What ``accuracy`` means for each task (the detection contract: mAP@0.5 in percent).
+TASK_METRICS = {"classification": "top-1", "detection": "mAP@0.5"}
+
+
+def metric_name(task: str | None) -> str:
+    """The label of a task's score: ``top-1`` for classifiers, ``mAP@0.5`` for detectors."""
+    return TASK_METRICS.get(task or "classification", "top-1")
+
+
+def _score_labels(metric: str) -> dict[str, str]:
+    if metric == "top-1":
+        return {}
+    return {"accuracy": f"Test {metric}", "val_accuracy": f"Val {metric}"}
+
+
+def metric_rows(metrics: Mapping[str, Any], *, metric: str = "top-1") -> list[dict[str, str]]:
     """``[{"key", "label", "value"}]`` for the known numbers of ``metrics``, known keys first.
 
-    Unknown numeric keys are shown with their key made readable (``foo_bar`` → "Foo bar"), so a
-    new method's metric is never silently dropped; ``None`` values and bookkeeping are skipped.
+    ``metric`` names what ``accuracy`` and ``val_accuracy`` hold (``mAP@0.5`` for a detection
+    job: the same keys, in percent, labelled "Test mAP@0.5"). Unknown numeric keys are shown
+    with their key made readable (``foo_bar`` → "Foo bar"), so a new method's metric is never
+    silently dropped; ``None`` values and bookkeeping are skipped.
     """
     rows: list[dict[str, str]] = []
+    relabel = _score_labels(str(metrics.get("metric") or metric))
     for key, (label, fmt) in METRIC_LABELS.items():
         value = metrics.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            rows.append({"key": key, "label": label, "value": fmt(float(value))})
+            rows.append({"key": key, "label": relabel.get(key, label), "value": fmt(float(value))})
     for key, value in metrics.items():
         if key in METRIC_LABELS or key in HIDDEN_KEYS:
             continue

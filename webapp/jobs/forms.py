@@ -77,14 +77,34 @@ class PickForm(forms.Form):
         return data
 
 
-def _method_choices(blank: bool) -> list[tuple[str, str]]:
-    choices = [(m.name, f"{m.name}: {m.summary}") for m in list_methods()]
+def methods_for_model(task: str | None = None, fmt: str | None = None) -> list[str]:
+    """Methods a stage of a recipe on a ``task`` model in format ``fmt`` can use: those whose
+    registry scope includes the task, and for an ONNX model those that take ONNX (a torch
+    model's later stages may follow an ONNX-making one, so every format stays offered there;
+    the recipe check refuses a wrong order before launch)."""
+    out = []
+    for m in list_methods():
+        if task is not None and task not in m.scope.tasks:
+            continue
+        if fmt == "onnx" and "onnx" not in m.scope.inputs:
+            continue
+        out.append(m.name)
+    return out
+
+
+def _method_choices(
+    blank: bool, *, task: str | None = None, fmt: str | None = None
+) -> list[tuple[str, str]]:
+    allowed = set(methods_for_model(task, fmt))
+    choices = [(m.name, f"{m.name}: {m.summary}") for m in list_methods() if m.name in allowed]
     return ([("", "—")] if blank else []) + choices
 
 
 class GoalForm(forms.Form):
     """Step 2: a goal preset built for the model (those that cannot run on it are refused), or
-    custom stages in order; the target device is one of the organisation's registered devices."""
+    custom stages in order, offering only the methods whose scope includes the model's task
+    (and, for an ONNX model, its format); the target device is one of the organisation's
+    registered devices."""
 
     goal = forms.ChoiceField(
         choices=[(p.key, p.title) for p in PRESETS.values()],
@@ -103,6 +123,8 @@ class GoalForm(forms.Form):
         *args: Any,
         presets: list[BuiltPreset] | None = None,
         devices: list[tuple[str, str]] | None = None,
+        task: str | None = None,
+        fmt: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -111,9 +133,10 @@ class GoalForm(forms.Form):
         device_field.choices = [("", "— no particular device —"), *(devices or [])]
         for i in range(MAX_CUSTOM_STAGES):
             self.fields[f"stage_{i}"] = forms.ChoiceField(
-                choices=_method_choices(blank=True),
+                choices=_method_choices(blank=True, task=task, fmt=fmt),
                 required=False,
                 label=f"Custom stage {i + 1}",
+                help_text=f"Methods that work on {task} models." if task and i == 0 else "",
             )
 
     def clean(self) -> dict[str, Any]:

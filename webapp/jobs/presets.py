@@ -93,10 +93,14 @@ class BuiltPreset:
 
 def version_is_trained(version: ModelVersion) -> bool:
     """Whether a version's weights were trained: uploads and job results are; a built-in sample
-    is when its build recorded training (``info["trained"]``, or the older ``info["builtin"]``)."""
+    is when its build recorded training (``info["trained"]``, or the older ``info["builtin"]``);
+    a new model from the zoo (``info["zoo"]["untrained"]``) is not."""
+    info = version.info or {}
+    zoo = info.get("zoo")
+    if isinstance(zoo, dict) and zoo.get("untrained"):
+        return False
     if not version.is_builtin:
         return True
-    info = version.info or {}
     trained = info.get("trained")
     if isinstance(trained, dict) and int(trained.get("epochs") or 0) > 0:
         return True
@@ -115,14 +119,39 @@ def device_is_arm(*words: str) -> bool:
     return any(w in tokens or (len(w) > 3 and w in text) for w in ARM_WORDS)
 
 
+# A detector's training stage: AdamW at a detector's learning rate, in small batches (the
+# detection loop's own defaults, docs/detection.md); more epochs than a digit classifier needs.
+TRAIN_FIRST_DETECTION: tuple[str, dict[str, Any]] = (
+    "finetune",
+    {"epochs": 10, "optimizer": "adam", "lr": 0.001, "batch_size": 16},
+)
+FINETUNE_DETECTION: dict[str, Any] = {
+    "epochs": 3,
+    "optimizer": "adam",
+    "lr": 0.0005,
+    "batch_size": 16,
+}
+
+
 def _goal_stages(key: str, facts: ModelFacts, *, arm: bool) -> list[tuple[str, dict[str, Any]]]:
     bn = facts.has_batchnorm is True
+    detector = facts.task == "detection"
     # Network slimming needs BatchNorm scales to rank channels; filter norms work on anything.
     prune: dict[str, Any] = {
         "importance": "bn_scale" if bn else "l2",
-        "sparsity_epochs": 1 if bn else 0,
-        "finetune_epochs": 2,
+        "sparsity_epochs": 1 if bn and not detector else 0,
+        # channel_pruning trains no detector (a later finetune stage does): none asked for.
+        "finetune_epochs": 0 if detector else 2,
     }
+    if detector:
+        stages = _goal_stages_base(key, prune, arm=arm)
+        return [(m, dict(FINETUNE_DETECTION) if m == "finetune" else c) for m, c in stages]
+    return _goal_stages_base(key, prune, arm=arm)
+
+
+def _goal_stages_base(
+    key: str, prune: dict[str, Any], *, arm: bool
+) -> list[tuple[str, dict[str, Any]]]:
     if key == "smallest":
         return [
             ("channel_pruning", {**prune, "ratio": 0.5}),
@@ -173,8 +202,9 @@ def build_preset(key: str, profile: ModelProfile, *, arm: bool = False) -> Built
     fmt: ModelFormat = facts.format
     stages: list[dict[str, Any]] = []
     reference = "baseline"
-    if not profile.trained and _fits(TRAIN_FIRST[0], fmt, facts):
-        stages.append({"method": TRAIN_FIRST[0], "config": dict(TRAIN_FIRST[1])})
+    train_first = TRAIN_FIRST_DETECTION if facts.task == "detection" else TRAIN_FIRST
+    if not profile.trained and _fits(train_first[0], fmt, facts):
+        stages.append({"method": train_first[0], "config": dict(train_first[1])})
         reference = "stage:0"  # compare with the trained model, not with random weights
     for method, config in wanted:
         if _fits(method, fmt, facts):

@@ -60,10 +60,17 @@ def recipe_check(
 ) -> RecipeCheck:
     """Parse ``recipe`` and check every stage fits the model and the data set.
 
-    The model check is the format and task of each stage and each method's ``check_model``
-    hook (BN-scale pruning on a model without BatchNorm is refused here, not mid-job).
+    The model and the data set must be of one task (a detector on a classification data set
+    is refused naming both). The model check is the format and task of each stage and each
+    method's ``check_model`` hook (BN-scale pruning on a model without BatchNorm is refused
+    here, not mid-job).
     """
+    from webapp.jobs.wizard_checks import task_mismatch
+
     parsed = recipe_parse(recipe)
+    mismatch = task_mismatch(model_version, dataset) if dataset is not None else ""
+    if mismatch:
+        raise JobInputError(mismatch, field="dataset")
     try:
         check_recipe_for_model(parsed, model_facts_for_version(model_version))
     except ConfigError as exc:

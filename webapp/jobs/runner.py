@@ -26,6 +26,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import close_old_connections, connection
 
+from compression.datasets import DatasetBundle
+from compression.detection_data import DetectionBundle
 from compression.errors import Cancelled, CompressionError
 from webapp.jobs import services as job_services
 from webapp.jobs.artifacts import ArtifactStorageError, JobFiles
@@ -79,6 +81,16 @@ def failure_reason(exc: BaseException, *, soft_time_limit_s: float | None = None
     if isinstance(exc, (CompressionError, ArtifactStorageError)):
         return text or name
     return f"{name}: {text}" if text else name
+
+
+def data_summary(data: DatasetBundle | DetectionBundle) -> str:
+    """The split sizes a job's log states: images per split, and boxes for a detection set."""
+    line = f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test images"
+    if isinstance(data, DetectionBundle):
+        from webapp.catalog.loaders import detection_box_counts
+
+        line += f", {detection_box_counts(data)['boxes']} boxes"
+    return line
 
 
 class _LogTail(logging.Handler):
@@ -169,11 +181,13 @@ class JobRunner:
         mv = job.model_version
         model = model_version_load(mv, work_dir=out_dir / "inputs")
         # The dataset's stored split, normalised as the version declares (or its own stats).
-        data = bundle_for_model_version(job.dataset, mv, work_dir=out_dir / "inputs")
+        data = bundle_for_model_version(
+            job.dataset, mv, work_dir=out_dir / "inputs", allow_detection=True
+        )
         self._log(
             job,
-            f"loaded {mv.asset.name} v{mv.number} ({mv.format}) and {job.dataset.name} "
-            f"({len(data.train)} train / {len(data.val)} val / {len(data.test)} test images)",
+            f"loaded {mv.asset.name} v{mv.number} ({mv.format}, {model.task}) and "
+            f"{job.dataset.name} ({data_summary(data)})",
         )
         # A sweep's child reuses the baseline its sweep measured once (webapp/jobs/sweep_runner.py).
         shared = shared_baseline_for(job, work_dir=out_dir / "inputs")
@@ -332,12 +346,14 @@ class JobRunner:
             # The state on disk now counts this stage: store it before the row does.
             if self._files is not None:
                 self._storage_call(self._files.push_progress, "store the completed stage")
-            numbers = {
+            numbers: dict[str, Any] = {
                 k: v
                 for k, v in metrics.items()
                 if k not in ("event", "stage", "method", "stage_fraction")
                 and isinstance(v, (int, float, type(None)))
             }
+            if isinstance(metrics.get("metric"), str):  # "mAP@0.5" for a detector, "top-1"
+                numbers["metric"] = str(metrics["metric"])[:40]
             job_services.job_event_record(
                 job=job,
                 kind=JobEventKind.STAGE_FINISHED,

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from webapp.accounts.models import Organization
 from webapp.jobs import artifacts
-from webapp.jobs.formatting import metric_rows
+from webapp.jobs.formatting import metric_name, metric_rows
 from webapp.jobs.models import Job, JobEvent, JobEventKind, JobStatus
 
 LOG_TAIL_LINES = 200
@@ -149,9 +149,10 @@ def job_history(*, job: Job) -> dict[str, Any]:
             elif row["status"] == "pending" and job.status != JobStatus.SUCCEEDED:
                 row["status"] = "skipped"
         phase = {}
+    metric = metric_name(job.model_version.task)
     for row in [baseline, *stages]:
         row["label"] = STAGE_STATUS_LABELS.get(row["status"], row["status"])
-        row["rows"] = metric_rows(row["metrics"])
+        row["rows"] = metric_rows(row["metrics"], metric=metric)
     plain, tracebacks = _split_tracebacks(logs)
     last_seq = max(last_seq, job.event_seq)
     return {
@@ -166,6 +167,7 @@ def job_history(*, job: Job) -> dict[str, Any]:
         "progress": job.progress,
         "message": job.message,
         "error": job.error,
+        "metric": metric,  # what accuracy holds: "top-1", or "mAP@0.5" for a detector
     }
 
 

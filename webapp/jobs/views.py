@@ -192,6 +192,8 @@ def wizard(request: HttpRequest, step: str) -> HttpResponse:
             request.POST if post else None,
             presets=presets,
             devices=_device_choices(org),
+            task=profile.facts.task,
+            fmt=profile.facts.format,
             initial={
                 "goal": state.get("goal") or next((p.key for p in presets if p.stages), "custom"),
                 "target_device": state.get("target_device", ""),
@@ -350,7 +352,9 @@ def _detail_context(request: HttpRequest, job: Job) -> dict[str, Any]:
         "job": job,
         "history": history,
         # What the page's script starts from (the rest is rendered as HTML).
-        "history_json": {k: history[k] for k in ("last_seq", "status", "progress", "epochs")},
+        "history_json": {
+            k: history[k] for k in ("last_seq", "status", "progress", "epochs", "metric")
+        },
         "timing": timing_texts(timing),
         "error_reason": error_lines[0] if error_lines else "",
         "error_more": "\n".join(error_lines[1:]),

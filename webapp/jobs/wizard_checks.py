@@ -32,6 +32,21 @@ def dataset_num_classes(dataset: Dataset) -> int | None:
     return len(classes) if isinstance(classes, list) and classes else None
 
 
+def task_mismatch(model_version: ModelVersion, dataset: Dataset) -> str:
+    """Why a model of one task cannot run on a data set of the other, naming both (empty: the
+    tasks agree). The wizard shows it at step 1; ``recipe_check`` (the API, the CLI, launch
+    from a file, duplicates) refuses with it before anything is queued."""
+    task = model_version.task or "classification"
+    dataset_task = dataset.task or DATASET_TASK
+    if task == dataset_task:
+        return ""
+    what = "labelled image folders" if dataset_task == DATASET_TASK else "images with boxes"
+    return (
+        f"the model is a {task} model but {dataset.name!r} is a {dataset_task} data set "
+        f"({what}); pick a model and a data set of the same task"
+    )
+
+
 def pick_problems(model_version: ModelVersion, dataset: Dataset) -> list[PickProblem]:
     """Why this model cannot be compressed on this data set, field by field (empty: it can)."""
     problems: list[PickProblem] = []
@@ -45,16 +60,9 @@ def pick_problems(model_version: ModelVersion, dataset: Dataset) -> list[PickPro
                 f"{task} model yet; pick another version",
             )
         )
-    dataset_task = dataset.task or DATASET_TASK
-    if task != dataset_task:
-        what = "labelled image folders" if dataset_task == DATASET_TASK else "images with boxes"
-        problems.append(
-            PickProblem(
-                "dataset",
-                f"the model is a {task} model but {dataset.name!r} is a {dataset_task} data set "
-                f"({what}); pick a model and a data set of the same task",
-            )
-        )
+    mismatch = task_mismatch(model_version, dataset)
+    if mismatch:
+        problems.append(PickProblem("dataset", mismatch))
         return problems
     classes = dataset_num_classes(dataset)
     if model_version.num_classes and classes and model_version.num_classes != classes:

@@ -19,6 +19,8 @@
   const $ = (sel) => document.querySelector(sel);
   const curves = $("[data-job-curves]");
   const epochs = history.epochs || [];
+  // What the score is: accuracy for a classifier, mAP@0.5 (in percent) for a detector.
+  const scoreName = history.metric === "mAP@0.5" ? "mAP@0.5" : "accuracy";
   let progress = history.progress || 0;
   let ws = null;
   window.edgeslimJob = { received: 0, refreshed: 0, lastSeq: () => lastSeq };
@@ -34,7 +36,7 @@
       ", epoch " + Math.round(e.epoch || 0));
     const data = [
       { x: x, y: epochs.map((e) => e.loss), name: "loss", mode: "lines+markers", text: hover },
-      { x: x, y: epochs.map((e) => e.val_acc), name: "val accuracy (%)", mode: "lines+markers",
+      { x: x, y: epochs.map((e) => e.val_acc), name: "val " + scoreName + " (%)", mode: "lines+markers",
         yaxis: "y2", text: hover },
     ];
     const shapes = [];
@@ -55,7 +57,7 @@
       yaxis: { title: "loss" },
       // An overlaying axis syncs its ticks to the loss grid by default (90.733, 91.153...):
       // give it its own ticks, rounded to a tenth of a percent.
-      yaxis2: { title: "val accuracy", overlaying: "y", side: "right", tickmode: "auto",
+      yaxis2: { title: "val " + scoreName, overlaying: "y", side: "right", tickmode: "auto",
         tickformat: ".1f", ticksuffix: " %", showgrid: false },
       legend: { orientation: "h", y: -0.25 }, shapes: shapes, annotations: annotations,
     };
