@@ -22,20 +22,39 @@ The formulas are in ``docs/methods.md``.
 from __future__ import annotations
 
 import copy
+import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compression.detection_data import DetectionBundle
+from compression.detection_distill import (
+    YoloLayout,
+    bounded_box_loss,
+    class_kd,
+    hint_loss,
+    objectness_kd,
+)
+from compression.detection_metrics import yolo_spec
+from compression.detection_train import DetectionTrainConfig, make_batch, warmup_cosine, yolo_loss
 from compression.errors import ConfigError, StageScopeError
-from compression.methods._common import classifier_layer, finish, history_metrics, torch_module
+from compression.methods._common import (
+    classifier_layer,
+    detection_heads,
+    finish,
+    history_metrics,
+    torch_module,
+)
 from compression.model_facts import CONV_KINDS, ModelFacts
 from compression.registry import param, register_method
-from compression.stage import StageContext, StageResult
+from compression.stage import ModelState, StageContext, StageResult
 from compression.training import LossFn, train
 
 
@@ -94,6 +113,56 @@ class DistillationConfig:
         help="clip the gradient norm (confident teachers' soft targets can blow up a student)",
         gt=0.0,
     )
+    # Detectors (YOLO family): these replace alpha and the classifier-only terms above; the
+    # temperature softens the class logits, and channel_correlation_weight / attention_weight
+    # compare the feature maps of det_levels.
+    det_label_weight: float = param(
+        1.0,
+        help="detectors: weight of the ground-truth YOLOv3 loss (box, objectness, classes)",
+        ge=0.0,
+        le=1000.0,
+    )
+    det_objectness_weight: float = param(
+        1.0,
+        help="detectors: weight of the objectness KD, the student's objectness against the "
+        "teacher's sigmoid(obj) at every slot (0: off)",
+        ge=0.0,
+        le=1000.0,
+    )
+    det_class_weight: float = param(
+        1.0,
+        help="detectors: weight of the class-logit KD (temperature-softened, each slot weighted "
+        "by the teacher's objectness; 0: off)",
+        ge=0.0,
+        le=1000.0,
+    )
+    det_box_bound_weight: float = param(
+        0.5,
+        help="detectors: weight of the teacher-bounded box regression loss (Chen et al. 2017): "
+        "the student's box error counts where it is not below the teacher's by det_box_margin "
+        "(0: off)",
+        ge=0.0,
+        le=1000.0,
+    )
+    det_box_margin: float = param(
+        0.0,
+        help="detectors: margin m of the bounded box loss, which counts where student error + m "
+        "> teacher error (m > 0: push past the teacher; m < 0: tolerate a worse student)",
+        ge=-100.0,
+        le=100.0,
+    )
+    det_hint_weight: float = param(
+        0.0,
+        help="detectors: weight of the feature-map hint (mean squared difference) on the maps "
+        "the heads of det_levels read, through a 1x1 adapter where widths differ (0: off)",
+        ge=0.0,
+        le=1000.0,
+    )
+    det_levels: str = param(
+        "",
+        help="detectors: comma-separated level indices (0 = the coarsest) whose head inputs the "
+        "hint, channel-correlation and attention losses compare; empty: every level",
+    )
     epochs: int = param(10, help="training epochs", ge=1, le=1000)
     lr: float = param(0.01, help="peak learning rate (cosine decay to zero)", gt=0.0, le=10.0)
     batch_size: int = param(64, help="training batch size", ge=1, le=4096)
@@ -111,8 +180,18 @@ class DistillationConfig:
     def teacher_layer_names(self) -> list[str]:
         return _split_names(self.teacher_layers) or self.student_layer_names()
 
+    def level_indices(self) -> list[int] | None:
+        """The detector levels named in ``det_levels``, or None for every level."""
+        return _level_indices(self.det_levels)
+
+    @property
+    def uses_level_maps(self) -> bool:
+        """Whether a detector loss taps the feature maps of ``det_levels``."""
+        return self.det_hint_weight > 0 or self.uses_feature_maps
+
     def validate(self) -> None:
-        """Cross-field checks: layer lists well formed and paired one to one."""
+        """Cross-field checks: layer lists well formed and paired one to one, levels integers."""
+        _level_indices(self.det_levels)
         for field_name in ("student_layers", "teacher_layers"):
             raw = getattr(self, field_name)
             if raw.strip() and any(not part.strip() for part in raw.split(",")):
@@ -136,6 +215,24 @@ class DistillationConfig:
 
 def _split_names(raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def _level_indices(raw: str) -> list[int] | None:
+    if not raw.strip():
+        return None
+    out: list[int] = []
+    for part in raw.split(","):
+        text = part.strip()
+        if not text.isdigit():
+            raise ConfigError(
+                "config.det_levels",
+                f"{raw!r}: write level indices (0 = the coarsest) separated by commas, "
+                f"e.g. '0,1'; {text!r} is not one",
+            )
+        if int(text) in out:
+            raise ConfigError("config.det_levels", f"{raw!r} names level {text} twice")
+        out.append(int(text))
+    return out
 
 
 # --- the losses ------------------------------------------------------------------------------
@@ -491,14 +588,16 @@ def _adapter(c_s: int, c_t: int) -> nn.Conv2d:
     config=DistillationConfig,
     summary="Train the current model against a frozen teacher's soft targets (Hinton KD), "
     "optionally with seed 003's inter-class consistency, channel-correlation and "
-    "spatial-attention losses and FitNets hints.",
+    "spatial-attention losses and FitNets hints; on a YOLO detector, objectness and class-logit "
+    "KD, the teacher-bounded box loss and feature-map hints on chosen levels.",
     inputs=("torch",),
-    tasks=("classification",),
+    tasks=("classification", "detection"),
     check_model=lambda facts, cfg: check_model(facts, cfg),  # defined at the end of the file
 )
 def run(ctx: StageContext, cfg: DistillationConfig) -> StageResult:
     """Distil a teacher into ``ctx.model``'s module, which is trained in place."""
     student = torch_module(ctx, "distillation")
+    teacher_state: ModelState | None = None
     if cfg.teacher:
         if ctx.load_model is None:
             raise StageScopeError(
@@ -507,10 +606,17 @@ def run(ctx: StageContext, cfg: DistillationConfig) -> StageResult:
         teacher_state = ctx.load_model(cfg.teacher)
         if teacher_state.module is None:
             raise StageScopeError("distillation: the teacher must be a torch model, not ONNX")
+        if teacher_state.task != ctx.model.task:
+            raise StageScopeError(
+                f"distillation: the teacher {_state_label(teacher_state, cfg.teacher)} is a "
+                f"{teacher_state.task} model but the student {_state_label(ctx.model)} is a "
+                f"{ctx.model.task} model; both must do the same task"
+            )
         if teacher_state.num_classes != ctx.model.num_classes:
             raise StageScopeError(
-                f"distillation: the teacher has {teacher_state.num_classes} classes, "
-                f"the student {ctx.model.num_classes}"
+                f"distillation: the teacher {_state_label(teacher_state, cfg.teacher)} has "
+                f"{teacher_state.num_classes} classes, the student {_state_label(ctx.model)} "
+                f"{ctx.model.num_classes}"
             )
         teacher = copy.deepcopy(teacher_state.module)
     else:
@@ -521,6 +627,9 @@ def run(ctx: StageContext, cfg: DistillationConfig) -> StageResult:
     for p in teacher.parameters():
         p.requires_grad_(False)
     student.to(ctx.device)
+    if ctx.model.task == "detection":
+        teacher_label = _state_label(teacher_state or ctx.model, cfg.teacher or "input")
+        return _run_detector(ctx, cfg, student, teacher, teacher_label)
 
     n = ctx.model.num_classes
     shape = ctx.model.input_shape
@@ -592,6 +701,403 @@ def run(ctx: StageContext, cfg: DistillationConfig) -> StageResult:
     return StageResult(model=ctx.model, metrics=history_metrics(history), history=history)
 
 
+def _state_label(state: ModelState, ref: str | None = None) -> str:
+    """How messages name a model: its reference (for a teacher) and architecture."""
+    arch = state.arch.name if state.arch is not None else None
+    if arch is None and state.module is not None:
+        arch = getattr(state.module, "name", None) or type(state.module).__name__
+    arch = arch or "ONNX model"
+    return f"{ref!r} ({arch})" if ref else f"({arch})"
+
+
+# --- detectors ------------------------------------------------------------------------------
+
+
+class _HeadInputs:
+    """Forward pre-hooks on a YOLO's head convs keeping the feature map each chosen level's
+    head reads (the neck's output at that level)."""
+
+    def __init__(self, heads: Sequence[nn.Module], levels: Sequence[int]) -> None:
+        self.maps: dict[int, torch.Tensor] = {}
+        self._handles = [heads[i].register_forward_pre_hook(self._keeper(i)) for i in levels]
+
+    def _keeper(self, level: int) -> Any:
+        def keep(_m: nn.Module, args: tuple[Any, ...]) -> None:
+            self.maps[level] = args[0]
+
+        return keep
+
+    def clear(self) -> None:
+        self.maps = {}
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+@contextmanager
+def _head_inputs(heads: Sequence[nn.Module], levels: Sequence[int]) -> Iterator[_HeadInputs]:
+    taps = _HeadInputs(heads, levels)
+    try:
+        yield taps
+    finally:
+        taps.remove()
+
+
+def detector_layout(student: nn.Module, teacher: nn.Module, teacher_label: str) -> YoloLayout:
+    """The shared YOLO layout of a student and its teacher, or a refusal naming both.
+
+    Both must be YOLO-contract detectors (``head_convs()``, ``anchors``, ``strides``,
+    ``num_classes``) with the same classes, levels (strides) and anchors: the losses compare
+    their raw maps slot by slot.
+    """
+    student_label = repr(getattr(student, "name", None) or type(student).__name__)
+    specs = {}
+    for who, label, m in (("teacher", teacher_label, teacher), ("student", student_label, student)):
+        if detection_heads(m) is None:
+            raise StageScopeError(
+                f"distillation: the {who} {label} is a detection model without head_convs(); "
+                "detection-aware distillation supports the YOLO family"
+            )
+        try:
+            specs[who] = yolo_spec(m)
+        except ValueError as exc:
+            raise StageScopeError(f"distillation: the {who} {label}: {exc}") from None
+    t, s = specs["teacher"], specs["student"]
+    differences = []
+    if t.num_classes != s.num_classes:
+        differences.append(f"classes: teacher {t.num_classes}, student {s.num_classes}")
+    if t.strides != s.strides:
+        differences.append(
+            f"levels (strides): teacher {list(t.strides)}, student {list(s.strides)}"
+        )
+    elif not all(
+        len(ta) == len(sa)
+        and all(
+            math.isclose(x, y, rel_tol=1e-6)
+            for tp, sp in zip(ta, sa, strict=True)
+            for x, y in zip(tp, sp, strict=True)
+        )
+        for ta, sa in zip(t.anchors, s.anchors, strict=True)
+    ):
+        differences.append(
+            f"anchors: teacher {_anchors_text(t.anchors)}, student {_anchors_text(s.anchors)}"
+        )
+    if differences:
+        raise StageScopeError(
+            f"distillation: the teacher {teacher_label} and the student {student_label} are "
+            f"different detectors ({'; '.join(differences)}); a detector is distilled only "
+            "from a teacher with the same classes, levels and anchors (the same architecture "
+            "and input size, e.g. the unpruned baseline)"
+        )
+    return YoloLayout(anchors=s.anchors, strides=s.strides, num_classes=s.num_classes)
+
+
+def _anchors_text(anchors: tuple[tuple[tuple[float, float], ...], ...]) -> str:
+    return " | ".join(", ".join(f"{w:g}x{h:g}" for w, h in level) for level in anchors)
+
+
+def _level_shapes(
+    module: nn.Module, levels: Sequence[int], size: int
+) -> dict[int, tuple[int, int, int]]:
+    """One dry forward pass (eval, no gradients): each chosen level's head input C, H, W."""
+    heads = detection_heads(module) or []
+    device = next(iter(module.parameters())).device
+    channels = int(getattr(module, "in_channels", 3))
+    was_training = module.training
+    module.eval()
+    try:
+        with _head_inputs(heads, levels) as taps, torch.no_grad():
+            module(torch.zeros(1, channels, size, size, device=device))
+            return {
+                i: (int(m.shape[1]), int(m.shape[2]), int(m.shape[3])) for i, m in taps.maps.items()
+            }
+    finally:
+        module.train(was_training)
+
+
+class DetectionDistillationLoss:
+    """One batch's detection distillation loss: the ground-truth YOLOv3 loss plus the weighted
+    objectness KD, class-logit KD, teacher-bounded box loss and, on ``levels``, the feature-map
+    hint, channel-correlation and attention losses (:mod:`compression.detection_distill`).
+
+    ``adapters`` maps a level (as a string) to the 1x1 convolution from the student's channels
+    to the teacher's, for the levels where they differ. Returns ``(loss, parts)`` with each
+    term's unweighted value (``box_bound_active``: the share of assigned slots it counted).
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        cfg: DistillationConfig,
+        layout: YoloLayout,
+        input_size: int,
+        student_taps: _HeadInputs,
+        teacher_taps: _HeadInputs,
+        levels: Sequence[int],
+        adapters: nn.ModuleDict,
+        ignore_threshold: float = 0.5,
+    ) -> None:
+        self.teacher = teacher
+        self.cfg = cfg
+        self.layout = layout
+        self.input_size = input_size
+        self.s_taps = student_taps
+        self.t_taps = teacher_taps
+        self.levels = list(levels)
+        self.adapters = adapters
+        self.ignore_threshold = ignore_threshold
+
+    def __call__(
+        self,
+        student: nn.Module,
+        inputs: torch.Tensor,
+        targets: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, layout = self.cfg, self.layout
+        self.s_taps.clear()
+        self.t_taps.clear()
+        with torch.no_grad():
+            t_out = [o.detach() for o in self.teacher(inputs)]
+        s_out = list(student(inputs))
+        total = s_out[0].new_zeros((), dtype=torch.float32)
+        parts: dict[str, float] = {}
+        if cfg.det_label_weight > 0:
+            gt, gt_parts = yolo_loss(
+                s_out,
+                targets,
+                layout.anchors,
+                layout.strides,
+                layout.num_classes,
+                self.input_size,
+                ignore_threshold=self.ignore_threshold,
+            )
+            total = total + cfg.det_label_weight * gt
+            parts["gt"] = float(gt.detach())
+            parts.update({f"gt_{k}": v for k, v in gt_parts.items()})
+        if cfg.det_objectness_weight > 0:
+            obj = objectness_kd(s_out, t_out, layout)
+            total = total + cfg.det_objectness_weight * obj
+            parts["obj_kd"] = float(obj.detach())
+        if cfg.det_class_weight > 0:
+            cls = class_kd(s_out, t_out, layout, cfg.temperature)
+            total = total + cfg.det_class_weight * cls
+            parts["cls_kd"] = float(cls.detach())
+        if cfg.det_box_bound_weight > 0:
+            box, active, slots = bounded_box_loss(
+                s_out, t_out, targets, layout, self.input_size, cfg.det_box_margin
+            )
+            total = total + cfg.det_box_bound_weight * box
+            parts["box_bound"] = float(box.detach())
+            parts["box_bound_active"] = active / slots if slots else 0.0
+        if self.levels and cfg.uses_level_maps:
+            hint = cc = at = total.new_zeros(())
+            adapters = dict(self.adapters.items())  # nn.ModuleDict has no get()
+            for level in self.levels:
+                f_s, f_t = self.s_taps.maps[level], self.t_taps.maps[level].detach()
+                adapter = adapters.get(str(level))
+                if cfg.det_hint_weight > 0:
+                    hint = hint + hint_loss(f_s, f_t, adapter)
+                if cfg.channel_correlation_weight > 0:
+                    mapped = adapter(f_s) if adapter is not None else f_s
+                    cc = cc + channel_correlation_loss(mapped, f_t)
+                if cfg.attention_weight > 0:
+                    at = at + attention_loss(f_s, f_t)
+            n = len(self.levels)
+            for name, weight, value in (
+                ("hint", cfg.det_hint_weight, hint),
+                ("channel_correlation", cfg.channel_correlation_weight, cc),
+                ("attention", cfg.attention_weight, at),
+            ):
+                if weight > 0:
+                    total = total + weight * value / n
+                    parts[name] = float(value.detach()) / n
+        return total, parts
+
+
+def chosen_levels(cfg: DistillationConfig, strides: Sequence[int]) -> list[int]:
+    """The levels ``det_levels`` names (all when empty), refusing one the detector lacks."""
+    count = len(strides)
+    levels = cfg.level_indices()
+    if levels is None:
+        return list(range(count))
+    bad = [i for i in levels if i >= count]
+    if bad:
+        known = ", ".join(f"{i} (stride {s})" for i, s in enumerate(strides))
+        raise ConfigError(
+            "config.det_levels",
+            f"names level {bad[0]}, but the detector has {count} levels: {known}",
+        )
+    return levels
+
+
+def _detector_optimizer(
+    params: Sequence[nn.Parameter], cfg: DistillationConfig
+) -> torch.optim.Optimizer:
+    # No weight decay on biases and norm scales (1-D), as detection training does.
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _run_detector(
+    ctx: StageContext,
+    cfg: DistillationConfig,
+    student: nn.Module,
+    teacher: nn.Module,
+    teacher_label: str,
+) -> StageResult:
+    """Distil a YOLO teacher into the YOLO student on the detection data set's train split.
+
+    Batches are augmented as detection training does (flip, scale jitter, letterbox:
+    :func:`compression.detection_train.make_batch`), and teacher and student see the same
+    images; the learning rate warms up over the first epoch, then follows a cosine to zero.
+    """
+    why = _detector_config_refusal(cfg, "the student")
+    if why is not None:
+        raise ConfigError(f"config.{why[0]}", why[1])
+    data = ctx.data
+    if not isinstance(data, DetectionBundle):
+        raise StageScopeError(
+            "distillation: the student is a detection model, so it is distilled on a detection "
+            f"data set, not a {type(data).__name__}"
+        )
+    if data.num_classes != ctx.model.num_classes:
+        raise StageScopeError(
+            f"distillation: the detector has {ctx.model.num_classes} classes but the data set "
+            f"{data.name!r} has {data.num_classes}"
+        )
+    if not data.train:
+        raise StageScopeError(f"distillation: the data set {data.name!r} has no training images")
+    layout = detector_layout(student, teacher, teacher_label)
+    size = int(ctx.model.input_shape[-1])
+    levels = chosen_levels(cfg, layout.strides) if cfg.uses_level_maps else []
+    adapters = nn.ModuleDict()
+    if levels:
+        s_shapes = _level_shapes(student, levels, size)
+        t_shapes = _level_shapes(teacher, levels, size)
+        for level in levels:
+            c_s, c_t = s_shapes[level][0], t_shapes[level][0]
+            if s_shapes[level][1:] != t_shapes[level][1:]:
+                raise StageScopeError(
+                    f"distillation: level {level}'s head input is {s_shapes[level][1:]} on the "
+                    f"student but {t_shapes[level][1:]} on the teacher {teacher_label}"
+                )
+            if c_s != c_t:
+                # FitNets' regressor: trained with the student, thrown away afterwards.
+                adapters[str(level)] = _adapter(c_s, c_t)
+        adapters.to(ctx.device)
+        shown = "; ".join(
+            f"level {i} (stride {layout.strides[i]}): {s_shapes[i][0]} -> {t_shapes[i][0]} "
+            f"channels{' through a 1x1 adapter' if str(i) in adapters else ''}"
+            for i in levels
+        )
+        ctx.report(0.0, f"distillation: feature maps compared, student -> teacher: {shown}", {})
+    base = DetectionTrainConfig()  # detection training's augmentations and ignore threshold
+    params = [p for p in student.parameters() if p.requires_grad] + list(adapters.parameters())
+    opt = _detector_optimizer(params, cfg)
+    n = len(data.train)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(total, round(base.warmup_epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: warmup_cosine(k, total, warmup))
+    rng = np.random.default_rng(ctx.seed)
+    order = torch.Generator().manual_seed(ctx.seed)
+    history: list[dict[str, float]] = []
+    heads_s, heads_t = detection_heads(student) or [], detection_heads(teacher) or []
+    with _head_inputs(heads_s, levels) as s_taps, _head_inputs(heads_t, levels) as t_taps:
+        loss_fn = DetectionDistillationLoss(
+            teacher,
+            cfg,
+            layout,
+            size,
+            s_taps,
+            t_taps,
+            levels,
+            adapters,
+            ignore_threshold=base.ignore_threshold,
+        )
+        for epoch in range(cfg.epochs):
+            student.train()
+            adapters.train()
+            teacher.eval()
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, generator=order).tolist()
+            loss_sum, seen = 0.0, 0
+            part_sums: dict[str, float] = {}
+            lr_used = float(opt.param_groups[0]["lr"])
+            for step in range(steps_per_epoch):
+                ctx.check_cancel()
+                picked = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                inputs, targets = make_batch(
+                    [data.train[i] for i in picked],
+                    size,
+                    rng,
+                    flip=base.flip,
+                    scale_range=base.scale_range,
+                    device=ctx.device,
+                )
+                lr_used = float(opt.param_groups[0]["lr"])
+                loss, parts = loss_fn(student, inputs, targets)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"distillation: the loss became {float(loss)} at epoch {epoch + 1}, "
+                        f"step {step + 1}; lower the learning rate (now {lr_used:.3g})"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                loss_sum += float(loss.detach()) * len(picked)
+                seen += len(picked)
+                for k, v in parts.items():
+                    part_sums[k] = part_sums.get(k, 0.0) + v * len(picked)
+            row = {"epoch": float(epoch + 1), "loss": loss_sum / max(seen, 1), "lr": lr_used}
+            row.update({k: v / max(seen, 1) for k, v in part_sums.items()})
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            ctx.report(
+                (epoch + 1) / cfg.epochs,
+                f"distillation: epoch {epoch + 1}/{cfg.epochs}, loss {row['loss']:.4f}",
+                dict(row),
+            )
+    ctx.model.module = finish(student)
+    last = history[-1] if history else {}
+    metrics = {f"distill_{k}": v for k, v in last.items() if k not in ("epoch", "lr", "seconds")}
+    return StageResult(model=ctx.model, metrics=metrics, history=history)
+
+
+def _detector_config_refusal(cfg: DistillationConfig, label: str) -> tuple[str, str] | None:
+    """(field, why) when ``cfg`` asks a detector for a classifier-only loss, or None."""
+    if cfg.class_consistency_weight > 0:
+        return (
+            "class_consistency_weight",
+            f"the inter-class consistency loss compares a classifier's per-image class "
+            f"predictions, but {label} is a detection model; set it to 0 (det_class_weight "
+            "distils a detector's class logits)",
+        )
+    if cfg.feature_weight > 0:
+        return (
+            "feature_weight",
+            f"the hint loss on the penultimate features taps a classifier's input, but {label} "
+            "is a detection model; set it to 0 and use det_hint_weight with det_levels",
+        )
+    for name in ("student_layers", "teacher_layers"):
+        if getattr(cfg, name).strip():
+            return (
+                name,
+                f"{label} is a detection model: its feature maps are chosen by det_levels "
+                f"(the inputs of those levels' heads), not by {name}; leave it empty",
+            )
+    return None
+
+
 def check_model(facts: ModelFacts, cfg: DistillationConfig) -> None:
     """Refuse losses on a student without the layers they tap, before anything runs.
 
@@ -600,7 +1106,21 @@ def check_model(facts: ModelFacts, cfg: DistillationConfig) -> None:
     last convolution or the ``student_layers`` named. A named layer must be a weighted layer
     of the student or a block containing one. Unknown layer tables pass (the run checks the
     live modules, and the teacher's names, before its first step).
+
+    On a detector: only the YOLO family (the losses read its raw per-level maps), and none of
+    the classifier-only terms (inter-class consistency, the penultimate hint, named layers).
     """
+    if facts.task == "detection":
+        if facts.arch is not None and "yolo" not in facts.arch:
+            raise ConfigError(
+                "method",
+                f"{facts.label} is a detection model of another family than YOLO; "
+                "detection-aware distillation reads the raw per-level maps of YOLO heads",
+            )
+        why = _detector_config_refusal(cfg, facts.label)
+        if why is not None:
+            raise ConfigError(f"config.{why[0]}", why[1])
+        return
     if cfg.feature_weight > 0 and facts.has_classifier() is False:
         raise ConfigError(
             "config.feature_weight",
