@@ -191,3 +191,49 @@ def test_an_old_report_without_task_loads_as_classification() -> None:
     d = m.to_dict()
     assert d["task"] == "classification" and d["metric"] == "top-1" and d["detection"] is None
     assert ModelMetrics.from_dict(d) == m
+
+
+def test_a_classification_report_keeps_its_shape(tmp_path: Path) -> None:
+    data = load_digits(size=32).subset(train=64, val=32, seed=0)
+    torch.manual_seed(0)
+    lenet = ModelState(
+        input_shape=(1, 32, 32),
+        num_classes=10,
+        module=create_model("lenet5", num_classes=10, in_channels=1),
+        arch=ArchSpec("lenet5", 10, 1),
+    )
+    recipe = parse_recipe(
+        {"eval": {"latency_runs": 0}, "stages": [{"method": "finetune", "config": {"epochs": 1}}]}
+    )
+    run_recipe(recipe, lenet, data, tmp_path)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["task"] == "classification"
+    assert report["dataset"]["fingerprint"] == data.fingerprint()
+    assert "boxes" not in report["dataset"] and report["preprocessing"]["class_names"]
+    for m in (report["baseline"], report["stages"][0]["metrics"], report["final"]):
+        assert (m["task"], m["metric"], m["detection"], m["latency_e2e"]) == (
+            "classification",
+            "top-1",
+            None,
+            None,
+        )
+    kinds = {a["kind"] for a in report["artifacts"]}
+    assert kinds == {"onnx_fp32", "checkpoint"}
+    assert not (tmp_path / "detections_grid.png").exists()
+
+
+def test_a_shared_detection_baseline_is_measured_once(
+    scenes: DetectionBundle, tmp_path: Path
+) -> None:
+    from compression.pipeline import measure_baseline
+
+    recipe = parse_recipe(
+        {**RECIPE, "eval": {"latency_runs": 1, "warmup": 0, "threads": 1, "rounds": 1}}
+    )
+    shared = measure_baseline(recipe, _yolo(), scenes, tmp_path)
+    m = shared.metrics
+    assert m.task == "detection" and m.detection is not None
+    assert m.latency is not None and m.latency_e2e is not None
+    assert read_detector_meta(shared.onnx_path) is not None
+    again = measure_baseline(recipe, _yolo(), scenes, tmp_path)
+    assert again.metrics.to_dict() == m.to_dict()

@@ -37,10 +37,10 @@ def _one_torch_thread() -> Iterator[None]:
 def test_compress_trains_a_detector_and_prints_map(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    asked: list[tuple[str, int]] = []
+    asked: list[tuple[str, int, int | None]] = []
 
     def few_scenes(name: str, *, seed: int = 0, size: int | None = None) -> Any:
-        asked.append((name, seed))
+        asked.append((name, seed, size))
         return load_mnist_scenes(SceneConfig(seed=seed, size=64, n_train=8, n_val=4, n_test=4))
 
     monkeypatch.setattr(detection_data, "load_builtin_detection", few_scenes)
@@ -51,7 +51,7 @@ def test_compress_trains_a_detector_and_prints_map(
                  "--dataset", "mnist_scenes", "--split-seed", "1", "--recipe", str(recipe),
                  "--out", str(out), "--device", "cpu", "--quiet"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
-    assert asked == [("mnist_scenes", 1)]
+    assert asked == [("mnist_scenes", 1, 64)]
     report = json.loads((out / "report.json").read_text())
     assert report["task"] == "detection" and report["final"]["metric"] == "mAP@0.5"
     assert report["model"]["input_shape"] == [3, 64, 64]

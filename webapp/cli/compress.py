@@ -265,8 +265,12 @@ def _load_detection(args: argparse.Namespace, out: Path) -> tuple[ModelState, De
     from compression.zoo import create_model
 
     arch = args.model
+    options = _detector_options(args, arch)
     if args.dataset in BUILTIN_DETECTION_DATASETS:
-        data = load_builtin_detection(args.dataset, seed=args.split_seed)
+        # generated from the split seed at the model's input size, as the jobs runner does
+        data = load_builtin_detection(
+            args.dataset, seed=args.split_seed, size=options.get("input_size")
+        )
     else:
         zip_path = Path(args.dataset)
         if not zip_path.is_file():
@@ -277,7 +281,6 @@ def _load_detection(args: argparse.Namespace, out: Path) -> tuple[ModelState, De
         work = out / "dataset"
         shutil.rmtree(work, ignore_errors=True)  # re-extract on a resumed run
         data = load_detection_zip(zip_path, work, split_seed=args.split_seed)
-    options = _detector_options(args, arch)
     num_classes = args.num_classes or data.num_classes
     module = create_model(arch, num_classes=num_classes, in_channels=3, **options)
     size = input_size_of(module)
