@@ -197,6 +197,16 @@ class FleetRowSerializer(serializers.Serializer[Any]):
     op_profile_ms = serializers.DictField(
         child=serializers.FloatField(), help_text="Op type to ms per inference, costliest first."
     )
+    map50_pct = serializers.FloatField(
+        allow_null=True, help_text="A detector's mAP@0.5 on the device, percent; else null."
+    )
+    map50_95_pct = serializers.FloatField(allow_null=True, help_text="mAP@0.5:0.95, percent.")
+    e2e_p50_ms = serializers.FloatField(
+        allow_null=True, help_text="A detector's p50 end to end (network + decode + NMS)."
+    )
+    e2e_p90_ms = serializers.FloatField(allow_null=True)
+    fps = serializers.FloatField(allow_null=True, help_text="A detector's FPS, network alone.")
+    fps_e2e = serializers.FloatField(allow_null=True, help_text="A detector's FPS end to end.")
 
 
 class VersionSummarySerializer(serializers.Serializer[Any]):
@@ -213,6 +223,7 @@ class VersionSummarySerializer(serializers.Serializer[Any]):
 
 class FleetSerializer(serializers.Serializer[Any]):
     version = VersionSummarySerializer()
+    task = serializers.CharField(help_text="The version's task: classification or detection.")
     devices = serializers.IntegerField(help_text="How many devices ran it (rows).")
     rows = FleetRowSerializer(many=True)
     op_types = serializers.ListField(
@@ -249,6 +260,9 @@ class LineageDeviceSerializer(serializers.Serializer[Any]):
     p50_ms = serializers.FloatField(allow_null=True)
     p90_ms = serializers.FloatField(allow_null=True)
     top1_pct = serializers.FloatField(allow_null=True)
+    map50_pct = serializers.FloatField(
+        allow_null=True, help_text="A detector's mAP@0.5 on the device, percent; else null."
+    )
 
 
 class LineageNodeSerializer(serializers.Serializer[Any]):

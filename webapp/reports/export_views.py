@@ -7,15 +7,17 @@ of another organisation or none), the file from :mod:`webapp.reports.exports`, t
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET
 
 from webapp.accounts.permissions import READ, org_page
+from webapp.jobs import selectors as job_selectors
 from webapp.reports import exports, fleet, pdf
 from webapp.reports.views import report_context
 
@@ -67,6 +69,10 @@ def report_export(request: HttpRequest, pk: int, fmt: str) -> HttpResponse:
         )
     name = f"report-job-{job.pk}"
     if fmt == "pdf":
+        grid = ctx.get("grid")
+        if grid and grid.get("key"):
+            # The printing browser reaches nothing but static files: the grid goes in the page.
+            ctx["grid"] = {**grid, "data_uri": _grid_data_uri(job)}
         return pdf_attachment(
             request,
             template="reports/report_detail.html",
@@ -82,3 +88,20 @@ def report_export(request: HttpRequest, pk: int, fmt: str) -> HttpResponse:
     if fmt == "json":
         return json_attachment(data, filename=f"{name}.json")
     return csv_attachment(exports.report_csv_rows(data), filename=f"{name}.csv")
+
+
+# A grid larger than this is left out of the PDF (linked from the page instead).
+MAX_PDF_GRID_BYTES = 8 * 1024 * 1024
+
+
+def _grid_data_uri(job: Any) -> str | None:
+    """The job's stored detections grid as a ``data:image/png`` URI for the printed page, or
+    None when it cannot be read, is not a PNG, or is over :data:`MAX_PDF_GRID_BYTES`."""
+    try:
+        with job_selectors.job_artifact_open(job=job, key="detections_grid") as fh:
+            data = fh.read(MAX_PDF_GRID_BYTES + 1)
+    except (Http404, OSError):
+        return None
+    if len(data) > MAX_PDF_GRID_BYTES or not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")

@@ -13,6 +13,7 @@ from webapp.accounts.models import Organization
 from webapp.jobs.models import Job
 from webapp.reports.comparison import _produced_state
 from webapp.reports.fleet import latency_block
+from webapp.reports.selectors import DETECTION, METRIC_LABELS, report_per_class, report_task
 
 # The CSV's columns: one row per state (baseline, each stage, final), then one per on-device
 # result (``kind`` "device").
@@ -22,14 +23,23 @@ REPORT_CSV_FIELDS = (
     "latency_count", "latency_mean_ms", "latency_stdev_ms", "latency_p50_ms", "latency_p90_ms",
     "latency_p99_ms", "latency_iqr_ms", "latency_rounds", "throughput", "peak_mem_mb", "speedup",
     "version", "device_id", "device", "batch_size", "top1_pct", "eval_set",
+    # detection (issue 15): the metric behind ``accuracy`` (top-1 or mAP@0.5), mAP@0.5:0.95 in
+    # percent, the end-to-end latency block (network + decode + NMS), a device's mAP@0.5
+    "task", "metric", "map50_95", "map50_95_delta",
+    "latency_e2e_count", "latency_e2e_mean_ms", "latency_e2e_stdev_ms", "latency_e2e_p50_ms",
+    "latency_e2e_p90_ms", "latency_e2e_p99_ms", "throughput_e2e", "speedup_e2e", "map50_pct",
 )  # fmt: skip
 
 
 def _state(row: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
     value = raw.get("latency")
     latency: dict[str, Any] = value if isinstance(value, dict) else {}
+    e2e = raw.get("latency_e2e")
+    detection = row["task"] == DETECTION
     return {
         "kind": row["kind"],
+        "task": row["task"],
+        "metric": row["metric"],
         "label": row["label"],
         "format": row["format"],
         "accuracy": row["accuracy"],
@@ -50,6 +60,12 @@ def _state(row: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
         "throughput": row["throughput"],
         "peak_mem_mb": row["peak_mem_mb"],
         "speedup": row["speedup"],
+        # detection only (None for a classifier): percent, like ``accuracy``
+        "map50_95": row["map50_95"],
+        "map50_95_delta": row["map50_95_delta"],
+        "latency_e2e": latency_block(e2e) if detection and isinstance(e2e, dict) else None,
+        "throughput_e2e": row["e2e_throughput"],
+        "speedup_e2e": row["e2e_speedup"],
     }
 
 
@@ -84,11 +100,13 @@ def report_export(
                     "peak_mem_mb": d["peak_mem_mb"],
                     "load_time_ms": d["load_time_ms"],
                     "top1_pct": d["top1_pct"],
+                    "map50_pct": d.get("map50_pct"),
                     "eval_set": d["eval_set"],
                     "measured_at": d["measured_at"],
                 }
             )
     targets = report.get("targets") if isinstance(report.get("targets"), dict) else {}
+    task = report_task(report)
     return {
         "job": {
             "id": job.pk,
@@ -99,8 +117,12 @@ def report_export(
             "recipe": (job.recipe or {}).get("name", "") if isinstance(job.recipe, dict) else "",
             "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         },
+        "task": task,
+        "metric": METRIC_LABELS[task],
         "targets": targets,
         "states": [_state(row, m) for row, m in zip(rows, raw, strict=True)],
+        # AP per class (percent), baseline against final: detection reports only
+        "per_class": report_per_class(report) if task == DETECTION else [],
         "on_device": devices,
         "model_versions": [
             v.get("id") for v in report.get("model_versions", []) if isinstance(v, dict)
@@ -113,6 +135,7 @@ def report_csv_rows(export: dict[str, Any]) -> list[list[Any]]:
     out: list[list[Any]] = [list(REPORT_CSV_FIELDS)]
     for s in export["states"]:
         flat = {**s, **{f"latency_{k}": v for k, v in s["latency"].items()}}
+        flat.update({f"latency_e2e_{k}": v for k, v in (s.get("latency_e2e") or {}).items()})
         out.append(["" if flat.get(k) is None else flat.get(k) for k in REPORT_CSV_FIELDS])
     for d in export["on_device"]:
         flat = {

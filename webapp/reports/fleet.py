@@ -26,6 +26,9 @@ FLEET_CSV_FIELDS = (
     "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput", "peak_mem_mb",
     "load_time_ms", "top1_pct", "eval_samples", "eval_set", "measured_at", "deployment",
     "op_profile_ms",
+    # a detector's (issue 15): mAP on the device in percent, latency end to end (network +
+    # decode + NMS) and frames per second both ways
+    "map50_pct", "map50_95_pct", "e2e_p50_ms", "e2e_p90_ms", "fps", "fps_e2e",
 )  # fmt: skip
 
 
@@ -113,11 +116,20 @@ def _device_row(
         "accuracy_deployment": None,
         "measured_at": None,
         "op_profile_ms": _op_profile(p.get("op_profile_ms")),
+        "map50_pct": None,
+        "map50_95_pct": None,
+        "e2e_p50_ms": _number(p.get("e2e_p50_ms")),
+        "e2e_p90_ms": _number(p.get("e2e_p90_ms")),
+        "fps": _number(p.get("fps")),
+        "fps_e2e": _number(p.get("fps_e2e")),
     }
     if accuracy is not None:
         acc_deployment, result = accuracy
         a = result.payload if isinstance(result.payload, dict) else {}
         row["top1_pct"] = _number(a.get("top1_pct"))
+        for key in ("map50", "map50_95"):
+            value = _number(a.get(key))
+            row[f"{key}_pct"] = None if value is None else 100.0 * value
         row["eval_samples"] = _int(a.get("samples"))
         row["eval_set"] = describe_eval_set(result.deployment.artifact.eval_meta or {})
         row["accuracy_deployment"] = acc_deployment
@@ -180,6 +192,7 @@ def fleet_build(*, organization: Organization, version_id: Any) -> dict[str, Any
             ops[op] = ops.get(op, 0.0) + ms
     return {
         "version": version_summary(version),
+        "task": version.task,
         "devices": len(rows),
         "rows": rows,
         "op_types": [op for op, _ in sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))],
@@ -205,6 +218,8 @@ def fleet_csv_rows(fleet: dict[str, Any]) -> list[list[Any]]:
             "measured_at": row["measured_at"],
             "deployment": row["deployment"],
             "op_profile_ms": json.dumps(row["op_profile_ms"]) if row["op_profile_ms"] else "",
+            **{k: row[k] for k in ("map50_pct", "map50_95_pct", "e2e_p50_ms", "e2e_p90_ms")},
+            **{k: row[k] for k in ("fps", "fps_e2e")},
         }
         out.append(["" if flat[k] is None else flat[k] for k in FLEET_CSV_FIELDS])
     return out

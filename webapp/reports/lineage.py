@@ -144,6 +144,7 @@ def lineage_build(*, organization: Organization, version_id: Any) -> dict[str, A
                         "p50_ms": m.p50_ms,
                         "p90_ms": m.p90_ms,
                         "top1_pct": m.top1_pct,
+                        "map50_pct": m.map50_pct,  # a detector's mAP@0.5, percent
                     }
                 )
         nodes.append(
@@ -206,11 +207,11 @@ LINEAGE_CSV_FIELDS = ("id", "title", "name", "number", "label", "format", "statu
 
 def lineage_csv_rows(lineage: dict[str, Any]) -> list[list[Any]]:
     """The CSV export: one row per version; then per device ``device:<id>:<name>:p50_ms``,
-    ``...:p90_ms`` and ``...:top1_pct``."""
+    ``...:p90_ms``, ``...:top1_pct`` and ``...:map50_pct`` (a detector's mAP@0.5, percent)."""
     device_cols = [
         (d["id"], f"device:{d['id']}:{d['name']}:{key}", key)
         for d in lineage["devices"]
-        for key in ("p50_ms", "p90_ms", "top1_pct")
+        for key in ("p50_ms", "p90_ms", "top1_pct", "map50_pct")
     ]
     out: list[list[Any]] = [[*LINEAGE_CSV_FIELDS, *(name for _, name, _ in device_cols)]]
     for n in lineage["versions"]:

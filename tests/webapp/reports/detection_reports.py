@@ -114,12 +114,14 @@ def detection_report(*, grid: bool = True) -> dict[str, Any]:
     }
 
 
-def png_bytes(width: int = 8, height: int = 4) -> bytes:
-    """A real (tiny) PNG."""
+def png_bytes(
+    width: int = 8, height: int = 4, colour: tuple[int, int, int] = (200, 30, 30)
+) -> bytes:
+    """A real PNG of one colour."""
     import io
 
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.new("RGB", (width, height), (200, 30, 30)).save(buf, format="PNG")
+    Image.new("RGB", (width, height), colour).save(buf, format="PNG")
     return buf.getvalue()
