@@ -180,6 +180,14 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
         "(their latency results then carry decode_ms, decode_peak_rss_mb, container_bytes and "
         "onnx_bytes).",
     )
+    artifact_task = serializers.CharField(
+        source="artifact.task",
+        read_only=True,
+        help_text='"classification", or "detection": every latency result also carries fps and '
+        "fps_e2e (without and with decode + NMS) and the end-to-end e2e_p50_ms, e2e_p90_ms, "
+        "e2e_p99_ms, e2e_mean_ms; accuracy results carry map50 and map50_95 (0-1) instead of "
+        "top1_pct.",
+    )
     artifact_size = serializers.IntegerField(source="artifact.size", read_only=True)
     artifact_decoded_size = serializers.IntegerField(
         source="artifact.decoded_size",
@@ -203,7 +211,7 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
     class Meta:
         model = Deployment
         fields = [
-            "id", "artifact", "artifact_name", "artifact_format", "artifact_size",
+            "id", "artifact", "artifact_name", "artifact_format", "artifact_task", "artifact_size",
             "artifact_decoded_size", "eval_set", "target_kind", "target_value", "settings",
             "issued_at", "created_at", "expires_at", "ended_at", "cancelled_at", "cancelled_by",
             "status", "targets", "results",

@@ -14,6 +14,16 @@ data set's training statistics), and written as an ``.npz``:
 
 N is the first :func:`device_registry.conf.eval_set_max_samples` images of the split by index
 (1000 by default): deterministic, the same images on every device.
+
+A **detector** (a version whose ``task`` is ``"detection"``) ships the test split of a detection
+data set instead, in the layout :mod:`edgeslim_agent.detect_eval` reads: ``task``
+(``"detection"``), ``x`` uint8 ``(N, 3, S, S)`` (each image letterboxed to the model's input
+size on grey 114 by :func:`compression.detection_transforms.letterbox`, exactly as the studio's
+``evaluate_detector`` places it), ``placement`` ``(N, 4)``, ``image_size`` ``(N, 2)``, the
+ground truth ``boxes`` ``(M, 4)`` in each image's own pixels with ``labels`` ``(M,)`` and
+``box_counts`` ``(N,)``, and ``class_names``, plus the descriptive 0-d arrays above; written
+compressed (the grey borders shrink to nothing). N is also capped so ``x`` stays under
+:data:`MAX_DETECTION_X_BYTES`.
 """
 
 from __future__ import annotations
@@ -26,15 +36,18 @@ from typing import Any
 
 import numpy as np
 
+from compression.detection_data import DetectionBundle, DetectionSample
 from compression.errors import CompressionError
 from compression.preprocessing import Preprocessing, PreprocessingError
 from device_registry import conf
+from edgeslim_agent.detect_eval import TASK_DETECTION
 from webapp.catalog.loaders import dataset_load
 from webapp.catalog.models import Dataset, DatasetKind, ItemStatus, ModelVersion
 from webapp.jobs.models import Job
 
 EVAL_SPLIT = "test"
 MAX_LINEAGE_DEPTH = 64
+MAX_DETECTION_X_BYTES = 256 * 1024 * 1024  # the letterboxed images of one detection set
 
 
 class EvalSetError(ValueError):
@@ -78,6 +91,31 @@ def dataset_fit_reason(model_version: ModelVersion, dataset: Dataset) -> str:
         return "This data set belongs to another organisation."
     if dataset.status != ItemStatus.READY:
         return f"The data set {dataset.name!r} is not ready ({dataset.status})."
+    model_task = str(getattr(model_version, "task", "") or "classification")
+    data_task = str(getattr(dataset, "task", "") or "classification")
+    if model_task != data_task:
+        return (
+            f"The model is a {model_task} model but the data set {dataset.name!r} is a "
+            f"{data_task} data set: its test split cannot score it."
+        )
+    if model_task == TASK_DETECTION:
+        if not model_version.input_size:
+            return "This detector does not declare its input size."
+        if model_version.in_channels and model_version.in_channels != 3:
+            return (
+                f"The detector expects {model_version.in_channels} channels; detection data "
+                "sets are RGB (3 channels)."
+            )
+        if (
+            model_version.num_classes
+            and dataset.num_classes
+            and model_version.num_classes != dataset.num_classes
+        ):
+            return (
+                f"The detector has {model_version.num_classes} classes but the data set "
+                f"{dataset.name!r} has {dataset.num_classes}."
+            )
+        return ""
     if not model_version.input_size or not model_version.in_channels:
         return "This version does not declare its input size and channels."
     if (
@@ -133,6 +171,10 @@ def build_eval_set(
     cap = int(max_samples if max_samples is not None else conf.eval_set_max_samples())
     if cap < 1:
         raise EvalSetError("The evaluation set cap must be at least one image.")
+    if str(getattr(model_version, "task", "") or "") == TASK_DETECTION:
+        return _build_detection_eval_set(
+            model_version=model_version, dataset=dataset, out_dir=out_dir, cap=cap
+        )
     size, channels = int(model_version.input_size or 0), int(model_version.in_channels or 0)
     try:
         bundle = dataset_load(dataset, work_dir=out_dir / "data", size=size, channels=channels)
@@ -179,6 +221,114 @@ def build_eval_set(
     return EvalSet(path=path, meta=meta)
 
 
+def load_detection_bundle(dataset: Dataset, *, work_dir: Path) -> DetectionBundle:
+    """The detection data set's fixed splits, as the catalog loads them for jobs.
+
+    Raises:
+        EvalSetError: it cannot be loaded, or does not load as a detection data set.
+    """
+    try:
+        bundle: Any = dataset_load(dataset, work_dir=work_dir)
+    except (CompressionError, OSError) as exc:
+        raise EvalSetError(
+            f"The test split of {dataset.name!r} could not be loaded: {exc}"
+        ) from exc
+    if not isinstance(bundle, DetectionBundle):
+        raise EvalSetError(f"The data set {dataset.name!r} did not load as a detection data set.")
+    return bundle
+
+
+def write_detection_eval_set(
+    samples: list[DetectionSample],
+    class_names: list[str],
+    *,
+    size: int,
+    path: Path,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, int]:
+    """Write ``samples`` letterboxed to ``size`` with their ground truth as a detection ``.npz``
+    (the layout of :mod:`edgeslim_agent.detect_eval`); returns ``{"count", "boxes"}``.
+
+    ``extra`` adds descriptive 0-d arrays (``dataset``, ``split``, ...)."""
+    from compression.detection_transforms import letterbox
+
+    if not samples:
+        raise EvalSetError("A detection evaluation set needs at least one image.")
+    images, placement, image_size, boxes, labels, counts = [], [], [], [], [], []
+    for s in samples:
+        img, where = letterbox(s.image, size)
+        images.append(np.ascontiguousarray(img.transpose(2, 0, 1)))
+        placement.append((where.scale_x, where.scale_y, where.pad_x, where.pad_y))
+        image_size.append((s.width, s.height))
+        boxes.append(np.asarray(s.boxes, dtype=np.float32).reshape(-1, 4))
+        labels.append(np.asarray(s.labels, dtype=np.int64).reshape(-1))
+        counts.append(len(labels[-1]))
+    arrays: dict[str, Any] = {
+        "task": np.array(TASK_DETECTION),
+        "x": np.stack(images).astype(np.uint8),
+        "placement": np.asarray(placement, dtype=np.float64),
+        "image_size": np.asarray(image_size, dtype=np.int64),
+        "boxes": np.concatenate(boxes).astype(np.float32).reshape(-1, 4),
+        "labels": np.concatenate(labels).astype(np.int64),
+        "box_counts": np.asarray(counts, dtype=np.int64),
+        "class_names": np.array([str(c) for c in class_names]),
+    }
+    for key, value in (extra or {}).items():
+        arrays[key] = np.array(value)
+    np.savez_compressed(path, **arrays)
+    return {"count": len(samples), "boxes": int(sum(counts))}
+
+
+def _build_detection_eval_set(
+    *, model_version: ModelVersion, dataset: Dataset, out_dir: Path, cap: int
+) -> EvalSet:
+    size = int(model_version.input_size or 0)
+    bundle = load_detection_bundle(dataset, work_dir=out_dir / "data")
+    test = list(bundle.test)
+    total = len(test)
+    if total == 0:
+        raise EvalSetError(f"The data set {dataset.name!r} has an empty test split.")
+    fit = max(1, MAX_DETECTION_X_BYTES // (3 * size * size))
+    count = min(cap, total, fit)
+    chosen = test[:count]
+    if not any(len(s.labels) for s in chosen):
+        raise EvalSetError(
+            f"The first {count} test images of {dataset.name!r} hold no box: mAP is undefined."
+        )
+    split_seed = getattr(dataset, "split_seed", None)
+    if split_seed is None:
+        split_seed = getattr(bundle, "split_seed", None)
+    path = out_dir / f"eval-v{model_version.pk}-d{dataset.pk}.npz"
+    written = write_detection_eval_set(
+        chosen,
+        list(bundle.classes),
+        size=size,
+        path=path,
+        extra={
+            "dataset": dataset.name,
+            "split": EVAL_SPLIT,
+            "split_seed": int(split_seed) if split_seed is not None else -1,
+            "count": count,
+            "test_size": total,
+        },
+    )
+    meta: dict[str, Any] = {
+        "task": TASK_DETECTION,
+        "dataset_id": dataset.pk,
+        "dataset": dataset.name,
+        "split": EVAL_SPLIT,
+        "split_seed": int(split_seed) if split_seed is not None else None,
+        "count": count,
+        "test_size": total,
+        "cap": cap,
+        "boxes": written["boxes"],
+        "input_size": size,
+        "classes": list(bundle.classes),
+        "model_version_id": model_version.pk,
+    }
+    return EvalSet(path=path, meta=meta)
+
+
 def eval_set_tempdir() -> tempfile.TemporaryDirectory[str]:
     """A scratch folder for one build (the npz is copied into storage, then it goes)."""
     return tempfile.TemporaryDirectory(prefix="es-eval-")
@@ -195,6 +345,12 @@ def describe(meta: dict[str, Any]) -> str:
         if meta.get("count") != meta.get("test_size")
         else ""
     )
+    if meta.get("task") == TASK_DETECTION:
+        return (
+            f"{meta.get('count')} images ({meta.get('boxes')} boxes) of the "
+            f"{meta.get('split', EVAL_SPLIT)} split of {meta.get('dataset')!s}{capped}"
+            f"{seed_text}, letterboxed to {meta.get('input_size')} px; scored with mAP"
+        )
     return (
         f"{meta.get('count')} images of the {meta.get('split', EVAL_SPLIT)} split of "
         f"{meta.get('dataset')!s}{capped}{seed_text}"

@@ -138,6 +138,7 @@ def artifact_for_model_version(
                     )
                 except eval_sets.EvalSetError as exc:
                     raise NotDeployable(str(exc)) from exc
+            task = "detection" if model_version.task == "detection" else "classification"
             stored = model_version.container if container else model_version.file
             name = _artifact_name(model_version, container=container)
             with default_storage.open(str(stored.name), "rb") as fh:
@@ -149,6 +150,7 @@ def artifact_for_model_version(
                         source=source,
                         created_by=user,
                         format=fmt,
+                        task=task,
                     )
                 with built.path.open("rb") as eval_fh:
                     return services.artifact_create(
@@ -160,6 +162,7 @@ def artifact_for_model_version(
                         source=source,
                         created_by=user,
                         format=fmt,
+                        task=task,
                     )
 
 
@@ -168,7 +171,9 @@ def on_device_results_for_model_version(
 ) -> list[dict[str, Any]]:
     """Per device and batch size: p50/p99, throughput and (when measured) top-1 accuracy in
     percent (``top1_pct``, 0-100) of the artifacts made from this version, newest deployment
-    first; ``eval_set`` says what the accuracy was measured on."""
+    first; ``eval_set`` says what the accuracy was measured on. A detector's rows carry
+    ``fps``/``fps_e2e`` (without and with post-processing) and ``map50``/``map50_95`` (0-1)
+    instead of ``top1_pct``."""
     source = model_version_source(model_version)
     rows = selectors.on_device_latency_for_source(organization=organization, source=source)
     accuracy: dict[tuple[int, int], dict[str, Any]] = {}
@@ -186,6 +191,8 @@ def on_device_results_for_model_version(
             {
                 **row,
                 "top1_pct": acc.get("top1_pct"),
+                "map50": acc.get("map50"),  # a detector's (0-1), with map50_95
+                "map50_95": acc.get("map50_95"),
                 "samples": acc.get("samples"),
                 "eval_set": eval_meta.get(row["deployment_id"], ""),
             }

@@ -102,6 +102,12 @@ class DeployableArtifact(OrgScopedModel):
         blank=True,
         help_text="For a container: the bytes of the ONNX it decodes to (model.onnx + weights.bin).",
     )
+    task = models.CharField(
+        max_length=32,
+        default="classification",
+        help_text="classification or detection (a catalog detector's artifact): a detector's "
+        "results must carry FPS with and without post-processing, and mAP instead of top-1.",
+    )
     eval_file = models.FileField(upload_to="device_artifacts/eval/%Y/%m/", null=True, blank=True)
     eval_sha256 = models.CharField(max_length=64, blank=True)
     eval_size = models.BigIntegerField(null=True, blank=True)

@@ -219,6 +219,41 @@ def latency_table(results: QuerySet[DeploymentResult]) -> list[dict[str, Any]]:
                 "unstable": p.get("unstable"),
                 "provider": p.get("provider"),
                 "op_profile_ms": p.get("op_profile_ms") or {},
+                # a detector's: frames per second without and with post-processing
+                "fps": p.get("fps"),
+                "fps_e2e": p.get("fps_e2e"),
+                "e2e_p50_ms": p.get("e2e_p50_ms"),
+                "e2e_p90_ms": p.get("e2e_p90_ms"),
+                "e2e_p99_ms": p.get("e2e_p99_ms"),
+                "e2e_mean_ms": p.get("e2e_mean_ms"),
+                "postprocess_p50_ms": p.get("postprocess_p50_ms"),
+                "detections_per_image": p.get("detections_per_image"),
+            }
+        )
+    return rows
+
+
+def detector_table(results: QuerySet[DeploymentResult]) -> list[dict[str, Any]]:
+    """A detector's results side by side, one row per (deployment, device, batch size): FPS of
+    the network alone and end to end (decode + NMS), the end-to-end p50/p99, and the mAP the
+    device measured on the shipped test split (``map50``, ``map50_95``, 0-1; None until its
+    accuracy result arrives)."""
+    maps: dict[tuple[int, int], dict[str, Any]] = {}
+    for r in results:
+        if r.kind == "accuracy" and r.payload.get("task") == "detection":
+            maps[(r.deployment_id, r.device_id)] = r.payload
+    rows = []
+    for row in latency_table(results):
+        if row["fps_e2e"] is None:
+            continue
+        acc = maps.get((row["deployment_id"], row["device_id"])) or {}
+        rows.append(
+            {
+                **row,
+                "map50": acc.get("map50"),
+                "map50_95": acc.get("map50_95"),
+                "map_samples": acc.get("samples"),
+                "map_boxes": acc.get("boxes"),
             }
         )
     return rows

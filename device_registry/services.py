@@ -39,12 +39,16 @@ from device_registry.models import (
 from device_registry.signing import manifest_sign, stored_key_id, stored_signature
 from edgeslim_agent.protocol import (
     DECODE_KEYS,
+    DETECTION_AGENT,
+    DETECTION_LATENCY_KEYS,
+    DETECTION_LATENCY_OPTIONAL,
     FORMAT_CONTAINER,
     FORMAT_ONNX,
     RESULT_ACCURACY,
     RESULT_COMPLETE,
     RESULT_FAILED,
     RESULT_LATENCY,
+    TASK_DETECTION,
     BenchSettings,
     Deploy,
     DeviceFacts,
@@ -54,6 +58,8 @@ from edgeslim_agent.protocol import (
     Result,
     accuracy_percent,
     decode_figures,
+    detection_accuracy_figures,
+    detection_latency_figures,
     encode,
 )
 from webapp.accounts.models import Organization, User
@@ -417,6 +423,7 @@ def artifact_create(
     source: str = "",
     created_by: User | None = None,
     format: str = FORMAT_ONNX,
+    task: str = "classification",
 ) -> DeployableArtifact:
     """Store an ONNX file (and optional .npz evaluation set) that devices can benchmark.
 
@@ -425,8 +432,11 @@ def artifact_create(
     (``eval_meta`` says what that split holds, see :mod:`device_registry.eval_sets`).
     ``format="container"`` stores an EdgeSlim compressed container instead: it is decoded once
     here (a refused one raises ``ContainerError``), and the agent decodes it again before it
-    benchmarks.
+    benchmarks. ``task="detection"`` marks a detector's artifact: its results must carry FPS
+    with and without post-processing, and mAP rather than top-1.
     """
+    if task not in ("classification", TASK_DETECTION):
+        raise ValueError(f"unknown task {task!r}")
     sha256, size = _sha256_and_size(file)
     decoded_size = None
     if format == FORMAT_CONTAINER:
@@ -442,6 +452,7 @@ def artifact_create(
         created_by=created_by,
         format=format,
         decoded_size=decoded_size,
+        task=task,
     )
     suffix = "esdc" if format == FORMAT_CONTAINER else "onnx"
     artifact.file.save(f"{sha256[:16]}.{suffix}", File(file), save=False)
@@ -664,7 +675,8 @@ class StoredResult:
 LATENCY_KEYS = (
     "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "std_ms", "cv", "unstable",
     "throughput", "load_time_ms", "peak_rss_mb", "batch_size", "threads", "runs", "warmup",
-    "provider", "ort_version", *DECODE_KEYS,
+    "provider", "ort_version", *DECODE_KEYS, "task", *DETECTION_LATENCY_KEYS,
+    *DETECTION_LATENCY_OPTIONAL,
 )  # fmt: skip
 
 
@@ -710,6 +722,9 @@ class TargetInfo:
     has_eval_set: bool = False
     eval_count: int | None = None  # images in the evaluation set, when the server built it
     artifact_format: str = FORMAT_ONNX
+    artifact_task: str = "classification"  # "detection": FPS and mAP figures required
+    eval_task: str = "classification"  # what the shipped evaluation set scores
+    agent_version: str = ""  # the device's agent, as it said in its last hello
 
 
 def deployment_target_info(*, device_id: int, deployment_id: int) -> TargetInfo | None:
@@ -722,6 +737,8 @@ def deployment_target_info(*, device_id: int, deployment_id: int) -> TargetInfo 
             "deployment__artifact__eval_file",
             "deployment__artifact__eval_meta",
             "deployment__artifact__format",
+            "deployment__artifact__task",
+            "device__agent_version",
         )
         .first()
     )
@@ -738,6 +755,13 @@ def deployment_target_info(*, device_id: int, deployment_id: int) -> TargetInfo 
         has_eval_set=bool(row["deployment__artifact__eval_file"]),
         eval_count=count if isinstance(count, int) and not isinstance(count, bool) else None,
         artifact_format=row["deployment__artifact__format"] or FORMAT_ONNX,
+        artifact_task=row["deployment__artifact__task"] or "classification",
+        agent_version=row["device__agent_version"] or "",
+        eval_task=(
+            TASK_DETECTION
+            if isinstance(meta, dict) and meta.get("task") == TASK_DETECTION
+            else "classification"
+        ),
     )
 
 
@@ -825,6 +849,16 @@ def deployment_result_store(
                 f"deployment {result.deployment_id} shipped a plain ONNX, but its result carries "
                 "decode figures"
             )
+        # A detector's every latency carries FPS with and without post-processing (agents
+        # from DETECTION_AGENT on; an older one's network-alone figures are stored as they
+        # are); the figures of any result that has them (an uploaded detector) are checked.
+        required = info.artifact_task == TASK_DETECTION and agent_at_least(
+            info.agent_version, DETECTION_AGENT
+        )
+        if required or any(key in result.data for key in DETECTION_LATENCY_KEYS):
+            result = dataclasses.replace(
+                result, data={**result.data, **detection_latency_figures(result.data)}
+            )
     if result.kind == RESULT_ACCURACY:
         if not info.has_eval_set:
             # Nothing was shipped to measure on, so the figure cannot be trusted. Acknowledged
@@ -837,9 +871,16 @@ def deployment_result_store(
             return StoredResult(
                 created=False, organization_id=info.organization_id, event=None, refused=reason
             )
-        result = dataclasses.replace(
-            result, data=accuracy_data(result.data, eval_count=info.eval_count)
-        )
+        if info.eval_task == TASK_DETECTION:
+            data = detection_accuracy_figures(result.data, eval_count=info.eval_count)
+        elif result.data.get("task") == TASK_DETECTION:
+            raise ProtocolError(
+                f"deployment {result.deployment_id} shipped a classification evaluation set, "
+                "but its accuracy result is a detector's mAP"
+            )
+        else:
+            data = accuracy_data(result.data, eval_count=info.eval_count)
+        result = dataclasses.replace(result, data=data)
     row = _insert_result_once(device_id=device_id, result=result)
     if row is None:
         return StoredResult(created=False, organization_id=info.organization_id, event=None)

@@ -186,10 +186,16 @@ def device_detail(request: HttpRequest, pk: int) -> HttpResponse:
     services.deployments_expire(organization=_org(request))
     results = selectors.deployment_results(organization=_org(request), device=device)
     rows = selectors.latency_table(results)
+    detector_rows = selectors.detector_table(results)
     return render(
         request,
         "device_registry/device_detail.html",
         {
+            "detector_rows": detector_rows,
+            "has_detector": bool(detector_rows)
+            or selectors.deployment_list(organization=_org(request), device=device)
+            .filter(artifact__task="detection")
+            .exists(),
             "device": device,
             "deployments": selectors.deployment_rows(
                 selectors.deployment_list(organization=_org(request), device=device),
@@ -344,10 +350,13 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
     results = selectors.deployment_results(organization=_org(request), deployment=deployment)
     rows = selectors.latency_table(results)
+    detector_rows = selectors.detector_table(results)
     return render(
         request,
         "device_registry/deployment_detail.html",
         {
+            "detector_rows": detector_rows,
+            "has_detector": deployment.artifact.task == "detection" or bool(detector_rows),
             "deployment": deployment,
             "status": selectors.deployment_status(deployment),
             "counts": selectors.deployment_counts(deployment),

@@ -4,5 +4,6 @@
 # 0.4.0: on close code 4001 (re-enrolled) re-reads its credential file and reconnects;
 # 0.5.0: its own distribution (edgeslim_agent), HTTPS with a pinned certificate, key ids and
 # trusted-key rotation, Ed25519 through cryptography; 0.6.0: obeys ``cancel`` (stops a cancelled
-# deployment before its next batch)
-__version__ = "0.6.0"
+# deployment before its next batch); 0.7.0: detectors: FPS with and without post-processing
+# and on-device mAP on a detection evaluation set (edgeslim_agent.detect_eval)
+__version__ = "0.7.0"

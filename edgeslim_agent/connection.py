@@ -61,6 +61,7 @@ from edgeslim_agent.protocol import (
     RESULT_FAILED,
     RESULT_LATENCY,
     SERVER_MESSAGES,
+    TASK_DETECTION,
     Ack,
     Cancel,
     Deploy,
@@ -614,7 +615,9 @@ class Agent:
                 dep_id,
                 [b for i, b in enumerate(settings.batch_sizes) if i not in skip],
             )
-            for index, data in latency_runs(model, settings, on_progress=progress, skip=skip):
+            for index, data in latency_runs(
+                model, settings, on_progress=progress, skip=skip, eval_set=eval_set
+            ):
                 seq = result_seq(settings, RESULT_LATENCY, index)
                 log.info(
                     "deployment %s: batch %s: p50 %.3f ms, p90 %.3f ms, %.1f samples/s",
@@ -624,6 +627,16 @@ class Agent:
                     float(data.get("p90_ms") or 0.0),
                     float(data.get("throughput") or 0.0),
                 )
+                if "fps_e2e" in data:
+                    log.info(
+                        "deployment %s: batch %s: detector %.1f FPS network alone, %.1f FPS end "
+                        "to end (decode + NMS, p50 %.3f ms)",
+                        dep_id,
+                        data.get("batch_size"),
+                        float(data["fps"]),
+                        float(data["fps_e2e"]),
+                        float(data["e2e_p50_ms"]),
+                    )
                 data.update(decode)
                 self._emit(
                     state, Result(deployment_id=dep_id, seq=seq, kind=RESULT_LATENCY, data=data)
@@ -631,14 +644,24 @@ class Agent:
             accuracy_seq = result_seq(settings, RESULT_ACCURACY)
             if eval_set is not None and accuracy_seq not in done:
                 progress("evaluating", 0.0, "accuracy on the evaluation set")
-                data = accuracy_check(model, eval_set, settings)
-                log.info(
-                    "deployment %s: accuracy top-1 %.2f %% (%s of %s images)",
-                    dep_id,
-                    float(data.get("top1_pct") or 0.0),
-                    data.get("correct"),
-                    data.get("samples"),
-                )
+                data = accuracy_check(model, eval_set, settings, on_progress=progress)
+                if data.get("task") == TASK_DETECTION:
+                    log.info(
+                        "deployment %s: mAP@0.5 %.4f, mAP@0.5:0.95 %.4f (%s images, %s boxes)",
+                        dep_id,
+                        float(data["map50"]),
+                        float(data["map50_95"]),
+                        data.get("samples"),
+                        data.get("boxes"),
+                    )
+                else:
+                    log.info(
+                        "deployment %s: accuracy top-1 %.2f %% (%s of %s images)",
+                        dep_id,
+                        float(data.get("top1_pct") or 0.0),
+                        data.get("correct"),
+                        data.get("samples"),
+                    )
                 self._emit(
                     state,
                     Result(deployment_id=dep_id, seq=accuracy_seq, kind=RESULT_ACCURACY, data=data),

@@ -717,6 +717,13 @@ class DetectorLatency:
     warmup: int
     threads: int
     isolated: bool = False
+    # The rest of each series' statistics (the agent reports them with every detector result);
+    # p99 is None below P99_MIN_RUNS timed runs, as LatencyResult's.
+    network_p90_ms: float | None = None
+    network_mean_ms: float | None = None
+    end_to_end_p90_ms: float | None = None
+    end_to_end_p99_ms: float | None = None
+    end_to_end_mean_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -791,6 +798,13 @@ def _detector_result(
         warmup=warmup,
         threads=threads,
         isolated=isolated,
+        network_p90_ms=_percentile(timed["network_ms"], 90),
+        network_mean_ms=float(statistics.fmean(timed["network_ms"])),
+        end_to_end_p90_ms=_percentile(timed["end_to_end_ms"], 90),
+        end_to_end_p99_ms=(
+            _percentile(timed["end_to_end_ms"], 99) if runs >= P99_MIN_RUNS else None
+        ),
+        end_to_end_mean_ms=float(statistics.fmean(timed["end_to_end_ms"])),
     )
 
 

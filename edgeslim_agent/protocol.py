@@ -343,6 +343,109 @@ def decode_figures(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Fields a detector's latency result carries besides the network-alone statistics (agent 0.7.0
+# on): frames per second of the network alone and end to end (network + numpy decode + NMS),
+# both from the same timed runs, and the end-to-end latency statistics in milliseconds.
+DETECTION_LATENCY_KEYS = (
+    "fps", "fps_e2e", "net_p50_ms", "e2e_p50_ms", "e2e_p90_ms", "e2e_mean_ms",
+    "postprocess_p50_ms", "detections_per_image", "e2e_score_threshold",
+)  # fmt: skip
+DETECTION_LATENCY_OPTIONAL = ("e2e_p99_ms",)  # null below 100 timed runs, as p99_ms
+MAX_PER_CLASS_ROWS = 200
+TASK_DETECTION = "detection"
+# The first agent version that benchmarks detectors end to end and scores them with mAP.
+DETECTION_AGENT = (0, 7, 0)
+
+
+def _number(data: dict[str, Any], key: str, lo: float, hi: float, *, what: str) -> float:
+    value = data.get(key)
+    if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
+        raise ProtocolError(f"{what} needs a number {key!r}, got {value!r}")
+    _check_range(key, float(value), lo, hi)
+    return float(value)
+
+
+def detection_latency_figures(data: dict[str, Any]) -> dict[str, Any]:
+    """The detector figures of a latency result, checked: ``fps`` and ``fps_e2e`` positive
+    frames per second (``fps_e2e`` at most ``fps``: post-processing never makes it faster,
+    with 5 % slack for timing noise), the millisecond statistics non-negative, and
+    ``e2e_score_threshold`` in [0, 1].
+
+    Raises:
+        ProtocolError: a figure is missing, of the wrong type or out of range.
+    """
+    what = "a detector's latency result"
+    out: dict[str, Any] = {}
+    for key in DETECTION_LATENCY_KEYS:
+        if key in ("fps", "fps_e2e"):
+            lo, hi = 1e-9, 1e9
+        elif key == "e2e_score_threshold":
+            lo, hi = 0.0, 1.0
+        else:
+            lo, hi = 0.0, 1e9
+        out[key] = _number(data, key, lo, hi, what=what)
+    for key in DETECTION_LATENCY_OPTIONAL:
+        if data.get(key) is not None:
+            out[key] = _number(data, key, 0.0, 1e9, what=what)
+        else:
+            out[key] = None
+    if out["fps_e2e"] > out["fps"] * 1.05:
+        raise ProtocolError(
+            f"fps_e2e={out['fps_e2e']} is above fps={out['fps']}: the end-to-end rate includes "
+            "the network's"
+        )
+    return out
+
+
+def detection_accuracy_figures(
+    data: dict[str, Any], *, eval_count: int | None = None
+) -> dict[str, Any]:
+    """A detector's accuracy result, checked: ``task`` ``"detection"``, ``map50`` and
+    ``map50_95`` in [0, 1] with ``map50_95 <= map50`` (AP falls as the IoU threshold rises),
+    ``samples`` a positive integer (images, at most ``eval_count`` when the server built the
+    set), ``boxes`` a non-negative integer, and ``per_class`` (optional) at most
+    :data:`MAX_PER_CLASS_ROWS` rows ``{"class": str, "ap50": 0-1 | null, "ap50_95": 0-1 | null,
+    "boxes": int}``. A ``top1_pct`` is refused: a detector has no top-1.
+
+    Raises:
+        ProtocolError: naming the field that is missing, of the wrong type or out of range.
+    """
+    what = "a detector's accuracy result"
+    if data.get("task") != TASK_DETECTION:
+        raise ProtocolError(f"{what} needs task 'detection', got {data.get('task')!r}")
+    if "top1_pct" in data or "top1" in data:
+        raise ProtocolError(f"{what} carries mAP, not top-1 accuracy")
+    map50 = _number(data, "map50", 0.0, 1.0, what=what)
+    map50_95 = _number(data, "map50_95", 0.0, 1.0, what=what)
+    if map50_95 > map50 + 1e-6:
+        raise ProtocolError(f"map50_95={map50_95} is above map50={map50}")
+    for key, lo in (("samples", 1), ("boxes", 0)):
+        value = data.get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ProtocolError(f"{what} needs an integer {key!r}")
+        _check_range(key, value, lo, 1 << 31)
+    if eval_count is not None and data["samples"] > eval_count:
+        raise ProtocolError(
+            f"an accuracy result over {data['samples']} images, but the evaluation set holds "
+            f"{eval_count}"
+        )
+    per_class = data.get("per_class", [])
+    if not isinstance(per_class, list) or len(per_class) > MAX_PER_CLASS_ROWS:
+        raise ProtocolError(f"per_class must be a list of at most {MAX_PER_CLASS_ROWS} rows")
+    for row in per_class:
+        if not isinstance(row, dict) or not isinstance(row.get("class"), str):
+            raise ProtocolError("a per_class row needs a string 'class'")
+        for key in ("ap50", "ap50_95"):
+            if row.get(key) is not None:
+                _number(row, key, 0.0, 1.0, what="a per_class row")
+        boxes = row.get("boxes", 0)
+        if not isinstance(boxes, int) or isinstance(boxes, bool) or boxes < 0:
+            raise ProtocolError("a per_class row's 'boxes' is a non-negative integer")
+    out = dict(data)
+    out["map50"], out["map50_95"], out["metric"] = map50, map50_95, "mAP@0.5"
+    return out
+
+
 def result_seq(settings: BenchSettings, kind: str, batch_index: int = 0) -> int:
     """The deterministic sequence number of a result: latency per batch, accuracy, terminal."""
     n = len(settings.batch_sizes)

@@ -94,6 +94,46 @@
     draw();
   }
 
+  // A detector's latency result: one row of FPS without and with post-processing; its mAP
+  // cells fill in when the device's accuracy result arrives.
+  function addDetectorRow(p) {
+    var d = p.data || {};
+    var table = document.querySelector("#detector-table tbody");
+    var key = p.deployment_id + "-" + p.device_id + "-" + p.seq;
+    if (!table || typeof d.fps_e2e !== "number" || table.querySelector('[data-detector-key="' + key + '"]')) return;
+    var tr = document.createElement("tr");
+    tr.setAttribute("data-detector-key", key);
+    tr.setAttribute("data-deployment", p.deployment_id);
+    tr.setAttribute("data-device", p.device_id);
+    tr.className = "is-new";
+    [
+      ["", "#" + p.deployment_id], ["", p.device_name], ["", d.batch_size], ["data-fps", fmt(d.fps, 1)],
+      ["data-fps-e2e", fmt(d.fps_e2e, 1)], ["data-e2e-p50", fmt(d.e2e_p50_ms, 3)], ["", fmt(d.e2e_p99_ms, 3)],
+      ["", fmt(d.postprocess_p50_ms, 3)], ["data-map50", "—"], ["data-map50-95", "—"],
+    ].forEach(function (cell) {
+      var td = document.createElement("td");
+      if (cell[0]) td.setAttribute(cell[0], "");
+      td.textContent = String(cell[1]);
+      tr.appendChild(td);
+    });
+    table.appendChild(tr);
+    document.querySelectorAll("[data-detector-empty]").forEach(function (el) { el.hidden = true; });
+    document.querySelectorAll("[data-detector-present]").forEach(function (el) { el.hidden = false; });
+  }
+
+  function setDetectorMap(p) {
+    var d = p.data || {};
+    document.querySelectorAll('#detector-table tr[data-deployment="' + p.deployment_id + '"][data-device="' + p.device_id + '"]').forEach(function (tr) {
+      setText(tr, "[data-map50]", fmt(d.map50, 3));
+      setText(tr, "[data-map50-95]", fmt(d.map50_95, 3));
+    });
+  }
+
+  function accuracyText(d) {
+    if (d.task === "detection") return "mAP@0.5 " + fmt(d.map50, 3) + " · mAP@0.5:0.95 " + fmt(d.map50_95, 3) + " (" + d.samples + " images)";
+    return fmt(d.top1_pct, 2) + " % (" + d.samples + " images)";
+  }
+
   function targetRow(p) {
     return document.querySelector('#target-table tr[data-device-id="' + p.device_id + '"]');
   }
@@ -194,8 +234,11 @@
       if (bar) bar.value = p.fraction;
       return;
     }
-    if (p.kind === "latency") addRow(p);
-    if (p.kind === "accuracy") setText(tr, "[data-target-accuracy]", fmt((p.data || {}).top1_pct, 2) + " % (" + (p.data || {}).samples + " images)");
+    if (p.kind === "latency") { addRow(p); addDetectorRow(p); }
+    if (p.kind === "accuracy") {
+      setText(tr, "[data-target-accuracy]", accuracyText(p.data || {}));
+      if ((p.data || {}).task === "detection") setDetectorMap(p);
+    }
     // A terminal result carries the target's new status; none when the target had already ended
     // (cancelled, timed out), which keeps its state.
     if ((p.kind === "complete" || p.kind === "failed") && !fromResync && p.status) {
