@@ -280,6 +280,15 @@ class TargetsForm(forms.Form):
         help_text="The largest accuracy drop allowed, in percentage points (blank: no limit).",
     )
 
+    def __init__(self, *args: Any, task: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if task == "detection":  # the contract: accuracy holds mAP@0.5 in percent
+            field = self.fields["max_accuracy_drop"]
+            field.label = "Max mAP@0.5 drop"
+            field.help_text = (
+                "The largest test mAP@0.5 drop allowed, in percentage points (blank: no limit)."
+            )
+
 
 class ReviewForm(forms.Form):
     """Step 5: the recipe as YAML, editable; validated on submit."""

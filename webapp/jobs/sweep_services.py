@@ -124,6 +124,14 @@ def sweep_create(
             is saved or queued.
     """
     checked = recipe_check(recipe, model_version=model_version, dataset=dataset)
+    if (dataset.task or "classification") != "classification":
+        # The sweep's shared baseline is measured by sweep_runner, which reads classification
+        # data sets only so far: refuse here rather than fail the baseline later.
+        raise JobInputError(
+            f"{dataset.name!r} is a {dataset.task} data set; sweeps run on classification "
+            "data sets only so far (run single jobs on it)",
+            field="dataset",
+        )
     expanded = grid_check(checked.data, grid)
     cleaned = constraints_clean(constraints)
     name = (name or checked.name or f"sweep of {model_version.asset.name}").strip()[:200]

@@ -235,6 +235,7 @@ def wizard(request: HttpRequest, step: str) -> HttpResponse:
                 "name": state.get("name", ""),
                 "max_accuracy_drop": state.get("max_accuracy_drop"),
             },
+            task=version.task if version is not None else None,
         )
         if post and targets_form.is_valid():
             state.update(targets_form.cleaned_data)

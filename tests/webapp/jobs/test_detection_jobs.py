@@ -214,3 +214,73 @@ def test_a_detection_job_trains_prunes_and_quantizes_a_tiny_yolo_through_the_run
     page = client_for(user).get(reverse("jobs:detail", args=[job.pk])).content.decode()
     assert "Test mAP@0.5" in page and "Test accuracy" not in page
     assert '"metric": "mAP@0.5"' in page  # the training chart labels its score axis with it
+
+
+@pytest.mark.django_db
+def test_a_sweep_on_a_detection_data_set_is_refused_before_anything_is_saved(org_a):
+    from webapp.jobs import sweep_services
+    from webapp.jobs.errors import JobInputError
+    from webapp.jobs.models import Sweep
+
+    org, user = org_a
+    scenes = scenes_row(org)
+    recipe = {"stages": [{"method": "channel_pruning", "config": {"importance": "l2"}}]}
+    with pytest.raises(JobInputError, match="sweeps run on classification data sets only"):
+        sweep_services.sweep_create(
+            organization=org, user=user, model_version=tiny_detector(org, dataset=scenes),
+            dataset=scenes, recipe=recipe, grid={"ratio": [0.2, 0.4]},
+        )  # fmt: skip
+    assert not Sweep.objects.exists() and not Job.objects.exists()
+
+
+def _stage_form_data(stage_forms) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """What a browser posts for the parameter forms as rendered (their initial values)."""
+    from django import forms as dj_forms
+
+    data: dict[str, str] = {}
+    for form in stage_forms:
+        for name, field in form.fields.items():
+            value = form[name].value()
+            key = form.add_prefix(name)
+            if isinstance(field, dj_forms.BooleanField):
+                if value:
+                    data[key] = "on"
+            else:  # value() is already prepared (a JSON field's is its JSON text)
+                data[key] = "" if value is None else str(value)
+    return data
+
+
+@pytest.mark.django_db
+def test_the_wizard_walks_an_untrained_zoo_detector_to_a_queued_job(
+    org_a, django_capture_on_commit_callbacks
+):
+    org, user = org_a
+    scenes = scenes_row(org)
+    detector = tiny_detector(org, dataset=scenes)
+    c = client_for(user)
+    c.post(
+        reverse("jobs:wizard", args=["pick"]), {"model_version": detector.pk, "dataset": scenes.pk}
+    )
+    r = c.post(reverse("jobs:wizard", args=["goal"]), {"goal": "smallest"})
+    assert r.status_code == 302, r.content.decode()[-2000:]
+    page = c.get(reverse("jobs:wizard", args=["params"]))
+    r = c.post(
+        reverse("jobs:wizard", args=["params"]), _stage_form_data(page.context["stage_forms"])
+    )
+    assert r.status_code == 302, [f.errors for f in r.context["stage_forms"]]
+    page = c.get(reverse("jobs:wizard", args=["targets"])).content.decode()
+    assert "Max mAP@0.5 drop" in page
+    c.post(
+        reverse("jobs:wizard", args=["targets"]), {"name": "tiny yolo", "max_accuracy_drop": "1"}
+    )
+    review = c.get(reverse("jobs:wizard", args=["review"]))
+    text = review.context["form"].initial["recipe_yaml"]
+    with django_capture_on_commit_callbacks(execute=False):
+        r = c.post(reverse("jobs:wizard", args=["review"]), {"recipe_yaml": text})
+    job = Job.objects.get()
+    assert r.url == reverse("jobs:detail", args=[job.pk])
+    methods = [s["method"] for s in job.recipe["stages"]]
+    assert methods == ["finetune", "channel_pruning", "finetune", "ptq_int8"]
+    assert job.recipe["stages"][0]["config"]["epochs"] == 10
+    assert job.recipe["stages"][1]["config"]["finetune_epochs"] == 0
+    assert job.recipe["targets"]["reference"] == "stage:0"
