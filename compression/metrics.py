@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import zipfile
 from collections.abc import Callable, Sequence
@@ -257,6 +258,32 @@ def letterboxed_inputs(samples: Any, size: int, n: int) -> np.ndarray:
     return np.ascontiguousarray(batch, dtype=np.float32) / 255.0
 
 
+def exportable_detector(module: nn.Module, size: int) -> nn.Module:
+    """The module whose raw outputs are exported: a YOLO-family detector itself, a torchvision
+    SSD wrapped in :class:`~compression.detection_export.SSDRawHead`.
+
+    Raises:
+        ExportError: any other detector (Faster R-CNN's second stage reads the first stage's
+            proposals, so it has no fixed raw-output layout to export).
+    """
+    from compression.detection_export import SSDRawHead
+    from compression.detection_metrics import model_family
+    from compression.onnx_export import ExportError
+
+    try:
+        family = model_family(module)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
+    if family == "yolo":
+        return module
+    if family == "ssd":
+        return SSDRawHead(module, size)
+    raise ExportError(
+        f"a {family} detector has no raw-output ONNX export (its second stage reads the first "
+        "stage's proposals), so the pipeline cannot measure or ship it; use a YOLO or SSD model"
+    )
+
+
 def detection_summary(test: Any, val: Any | None) -> dict[str, Any]:
     """The report's ``detection`` dict from the test (and val) split's
     :class:`~compression.detection_metrics.DetectionMetrics`."""
@@ -315,10 +342,13 @@ def _measure_detector(
         macs: int | None = count_macs(module, model.input_shape)
         if check_cancel is not None:
             check_cancel()
-        meta = meta_from_model(module, class_names=tuple(str(c) for c in classes))
-        onnx_path = export_detector(module, work_dir / onnx_name, meta=meta)
+        exportable = exportable_detector(module, size)
+        meta = dataclasses.replace(
+            meta_from_model(exportable), class_names=tuple(str(c) for c in classes)
+        )
+        onnx_path = export_detector(exportable, work_dir / onnx_name, meta=meta)
         images = letterboxed_inputs(data.test or data.val, size, DETECTION_PARITY_IMAGES)
-        report = check_parity(module, onnx_path, images, meta=meta)
+        report = check_parity(exportable, onnx_path, images, meta=meta)
         if not report.raw_max_abs_diff <= parity_atol:  # also catches NaN
             raise ExportError(
                 f"ONNX export parity check failed: the raw head outputs differ by up to "

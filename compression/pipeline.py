@@ -373,6 +373,7 @@ def run_recipe(
         raise ConfigError(
             "model", "a torch model needs its zoo architecture (ModelState.arch) to be checkpointed"
         )
+    _check_detector_exports(model)
     dev = resolve_device(device)
 
     out_dir = Path(out_dir)
@@ -713,6 +714,7 @@ def measure_baseline(
     """
     check_recipe_for_state(recipe, model)
     check_dataset_matches_model(data, model)
+    _check_detector_exports(model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     identity = {
@@ -817,6 +819,20 @@ def _deep_compression(reports: list[StageReport]) -> dict[str, Any] | None:
         if table:
             return {"stage": r.index, **table}
     return None
+
+
+def _check_detector_exports(model: ModelState) -> None:
+    """Refuse, before anything is written, a torch detector the pipeline cannot export (every
+    state is measured and shipped as ONNX)."""
+    if model.task != "detection" or model.module is None:
+        return
+    from compression.metrics import exportable_detector
+    from compression.onnx_export import ExportError
+
+    try:
+        exportable_detector(model.module, model.input_shape[1])
+    except ExportError as exc:
+        raise ConfigError("model", str(exc)) from None
 
 
 def _copy_state(model: ModelState) -> ModelState:

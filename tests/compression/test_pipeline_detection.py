@@ -19,7 +19,7 @@ from PIL import Image
 from compression.datasets import load_digits
 from compression.detection_data import DetectionBundle, SceneConfig, load_mnist_scenes
 from compression.detection_export import E2E_OUTPUTS, read_detector_meta
-from compression.errors import DatasetError
+from compression.errors import ConfigError, DatasetError
 from compression.metrics import ModelMetrics
 from compression.pipeline import RunReport, run_recipe
 from compression.recipe import parse_recipe
@@ -237,3 +237,20 @@ def test_a_shared_detection_baseline_is_measured_once(
     assert read_detector_meta(shared.onnx_path) is not None
     again = measure_baseline(recipe, _yolo(), scenes, tmp_path)
     assert again.metrics.to_dict() == m.to_dict()
+
+
+def test_a_detector_without_a_raw_export_is_refused_before_anything_is_written(
+    scenes: DetectionBundle, tmp_path: Path
+) -> None:
+    module = create_model("fasterrcnn_mobilenetv3_fpn", num_classes=10, input_size=SIZE)
+    model = ModelState(
+        input_shape=(3, SIZE, SIZE),
+        num_classes=10,
+        task="detection",
+        module=module,
+        arch=ArchSpec("fasterrcnn_mobilenetv3_fpn", 10, 3, (("input_size", SIZE),)),
+    )
+    recipe = parse_recipe({"stages": [{"method": "finetune", "config": {"epochs": 1}}]})
+    with pytest.raises(ConfigError, match=r"fasterrcnn detector has no raw-output ONNX export"):
+        run_recipe(recipe, model, scenes, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
