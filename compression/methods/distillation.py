@@ -17,6 +17,13 @@ abstract only, without formulas, so each loss follows the published method it na
 
 FitNets-style hints on the penultimate features (Romero et al. 2015) remain available too.
 The formulas are in ``docs/methods.md``.
+
+On a YOLO detector (``ctx.model.task == "detection"``) the stage trains on the detection data
+set with the ground-truth YOLOv3 loss plus the detection-aware terms of
+:mod:`compression.detection_distill` (objectness and class-logit KD, seed 003's
+teacher-bounded box loss after Chen et al. 2017, feature hints on chosen levels' head inputs),
+weighted by the ``det_*`` fields; ``docs/detection.md`` ("Distilling detectors") has the
+definitions.
 """
 
 from __future__ import annotations
