@@ -41,6 +41,7 @@ DETECTION_METHODS = {
     "ptq_int8",
     "fuse_operators",
     "finetune",
+    "distillation",
 }
 
 
@@ -136,8 +137,12 @@ def test_a_method_without_detection_refuses_a_detector_naming_itself_and_the_tas
         assert "the model is a detection model" in str(exc.value)
     # the recipe check says the same before anything is queued
     facts = ModelFacts(format="torch", task="detection", arch="yolov3_tiny")
-    recipe = parse_recipe({"stages": [{"method": "channel_pruning"}, {"method": "distillation"}]})
-    with pytest.raises(StageScopeError, match=r"stages\[1\] \(distillation\): distillation"):
+    recipe = parse_recipe(
+        {"stages": [{"method": "channel_pruning"}, {"method": "tucker_decomposition"}]}
+    )
+    with pytest.raises(
+        StageScopeError, match=r"stages\[1\] \(tucker_decomposition\): tucker_decomposition"
+    ):
         check_recipe_for_model(recipe, facts)
 
 
