@@ -356,6 +356,86 @@ def model_yolo_loss(
     )
 
 
+# --- anchors fitted to the data ------------------------------------------------------------
+
+
+def kmeans_anchors(
+    wh: np.ndarray, k: int, *, seed: int = 0, iterations: int = 100
+) -> list[tuple[float, float]]:
+    """``k`` anchor sizes for boxes of sizes ``wh`` (``(G, 2)`` widths and heights, input
+    pixels), smallest area first: k-means with ``1 - IoU`` (boxes centred) as the distance and
+    the median as the centre, as Darknet users re-derive anchors for their own data.
+
+    Raises ``ValueError`` for fewer than ``k`` boxes or a size that is not positive."""
+    wh = np.asarray(wh, dtype=np.float64).reshape(-1, 2)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if len(wh) < k:
+        raise ValueError(f"{len(wh)} boxes cannot give {k} anchors")
+    if not np.all(np.isfinite(wh)) or np.any(wh <= 0):
+        raise ValueError("box widths and heights must be positive")
+    rng = np.random.default_rng(seed)
+    centres = wh[rng.choice(len(wh), k, replace=False)]
+    for _ in range(iterations):
+        inter = np.minimum(wh[:, None, 0], centres[None, :, 0]) * np.minimum(
+            wh[:, None, 1], centres[None, :, 1]
+        )
+        union = wh.prod(axis=1)[:, None] + centres.prod(axis=1)[None, :] - inter
+        nearest = (inter / union).argmax(axis=1)
+        moved = np.array(
+            [
+                np.median(wh[nearest == j], axis=0) if np.any(nearest == j) else centres[j]
+                for j in range(k)
+            ]
+        )
+        if np.allclose(moved, centres):
+            break
+        centres = moved
+    centres = centres[np.argsort(centres.prod(axis=1), kind="stable")]
+    return [(float(w), float(h)) for w, h in centres]
+
+
+def fit_yolo_anchors(
+    model: nn.Module, bundle: DetectionBundle, *, seed: int = 0
+) -> tuple[tuple[tuple[float, float], ...], ...]:
+    """Replace a YOLO-contract model's anchors by :func:`kmeans_anchors` of ``bundle``'s train
+    boxes, letterboxed to the model's input size; the largest go to the coarsest level (as in
+    the cfg files). Sets ``model.anchors`` and each level module's ``anchors`` (what the loss,
+    the post-processing and the export read) and returns the new anchors.
+
+    Anchors are not part of the weights: a model rebuilt from the zoo gets the cfg's again."""
+    spec = yolo_spec(model)
+    size = input_size_of(model)
+    sizes = []
+    for s in bundle.train:
+        if len(s.boxes):
+            h, w = s.image.shape[:2]
+            scale = size / max(h, w)  # the letterbox's scale
+            sizes.append((s.boxes[:, 2:] - s.boxes[:, :2]) * scale)
+    if not sizes:
+        raise ValueError(f"the data set {bundle.name!r} has no training boxes to fit anchors to")
+    counts = [len(level) for level in spec.anchors]
+    fitted = kmeans_anchors(np.concatenate(sizes).clip(min=1.0), sum(counts), seed=seed)
+    # spec.strides is coarsest first for the cfg files: the largest anchors go there.
+    order = sorted(range(len(counts)), key=lambda i: -spec.strides[i])
+    levels: list[tuple[tuple[float, float], ...]] = [() for _ in counts]
+    end = len(fitted)
+    for i in order:
+        levels[i] = tuple(fitted[end - counts[i] : end])
+        end -= counts[i]
+    anchors = tuple(levels)
+    setattr(model, "anchors", anchors)  # noqa: B010 (a plain attribute, not a submodule)
+    level_modules = [
+        m
+        for m in model.modules()
+        if hasattr(m, "stride") and hasattr(m, "anchors") and m is not model
+    ]
+    if len(level_modules) == len(anchors):
+        for module, level in zip(level_modules, anchors, strict=True):
+            setattr(module, "anchors", level)  # noqa: B010
+    return anchors
+
+
 # --- the loop ------------------------------------------------------------------------------
 
 

@@ -18,6 +18,8 @@ from compression.detection_metrics import evaluate_detector, yolo_meta
 from compression.detection_train import (
     DetectionTrainConfig,
     build_yolo_targets,
+    fit_yolo_anchors,
+    kmeans_anchors,
     train_detector,
     warmup_cosine,
     yolo_loss,
@@ -132,8 +134,10 @@ def test_encoded_targets_decode_back_through_the_shared_post_processing() -> Non
     # offsets keeps its entropy, so the box term is not 0), while blank maps are far off
     leaves = [o.clone().requires_grad_(True) for o in outs]
     low, parts = yolo_loss(leaves, [(boxes, labels)], ANCHORS, STRIDES, 2, S)
-    low.backward()
-    assert max(float(o.grad.abs().max()) for o in leaves) < 1e-4
+    low.backward()  # type: ignore[no-untyped-call]
+    grads = [o.grad for o in leaves]
+    assert all(g is not None for g in grads)
+    assert max(float(g.abs().max()) for g in grads if g is not None) < 1e-4
     assert parts["obj"] < 0.01 and parts["cls"] < 0.01
     blank = [torch.zeros_like(o) for o in outs]
     high, blank_parts = yolo_loss(blank, [(boxes, labels)], ANCHORS, STRIDES, 2, S)
@@ -142,8 +146,8 @@ def test_encoded_targets_decode_back_through_the_shared_post_processing() -> Non
     only_obj, _ = yolo_loss(blank, [(boxes, labels)], ANCHORS, STRIDES, 2, S, gains=(0, 1, 0))
     assert float(only_obj) == pytest.approx(blank_parts["obj"], rel=1e-5)
     mixed, _ = yolo_loss(blank, [(boxes, labels)], ANCHORS, STRIDES, 2, S, gains=(2, 0, 3))
-    want = 2 * blank_parts["box"] + 3 * blank_parts["cls"]
-    assert float(mixed) == pytest.approx(want, rel=1e-5)
+    weighted = 2 * blank_parts["box"] + 3 * blank_parts["cls"]
+    assert float(mixed) == pytest.approx(weighted, rel=1e-5)
 
 
 class _OracleYolo(TinyYolo):
@@ -343,3 +347,45 @@ def test_torchvision_family_sums_the_loss_dict_with_labels_shifted() -> None:
     assert set(model.labels_seen) == {1, 2}
     assert hist.losses[-1] < hist.losses[0]
     assert {"loss_a", "loss_b"} <= set(hist.epochs[0])
+
+
+# --- anchors fitted to the data --------------------------------------------------------------
+
+
+def test_kmeans_anchors_find_the_box_size_clusters_smallest_first() -> None:
+    rng = np.random.default_rng(0)
+    tall = np.array([10.0, 20.0]) * rng.uniform(0.9, 1.1, size=(40, 2))
+    wide = np.array([40.0, 30.0]) * rng.uniform(0.9, 1.1, size=(40, 2))
+    anchors = kmeans_anchors(np.concatenate([wide, tall]), 2)
+    assert anchors[0] == pytest.approx((10.0, 20.0), rel=0.1)
+    assert anchors[1] == pytest.approx((40.0, 30.0), rel=0.1)
+    with pytest.raises(ValueError, match="cannot give 3 anchors"):
+        kmeans_anchors(np.ones((2, 2)), 3)
+    with pytest.raises(ValueError, match="positive"):
+        kmeans_anchors(np.array([[1.0, 0.0], [2.0, 2.0]]), 1)
+
+
+def test_fit_yolo_anchors_puts_the_largest_on_the_coarsest_level_and_the_loss_uses_them() -> None:
+    from compression.darknet import YoloLevel, build_darknet
+
+    bundle = _squares_bundle(6)  # squares of side 12..27 px in 64 px images
+    model = build_darknet("yolov3-tiny", num_classes=2, width=0.25, input_size=S)
+    assert model.strides == (32, 16)
+    anchors = fit_yolo_anchors(model, bundle)
+    coarse, fine = anchors
+    assert len(coarse) == len(fine) == 3
+    assert min(w * h for w, h in coarse) >= max(w * h for w, h in fine)
+    for w, h in coarse + fine:
+        assert 12 <= w <= 28 and 12 <= h <= 28  # the squares' sizes, not the cfg's 10..344
+    assert model.anchors == anchors
+    levels = [m for m in model.modules() if isinstance(m, YoloLevel)]
+    assert [lvl.anchors for lvl in levels] == list(anchors)
+    # every square of the data now fits an anchor closely: small log-ratio targets
+    targets = [
+        (torch.from_numpy(s.boxes).float(), torch.from_numpy(s.labels)) for s in bundle.train[:2]
+    ]
+    grids = [(S // 32, S // 32), (S // 16, S // 16)]
+    assigned = build_yolo_targets(targets, anchors, model.strides, grids, S)
+    assert sum(len(t) for t in assigned) == 4
+    twh = torch.cat([t.twh for t in assigned])
+    assert twh.abs().max().item() < 0.5
