@@ -36,11 +36,15 @@ def _ready_datasets(org: Organization) -> Any:
 
 def version_label(v: ModelVersion) -> str:
     """How the picker names a version: model, number, label, format, and where it came from."""
+    zoo = (v.info or {}).get("zoo") if isinstance(v.info, dict) else None
     origin = "built-in" if v.is_builtin else (
-        f"from job {v.produced_by_job_id}" if v.produced_by_job_id else "uploaded"
+        f"from job {v.produced_by_job_id}" if v.produced_by_job_id
+        else "new from the zoo, untrained" if isinstance(zoo, dict) and zoo.get("untrained")
+        else "uploaded"
     )  # fmt: skip
     label = f" ({v.label})" if v.label else ""
-    return f"{v.asset.name} v{v.number}{label} · {v.format} · {origin}"
+    task = f" · {v.task}" if v.task and v.task != "classification" else ""
+    return f"{v.asset.name} v{v.number}{label} · {v.format}{task} · {origin}"
 
 
 class PickForm(forms.Form):

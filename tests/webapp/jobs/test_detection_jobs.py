@@ -65,6 +65,8 @@ def test_the_wizard_offers_a_detector_its_methods_and_trains_an_untrained_one_fi
     scenes = scenes_row(org)
     detector = tiny_detector(org, dataset=scenes)
     c = client_for(user)
+    pick = c.get(reverse("jobs:wizard", args=["pick"])).content.decode()
+    assert "yolov3_tiny (untrained) v1 · torch · detection · new from the zoo, untrained" in pick
     r = c.post(
         reverse("jobs:wizard", args=["pick"]),
         {"model_version": detector.pk, "dataset": scenes.pk},
