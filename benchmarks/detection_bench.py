@@ -76,7 +76,7 @@ class Budget:
 FULL = Budget(
     name="full",
     seeds=(0, 1, 2),
-    epochs=35,
+    epochs=16,
     batch_size=16,
     lr=2e-3,
     warmup_epochs=1.0,
@@ -276,6 +276,7 @@ def main() -> None:
     parser.add_argument(
         "--merge", nargs="+", type=Path, default=None, help="runs' files -> results + doc"
     )
+    parser.add_argument("--note", default=None, help="with --merge: a sentence for the section")
     parser.add_argument("--epochs", type=int, default=None, help="override the budget's epochs")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -288,6 +289,8 @@ def main() -> None:
         return
     if args.merge:
         merged = merge(args.merge)
+        if args.note:
+            merged["note"] = args.note
         RESULTS.write_text(json.dumps(merged, indent=1))
         replace_section(args.doc, SECTION, HEADING, render(merged))
         log(f"wrote {args.doc} and {RESULTS}")
