@@ -190,6 +190,9 @@ def test_the_page_and_the_api_make_a_zoo_detector(org_a, client_a, org_b):
     assert r.status_code == 302, r.content.decode()[-2000:]
     made = ModelVersion.objects.get(organization=org_a, arch="yolov3_tiny")
     assert made.asset.name == "yolov3_tiny (untrained)" and made.input_size == 64
+    detail = client_a.get(f"/models/{made.pk}/").content.decode()
+    assert "New from the zoo: yolov3_tiny (width 0.25, input_size 64), untrained" in detail
+    assert "<dd>detection</dd>" in detail
     r = client_a.post(reverse("catalog:model_zoo_create"), {"arch": "lenet5", "dataset": scenes.pk})
     assert r.status_code == 400 and "is a detection data set" in r.content.decode()
 
