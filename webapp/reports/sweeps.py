@@ -156,6 +156,8 @@ def sweep_results(*, sweep: Sweep, query: Mapping[str, Any] | None = None) -> di
         "name": sweep.name,
         "state": state,
         "grid": sweep.grid,
+        # what ``accuracy`` is: top-1, or mAP@0.5 (percent) when the sweep compresses a detector
+        "metric": comparison["metric"],
         "baseline": {
             "version": sweep.model_version_id,
             "status": sweep.baseline_status,

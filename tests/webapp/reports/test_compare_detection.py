@@ -143,3 +143,35 @@ def test_a_detector_and_a_classifier_are_not_plotted_on_one_axis(yolo: Any) -> N
     assert "data-mixed-tasks>This comparison mixes classification and detection" in (
         page.content.decode()
     )
+
+
+def test_a_sweep_over_a_detector_names_its_metric_map(yolo: Any) -> None:
+    from webapp.jobs.models import Sweep, SweepBaseline
+    from webapp.reports.sweeps import sweep_results
+
+    org, base = yolo["org"], yolo["base"]
+    data = dataset(org, name="scenes-sweep")
+    sweep = Sweep.objects.create(
+        organization=org, name="prune", model_version=base, dataset=data, recipe={},
+        grid=[{"stage": 0, "method": "channel_pruning", "param": "ratio", "values": [0.5]}],
+        baseline_status=SweepBaseline.DONE, constraints={"max_accuracy_drop": 1.0},
+    )  # fmt: skip
+    j = job(
+        org, base, data, baseline=_det(0.7125, 0.4150, 8.0, 9.5, "torch"),
+        stages=[_det(0.7075, 0.4100, 3.0, 4.25, "torch")],
+        final=_det(0.7075, 0.4100, 3.0, 4.25, "torch"),
+    )  # fmt: skip
+    j.sweep, j.sweep_point = sweep, {"ratio": 0.5}
+    j.save(update_fields=["sweep", "sweep_point"])
+    version(org, parent=base, job=j, label="fp32", task="detection", size=4000)
+
+    results = sweep_results(sweep=sweep)
+
+    assert results["metric"] == "mAP@0.5" and results["baseline"]["accuracy"] == 71.25
+    assert results["points"][0]["accuracy_drop"] == pytest.approx(0.5)
+    host = results["figures"]["chart-pareto-host"]["layout"]
+    assert host["yaxis"]["title"]["text"] == "test mAP@0.5 (host, full test split)"
+    page = client_for(yolo["owner"]).get(reverse("sweeps:detail", args=[sweep.pk]))
+    html = page.content.decode()
+    assert "<th>Test mAP@0.5</th>" in html and "<th>Test accuracy</th>" not in html
+    assert "Drops are against it, in mAP@0.5 points." in html
