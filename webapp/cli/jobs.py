@@ -6,6 +6,8 @@ Only the REST API is used (token auth), so this works from any machine::
         --model 12 --dataset 3
     edgeslim jobs submit recipe.yaml --upload-model lenet5.safetensors --arch lenet5 \\
         --num-classes 10 --in-channels 1 --upload-dataset digits.zip
+    edgeslim jobs submit detect.yaml --upload-dataset shapes-yolo.zip --zoo yolov3_tiny \\
+        --zoo-option width=0.25 --zoo-option input_size=64
     edgeslim jobs status 42
     edgeslim jobs download 42 --out results/
     edgeslim jobs sweep prune.yaml --model 12 --dataset 3 \\
@@ -109,6 +111,18 @@ class Client:
         return len(raw)
 
 
+def _zoo_options(pairs: list[str]) -> dict[str, str] | None:
+    """``["width=0.25", "input_size=64"]`` as a mapping (the server checks names and values);
+    None when a pair has no ``=``."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            return None
+        out[name.strip()] = value.strip()
+    return out
+
+
 def _print_refusal(err: Any, exc: ApiError) -> None:
     """The server's refusal of a submission, with the field it names."""
     field = exc.body.get("field") if isinstance(exc.body, dict) else None
@@ -145,7 +159,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--num-classes", type=int)
     s.add_argument("--in-channels", type=int)
     s.add_argument("--input-size", type=int)
-    s.add_argument("--upload-dataset", type=Path, help="upload this image-folder zip first")
+    s.add_argument(
+        "--upload-dataset",
+        type=Path,
+        help="upload this data set zip first (image folders; or YOLO, Pascal VOC or COCO for "
+        "detection, found from the layout)",
+    )
+    s.add_argument(
+        "--zoo",
+        metavar="ARCH",
+        help="instead of --model: a new, untrained model of this zoo architecture (e.g. "
+        "yolov3_tiny) sized for the data set's classes; start the recipe with a finetune stage",
+    )
+    s.add_argument(
+        "--zoo-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an option of the --zoo architecture, e.g. width=0.25 or input_size=64 (repeat)",
+    )
     s.add_argument("--name", default="", help="job name (default: the recipe's)")
     s.add_argument("--queue", choices=["auto", "cpu", "gpu"], default="auto")
     s.add_argument("--no-wait", action="store_true", help="print the job id and return")
@@ -245,6 +277,25 @@ def submit(args: argparse.Namespace) -> int:
             )
             err.print(f"uploaded dataset → {ds['id']}; validating…")
             dataset_id = _wait_ready(client, f"/api/v1/datasets/{ds['id']}/", "dataset")["id"]
+        if args.zoo:
+            if model_id is not None or args.upload_model:
+                err.print("[red]give one of --model, --upload-model and --zoo[/red]")
+                return EXIT_BAD_INPUT
+            if dataset_id is None:
+                err.print(
+                    "[red]--zoo sizes the model for a data set: give --dataset or --upload-dataset[/red]"
+                )
+                return EXIT_BAD_INPUT
+            options = _zoo_options(args.zoo_option)
+            if options is None:
+                err.print("[red]--zoo-option takes NAME=VALUE, e.g. width=0.25[/red]")
+                return EXIT_BAD_INPUT
+            mv = client.post(
+                "/api/v1/models/from-zoo/",
+                {"arch": args.zoo, "dataset": dataset_id, "options": options},
+            )
+            err.print(f"new {mv['arch']} from the zoo → version {mv['id']} (untrained)")
+            model_id = mv["id"]
         if model_id is None or dataset_id is None:
             err.print(
                 "[red]give --model and --dataset (ids), or upload them with --upload-model / --upload-dataset[/red]"

@@ -130,6 +130,20 @@ def test_the_api_and_the_cli_refuse_a_task_mismatch_naming_both(
     assert "field: dataset" in err
     assert not Job.objects.exists()
 
+    # --zoo makes an untrained detector sized for the data set, then queues the job on it
+    zoo = ["--zoo", "yolov3_tiny", "--dataset", str(scenes.pk)]
+    code = main(["jobs", "submit", str(path), *zoo, "--zoo-option", "depth=3", *flags])
+    assert code == 2 and "'depth' is not an option of 'yolov3_tiny'" in capsys.readouterr().err
+    code = main(["jobs", "submit", str(path), *zoo, "--zoo-option", "width", *flags])
+    assert code == 2 and "NAME=VALUE" in capsys.readouterr().err
+    code = main(["jobs", "submit", str(path), *zoo, "--zoo-option", "width=0.25",
+                 "--zoo-option", "input_size=64", *flags])  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    job = Job.objects.get(pk=int(out.out.strip()))
+    assert job.model_version.arch == "yolov3_tiny" and job.model_version.input_size == 64
+    assert job.model_version.num_classes == 10 and job.dataset == scenes
+
 
 # --- a detection job through the runner ------------------------------------------------------
 
