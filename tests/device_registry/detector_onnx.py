@@ -12,6 +12,7 @@ import numpy as np
 from compression.detection_data import DetectionBundle, DetectionSample
 
 ORACLE_SIZE = 64
+SIZE = 64  # the tiny detector's input size in the device tests
 ORACLE_STRIDE = 8
 ORACLE_ANCHOR = 16.0
 
@@ -116,3 +117,34 @@ def wide_sample(sample: DetectionSample) -> DetectionSample:
     return DetectionSample(
         name=sample.name + "-wide", image=canvas, boxes=sample.boxes, labels=sample.labels
     )
+
+
+def detector_job_version(org, tmp_path, monkeypatch):
+    """A ready ONNX yolov3_tiny version produced by a (finished) job on a detection data set
+    whose loader returns a few built-in scenes."""
+    from jobs_factories import make_model_version
+
+    from device_registry import eval_sets
+    from webapp.catalog.models import Dataset, DatasetKind, DatasetTask, ItemStatus
+    from webapp.catalog.services import model_version_create_from_job
+    from webapp.jobs.models import Job, JobStatus
+
+    scenes = tiny_scenes(n_test=12)
+    monkeypatch.setattr(eval_sets, "dataset_load", lambda dataset, **kw: scenes)
+    dataset = Dataset.objects.create(
+        organization=org, name="scenes", kind=DatasetKind.MNIST_SCENES,
+        task=DatasetTask.DETECTION, num_classes=10, status=ItemStatus.READY,
+    )  # fmt: skip
+    parent = make_model_version(org)
+    parent.task, parent.input_size, parent.in_channels = "detection", SIZE, 3
+    parent.save(update_fields=["task", "input_size", "in_channels"])
+    job = Job.objects.create(
+        organization=org, name="yolo", model_version=parent, dataset=dataset, recipe={},
+        status=JobStatus.SUCCEEDED,
+    )  # fmt: skip
+    path = tiny_yolo_onnx(tmp_path / "yolo.onnx", num_classes=10, input_size=SIZE)
+    version = model_version_create_from_job(
+        organization=org, parent=parent, job_id=job.pk, recipe={}, file_path=path,
+        format="onnx", label="fp32", info={"params": 1},
+    )  # fmt: skip
+    return version, scenes

@@ -8,46 +8,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from catalog_versions import deploy_and_measure
-from detector_onnx import tiny_scenes, tiny_yolo_onnx
+from detector_onnx import SIZE, detector_job_version
 from django.urls import reverse
 from factories import client_for, make_organization, make_user
-from jobs_factories import make_model_version
 
-from device_registry import eval_sets, model_versions
+from device_registry import model_versions
 from device_registry.models import DeploymentResult
 from edgeslim_agent.bench import accuracy_check
 from edgeslim_agent.protocol import BenchSettings
-from webapp.catalog.models import Dataset, DatasetKind, DatasetTask, ItemStatus
-from webapp.catalog.services import model_version_create_from_job
-from webapp.jobs.models import Job, JobStatus
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-
-SIZE = 64
-
-
-def _detector_version(org, tmp_path, monkeypatch):
-    """A ready ONNX yolov3_tiny version produced by a (finished) job on a detection data set
-    whose loader returns a few built-in scenes."""
-    scenes = tiny_scenes(n_test=12)
-    monkeypatch.setattr(eval_sets, "dataset_load", lambda dataset, **kw: scenes)
-    dataset = Dataset.objects.create(
-        organization=org, name="scenes", kind=DatasetKind.MNIST_SCENES,
-        task=DatasetTask.DETECTION, num_classes=10, status=ItemStatus.READY,
-    )  # fmt: skip
-    parent = make_model_version(org)
-    parent.task, parent.input_size, parent.in_channels = "detection", SIZE, 3
-    parent.save(update_fields=["task", "input_size", "in_channels"])
-    job = Job.objects.create(
-        organization=org, name="yolo", model_version=parent, dataset=dataset, recipe={},
-        status=JobStatus.SUCCEEDED,
-    )  # fmt: skip
-    path = tiny_yolo_onnx(tmp_path / "yolo.onnx", num_classes=10, input_size=SIZE)
-    version = model_version_create_from_job(
-        organization=org, parent=parent, job_id=job.pk, recipe={}, file_path=path,
-        format="onnx", label="fp32", info={"params": 1},
-    )  # fmt: skip
-    return version, scenes
 
 
 def test_a_real_agent_reports_a_detectors_fps_and_map_and_the_pages_show_them(
@@ -55,7 +25,7 @@ def test_a_real_agent_reports_a_detectors_fps_and_map_and_the_pages_show_them(
 ):
     user = make_user()
     org = make_organization(owner=user)
-    version, scenes = _detector_version(org, tmp_path, monkeypatch)
+    version, scenes = detector_job_version(org, tmp_path, monkeypatch)
     assert version.task == "detection"
     art = model_versions.artifact_for_model_version(
         organization=org, user=user, model_version=version
