@@ -221,14 +221,16 @@ def build_eval_set(
     return EvalSet(path=path, meta=meta)
 
 
-def load_detection_bundle(dataset: Dataset, *, work_dir: Path) -> DetectionBundle:
-    """The detection data set's fixed splits, as the catalog loads them for jobs.
+def load_detection_bundle(dataset: Dataset, *, work_dir: Path, size: int) -> DetectionBundle:
+    """The detection data set's fixed splits, loaded as the jobs runner loads them for a model of
+    input ``size`` (the built-in ``mnist_scenes`` is generated at that size), so the device
+    scores the test images the job report scored.
 
     Raises:
         EvalSetError: it cannot be loaded, or does not load as a detection data set.
     """
     try:
-        bundle: Any = dataset_load(dataset, work_dir=work_dir)
+        bundle: Any = dataset_load(dataset, work_dir=work_dir, size=size, allow_detection=True)
     except (CompressionError, OSError) as exc:
         raise EvalSetError(
             f"The test split of {dataset.name!r} could not be loaded: {exc}"
@@ -283,7 +285,7 @@ def _build_detection_eval_set(
     *, model_version: ModelVersion, dataset: Dataset, out_dir: Path, cap: int
 ) -> EvalSet:
     size = int(model_version.input_size or 0)
-    bundle = load_detection_bundle(dataset, work_dir=out_dir / "data")
+    bundle = load_detection_bundle(dataset, work_dir=out_dir / "data", size=size)
     test = list(bundle.test)
     total = len(test)
     if total == 0:

@@ -178,3 +178,32 @@ def test_a_detector_is_evaluated_on_a_detection_data_set_only(tmp_path):
     assert "is a classification model but the data set 'scenes' is a detection" in (
         eval_sets.dataset_fit_reason(version, scenes)
     )
+
+
+@pytest.mark.slow  # generates the built-in mnist_scenes (1,500 images) through the real loader
+def test_the_builtin_scenes_ship_at_the_detectors_input_size_through_the_catalog_loader(
+    tmp_path,
+):
+    from jobs_factories import make_model_version
+
+    from edgeslim_agent.detect_eval import load_detection_eval_set
+
+    org = make_organization()
+    version = make_model_version(org)
+    version.task, version.input_size, version.in_channels = "detection", 64, 3
+    scenes = Dataset.objects.create(
+        organization=org, name="scenes", kind=DatasetKind.MNIST_SCENES,
+        task=DatasetTask.DETECTION, num_classes=10, status=ItemStatus.READY, split_seed=0,
+    )  # fmt: skip
+    built = eval_sets.build_eval_set(
+        model_version=version, dataset=scenes, out_dir=tmp_path, max_samples=6
+    )
+    assert built.meta["task"] == "detection" and built.meta["count"] == 6
+    assert built.meta["test_size"] == 300 and built.meta["split_seed"] == 0
+    data = load_detection_eval_set(built.path)
+    # generated at the model's input size, as the jobs runner loads it: no rescaling, no border
+    assert data.x.shape == (6, 3, 64, 64)
+    assert (data.image_size == 64).all()
+    assert np.allclose(data.placement, [[1.0, 1.0, 0.0, 0.0]] * 6)
+    assert data.total_boxes == built.meta["boxes"] >= 6  # one to five digits per scene
+    assert data.class_names == [str(d) for d in range(10)]
