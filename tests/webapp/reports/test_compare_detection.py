@@ -173,5 +173,7 @@ def test_a_sweep_over_a_detector_names_its_metric_map(yolo: Any) -> None:
     assert host["yaxis"]["title"]["text"] == "test mAP@0.5 (host, full test split)"
     page = client_for(yolo["owner"]).get(reverse("sweeps:detail", args=[sweep.pk]))
     html = page.content.decode()
-    assert "<th>Test mAP@0.5</th>" in html and "<th>Test accuracy</th>" not in html
+    assert (
+        '<th class="metric-case">Test mAP@0.5</th>' in html and "<th>Test accuracy</th>" not in html
+    )
     assert "Drops are against it, in mAP@0.5 points." in html
