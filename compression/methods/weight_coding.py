@@ -167,8 +167,9 @@ def deep_compression_table(stats: dict[str, Any]) -> dict[str, Any]:
             "overhead": st["coded_bytes"] / st["entropy_bytes"] - 1.0
             if st["entropy_bytes"] > 0
             else None,
-            "payload_overhead": st.get("payload_bits", 0) / (8 * st["entropy_bytes"]) - 1.0
-            if st["entropy_bytes"] > 0
+            # the codes alone (rule 4 of docs/benchmarks.md); None where not recorded
+            "payload_overhead": st["payload_bits"] / (8 * st["entropy_bytes"]) - 1.0
+            if st["entropy_bytes"] > 0 and "payload_bits" in st
             else None,
         }
         for st in stats.get("streams", [])

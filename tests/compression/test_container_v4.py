@@ -148,3 +148,22 @@ def test_a_version_4_file_with_a_layers_own_streams_is_refused(tmp_path: Path) -
         decode_container(HEADER.pack(*fields) + bytes(data[HEADER_SIZE:]), tmp_path / "out")
     decoded = decode_container(v2, tmp_path / "ok")  # the same file as version 2 decodes
     assert decoded.version == 2
+
+
+def test_the_report_gives_each_streams_payload_and_table_apart(tmp_path: Path) -> None:
+    from compression.methods.weight_coding import deep_compression_table
+
+    _tiny_model(tmp_path / "m.onnx")
+    stats = encode_onnx(tmp_path / "m.onnx", tmp_path / "m.esdc")
+    streams = deep_compression_table(stats.to_dict())["streams"]
+    assert len(streams) == len(stats.streams) == 2
+    for row, st in zip(streams, stats.streams, strict=True):
+        assert row["mode"] == st.mode and row["table_bits"] == st.table_bits
+        assert (
+            row["coded_bytes"]
+            == (3 if st.mode == 0 else 2) + (st.table_bits + st.payload_bits + 7) // 8
+        )
+        if st.entropy_bytes > 0:
+            assert row["payload_overhead"] == pytest.approx(
+                st.payload_bits / (8 * st.entropy_bytes) - 1
+            )
