@@ -53,7 +53,10 @@ class DeploymentForm(forms.Form):
         required=False, help_text="Full input shape when the model's is symbolic, e.g. 1,3,224,224"
     )
     profile = forms.BooleanField(required=False, help_text="Per-operator time profile")
-    accuracy = forms.BooleanField(required=False, help_text="Top-1 on the artifact's eval set")
+    accuracy = forms.BooleanField(
+        required=False,
+        help_text="Top-1 on the artifact's eval set (mAP@0.5 and mAP@0.5:0.95 for a detector)",
+    )
 
     def __init__(self, *args: Any, artifacts: Any = (), devices: Any = (), **kw: Any) -> None:
         super().__init__(*args, **kw)

@@ -132,7 +132,10 @@ def deployment_settings_table(deployment: Deployment) -> list[tuple[str, str]]:
         ("Providers", ", ".join(s.get("providers") or []) or "—"),
         ("Input shape", " × ".join(str(d) for d in shape) if shape else "the model's own"),
         ("Per-operator profile", _yes_no(s.get("profile"))),
-        ("Accuracy", _yes_no(s.get("accuracy"))),
+        (
+            "mAP on the test split" if deployment.artifact.task == "detection" else "Accuracy",
+            _yes_no(s.get("accuracy")),
+        ),
     ]
 
 

@@ -61,6 +61,7 @@ EVAL_PRE_NMS_TOP_K = 1000
 
 # per-class rows in one accuracy result (the message stays under the protocol's frame limit)
 MAX_PER_CLASS = 200
+MAX_CLASS_NAME = 64  # characters of a class name in a per-class row
 
 REQUIRED_ARRAYS = ("x", "placement", "image_size", "boxes", "labels", "box_counts", "class_names")
 
@@ -424,7 +425,7 @@ def evaluate_session(
         "detections": result.detections,
         "per_class": [
             {
-                "class": name,
+                "class": name[:MAX_CLASS_NAME],
                 "ap50": result.per_class_ap50[i],
                 "ap50_95": result.per_class_ap50_95[i],
                 "boxes": result.ground_truths[i],

@@ -99,6 +99,7 @@ def test_a_detectors_fps_and_map_are_stored_and_shown_as_map(tmp_path):
     assert "mAP@0.5 0.625 · mAP@0.5:0.95 0.313 (4 images)" in html
     assert 'id="detector-table"' in html and "<td data-fps-e2e>90.9</td>" in html
     assert "<td data-map50>0.625</td>" in html and "<td data-map50-95>0.313</td>" in html
+    assert '<th scope="row">mAP on the test split</th><td>yes</td>' in html  # the settings
     device_html = client.get(reverse("devices:detail", args=[device.pk])).content.decode()
     assert "<td data-fps>111.1</td>" in device_html and "FPS (end to end)" in device_html
     api = client.get(f"/api/v1/deployments/{dep.pk}/").json()
