@@ -300,6 +300,9 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "report": ("report.json", "application/json"),
     # weight_coding's compressed container (docs/container-format.md)
     "container": ("final.esdc", "application/octet-stream"),
+    # a detection run's grid of test images with the baseline's and the final model's boxes
+    # (the report page, its PDF and the downloads show it; issue 15)
+    "detections_grid": ("detections_grid.png", "image/png"),
 }
 
 
