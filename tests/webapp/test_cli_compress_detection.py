@@ -34,9 +34,29 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
-def test_compress_trains_a_detector_and_prints_map(
+def tiny_shipped_recipe(path: Path) -> Path:
+    """recipes/yolov3_tiny_prune_int8.yaml as shipped (train -> channel_pruning -> recover ->
+    int8), each training stage cut to one epoch, eight calibration images, no timing and no
+    mAP limit."""
+    import yaml
+
+    recipe = yaml.safe_load((RECIPES / "yolov3_tiny_prune_int8.yaml").read_text())
+    recipe["eval"] = {"latency_runs": 0}
+    recipe["targets"]["max_accuracy_drop"] = 100  # a one-epoch detector scores near zero
+    for stage in recipe["stages"]:
+        if stage["method"] == "finetune":
+            stage["config"].update(epochs=1, batch_size=8)
+        if stage["method"] == "ptq_int8":
+            stage["config"]["calibration_samples"] = 8
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def test_compress_trains_prunes_and_quantizes_a_detector_and_prints_map(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Issue 15's 'the same from edgeslim compress': the shipped chain on the built-in
+    mnist_scenes (fewer scenes), the report's mAP on every state."""
     asked: list[tuple[str, int, int | None]] = []
 
     def few_scenes(name: str, *, seed: int = 0, size: int | None = None) -> Any:
@@ -44,8 +64,7 @@ def test_compress_trains_a_detector_and_prints_map(
         return load_mnist_scenes(SceneConfig(seed=seed, size=64, n_train=8, n_val=4, n_test=4))
 
     monkeypatch.setattr(detection_data, "load_builtin_detection", few_scenes)
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(RECIPE)
+    recipe = tiny_shipped_recipe(tmp_path / "r.yaml")
     out = tmp_path / "out"
     code = main(["compress", "--model", "yolov3_tiny", "--width", "0.25", "--input-size", "64",
                  "--dataset", "mnist_scenes", "--split-seed", "1", "--recipe", str(recipe),
@@ -58,7 +77,15 @@ def test_compress_trains_a_detector_and_prints_map(
     assert report["model"]["arch"]["options"] == [["input_size", 64], ["width", 0.25]]
     assert report["dataset"]["totals"] == {"train": 8, "val": 4, "test": 4}
     kinds = {a["kind"] for a in report["artifacts"]}
-    assert {"onnx_fp32", "onnx_e2e", "detections_grid"} <= kinds
+    assert {"onnx_fp32", "onnx_int8", "onnx_e2e", "detections_grid"} <= kinds
+    methods = [s["method"] for s in report["stages"]]
+    assert methods == ["finetune", "channel_pruning", "finetune", "ptq_int8"]
+    for m in [report["baseline"], *(s["metrics"] for s in report["stages"]), report["final"]]:
+        assert m["metric"] == "mAP@0.5" and 0 <= m["detection"]["map50"] <= 1
+        assert m["accuracy"] == pytest.approx(100 * m["detection"]["map50"], abs=1e-6)
+    # channel_pruning met the recipe's 2x MAC target on the detector (heads kept)
+    pruned, trained = report["stages"][1]["metrics"]["macs"], report["stages"][0]["metrics"]["macs"]
+    assert pruned <= trained / 1.9
     printed = capsys.readouterr().out
     assert "mAP50 %" in printed and "mAP50-95" in printed and "e2e ms" in printed
     assert "mAP@0.5 drop" in printed
