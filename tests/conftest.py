@@ -7,6 +7,13 @@ cache or channel-layer connection exists. Each run gets its own Redis key prefix
 channel layer, Celery broker) so parallel runs sharing Redis db 15 never see each other. The
 built-in samples' cache is one folder per run: the run's first organisation builds them, the
 later ones copy them, and nothing a run finds depends on what an earlier run left behind.
+
+Under pytest-xdist (``scripts/test`` runs two workers, ``PYTEST_XDIST_WORKER`` = gw0, gw1, ...)
+each worker process is a run of its own: its own key prefixes (a fresh run id), its own Redis
+db number (see :func:`_worker_redis_url`), its own data folder and built-in cache (a subfolder
+per worker of any folder the environment names), and its own test database (pytest-django
+adds ``_gw0``, ``_gw1``). A live stack a worker starts inherits that worker's environment, so
+its Celery worker only ever reads that worker's queues.
 """
 
 from __future__ import annotations
@@ -18,10 +25,57 @@ import uuid
 from typing import Any
 
 _RUN_ID = uuid.uuid4().hex[:8]
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "" when not under pytest-xdist
+_DB_LIST_ENV = "EDGESLIM_TEST_REDIS_DBS"
+
+
+def _worker_redis_url(url: str, worker: str) -> str:
+    """The Redis URL of xdist worker ``gwN``: db ``EDGESLIM_TEST_REDIS_DBS[N]`` when that
+    comma-separated list is set, else the URL's db minus N (db 15 -> gw0 15, gw1 14)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    index = int(worker.removeprefix("gw"))
+    parts = urlsplit(url)
+    listed = [d.strip() for d in os.environ.get(_DB_LIST_ENV, "").split(",") if d.strip()]
+    if listed:
+        if index >= len(listed):
+            raise RuntimeError(
+                f"{_DB_LIST_ENV}={os.environ[_DB_LIST_ENV]!r} names {len(listed)} Redis dbs, "
+                f"too few for xdist worker {worker}"
+            )
+        db = int(listed[index])
+    else:
+        db = int(parts.path.lstrip("/") or 0) - index
+    if not 0 <= db <= 15:
+        raise RuntimeError(
+            f"no Redis db for xdist worker {worker} from {url} (got {db}); "
+            f"set {_DB_LIST_ENV}, e.g. 15,14"
+        )
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+if _XDIST_WORKER and os.environ.get("EDGESLIM_TEST_WORKER_ENV") != _XDIST_WORKER:
+    # The outer environment (scripts/test) is shared by every worker: split what it names,
+    # once (a pytest this worker starts in a subprocess inherits the split environment).
+    os.environ["EDGESLIM_TEST_WORKER_ENV"] = _XDIST_WORKER
+    if os.environ.get("REDIS_URL"):
+        os.environ["REDIS_URL"] = _worker_redis_url(os.environ["REDIS_URL"], _XDIST_WORKER)
+    for _name in (
+        "EDGESLIM_DATA_DIR",
+        "EDGESLIM_BUILTIN_CACHE_DIR",
+        "EDGESLIM_MEDIA_ROOT",
+        "EDGESLIM_STATIC_ROOT",
+        "EDGESLIM_UPLOAD_TMP_DIR",
+    ):
+        if os.environ.get(_name):
+            os.environ[_name] = os.path.join(os.environ[_name], _XDIST_WORKER)
+            os.makedirs(os.environ[_name], exist_ok=True)
 _DEFAULTS = {
     "EDGESLIM_ENV": "test",
     "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/edgeslim",
-    "REDIS_URL": "redis://127.0.0.1:6379/15",
+    "REDIS_URL": _worker_redis_url("redis://127.0.0.1:6379/15", _XDIST_WORKER)
+    if _XDIST_WORKER
+    else "redis://127.0.0.1:6379/15",
     "EDGESLIM_DATA_DIR": tempfile.mkdtemp(prefix="edgeslim-test-data-"),
     "EDGESLIM_CHANNEL_PREFIX": f"edgeslim-test-{_RUN_ID}",
     "EDGESLIM_CACHE_PREFIX": f"edgeslim-test-{_RUN_ID}",
