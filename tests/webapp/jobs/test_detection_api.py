@@ -116,6 +116,23 @@ def test_a_zoo_yolo_is_trained_pruned_quantized_and_deployed_on_the_builtin_scen
     assert final["per_class"]
     assert {"onnx_int8", "onnx_e2e", "detections_grid"} <= {a["kind"] for a in report["artifacts"]}
     assert report["stages"][1]["metrics"]["macs"] < report["stages"][0]["metrics"]["macs"]
+    # The runner's log states the split and its boxes; the versions it made are detectors, and
+    # the job page labels the score mAP@0.5 (its training chart too).
+    from django.urls import reverse
+    from factories import client_for
+
+    from webapp.catalog.models import ModelVersion
+    from webapp.jobs.models import Job
+
+    boxes = sum(report["dataset"]["boxes"].values())
+    lines = list(Job.objects.get(pk=job_id).events.filter(kind="log").values_list(
+        "payload__line", flat=True))  # fmt: skip
+    expected = f"16 train / 4 val / 8 test images, {boxes} boxes"
+    assert any(expected in line and "detection" in line for line in lines), lines[:5]
+    assert {v.task for v in ModelVersion.objects.filter(produced_by_job_id=job_id)} == {"detection"}
+    page = client_for(user).get(reverse("jobs:detail", args=[job_id])).content.decode()
+    assert "Test mAP@0.5" in page and "Test accuracy" not in page
+    assert '"metric": "mAP@0.5"' in page  # the training chart labels its score axis with it
 
     artifacts = {a["key"]: a for a in api.get(f"/api/v1/jobs/{job_id}/artifacts/").json()}
     grid = next(a for a in artifacts.values() if a["key"].startswith("detections_grid"))
