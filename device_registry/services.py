@@ -21,6 +21,8 @@ from django.db.models import CharField, F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
+from compression.container import HEADER as CONTAINER_HEADER
+from compression.container import HEADER_SIZE as CONTAINER_HEADER_SIZE
 from compression.container import MAGIC as CONTAINER_MAGIC
 from compression.container import ContainerError, decode_container
 from device_registry import bus, conf
@@ -530,9 +532,24 @@ class AgentTooOld(NoTargets):
     """A container deployment targets a device whose agent cannot decode containers."""
 
 
-# The first agent version that decodes the containers the server writes: 0.2.0 read container
-# format 2 only; 0.3.0 reads format 3 (streams shared between layers) and 2.
-CONTAINER_AGENT = (0, 3, 0)
+# The first agent version that decodes each container format: 0.2.0 read format 2 only; 0.3.0
+# reads format 3 (streams shared between layers) and 2; 0.7.0 reads format 4 (compact tables,
+# block codes, fixed-width streams), 3 and 2. The server writes format 4.
+CONTAINER_AGENT_BY_VERSION = {2: (0, 2, 0), 3: (0, 3, 0), 4: (0, 7, 0)}
+CONTAINER_AGENT = CONTAINER_AGENT_BY_VERSION[max(CONTAINER_AGENT_BY_VERSION)]
+
+
+def container_agent_needed(artifact: DeployableArtifact) -> tuple[int, ...]:
+    """The first agent version that decodes this stored container (by its header's version)."""
+    with artifact.file.open("rb") as fh:
+        head = fh.read(CONTAINER_HEADER_SIZE)
+    if (
+        len(head) < CONTAINER_HEADER_SIZE
+    ):  # it was checked when stored; the newest rule if it is not
+        return CONTAINER_AGENT
+    return CONTAINER_AGENT_BY_VERSION.get(
+        int(CONTAINER_HEADER.unpack_from(head)[1]), CONTAINER_AGENT
+    )
 
 
 def _version_tuple(text: str) -> tuple[int, ...] | None:
@@ -599,14 +616,15 @@ def deployment_create(
     if not devices:
         raise NoTargets("No enrolled device matches this target.")
     if artifact.format == FORMAT_CONTAINER:
+        needed = container_agent_needed(artifact)
         old = [
             f"{d.name} ({d.agent_version})"
             for d in devices
-            if (v := _version_tuple(d.agent_version or "")) is not None and v < CONTAINER_AGENT
+            if (v := _version_tuple(d.agent_version or "")) is not None and v < needed
         ]
         if old:
             raise AgentTooOld(
-                f"A compressed container needs agent {'.'.join(map(str, CONTAINER_AGENT))} or "
+                f"A compressed container needs agent {'.'.join(map(str, needed))} or "
                 f"newer to decode it, and these devices run an older one: {', '.join(old)}. "
                 "Update their agent from the Devices page's install command, or deploy the ONNX."
             )

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db
 FIGURES = {"decode_ms": 3.0, "decode_peak_rss_mb": 30.0, "container_bytes": 10, "onnx_bytes": 20}
 
 
-def _container(tmp_path: Path) -> Path:
+def _container(tmp_path: Path, *, format_version: int = 4) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -40,8 +40,9 @@ def _container(tmp_path: Path) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(tmp_path / "m.onnx"))
-    encode_onnx(tmp_path / "m.onnx", tmp_path / "m.esdc", min_elements=16)
-    return tmp_path / "m.esdc"
+    out = tmp_path / f"m{format_version}.esdc"
+    encode_onnx(tmp_path / "m.onnx", out, min_elements=16, format_version=format_version)
+    return out
 
 
 def test_a_container_upload_is_sniffed_checked_and_stored(tmp_path: Path) -> None:
@@ -65,7 +66,7 @@ def test_a_container_upload_is_sniffed_checked_and_stored(tmp_path: Path) -> Non
 
 def _new_agent(org: Any) -> Device:
     device, _ = enrolled_device(org, name="pi5")
-    device.agent_version = "0.3.0"
+    device.agent_version = "0.7.0"
     device.save(update_fields=["agent_version"])
     return device
 
@@ -79,12 +80,26 @@ def test_a_container_is_not_sent_to_an_agent_that_cannot_decode_it(tmp_path: Pat
     )  # fmt: skip
     with pytest.raises(services.AgentTooOld, match=r"pi \(0\.1\.0\)"):
         deployment(org, art, old)
-    # 0.2.0 decoded container format 2 only; the server writes format 3
+    # 0.2.0 decoded container format 2 only, 0.3.0 format 3; the server writes format 4,
+    # which agents read from 0.7.0 on
+    for agent in ("0.2.0", "0.3.0", "0.6.9"):
+        old.agent_version = agent
+        old.save(update_fields=["agent_version"])
+        with pytest.raises(services.AgentTooOld, match=r"needs agent 0\.7\.0"):
+            deployment(org, art, old)
+    assert deployment(org, art, _new_agent(org)).pk
+    # a stored format-3 container still goes to the 0.3.0 agents that read it
+    v3 = services.artifact_create(
+        organization=org, name="m3.esdc", format="container",
+        file=io.BytesIO(_container(tmp_path, format_version=3).read_bytes()),
+    )  # fmt: skip
     old.agent_version = "0.2.0"
     old.save(update_fields=["agent_version"])
     with pytest.raises(services.AgentTooOld, match=r"needs agent 0\.3\.0"):
-        deployment(org, art, old)
-    assert deployment(org, art, _new_agent(org)).pk
+        deployment(org, v3, old)
+    old.agent_version = "0.3.0"
+    old.save(update_fields=["agent_version"])
+    assert deployment(org, v3, old).pk
 
 
 def _store(dep: Any, device: Any, data: dict[str, Any]) -> services.StoredResult:

@@ -150,7 +150,9 @@ def test_a_container_the_decoder_refuses_is_reported_and_never_benchmarked(
 ) -> None:
     org = make_organization()
     source = _shared_mlp(tmp_path / "mlp.onnx")
-    stats = encode_onnx(source, tmp_path / "mlp.esdc")
+    # format 3, whose stream tables have a fixed layout to break by hand (the agent reads it;
+    # format 4's malformed tables are refused in tests/compression/test_container.py)
+    stats = encode_onnx(source, tmp_path / "mlp.esdc", format_version=3)
     good = Path(stats.path).read_bytes()
     bad = _broken_huffman_table(good)
     # the server decodes what it is given, so it refuses the broken one outright
