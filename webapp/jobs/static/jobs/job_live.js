@@ -124,6 +124,12 @@
       const ended = p.status === "SUCCEEDED" ? "done" : p.status.toLowerCase();
       document.querySelectorAll('[data-stage-status="running"], [data-stage-status="measuring"]')
         .forEach((el) => setStage(el.dataset.baseline !== undefined ? -1 : +el.dataset.stage, ended));
+      // and one never reached will not run (as the server's job_history says on a reload), so
+      // the page does not wait for the regions' refresh to say so
+      if (p.status !== "SUCCEEDED") {
+        document.querySelectorAll('[data-stage-status="pending"]')
+          .forEach((el) => setStage(el.dataset.baseline !== undefined ? -1 : +el.dataset.stage, "skipped"));
+      }
       if (ws) ws.close();
     }
   }
