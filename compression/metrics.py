@@ -213,15 +213,9 @@ def measure_model(
     latency = None
     if latency_runs > 0:
         cancel_point()
-        latency = measure_latency_isolated(
-            [onnx_path],
-            input_shapes=(batch_size, *model.input_shape),
-            threads=threads,
-            warmup=warmup,
-            runs=latency_runs,
-            rounds=rounds,
-            should_cancel=_as_poll(check_cancel),
-        )[0]
+        latency = _network_latency(
+            onnx_path, model, batch_size, threads, warmup, latency_runs, rounds, check_cancel
+        )
     return ModelMetrics(
         accuracy=test_acc,
         params=params,
@@ -381,15 +375,9 @@ def _measure_detector(
         if check_cancel is not None:
             check_cancel()
         images = letterboxed_inputs(data.test or data.val, size, batch_size)
-        latency = measure_latency_isolated(
-            [onnx_path],
-            input_shapes=(batch_size, *model.input_shape),
-            threads=threads,
-            warmup=warmup,
-            runs=latency_runs,
-            rounds=rounds,
-            should_cancel=_as_poll(check_cancel),
-        )[0]
+        latency = _network_latency(
+            onnx_path, model, batch_size, threads, warmup, latency_runs, rounds, check_cancel
+        )
         latency_e2e = measure_detection_latency_isolated(
             [onnx_path],
             images,
@@ -523,6 +511,28 @@ def measure_detection_latency_isolated(
         finally:
             for child in children:
                 child.close()
+
+
+def _network_latency(
+    onnx_path: Path | str,
+    model: ModelState,
+    batch_size: int,
+    threads: int,
+    warmup: int,
+    runs: int,
+    rounds: int,
+    check_cancel: Callable[[], None] | None,
+) -> LatencyResult:
+    """One model's latency alone (the network only), in the torch-free child harness."""
+    return measure_latency_isolated(
+        [onnx_path],
+        input_shapes=(batch_size, *model.input_shape),
+        threads=threads,
+        warmup=warmup,
+        runs=runs,
+        rounds=rounds,
+        should_cancel=_as_poll(check_cancel),
+    )[0]
 
 
 def _as_poll(check_cancel: Callable[[], None] | None) -> Callable[[], bool] | None:

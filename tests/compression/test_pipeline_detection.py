@@ -254,3 +254,26 @@ def test_a_detector_without_a_raw_export_is_refused_before_anything_is_written(
     with pytest.raises(ConfigError, match=r"fasterrcnn detector has no raw-output ONNX export"):
         run_recipe(recipe, model, scenes, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_measure_model_alone_times_a_detector_and_a_classifier(
+    scenes: DetectionBundle, tmp_path: Path
+) -> None:
+    """measure_model with latency on (the pipeline itself times all states interleaved): a
+    detector gets the network-alone and end-to-end latency, a classifier the network's."""
+    from compression.metrics import measure_model
+
+    timing = {"latency_runs": 3, "warmup": 1, "threads": 1, "rounds": 1}
+    det = measure_model(_yolo(), scenes, tmp_path / "det", **timing)  # type: ignore[arg-type]
+    assert det.task == "detection" and det.latency is not None and det.latency_e2e is not None
+    assert det.latency.p50_ms > 0 and det.latency_e2e.p50_ms > 0
+    digits = load_digits(size=8)
+    torch.manual_seed(0)
+    lenet = ModelState(
+        module=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)),
+        input_shape=(1, 8, 8),
+        num_classes=10,
+    )
+    cls = measure_model(lenet, digits, tmp_path / "cls", **timing)  # type: ignore[arg-type]
+    assert cls.task == "classification" and cls.latency is not None and cls.latency.p50_ms > 0
+    assert cls.latency_e2e is None
