@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compression.errors import StageScopeError
+from compression.errors import ConfigError, StageScopeError
+from compression.model_facts import ModelFacts
 from compression.stage import StageContext
 
 
@@ -70,3 +71,12 @@ def finish(module: nn.Module) -> nn.Module:
 def history_metrics(history: list[dict[str, float]]) -> dict[str, float]:
     """The last epoch's validation accuracy, when there was training."""
     return {"val_acc": history[-1]["val_acc"]} if history else {}
+
+
+def require_yolo_detector(facts: ModelFacts, why: str) -> None:
+    """Refuse a detector of another family than YOLO (when its architecture is known): the
+    method reads YOLO heads; ``why`` completes the sentence."""
+    if facts.arch is not None and "yolo" not in facts.arch:
+        raise ConfigError(
+            "method", f"{facts.label} is a detection model of another family than YOLO; {why}"
+        )

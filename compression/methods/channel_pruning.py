@@ -41,6 +41,7 @@ from compression.methods._common import (
     finish,
     layer_kind,
     prunable_layers,
+    require_yolo_detector,
     torch_module,
 )
 from compression.methods.distillation import teacher_kd_loss
@@ -1074,12 +1075,7 @@ def check_model(facts: ModelFacts, cfg: ChannelPruningConfig) -> None:
     naming layers the model does not have, and on a detector anything but a YOLO with a
     data-free importance, before anything runs."""
     if facts.task == "detection":
-        if facts.arch is not None and "yolo" not in facts.arch:
-            raise ConfigError(
-                "method",
-                f"{facts.label} is a detection model of another family than YOLO; "
-                "channel_pruning protects only YOLO heads so far",
-            )
+        require_yolo_detector(facts, "channel_pruning protects only YOLO heads so far")
         why = _detector_refusal(cfg, facts.label)
         if why is not None:
             field = "importance" if cfg.importance == "dynamic" else "recovery_distillation"

@@ -57,6 +57,7 @@ from compression.methods._common import (
     detection_heads,
     finish,
     history_metrics,
+    require_yolo_detector,
     torch_module,
 )
 from compression.model_facts import CONV_KINDS, ModelFacts
@@ -1118,12 +1119,9 @@ def check_model(facts: ModelFacts, cfg: DistillationConfig) -> None:
     the classifier-only terms (inter-class consistency, the penultimate hint, named layers).
     """
     if facts.task == "detection":
-        if facts.arch is not None and "yolo" not in facts.arch:
-            raise ConfigError(
-                "method",
-                f"{facts.label} is a detection model of another family than YOLO; "
-                "detection-aware distillation reads the raw per-level maps of YOLO heads",
-            )
+        require_yolo_detector(
+            facts, "detection-aware distillation reads the raw per-level maps of YOLO heads"
+        )
         why = _detector_config_refusal(cfg, facts.label)
         if why is not None:
             raise ConfigError(f"config.{why[0]}", why[1])
