@@ -8,15 +8,19 @@ Per large weight tensor (a Conv or Gemm/MatMul weight of at least ``min_elements
   ``index_bits`` bits, with a filler entry when a gap overflows (Han et al. 2016, section 2);
 - otherwise, or when the shared form would be larger, the tensor is stored raw.
 
-The symbols are canonical-Huffman coded in streams (format version 3 and 4) that several layers
+The symbols are canonical-Huffman coded in streams (format version 3 and up) that several layers
 share, one code table per stream: each codebook is ordered by how often its values occur, so that the
 cluster-index distributions of different layers line up, and streams of one role (cluster
 indices, or relative indices) are merged greedily for as long as a merge makes the file smaller
 (a table and a section entry saved against the bits a shared code costs). Relative-index widths
 are the caller's, or chosen per layer (``0`` = the width whose own code is the shortest).
-Format 4 (the default) writes each stream in the fewest bytes of: fixed-width symbols (no
-table), or a canonical Huffman code over blocks of 1 to 4 symbols (an extended alphabet, which
-cuts the whole-bit redundancy of a skewed stream), with a sparse, delta-coded code-length table.
+Formats 4 and 5 (the default) write each stream as fixed-width symbols (no table) or a canonical
+Huffman code over blocks of 1 to 4 symbols (format 4) or 1 to 8 (format 5) as one extended
+alphabet symbol (which cuts the whole-bit redundancy of a skewed stream), with a sparse,
+delta-coded code-length table. The mode is the encoder's policy (:data:`ENTROPY_MARGIN`): the
+fewest bytes among the modes whose codes are within 2% of the symbols' entropy, the fewest bytes
+of all only when none is. The file is version 4 unless a stream needs a block of 5 to 8 symbols
+to get within the 2%: the writer writes the lowest version that carries the container.
 
 Biases, BatchNorm parameters and every other small tensor stay inside the ONNX graph, which is
 stored DEFLATE-compressed with its large initializers replaced by external-data references.
@@ -61,6 +65,7 @@ from compression.container import (
     MAGIC,
     MAX_BLOCK,
     MAX_BLOCK_ALPHABET,
+    MAX_BLOCK_BY_VERSION,
     MAX_CODE_LENGTH,
     MAX_CODEBOOK_SIZE,
     MAX_INDEX_BITS,
@@ -78,6 +83,15 @@ from compression.container import (
 from compression.errors import ConfigError, InvalidModelError
 
 DATA_ALIGNMENT = 64  # every tensor starts on a 64-byte boundary of weights.bin
+# The encoder's policy for a format 4 or 5 stream (issue 12: "Huffman streams within 2% of the
+# empirical entropy of the symbols they code"). A mode is *within the margin* when its payload,
+# the bits of its codes alone, is at most (1 + ENTROPY_MARGIN) x n x H, n the stream's symbols
+# and H the entropy of their own frequencies in bits per symbol (a stream of one symbol: 0 bits).
+# Modes within the margin are preferred and the fewest total bytes (header, table, codes) wins
+# among them; only when no mode is within does the fewest total bytes win outright. Fixed width
+# is within the margin only when the symbols are close to uniform over a power-of-two range.
+ENTROPY_MARGIN = 0.02
+_V4_BLOCK = MAX_BLOCK_BY_VERSION[4]  # format 4's longest block; longer ones need format 5
 # A stream is decoded in one piece (about 20 bytes of decoder memory per coded bit), so layers
 # are not merged into a stream past this many symbols; a larger layer keeps a stream of its own.
 MAX_STREAM_SYMBOLS = 1 << 20
@@ -96,9 +110,10 @@ class StreamStats:
     table_bytes: int  # of which the table (alphabet size and code lengths)
     role: str = ""  # values (cluster indices) | gaps (relative indices)
     layers: tuple[str, ...] = ()  # the tensors whose symbols it holds, in order
-    # how the stream codes (format 4): 0 fixed width, k >= 1 Huffman over blocks of k symbols
+    # how the stream codes (format 4 and 5): 0 fixed width, k >= 1 Huffman over blocks of k
+    # symbols (k <= 4 in format 4, <= 8 in format 5)
     mode: int = 1
-    table_bits: int = 0  # the code-length table alone (format 4: exact; 2 and 3: its bytes x 8)
+    table_bits: int = 0  # the code-length table alone (format 4, 5: exact; 2, 3: its bytes x 8)
     payload_bits: int = 0  # the codes alone: no header, no table, no padding
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,9 +223,24 @@ def entropy_bits(symbols: np.ndarray) -> float:
     """Empirical entropy in bits per symbol of a uint8 array (0 for an empty one)."""
     if symbols.size == 0:
         return 0.0
-    counts = np.bincount(symbols, minlength=256).astype(np.float64)
-    p = counts[counts > 0] / symbols.size
+    return _counts_entropy(np.bincount(symbols, minlength=256))
+
+
+def _counts_entropy(counts: np.ndarray) -> float:
+    """Entropy in bits per symbol of the distribution ``counts`` (0 when empty)."""
+    total = float(counts.sum())
+    if total <= 0:
+        return 0.0
+    p = counts[counts > 0].astype(np.float64) / total
     return float(-(p * np.log2(p)).sum())
+
+
+def entropy_limit_bits(counts: np.ndarray) -> float:
+    """The most payload bits a stream with symbol ``counts`` may take and be within
+    :data:`ENTROPY_MARGIN` of its entropy: ``(1 + margin) x n x H`` (0 for zero entropy, with
+    a hair of slack for floating point)."""
+    n = float(counts.sum())
+    return (1 + ENTROPY_MARGIN) * n * _counts_entropy(counts) + 1e-6
 
 
 def huffman_lengths(counts: np.ndarray) -> np.ndarray:
@@ -280,8 +310,9 @@ def huffman_encode(symbols: np.ndarray) -> bytes:
 def stream_bytes(counts: np.ndarray, version: int = FORMAT_VERSION) -> int:
     """Bytes of a stream (header, table, codes, padding) for symbol counts, without coding it.
 
-    For format 4 the cheaper of a fixed-width stream and a Huffman code of single symbols (what
-    blocks of symbols would save needs the symbols' order, not their counts).
+    For format 4 and 5, of a fixed-width stream and a Huffman code of single symbols, the one
+    the encoder's policy would pick (:func:`encode_stream_v4`; what blocks of symbols would
+    change needs the symbols' order, not their counts).
     """
     used = np.flatnonzero(counts)
     alphabet = int(used.max()) + 1 if used.size else 1
@@ -293,17 +324,18 @@ def stream_bytes(counts: np.ndarray, version: int = FORMAT_VERSION) -> int:
         huff = StreamPlan(
             1, 2, len(table_v4_bits(lengths)), int((counts[:alphabet] * lengths).sum())
         )
-        return min(fixed.total_bytes, huff.total_bytes)
+        plans = [fixed, huff]
+        return plans[_pick(plans, entropy_limit_bits(counts))].total_bytes
     lengths = huffman_lengths(counts[:alphabet])
     return len(huffman_table(lengths)) + _ceil_bytes(int((counts[:alphabet] * lengths).sum()))
 
 
-# --- format 4 streams ------------------------------------------------------------------------
+# --- format 4 and 5 streams -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class StreamPlan:
-    """A format 4 stream's layout and its exact size, before any bit is written."""
+    """A format 4 or 5 stream's layout and its exact size, before any bit is written."""
 
     mode: int  # 0 fixed width (STREAM_FIXED), or k: Huffman over blocks of k symbols
     header_bytes: int  # 3 (mode, smallest, largest) or 2 (mode, alphabet - 1)
@@ -363,48 +395,107 @@ def _fixed_plan(counts: np.ndarray) -> StreamPlan:
 
 
 def _huffman_plan(
-    symbols: np.ndarray, k: int, alphabet: int, best_bits: float
-) -> tuple[StreamPlan, np.ndarray, np.ndarray] | None:
-    """The Huffman plan over blocks of ``k``, or None when it cannot beat ``best_bits``."""
-    blocks = block_symbols(symbols, k, alphabet)
-    counts = np.bincount(blocks, minlength=alphabet**k)
-    used = counts[counts > 0]
-    # a lower bound: the blocks' entropy, and at least 2 table bits per coded block symbol
-    p = used / blocks.size
-    if float(blocks.size * -(p * np.log2(p)).sum()) + 2 * used.size >= best_bits:
-        return None
+    blocks: np.ndarray, counts: np.ndarray, k: int
+) -> tuple[StreamPlan, np.ndarray, np.ndarray]:
+    """The Huffman plan over blocks of ``k`` symbols, given the blocks and their counts."""
     lengths = huffman_lengths(counts)
     plan = StreamPlan(k, 2, len(table_v4_bits(lengths)), int((counts * lengths).sum()))
     return plan, lengths, blocks
 
 
-def encode_stream_v4(
-    symbols: np.ndarray, modes: tuple[int, ...] | None = None
-) -> tuple[bytes, StreamPlan, np.ndarray]:
-    """A format 4 stream for ``symbols``: the fewest bytes of the allowed ``modes``.
+_Candidate = tuple[StreamPlan, np.ndarray | None, np.ndarray | None]
 
-    Modes are 0 (fixed width) and 1 to 4 (Huffman over blocks of that many symbols, while the
-    block alphabet ``A^k`` stays within 65,536); by default all of them, ties to the lower mode.
-    Returns the bytes, the plan and the bits each code (block) takes, in order.
+
+def _pick(plans: list[StreamPlan], limit_bits: float) -> int:
+    """The encoder's policy: the index of the plan to write among ``plans``.
+
+    Plans whose payload is within ``limit_bits`` (:func:`entropy_limit_bits`) come first; among
+    them, and only when none is, among all, the fewest total bytes wins, ties to the lower mode.
+    """
+    ok = [i for i, p in enumerate(plans) if p.payload_bits <= limit_bits]
+    pool = ok or list(range(len(plans)))
+    return min(pool, key=lambda i: (plans[i].total_bytes, plans[i].mode))
+
+
+def _add_block_plans(
+    candidates: list[_Candidate],
+    symbols: np.ndarray,
+    alphabet: int,
+    ks: list[int],
+    limit_bits: float,
+    *,
+    only_within: bool,
+) -> None:
+    """Append the Huffman plans over blocks of each ``k`` in ``ks`` that can still be chosen.
+
+    A plan is built only when it could win under :func:`_pick`, judged by a lower bound that
+    costs a bincount: its payload is at least the blocks' own entropy (no prefix code beats
+    it), and its table at least 2 bits per coded block symbol. With ``only_within`` a plan
+    counts only if its payload is within ``limit_bits``.
+    """
+    for k in ks:
+        if alphabet**k > MAX_BLOCK_ALPHABET:
+            continue
+        blocks = block_symbols(symbols, k, alphabet)
+        counts = np.bincount(blocks, minlength=alphabet**k)
+        used = counts[counts > 0]
+        p = used / blocks.size
+        payload_floor = float(blocks.size * -(p * np.log2(p)).sum()) * (1 - 1e-9)
+        floor_bits = 16 + payload_floor + 2 * used.size
+        may_be_within = payload_floor <= limit_bits
+        within = [8 * c[0].total_bytes for c in candidates if c[0].payload_bits <= limit_bits]
+        best_within = min(within, default=math.inf)
+        best_any = min((8 * c[0].total_bytes for c in candidates), default=math.inf)
+        if may_be_within:
+            if floor_bits >= best_within:
+                continue
+        elif only_within or within or floor_bits >= best_any:
+            continue  # it cannot be within the limit, and cannot be the fewest bytes either
+        candidates.append(_huffman_plan(blocks, counts, k))
+
+
+def encode_stream_v4(
+    symbols: np.ndarray, modes: tuple[int, ...] | None = None, *, max_block: int = MAX_BLOCK
+) -> tuple[bytes, StreamPlan, np.ndarray]:
+    """A format 4 or 5 stream for ``symbols``, in the mode the encoder's policy picks.
+
+    Modes are 0 (fixed width) and 1 to ``max_block`` (Huffman over blocks of that many symbols,
+    while the block alphabet ``A^k`` stays within 65,536); by default all of them. The policy
+    (:data:`ENTROPY_MARGIN`): among the modes of blocks of at most 4 symbols (format 4's), those
+    whose payload is within 2% of ``n x H`` come first and the fewest total bytes wins among
+    them; only when none is within does the fewest total bytes of all of them win, and only then
+    are blocks of 5 to ``max_block`` symbols (format 5's) tried, taken when one of them is
+    within the 2% (again the fewest bytes of those). A container thus needs format 5 only where
+    the 2% does. Ties go to the lower mode. Returns the bytes, the plan and the bits each code
+    (block) takes, in order.
     """
     symbols = np.asarray(symbols, dtype=np.int64)
-    allowed = tuple(range(MAX_BLOCK + 1)) if modes is None else modes
+    if not 1 <= max_block <= MAX_BLOCK:
+        raise ConfigError("max_block", f"must be between 1 and {MAX_BLOCK}, got {max_block}")
+    allowed = tuple(range(max_block + 1)) if modes is None else modes
+    if any(not 0 <= m <= max_block for m in allowed):
+        raise ConfigError("modes", f"must be between 0 and {max_block}, got {allowed}")
     alphabet = int(symbols.max()) + 1 if symbols.size else 1
     counts = np.bincount(symbols, minlength=alphabet)
-    candidates: list[tuple[StreamPlan, np.ndarray | None, np.ndarray | None]] = []
+    limit = entropy_limit_bits(counts)
+    short = [k for k in allowed if 1 <= k <= _V4_BLOCK]
+    long = [k for k in allowed if k > _V4_BLOCK]
+    candidates: list[_Candidate] = []
     if STREAM_FIXED in allowed or not symbols.size:
         candidates.append((_fixed_plan(counts), None, None))
     if symbols.size:
-        for k in range(1, MAX_BLOCK + 1):
-            if k not in allowed or alphabet**k > MAX_BLOCK_ALPHABET:
-                continue
-            best = min((8 * c[0].total_bytes for c in candidates), default=math.inf)
-            found = _huffman_plan(symbols, k, alphabet, best)
-            if found is not None:
-                candidates.append(found)
+        _add_block_plans(candidates, symbols, alphabet, short, limit, only_within=False)
+        if long and not any(c[0].payload_bits <= limit for c in candidates):
+            # with no shorter mode allowed at all (``modes`` of long blocks only), bytes decide
+            fallback = bool(candidates)
+            longer: list[_Candidate] = []
+            _add_block_plans(longer, symbols, alphabet, long, limit, only_within=fallback)
+            if fallback:
+                longer = [c for c in longer if c[0].payload_bits <= limit]
+            candidates = longer or candidates
     if not candidates:
         raise ConfigError("modes", f"no allowed stream mode codes these symbols: {allowed}")
-    plan, lengths, blocks = min(candidates, key=lambda c: (c[0].total_bytes, c[0].mode))
+    plan, lengths, blocks = candidates[_pick([c[0] for c in candidates], limit)]
     if lengths is None or blocks is None:  # fixed width
         lo = int(symbols.min()) if symbols.size else 0
         hi = int(symbols.max()) if symbols.size else 0
@@ -443,7 +534,7 @@ def _stream_stats(
     layers: tuple[str, ...],
     plan: StreamPlan | None = None,
 ) -> StreamStats:
-    """A stream's numbers: ``plan`` for format 4; without it, a format 2/3 stream's table."""
+    """A stream's numbers: ``plan`` for format 4 and 5; without it, a format 2/3 stream's table."""
     h = entropy_bits(symbols)
     if plan is None:
         table_bytes = huffman_table_bytes(coded[0] + 1, coded[1] & 0x0F)
@@ -685,8 +776,13 @@ def encode_onnx(
     layers use ``conv_index_bits`` and fully connected ones ``fc_index_bits`` (the paper's 8 and
     5). A width of 0 chooses, per layer, the width whose gap stream codes in the fewest bytes.
     A tensor with more than ``2**max_codebook_bits`` distinct non-zero values is stored raw.
-    ``format_version`` 2 writes every layer's two streams inside its own section, for a decoder
-    that reads version 2 only; the default (3) shares streams between layers.
+    ``format_version`` is the newest container format the writer may use, and it writes the
+    lowest that carries the container: with the default (5) that is version 4 unless a stream
+    codes blocks of 5 to 8 symbols (what the encoder does only where no shorter block gets the
+    stream within :data:`ENTROPY_MARGIN` of its entropy). 4 never writes such blocks (for agents
+    before 0.8.0); 3 writes format 3's single-symbol streams, shared between layers; 2 writes
+    every layer's two streams inside its own section, for a decoder that reads version 2 only.
+    ``ContainerStats.version`` is the version written.
     """
     if index_bits is not None:
         conv_index_bits = fc_index_bits = index_bits
@@ -798,7 +894,9 @@ def encode_onnx(
         stream = np.concatenate([getattr(t, role) for t in members])
         names = tuple(t.name for t in members)
         if format_version >= 4:
-            coded, plan4, code_bits = encode_stream_v4(stream)
+            coded, plan4, code_bits = encode_stream_v4(
+                stream, max_block=MAX_BLOCK_BY_VERSION[format_version]
+            )
             stream_stats.append(_stream_stats(stream, coded, role, names, plan4))
             # a code (of a block of k symbols) counts for the layer its first symbol is in
             per = max(plan4.mode, 1)
@@ -816,6 +914,10 @@ def encode_onnx(
             coded_by_layer[(t.name, role)] = coded
             layer_syms[(t.name, role)] = _layer_symbols(getattr(t, role), sid, layer_bits)
 
+    # The lowest version that carries the container: 5 only for a block of more than 4 symbols.
+    version = format_version
+    if format_version >= 4:
+        version = 5 if any(st.mode > MAX_BLOCK_BY_VERSION[4] for st in stream_stats) else 4
     sections: list[_Section] = []
     layers: list[LayerStats] = []
     for t in tensors:
@@ -935,7 +1037,7 @@ def encode_onnx(
     all_sections += sections
     if data_length + len(graph_raw) >= 1 << 32 or sum(len(s.body) for s in all_sections) >= 1 << 31:
         raise InvalidModelError(
-            f"{onnx_path.name} is too large for a container: format version {format_version} "
+            f"{onnx_path.name} is too large for a container: format version {version} "
             "stores sizes in 32 bits (4 GiB), and the decoder's caps are lower still."
         )
     table = b"".join(
@@ -947,7 +1049,7 @@ def encode_onnx(
     payload = table + b"".join(s.body for s in all_sections)
     header = HEADER.pack(
         MAGIC,
-        format_version,
+        version,
         HEADER_SIZE,
         len(all_sections),
         len(payload),
@@ -963,7 +1065,7 @@ def encode_onnx(
     streams_total = len(streams_body)
     return ContainerStats(
         path=str(out_path),
-        version=format_version,
+        version=version,
         layers=tuple(layers),
         header_bytes=HEADER_SIZE + len(table),
         graph_bytes=len(graph_body),

@@ -534,8 +534,10 @@ class AgentTooOld(NoTargets):
 
 # The first agent version that decodes each container format: 0.2.0 read format 2 only; 0.3.0
 # reads format 3 (streams shared between layers) and 2; 0.7.0 reads format 4 (compact tables,
-# block codes, fixed-width streams), 3 and 2. The server writes format 4.
-CONTAINER_AGENT_BY_VERSION = {2: (0, 2, 0), 3: (0, 3, 0), 4: (0, 7, 0)}
+# block codes, fixed-width streams), 3 and 2; 0.8.0 reads format 5 (blocks of up to 8 symbols)
+# and all of those. The studio writes format 4, or 5 only for a container with a stream coded in
+# blocks of 5 to 8 symbols, and a container is judged by the version in its own header.
+CONTAINER_AGENT_BY_VERSION = {2: (0, 2, 0), 3: (0, 3, 0), 4: (0, 7, 0), 5: (0, 8, 0)}
 CONTAINER_AGENT = CONTAINER_AGENT_BY_VERSION[max(CONTAINER_AGENT_BY_VERSION)]
 
 

@@ -6,9 +6,11 @@ the cluster index of every non-zero weight and its position as a relative index 
 ``index_bits`` bits, with filler entries when a gap overflows). Since format version 3 the
 streams are sections of their own, each shared by every layer of one kind (one code table for
 all of them); version 2 kept two streams inside every layer's section and is still read.
-Version 4 (written now) gives every stream a compact, delta-coded table and lets it code blocks
-of 2 to 4 symbols as one (extended-alphabet Huffman) or store fixed-width symbols; versions 2
-and 3 are still read.
+Version 4 gives every stream a compact, delta-coded table and lets it code blocks of 2 to 4
+symbols as one (extended-alphabet Huffman) or store fixed-width symbols. Version 5 is version 4
+with blocks of up to 8 symbols; the writer uses it only for a container that has such a block
+(a low-entropy stream that no shorter block codes within 2% of its entropy), and writes version 4
+otherwise. Versions 2 to 5 are read.
 ``docs/container-format.md`` describes the bytes; :mod:`compression.weight_coding` writes them;
 this module reads them back.
 
@@ -60,8 +62,13 @@ MAGIC = b"ESDC\r\n\x1a\n"  # like PNG's: a text-mode transfer or a truncation to
 # table without byte alignment, and a stream may code blocks of 2 to 4 symbols as one
 # extended-alphabet symbol (a skewed stream's whole-bit Huffman redundancy shrinks with the
 # block) or store its symbols at a fixed width with no table. Versions 2 and 3 are still read.
-FORMAT_VERSION = 4
-SUPPORTED_VERSIONS = (2, 3, 4)
+# Version 5 changes one thing: a stream's block may be 5 to 8 symbols long (mode bytes 5 to 8;
+# the extended alphabet A^k stays within MAX_BLOCK_ALPHABET and codes within 15 bits), so a
+# binary stream of entropy well under a bit per symbol codes within a few percent of it. The
+# writer writes the lowest version that can carry the container: 5 only when a stream uses such
+# a block, and a version 4 file never does (a decoder refuses modes 5 to 8 there).
+FORMAT_VERSION = 5  # the newest version, which the writer uses only when it must
+SUPPORTED_VERSIONS = (2, 3, 4, 5)
 HEADER = struct.Struct(
     "<8sHHIIII32s"
 )  # magic, version, header length, sections, payload, graph, data, sha256
@@ -95,9 +102,11 @@ CODING_NAMES = {
     CODING_HUFFMAN: "huffman",
     CODING_STREAMS: "streams",
 }
-STREAM_FIXED = 0  # version 4 stream mode: fixed-width symbols, no table (1 to 4: block length)
-MAX_BLOCK = 4  # version 4: at most 4 symbols per extended-alphabet Huffman symbol
-MAX_BLOCK_ALPHABET = 1 << 16  # version 4: A^k, the extended alphabet, is at most 65,536 symbols
+STREAM_FIXED = 0  # version 4+ stream mode: fixed-width symbols, no table (k >= 1: block length)
+# The longest block (symbols per extended-alphabet Huffman symbol) each stream layout allows.
+MAX_BLOCK_BY_VERSION = {4: 4, 5: 8}
+MAX_BLOCK = MAX_BLOCK_BY_VERSION[FORMAT_VERSION]  # 8, in version 5
+MAX_BLOCK_ALPHABET = 1 << 16  # version 4+: A^k, the extended alphabet, is at most 65,536 symbols
 MAX_STREAMS = 255  # the streams section counts its streams in a byte; tensors name them in one
 ROLE_VALUES, ROLE_GAPS = "cluster-index", "relative-index"
 
@@ -348,7 +357,8 @@ def _verify(
         if header.version >= 4 and kind == KIND_SHARED and coding == CODING_HUFFMAN:
             raise ContainerError(
                 f"{label.capitalize()} keeps Huffman streams of its own (coding 2), which format "
-                f"version 4 does not allow: its symbols belong in the streams section."
+                f"version {header.version} does not allow: its symbols belong in the streams "
+                "section."
             )
         if kind == KIND_STREAM:
             if coding != CODING_HUFFMAN:
@@ -684,13 +694,16 @@ def _decode_fixed(data: bytes, count: int, what: str) -> np.ndarray:
     return (offsets + lo).astype(np.uint8)
 
 
-def decode_stream_v4(stream: memoryview | bytes, count: int, what: str) -> np.ndarray:
-    """Decode ``count`` symbols from a version 4 stream (see docs/container-format.md).
+def decode_stream_v4(
+    stream: memoryview | bytes, count: int, what: str, version: int = 4
+) -> np.ndarray:
+    """Decode ``count`` symbols from a version 4 or 5 stream (see docs/container-format.md).
 
-    Byte 0 is the mode: 0 stores the symbols at a fixed width (no table); 1 to 4 is the block
-    length k of a canonical Huffman code over blocks of k symbols (A^k block symbols, A the
-    alphabet in byte 1). The sparse, delta-coded table is read and checked to be a prefix code
-    before any code is decoded; the last block's padding symbols must be 0.
+    Byte 0 is the mode: 0 stores the symbols at a fixed width (no table); 1 to 4 (version 4) or
+    1 to 8 (version 5) is the block length k of a canonical Huffman code over blocks of k
+    symbols (A^k block symbols, A the alphabet in byte 1). The sparse, delta-coded table is read
+    and checked to be a prefix code before any code is decoded; the last block's padding symbols
+    must be 0.
     """
     data = bytes(stream)
     if len(data) < 2:
@@ -698,10 +711,17 @@ def decode_stream_v4(stream: memoryview | bytes, count: int, what: str) -> np.nd
     mode = data[0]
     if mode == STREAM_FIXED:
         return _decode_fixed(data, count, what)
-    if not 1 <= mode <= MAX_BLOCK:
+    longest = MAX_BLOCK_BY_VERSION.get(version, MAX_BLOCK_BY_VERSION[4])
+    if longest < mode <= MAX_BLOCK:
+        raise ContainerError(
+            f"The stream of {what} codes blocks of {mode} symbols (mode {mode}), which format "
+            f"version 5 introduced; a version {version} container codes blocks of 1 to "
+            f"{longest} symbols only."
+        )
+    if not 1 <= mode <= longest:
         raise ContainerError(
             f"The stream of {what} has unknown mode {mode}; 0 (fixed width) and 1 to "
-            f"{MAX_BLOCK} (Huffman over blocks of that many symbols) are defined."
+            f"{longest} (Huffman over blocks of that many symbols) are defined."
         )
     k, alphabet = mode, data[1] + 1
     n_sym = alphabet**k
@@ -762,9 +782,9 @@ def decode_stream_v4(stream: memoryview | bytes, count: int, what: str) -> np.nd
 
 
 def decode_stream(stream: memoryview | bytes, count: int, what: str, version: int) -> np.ndarray:
-    """A stream of a container of ``version``: the version 4 layout, or that of 2 and 3."""
+    """A stream of a container of ``version``: the layout of 4 and 5, or that of 2 and 3."""
     if version >= 4:
-        return decode_stream_v4(stream, count, what)
+        return decode_stream_v4(stream, count, what, version)
     return huffman_decode(stream, count, what)
 
 

@@ -403,15 +403,15 @@ def test_wrong_checksum_is_refused(blob: bytes, tmp_path: Path) -> None:
     _refused(bytes(bad), tmp_path, "checksum does not match")
 
 
-@pytest.mark.parametrize("version", [1, 5])
+@pytest.mark.parametrize("version", [1, 6])
 def test_unknown_version_is_refused(blob: bytes, tmp_path: Path, version: int) -> None:
-    # Version 1 (64-bit sizes) is as unknown to this decoder as a future version 5.
+    # Version 1 (64-bit sizes) is as unknown to this decoder as a future version 6.
     fields, entries, bodies = _split(blob)
     fields[1] = version
     _refused(
         _join(fields, entries, bodies),
         tmp_path,
-        f"format version {version}; this decoder reads versions 2, 3 and 4 only",
+        f"format version {version}; this decoder reads versions 2, 3, 4 and 5 only",
     )
 
 

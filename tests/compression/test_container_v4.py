@@ -1,4 +1,5 @@
-"""Container format 4's streams: compact tables, block (extended-alphabet) Huffman, fixed width."""
+"""Container format 4's streams: compact tables, block (extended-alphabet) Huffman, fixed width;
+format 5's blocks of 5 to 8 symbols, and the encoder's policy (within 2% of the entropy first)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ from onnx import helper, numpy_helper
 from compression.container import (
     HEADER,
     HEADER_SIZE,
+    SECTION_ENTRY,
+    SECTION_ENTRY_SIZE,
     ContainerError,
     decode_container,
     decode_stream_v4,
+    read_header,
 )
 from compression.weight_coding import (
+    ENTROPY_MARGIN,
     encode_onnx,
     encode_stream_v4,
     entropy_bits,
@@ -88,8 +93,10 @@ def test_the_compact_table_beats_format_3s_on_a_wide_alphabet() -> None:
 
 def test_bad_version_4_streams_are_refused() -> None:
     ok, _plan, _ = encode_stream_v4(_skewed(1000, [0.85, 0.1, 0.05]), modes=(2,))
-    with pytest.raises(ContainerError, match="unknown mode 5"):
-        decode_stream_v4(bytes([5]) + ok[1:], 1000, "test")
+    with pytest.raises(ContainerError, match=r"blocks of 5 symbols .* format version 5 introduced"):
+        decode_stream_v4(bytes([5]) + ok[1:], 1000, "test")  # a version 4 stream: blocks <= 4
+    with pytest.raises(ContainerError, match="unknown mode 9"):
+        decode_stream_v4(bytes([9]) + ok[1:], 1000, "test")
     with pytest.raises(ContainerError, match="over the cap of 65536"):
         decode_stream_v4(bytes([3, 255]) + ok[2:], 1000, "test")  # 256^3 block symbols
     with pytest.raises(ContainerError, match="runs past the end"):
@@ -167,3 +174,160 @@ def test_the_report_gives_each_streams_payload_and_table_apart(tmp_path: Path) -
             assert row["payload_overhead"] == pytest.approx(
                 st.payload_bits / (8 * st.entropy_bytes) - 1
             )
+
+
+# --- the encoder's policy and format 5 --------------------------------------------------------
+
+
+def _binary(n: int, p_one: float, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).random(n) < p_one).astype(np.uint8)
+
+
+def _within(payload_bits: int, symbols: np.ndarray) -> bool:
+    return payload_bits <= (1 + ENTROPY_MARGIN) * symbols.size * entropy_bits(symbols)
+
+
+def test_a_low_entropy_binary_stream_is_coded_within_two_percent_and_round_trips() -> None:
+    """Relative indices of 1 bit of a nearly dense layer: 1000 symbols, p(0) = 0.88 (0.53 bits
+    of entropy). Fixed width and single-symbol Huffman spend a bit per symbol (+89%)."""
+    symbols = _binary(1000, 0.12)
+    for mode in (0, 1):
+        _, plan, _ = encode_stream_v4(symbols, modes=(mode,))
+        assert not _within(plan.payload_bits, symbols)
+    coded, plan, _ = encode_stream_v4(symbols)
+    assert plan.mode >= 2 and _within(plan.payload_bits, symbols), plan
+    version = 5 if plan.mode > 4 else 4
+    assert np.array_equal(decode_stream_v4(coded, symbols.size, "test", version), symbols)
+
+
+def test_a_near_uniform_byte_stream_is_huffman_coded_though_fixed_width_is_fewer_bytes() -> None:
+    """402 cluster indices of an 8-bit codebook, close to uniform (VGG's first conv): 8-bit
+    fixed width takes 2.5% over the entropy and no table; the policy takes the Huffman code,
+    within 2%, at the price of its table."""
+    symbols = np.random.default_rng(0).integers(0, 256, 402).astype(np.uint8)
+    fixed, fixed_plan, _ = encode_stream_v4(symbols, modes=(0,))
+    assert not _within(fixed_plan.payload_bits, symbols)
+    coded, plan, _ = encode_stream_v4(symbols)
+    assert plan.mode == 1 and _within(plan.payload_bits, symbols), plan
+    assert len(coded) > len(fixed)  # chosen by the rule, not by bytes
+    assert np.array_equal(decode_stream_v4(coded, symbols.size, "test"), symbols)
+    # among modes within the margin bytes decide: a skewed stream is not moved to longer blocks
+    skewed = _skewed(5000, [0.5, 0.3, 0.2])
+    _, single, _ = encode_stream_v4(skewed, modes=(1,))
+    _, chosen, _ = encode_stream_v4(skewed)
+    assert chosen.total_bytes <= single.total_bytes
+
+
+def test_blocks_of_5_to_8_are_used_only_where_shorter_blocks_miss_the_margin() -> None:
+    symbols = _binary(1000, 0.05)  # 0.29 bits of entropy per symbol
+    _, short, _ = encode_stream_v4(symbols, max_block=4)
+    assert short.mode <= 4 and not _within(short.payload_bits, symbols)  # fewest bytes
+    coded, plan, _ = encode_stream_v4(symbols)
+    assert 5 <= plan.mode <= 8 and _within(plan.payload_bits, symbols), plan
+    assert np.array_equal(decode_stream_v4(coded, symbols.size, "test", 5), symbols)
+    with pytest.raises(ContainerError, match="format version 5 introduced"):
+        decode_stream_v4(coded, symbols.size, "test", 4)
+    # where blocks of at most 4 are within the margin, no longer block is tried
+    assert encode_stream_v4(_binary(1000, 0.12))[1].mode <= 4
+    # forced, every long block round-trips (the last block padded)
+    for k in range(5, 9):
+        odd = _binary(1001, 0.2, seed=k)
+        coded, plan, _ = encode_stream_v4(odd, modes=(k,))
+        assert plan.mode == k
+        assert np.array_equal(decode_stream_v4(coded, odd.size, "test", 5), odd)
+    with pytest.raises(ContainerError, match="unknown mode 9"):
+        decode_stream_v4(bytes([9]) + coded[1:], 1001, "test", 5)
+
+
+def _dense_binary_gaps_model(path: Path) -> None:
+    """A 1024-weight MatMul, 96% non-zero: with 1-bit relative indices its gap stream is
+    binary with p(1) about 0.04, which only blocks of 5 to 8 code within 2%."""
+    rng = np.random.default_rng(0)
+    w = np.array([-1.0, -0.5, 0.5, 1.0], dtype=np.float32)[rng.integers(0, 4, (256, 4))]
+    w[rng.random(w.shape) >= 0.96] = 0
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 256])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def _first_long_stream(blob: bytes) -> int:
+    """The file offset of the mode byte of the first stream coding blocks of more than 4."""
+    header, entries = read_header(blob)
+    at = HEADER_SIZE + header.section_count * SECTION_ENTRY_SIZE
+    for i, (_name, entry) in enumerate(entries):
+        kind = SECTION_ENTRY.unpack_from(blob, HEADER_SIZE + i * SECTION_ENTRY_SIZE)[0]
+        if kind == 4:  # the streams section: count, lengths, streams
+            count = blob[at]
+            lengths = np.frombuffer(blob, dtype="<u4", count=count, offset=at + 1)
+            start = at + 1 + 4 * count
+            for n in lengths.tolist():
+                if blob[start] > 4:
+                    return start
+                start += n
+        at += entry.body_length
+    raise AssertionError("no stream codes blocks of more than 4 symbols")
+
+
+def _resealed(
+    blob: bytes, *, version: int | None = None, patch: dict[int, int] | None = None
+) -> bytes:
+    data = bytearray(blob)
+    for offset, value in (patch or {}).items():
+        data[offset] = value
+    fields = list(HEADER.unpack_from(data))
+    if version is not None:
+        fields[1] = version
+    fields[7] = hashlib.sha256(data[HEADER_SIZE:]).digest()
+    return HEADER.pack(*fields) + bytes(data[HEADER_SIZE:])
+
+
+def test_the_writer_writes_version_5_only_for_a_long_block(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    _dense_binary_gaps_model(tmp_path / "m.onnx")
+    stats = encode_onnx(tmp_path / "m.onnx", tmp_path / "v5.esdc", fc_index_bits=1, min_elements=16)
+    assert stats.version == 5 and max(st.mode for st in stats.streams) > 4
+    gaps = next(st for st in stats.streams if st.role == "gaps")
+    assert gaps.payload_bits <= (1 + ENTROPY_MARGIN) * 8 * gaps.entropy_bytes
+    decoded = decode_container(stats.path, tmp_path / "out5")
+    assert decoded.version == 5
+    x = np.random.default_rng(1).random((3, 256), dtype=np.float32)
+    outs = []
+    for model in (tmp_path / "m.onnx", decoded.onnx_path):
+        sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        outs.append(sess.run(None, {"x": x})[0])
+    assert np.array_equal(outs[0], outs[1])
+    # capped at format 4 (agents before 0.8.0): blocks of at most 4, version 4, a few bytes more
+    v4 = encode_onnx(
+        tmp_path / "m.onnx", tmp_path / "v4.esdc", fc_index_bits=1, min_elements=16,
+        format_version=4,
+    )  # fmt: skip
+    assert v4.version == 4 and max(st.mode for st in v4.streams) <= 4
+    assert decode_container(v4.path, tmp_path / "out4").version == 4
+    # a container whose streams all code blocks of at most 4 is still written as version 4
+    _tiny_model(tmp_path / "t.onnx")
+    tiny = encode_onnx(tmp_path / "t.onnx", tmp_path / "t.esdc")
+    assert tiny.version == 4 and max(st.mode for st in tiny.streams) <= 4
+    assert read_header(Path(tiny.path))[0].version == 4
+
+
+def test_long_blocks_outside_version_5_and_blocks_of_9_are_refused(tmp_path: Path) -> None:
+    _dense_binary_gaps_model(tmp_path / "m.onnx")
+    stats = encode_onnx(tmp_path / "m.onnx", tmp_path / "v5.esdc", fc_index_bits=1, min_elements=16)
+    blob = Path(stats.path).read_bytes()
+    at = _first_long_stream(blob)
+    with pytest.raises(
+        ContainerError, match=r"blocks of \d symbols .* format version 5 introduced"
+    ):
+        decode_container(_resealed(blob, version=4), tmp_path / "as4")
+    assert not (tmp_path / "as4" / "model.onnx").exists()
+    with pytest.raises(ContainerError, match="unknown mode 9"):
+        decode_container(_resealed(blob, patch={at: 9}), tmp_path / "nine")
+    assert not (tmp_path / "nine" / "model.onnx").exists()

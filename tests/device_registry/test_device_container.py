@@ -102,6 +102,54 @@ def test_a_container_is_not_sent_to_an_agent_that_cannot_decode_it(tmp_path: Pat
     assert deployment(org, v3, old).pk
 
 
+def _container_v5(tmp_path: Path) -> Path:
+    """A container the writer must write in format 5: a 96%-dense layer with 1-bit relative
+    indices, whose binary gap stream only blocks of 5 to 8 symbols code within 2%."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = np.array([-1.0, -0.5, 0.5, 1.0], dtype=np.float32)[rng.integers(0, 4, (256, 4))]
+    w[rng.random(w.shape) >= 0.96] = 0
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "d.onnx"))
+    stats = encode_onnx(tmp_path / "d.onnx", tmp_path / "d.esdc", fc_index_bits=1, min_elements=16)
+    assert stats.version == 5
+    return Path(stats.path)
+
+
+def test_a_format_5_container_goes_only_to_agents_from_0_8_0(tmp_path: Path) -> None:
+    """The gate reads the stored container's own header: a format-5 file needs agent 0.8.0,
+    while a format-4 file (what the writer writes unless a stream needs blocks of 5 to 8) still
+    goes to 0.7.0 agents."""
+    org = make_organization()
+    v5 = services.artifact_create(
+        organization=org, name="d.esdc", file=io.BytesIO(_container_v5(tmp_path).read_bytes()),
+        format="container",
+    )  # fmt: skip
+    assert services.container_agent_needed(v5) == (0, 8, 0)
+    agent = _new_agent(org)  # 0.7.0
+    with pytest.raises(services.AgentTooOld, match=r"needs agent 0\.8\.0.*pi5 \(0\.7\.0\)"):
+        deployment(org, v5, agent)
+    v4 = services.artifact_create(
+        organization=org, name="m.esdc", file=io.BytesIO(_container(tmp_path).read_bytes()),
+        format="container",
+    )  # fmt: skip
+    assert services.container_agent_needed(v4) == (0, 7, 0)
+    assert deployment(org, v4, agent).pk
+    agent.agent_version = "0.8.0"
+    agent.save(update_fields=["agent_version"])
+    assert deployment(org, v5, agent).pk
+
+
 def _store(dep: Any, device: Any, data: dict[str, Any]) -> services.StoredResult:
     return services.deployment_result_store(
         device_id=device.pk,
