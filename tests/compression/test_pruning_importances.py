@@ -17,6 +17,7 @@ from compression.datasets import DatasetBundle, load_digits
 from compression.errors import ConfigError, StageScopeError
 from compression.macs import count_macs
 from compression.methods.channel_pruning import (
+    MAC_TOLERANCE,
     mac_schedule,
     ratio_schedule,
     recovery_kd_loss,
@@ -326,3 +327,44 @@ def test_statistics_pruning_reaches_a_mac_target_on_lenet_with_round_to_and_the_
     assert head.channels_after == head.channels_before == 10
     out = result.model.module(torch.zeros(2, *digits.input_shape))
     assert out.shape == (2, 10)
+
+
+@pytest.fixture(scope="module")
+def trained_lenet(digits: DatasetBundle) -> nn.Module:
+    torch.manual_seed(1)
+    lenet = create_model("lenet5", num_classes=10, in_channels=1)
+    train(lenet, digits, make_ctx(lenet, digits, Path("/nonexistent")), epochs=2, lr=0.05,
+          batch_size=32)  # fmt: skip
+    return lenet
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [("statistics_pruning", {}), ("channel_pruning", {"importance": "l1", "sparsity_epochs": 0})],
+)
+def test_lenet_lands_within_the_tolerance_of_a_2x_mac_target(
+    digits: DatasetBundle,
+    trained_lenet: nn.Module,
+    tmp_path: Path,
+    method: str,
+    extra: dict[str, Any],
+) -> None:
+    """One filter of LeNet-5's first conv is 14-50% of its MACs: a search that removes whatever
+    ranks weakest went to 4.2x when 2x was asked (statistics, 6 -> 1 filters). Every step must
+    land in [point, point * (1 + MAC_TOLERANCE)], the last one at the target."""
+    model = copy.deepcopy(trained_lenet)
+    macs_before = count_macs(model, digits.input_shape)
+    ctx = make_ctx(model, digits, tmp_path)
+    result = run_method(
+        method, ctx, target_mac_reduction=2.0, iterative_steps=3, finetune_epochs=1,
+        round_to=1, lr=0.02, batch_size=32, **extra,
+    )  # fmt: skip
+    assert result.model.module is not None
+    reached = macs_before / count_macs(result.model.module, digits.input_shape)
+    assert 2.0 <= reached <= 2.0 * (1 + MAC_TOLERANCE)
+    assert result.metrics["mac_reduction"] == pytest.approx(reached)
+    steps = [c[2]["mac_reduction"] for c in ctx.report.calls if "mac_reduction" in c[2]]  # type: ignore[attr-defined]
+    for got, point in zip(steps, mac_schedule(2.0, 3), strict=True):
+        assert point <= got <= point * (1 + MAC_TOLERANCE)
+    said = [c[1] for c in ctx.report.calls]  # type: ignore[attr-defined]
+    assert f"{reached:.2f}x fewer MACs (target 2.00x, within +5%)" in said
