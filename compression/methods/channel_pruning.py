@@ -624,7 +624,7 @@ class _Search:
     below the window is undone (the network before it is kept as a copy). An undone coarse move
     switches to unit moves; an undone unit move excludes its layer for the rest of this search,
     because that layer's next unit costs more MACs than are left to remove (one filter of
-    LeNet-5's first conv is 14-50% of its MACs), and the next-weakest channels of the other
+    LeNet-5's first conv is 14-40% of its MACs), and the next-weakest channels of the other
     layers go instead. The ranking decides the order; the budget decides how far it goes. If
     no move lands in the window, the undone move that overshot least is taken, so the target is
     still reached, and the stage says by how much it went past.
