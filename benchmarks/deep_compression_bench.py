@@ -591,6 +591,8 @@ def render(res: dict[str, Any]) -> str:
             continue
         rows = [(_written(runs), [s for r in runs for s in r["streams"]])]
         for v, label in ((4, "4, blocks of at most 4 (same models)"), (3, "3 (same models)")):
+            if v == 4 and all(r.get("container_version") == 4 for r in runs):
+                continue  # the runs wrote format 4 already: the same streams
             if all(r.get("format_2", {}).get(f"format_{v}") for r in runs):
                 old = [s for r in runs for s in r["format_2"][f"format_{v}"]["streams"]]
                 rows.insert(0, (label, old))
@@ -624,7 +626,8 @@ def render(res: dict[str, Any]) -> str:
         "of at most 4 (same models)* are each run's `precoding.onnx` written again in format 3 "
         "(single-symbol Huffman, fixed-width table fields) and by the current encoder capped at "
         "format 4 (what agents before 0.8.0 read), same index widths, so only the stream layout "
-        "differs. Which layers share a stream is decided on single-symbol costs (fixed width "
+        "differs (the second only where a run wrote format 5). Which layers share a stream is "
+        "decided on single-symbol costs (fixed width "
         "or single-symbol Huffman, picked by the same rule), as before.\n"
     )
     fmt2 = {
