@@ -225,10 +225,13 @@ def run(args: argparse.Namespace) -> int:
             say("migrating the database ...")
             subprocess.run([*manage, "migrate", "--noinput"], env=env, check=True,
                            stdout=subprocess.DEVNULL)  # fmt: skip
+            # Django's system checks ran once, in migrate, on this same environment; each run
+            # imports every URL module (torch and all), about 6 s of CPU, so the next two
+            # commands skip them.
             # Prints the one-time admin password on the first run only.
-            subprocess.run([*manage, "edgeslim_bootstrap"], env=env, check=True)
+            subprocess.run([*manage, "edgeslim_bootstrap", "--skip-checks"], env=env, check=True)
             # The agent's wheel, built now so the first device does not wait for it.
-            subprocess.run([*manage, "edgeslim_agent_wheel"], env=env, check=True)
+            subprocess.run([*manage, "edgeslim_agent_wheel", "--skip-checks"], env=env, check=True)
             web = stack.start("web", [py, "-m", "daphne", *listen, "webapp.asgi:application"], env)
             if not args.no_worker:
                 stack.start(
