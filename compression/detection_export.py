@@ -18,7 +18,15 @@ and ``max_detections`` per class, then the best ``max_detections`` per image —
 the graph). Torch's exporter would trace a per-image Python loop into a fixed batch instead.
 
 Faster R-CNN is a two-stage detector whose second stage reads the first stage's proposals; its
-"raw head outputs" are not a fixed tensor layout, so it is not exported here.
+"raw head outputs" are not a fixed tensor layout, so :func:`export_detector` does not take it.
+:func:`export_fasterrcnn` exports it whole instead, the way torchvision documents it (the
+TorchScript-based exporter, ``dynamo=False``, opset >= 11, an eval-mode model traced on a
+fixed-size image): RPN, RoI heads and torchvision's own post-processing (box decoding, score
+threshold, per-class NMS, ``detections_per_img``) are inside the graph, which returns
+detections (:data:`FRCNN_OUTPUTS`) for a batch of exactly one image. It carries no
+:class:`DetectorMeta` (there is nothing for the numpy post-processing to do), so the pipeline's
+inspection and the agent, which read that metadata, still refuse it;
+:func:`check_fasterrcnn_parity` compares its boxes with torch's.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from compression.detect_post import (
 from compression.onnx_export import INPUT_NAME, ExportError, export_onnx
 
 E2E_OUTPUTS = ("det_boxes", "det_scores", "det_classes", "det_batch")
+FRCNN_OUTPUTS = ("det_boxes", "det_scores", "det_classes")
 
 
 # --- metadata -------------------------------------------------------------------------------
@@ -675,6 +684,153 @@ def check_parity(
         numpy=numpy_agreement,
         end_to_end=e2e,
     )
+
+
+# --- Faster R-CNN: the whole model, post-processing included --------------------------------
+
+
+class FasterRCNNDetections(nn.Module):
+    """A torchvision Faster R-CNN as a module from one image to its detections.
+
+    Input: float ``(1, 3, S, S)`` in [0, 1]. Outputs (:data:`FRCNN_OUTPUTS`): ``det_boxes
+    (K, 4)`` xyxy input pixels, ``det_scores (K,)``, ``det_classes (K,)`` int64 data-set class
+    ids (torchvision's label minus the background's 1), best first, as the eval-mode model
+    returns them (score threshold, per-class NMS and ``detections_per_img`` applied).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.label_offset = int(getattr(model, "label_offset", 1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.model([x[0]])[0]
+        return out["boxes"], out["scores"], out["labels"] - self.label_offset
+
+
+def export_fasterrcnn(
+    model: nn.Module,
+    path: Path | str,
+    *,
+    opset: int = 17,
+    parity_images: torch.Tensor | np.ndarray | None = None,
+) -> Path:
+    """Write a torchvision Faster R-CNN (family ``fasterrcnn``) as one ONNX graph that returns
+    detections (:class:`FasterRCNNDetections`), batch 1 at the model's ``input_size``.
+
+    The TorchScript-based exporter traces the eval-mode model on one image (torchvision's
+    documented path; opset >= 11 for its RoIAlign and NMS). With ``parity_images`` (float
+    ``(N, 3, S, S)`` in [0, 1]) the file is kept only if :func:`check_fasterrcnn_parity` finds
+    the same boxes as torch on them.
+
+    Raises:
+        ExportError: not a Faster R-CNN, an opset below 11, the export failed, or the boxes do
+            not match torch's.
+    """
+    import warnings
+
+    from compression.detection_metrics import model_family
+
+    try:
+        family = model_family(model)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
+    if family != "fasterrcnn":
+        raise ExportError(
+            f"export_fasterrcnn takes a Faster R-CNN detector, not a {family} one; "
+            "use export_detector for YOLO and SSD"
+        )
+    if opset < 11:
+        raise ExportError(f"Faster R-CNN needs opset >= 11 (RoIAlign, NMS), got {opset}")
+    size = int(getattr(model, "input_size", 0))
+    if size <= 0:
+        raise ExportError("the Faster R-CNN declares no input_size")
+    module = FasterRCNNDetections(copy.deepcopy(model).to("cpu").eval()).eval()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    example = torch.zeros((1, 3, size, size), dtype=torch.float32)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the tracer's warnings on the per-image Python code
+            torch.onnx.export(
+                module,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                export_params=True,
+                opset_version=opset,
+                do_constant_folding=True,
+                input_names=[INPUT_NAME],
+                output_names=list(FRCNN_OUTPUTS),
+                dynamic_axes={name: {0: "K"} for name in FRCNN_OUTPUTS},
+            )
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"Faster R-CNN ONNX export failed: {type(exc).__name__}: {exc}") from exc
+    if parity_images is not None:
+        try:
+            parity = check_fasterrcnn_parity(model, tmp, parity_images)
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            raise ExportError(f"the exported Faster R-CNN does not run: {exc}") from exc
+        if not parity_ok(parity):
+            tmp.unlink(missing_ok=True)
+            raise ExportError(
+                "the ONNX Faster R-CNN's boxes do not match torch's: "
+                f"{parity.matched}/{max(parity.reference, parity.other)} matched, "
+                f"largest box difference {parity.max_box_diff:.3g} px"
+            )
+    tmp.replace(path)
+    return path
+
+
+def fasterrcnn_torch_detections(
+    model: nn.Module, images: torch.Tensor | np.ndarray
+) -> list[Detections]:
+    """The eval-mode torch model's detections on ``images`` (float ``(N, 3, S, S)`` in [0, 1]),
+    one image at a time, classes as data-set ids."""
+    module = FasterRCNNDetections(copy.deepcopy(model).to("cpu").eval()).eval()
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    out = []
+    with torch.no_grad():
+        for i in range(x.shape[0]):
+            boxes, scores, classes = module(x[i : i + 1])
+            out.append(
+                Detections(
+                    boxes=boxes.numpy().astype(np.float32).reshape(-1, 4),
+                    scores=scores.numpy().astype(np.float32),
+                    class_ids=classes.numpy().astype(np.int64),
+                )
+            )
+    return out
+
+
+def check_fasterrcnn_parity(
+    model: nn.Module, onnx_path: Path | str, images: torch.Tensor | np.ndarray
+) -> Agreement:
+    """Torch's Faster R-CNN detections against the :func:`export_fasterrcnn` graph's on
+    ``images``, one image per run (the graph's batch is 1)."""
+    x = np.ascontiguousarray(np.asarray(images, dtype=np.float32))
+    reference = fasterrcnn_torch_detections(model, x)
+    session = _session(onnx_path)
+    ours = []
+    for i in range(x.shape[0]):
+        boxes, scores, classes = session.run(list(FRCNN_OUTPUTS), {INPUT_NAME: x[i : i + 1]})
+        ours.append(
+            Detections(
+                boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                scores=np.asarray(scores, dtype=np.float32),
+                class_ids=np.asarray(classes, dtype=np.int64),
+            )
+        )
+    return compare_detections(reference, ours)
+
+
+def parity_ok(agreement: Agreement) -> bool:
+    """The parity bar every export is held to: at least 99% of the boxes matched, none more
+    than 0.05 px off."""
+    return agreement.matched_fraction >= 0.99 and agreement.max_box_diff <= 0.05
 
 
 # --- one call for the host measurement ------------------------------------------------------
