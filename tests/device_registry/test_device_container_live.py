@@ -145,6 +145,72 @@ def test_a_real_agent_decodes_a_container_then_benchmarks_and_evaluates_it(
     assert f"({stats.decoded_bytes} bytes)" in html and "Decode (time, peak RSS)" in html
 
 
+def _dense_mlp(path: Path) -> Path:
+    """Like :func:`_shared_mlp` but its first weight 96% non-zero with 4 shared values: with 1-bit
+    relative indices the gap stream is binary (p(1) about 0.04), which only blocks of 5 to 8
+    symbols code within 2%, so the container is format 5."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    codebook = np.array([-1.0, -0.5, 0.5, 1.0], dtype=np.float32)
+    w1 = codebook[rng.integers(0, 4, (64, 24))] * (rng.random((64, 24)) < 0.96)
+    w2 = rng.standard_normal((24, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["logits"]),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        initializer=[
+            numpy_helper.from_array(w1.astype(np.float32), "w1"),
+            numpy_helper.from_array(w2, "w2"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_real_agent_decodes_a_format_5_container(tmp_path: Path, daphne_server: Any) -> None:
+    """The agent of this tree (0.8.0) receives a format-5 container (a stream coded in blocks of
+    more than 4 symbols), decodes it and scores exactly like the source model."""
+    org = make_organization()
+    source = _dense_mlp(tmp_path / "mlp.onnx")
+    stats = encode_onnx(source, tmp_path / "mlp.esdc", min_elements=64, fc_index_bits=1)
+    assert stats.version == 5 and max(st.mode for st in stats.streams) > 4
+    npz = _eval_set(source, tmp_path / "eval.npz")
+    art = services.artifact_create(
+        organization=org, name="mlp.esdc", file=io.BytesIO(Path(stats.path).read_bytes()),
+        eval_file=io.BytesIO(npz.read_bytes()), format="container",
+    )  # fmt: skip
+    device, agent = _enrolled(tmp_path, daphne_server.base_url, org)
+    dep = services.deployment_create(
+        organization=org, artifact=art, target_kind="device", target_value=str(device.pk),
+        settings=BenchSettings(warmup=1, runs=3, batch_sizes=[1], accuracy=True),
+    )  # fmt: skip
+    agent.start()
+    try:
+        target = wait_for(
+            lambda: DeploymentTarget.objects.filter(deployment=dep, status__in=["succeeded", "failed"]).first(),
+            timeout=120, what="the deployment to finish", log=agent.output,
+        )  # fmt: skip
+    finally:
+        agent.stop()
+    assert target.status == "succeeded", (target.message, agent.output()[-3000:])
+    device.refresh_from_db()
+    assert device.agent_version == "0.8.0"
+    rows = {r.seq: r for r in DeploymentResult.objects.filter(deployment=dep)}
+    assert [rows[s].kind for s in sorted(rows)] == ["latency", "accuracy", "complete"]
+    assert rows[1].payload["container_bytes"] == stats.total_bytes
+    assert rows[1].payload["onnx_bytes"] == stats.decoded_bytes
+    assert (rows[2].payload["correct"], rows[2].payload["samples"]) == (80 - 7, 80)
+
+
 def test_a_container_the_decoder_refuses_is_reported_and_never_benchmarked(
     tmp_path: Path, daphne_server: Any
 ) -> None:
