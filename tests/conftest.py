@@ -120,6 +120,44 @@ def _unique_test_database() -> None:
 
 
 _unique_test_database()
+
+
+def _empty_tables_by_delete() -> None:
+    """Transactional tests empty every table after each test (Django's ``flush``). On PostgreSQL
+    that is one ``TRUNCATE`` of all the tables, which gives each table, index and TOAST table a
+    new file and waits for them on disk: 0.3 to 1.5 s a test here, for tables holding a few
+    rows. In this process only, the same flush takes the same ACCESS EXCLUSIVE locks (so, as
+    with TRUNCATE, a live worker's open transaction finishes first and none of its rows
+    survive) and DELETEs every row: ~20 ms. Sequences are not reset either way (the flush
+    asks for that only with ``reset_sequences``, which keeps TRUNCATE, as a CASCADE does);
+    the foreign keys Django makes are DEFERRABLE INITIALLY DEFERRED, so the order is free."""
+    from django.db.backends.postgresql.operations import DatabaseOperations
+
+    truncate = DatabaseOperations.sql_flush
+
+    def sql_flush(
+        self: Any,
+        style: Any,
+        tables: list[str],
+        *,
+        reset_sequences: bool = False,
+        allow_cascade: bool = False,
+    ) -> list[str]:
+        if reset_sequences or allow_cascade or not tables:
+            return truncate(  # type: ignore[no-any-return]
+                self, style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade
+            )
+        names = [self.quote_name(t) for t in tables]
+        return [
+            f"LOCK TABLE {', '.join(names)} IN ACCESS EXCLUSIVE MODE;",
+            "SET CONSTRAINTS ALL DEFERRED;",
+            *(f"DELETE FROM {name};" for name in names),
+        ]
+
+    DatabaseOperations.sql_flush = sql_flush
+
+
+_empty_tables_by_delete()
 # WhiteNoise warns about a missing STATIC_ROOT on every request; tests serve from the finders.
 os.makedirs(os.path.join(os.environ["EDGESLIM_DATA_DIR"], "static"), exist_ok=True)
 
