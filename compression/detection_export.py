@@ -49,6 +49,8 @@ from compression.detect_post import (
     DetectorMeta,
     postprocess,
 )
+from compression.detector_meta import meta_of_proto as meta_of_proto
+from compression.detector_meta import read_detector_meta as read_detector_meta
 from compression.onnx_export import INPUT_NAME, ExportError, export_onnx
 
 E2E_OUTPUTS = ("det_boxes", "det_scores", "det_classes", "det_batch")
@@ -105,26 +107,6 @@ def _set_meta(model: Any, meta: DetectorMeta) -> None:
     prop = model.metadata_props.add()
     prop.key = META_KEY
     prop.value = meta.to_json()
-
-
-def meta_of_proto(model: Any) -> DetectorMeta | None:
-    """The detection metadata of a parsed ``onnx.ModelProto``; None when it has none.
-
-    Raises:
-        DetectionError: the metadata is there but malformed.
-    """
-    for prop in model.metadata_props:
-        if prop.key == META_KEY:
-            return DetectorMeta.from_json(prop.value)
-    return None
-
-
-def read_detector_meta(onnx_path: Path | str) -> DetectorMeta | None:
-    """The detection metadata stored in an ONNX file (external data is never read); None for
-    a file without it (a classifier, or a detector exported elsewhere)."""
-    import onnx
-
-    return meta_of_proto(onnx.load(str(onnx_path), load_external_data=False))
 
 
 # --- SSD: torchvision's SSD as raw head outputs ---------------------------------------------

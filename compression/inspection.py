@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
-from compression.macs import count_macs, count_macs_per_module
-from compression.metrics import count_nonzero_params, count_params
+# torch (and the counters built on it) are imported inside the torch-module functions: the
+# upload inspector describes an ONNX file in a fresh process that should not import torch.
 
 
 @dataclass
@@ -48,6 +48,8 @@ class ModelInfo:
 
 
 def _kind(m: nn.Module) -> str | None:
+    from torch import nn
+
     if isinstance(m, nn.Conv2d):
         return "depthwise_conv" if m.groups > 1 and m.groups == m.in_channels else "conv"
     if isinstance(m, nn.modules.conv._ConvNd):
@@ -67,6 +69,11 @@ def layer_table(module: nn.Module, input_shape: tuple[int, int, int]) -> list[La
     A layer's MACs are :func:`compression.macs.count_macs_per_module`'s share for it (0 for a
     normalisation, which the counter does not count; ``None`` for a layer the forward skipped).
     """
+    import torch
+    from torch import nn
+
+    from compression.macs import count_macs_per_module
+
     per_module = count_macs_per_module(module, input_shape)
     shapes: dict[str, list[int]] = {}
     hooks = []
@@ -129,6 +136,11 @@ def inspect_module(
     path: Path | str | None = None,
 ) -> ModelInfo:
     """Count params, non-zero params and MACs, and list the layers of a torch module."""
+    import torch
+
+    from compression.macs import count_macs
+    from compression.metrics import count_nonzero_params, count_params
+
     if num_classes is None:
         param = next(module.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
@@ -245,7 +257,7 @@ def _detector_facts(model: Any) -> dict[str, Any] | None:
     """What a detector's stored metadata says (priors left out: thousands of numbers), with
     its outputs' names; None for a model without detection metadata."""
     from compression.detect_post import DetectionError
-    from compression.detection_export import meta_of_proto
+    from compression.detector_meta import meta_of_proto
     from compression.errors import InvalidModelError
 
     try:

@@ -19,13 +19,17 @@ import sys
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from compression.errors import InvalidModelError, UnsafeModelError, quote
 from compression.stage import ArchSpec, ModelState
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# torch is imported inside the functions that need it: the upload inspector's ONNX path (sniff,
+# probe, metadata) runs in a fresh process per upload and must not pay torch's import.
 
 MiB = 1024**2
 GiB = 1024**3
@@ -214,6 +218,9 @@ def read_torch_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
         raise _unsafe(f"{path.name} is a torch.export (.pt2) program, which")
     if kind != "torch_state":
         raise InvalidModelError(f"{path.name} is not a torch checkpoint (detected: {kind})")
+    import torch
+    from torch import nn
+
     try:
         # A file object, not the path: torch must not pick a loader from the extension.
         with open(path, "rb") as fh:
@@ -243,6 +250,8 @@ def _names_a_module_class(dotted: str) -> bool:
     """
     if dotted.startswith(("torch.nn.", "torchvision.models.", "timm.models.")):
         return True
+    from torch import nn
+
     module_name, _, attr = dotted.rpartition(".")
     module = sys.modules.get(module_name)
     obj = getattr(module, attr, None) if module is not None else None
@@ -250,6 +259,8 @@ def _names_a_module_class(dotted: str) -> bool:
 
 
 def _extract_state_dict(obj: Any, name: str) -> dict[str, torch.Tensor]:
+    import torch
+
     if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in ("state_dict", "model_state_dict", "model"):
             inner = obj.get(key)
@@ -304,6 +315,8 @@ def fit_state_dict(
 
 def _infer_sizes(arch: str, state: Mapping[str, torch.Tensor]) -> tuple[int | None, int | None]:
     """Guess ``(num_classes, in_channels)`` from a state dict for the zoo ``arch``."""
+    from torch import nn
+
     from compression.zoo import create_model
 
     probe = create_model(arch, num_classes=10, in_channels=3)
@@ -656,7 +669,7 @@ def _onnx_detector_state(
             carries no metadata.
     """
     from compression.detect_post import DetectionError, recognise_outputs
-    from compression.detection_export import read_detector_meta
+    from compression.detector_meta import read_detector_meta
 
     try:
         meta = read_detector_meta(path)
@@ -733,8 +746,6 @@ def load_model_file(
         UnsafeModelError: a pickle, TorchScript, torch.package, ``.pt2`` or external-data ONNX.
         InvalidModelError: malformed, truncated, or not fitting ``arch``.
     """
-    from compression.zoo import create_model, default_input_size, has_model, model_task
-
     path = Path(path)
     if not path.is_file():
         raise InvalidModelError(f"{path} does not exist or is not a file")
@@ -748,6 +759,10 @@ def load_model_file(
         probe = probe_onnx(path, memory_bytes=onnx_memory_bytes, allowed_external=allowed_external)
         detector = _onnx_detector_state(path, probe, input_shape, num_classes)
         return detector or _onnx_state(path, probe, input_shape, num_classes)
+    import torch
+
+    from compression.zoo import create_model, default_input_size, has_model, model_task
+
     if kind == "safetensors":
         state = read_safetensors(path)
     elif kind in ("torch_state", "torchscript", "torch_package", "pt2"):
