@@ -76,12 +76,12 @@ class Budget:
 FULL = Budget(
     name="full",
     seeds=(0, 1, 2),
-    epochs=16,
+    epochs=60,
     batch_size=16,
     lr=2e-3,
     warmup_epochs=1.0,
     scale_range=(0.75, 1.25),
-    val_every=1,
+    val_every=10,
     anchors="kmeans",
 )
 QUICK = Budget(
