@@ -35,13 +35,11 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from compression.datasets import (
+from compression.dataset_files import (
     DEFAULT_SPLIT_SEED,
     DEFAULT_TEST_FRACTION,
     DEFAULT_VAL_FRACTION,
@@ -55,6 +53,9 @@ from compression.datasets import (
     stratified_split3,
 )
 from compression.errors import DatasetError
+
+if TYPE_CHECKING:
+    from compression.detection_torch import DetectionDataset
 
 DetectionFormat = Literal["yolo", "voc", "coco", "builtin"]
 FORMATS: tuple[DetectionFormat, ...] = ("yolo", "voc", "coco")
@@ -131,30 +132,6 @@ class DetectionSample:
         return self.source_size or (self.width, self.height)
 
 
-class DetectionDataset(Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
-    """Samples as torchvision's detection models take them: ``(float CHW in [0, 1], target)``
-    with ``target = {"boxes": (N, 4) float32 xyxy, "labels": (N,) int64}``."""
-
-    def __init__(self, samples: Sequence[DetectionSample]) -> None:
-        self.samples = list(samples)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        s = self.samples[index]
-        image = torch.from_numpy(s.image).permute(2, 0, 1).to(torch.float32) / 255.0
-        target = {"boxes": torch.from_numpy(s.boxes.copy()), "labels": torch.from_numpy(s.labels)}
-        return image, target
-
-
-def collate_detection(
-    batch: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]],
-) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """The collate step for :class:`DetectionDataset`: lists, since box counts differ."""
-    return [b[0] for b in batch], [b[1] for b in batch]
-
-
 @dataclass
 class DetectionBundle:
     """A detection data set: class names, three fixed splits and the report of its reading."""
@@ -179,6 +156,8 @@ class DetectionBundle:
         return samples
 
     def dataset(self, name: str) -> DetectionDataset:
+        from compression.detection_torch import DetectionDataset
+
         return DetectionDataset(self.split(name))
 
 
@@ -1289,7 +1268,8 @@ def load_mnist_scenes(cfg: SceneConfig | None = None) -> DetectionBundle:
 
 
 # Bump when something outside the code fingerprinted below changes what ``load_mnist_scenes``
-# makes (a change to this module or to compression/datasets.py changes the fingerprint itself).
+# makes (a change to this module, compression/datasets.py or compression/dataset_files.py changes
+# the fingerprint itself).
 MNIST_SCENES_VERSION = 1
 
 
@@ -1299,22 +1279,23 @@ def builtin_detection_fingerprint(name: str, *, seed: int = 0, size: int | None 
 
     The set is deterministic, so equal fingerprints mean equal sets (images, boxes, report).
     The digest covers :data:`MNIST_SCENES_VERSION`, every :class:`SceneConfig` field, the source
-    of the modules that generate and report the set (this one and ``compression.datasets``),
-    the MNIST file's bytes and the scikit-learn release whose photographs it crops; so a
-    changed generator gives a new fingerprint without anyone remembering to bump the version.
+    of the modules that generate and report the set (this one, ``compression.datasets`` and
+    ``compression.dataset_files``), the MNIST file's bytes and the scikit-learn release whose
+    photographs it crops; so a changed generator gives a new fingerprint without anyone remembering to bump the version.
     """
     import dataclasses
     import hashlib
     import importlib.metadata
 
-    from compression import datasets
+    from compression import dataset_files, datasets
 
     if name not in BUILTIN_DETECTION_DATASETS:
         raise DatasetError(f"unknown built-in detection data set {name!r}")
     cfg = SceneConfig(seed=seed, size=size or SceneConfig.size)
     digest = hashlib.sha256()
     digest.update(json.dumps([name, MNIST_SCENES_VERSION, dataclasses.asdict(cfg)]).encode())
-    for source in (Path(__file__), Path(datasets.__file__), datasets.mnist_5k_path()):
+    sources = (Path(__file__), Path(datasets.__file__), Path(dataset_files.__file__))
+    for source in (*sources, dataset_files.mnist_5k_path()):
         digest.update(source.read_bytes())
     digest.update(importlib.metadata.version("scikit-learn").encode())
     return f"{name}-seed{seed}-v{MNIST_SCENES_VERSION}-{digest.hexdigest()[:16]}"

@@ -161,6 +161,12 @@ def _train_on_builtin(
 
 def validate_dataset(req: dict[str, Any]) -> dict[str, Any]:
     """Load the dataset with its stored split seed, report the three splits, write thumbnails."""
+    work = Path(req["work_dir"])
+    split_seed = int(req.get("split_seed") or 0)
+    detection = _validate_detection(req, work, split_seed)
+    if detection is not None:
+        return detection
+    # only now: a detection set is read without torch, a classification set into torch tensors
     from compression.datasets import (
         BUILTIN_DATASETS,
         dataset_report,
@@ -168,11 +174,6 @@ def validate_dataset(req: dict[str, Any]) -> dict[str, Any]:
         load_image_folder_zip,
     )
 
-    work = Path(req["work_dir"])
-    split_seed = int(req.get("split_seed") or 0)
-    detection = _validate_detection(req, work, split_seed)
-    if detection is not None:
-        return detection
     if req["kind"] in BUILTIN_DATASETS:
         bundle = load_builtin(req["kind"], split_seed=split_seed)
     else:
