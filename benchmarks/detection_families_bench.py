@@ -97,9 +97,9 @@ FULL = Plan(
             family="fasterrcnn",
             arch="fasterrcnn_mobilenetv3_fpn",
             options=(("input_size", 96),),
-            epochs=1,
+            epochs=3,
             batch_size=16,
-            lr=1e-3,
+            lr=5e-3,
             warmup_epochs=0.5,
         ),
     ),
@@ -204,7 +204,8 @@ def train_one(budget: Budget, seed: int, out: Path) -> dict[str, Any]:
 # --- export, parity, size, MACs and latency of the seed-0 models ------------------------------
 
 
-def measure_exports(plan: Plan, out: Path) -> dict[str, Any]:
+def measure_exports(plan: Plan, out: Path, families: tuple[str, ...]) -> dict[str, Any]:
+    """Export, parity, MACs, size and latency of the seed-0 models of ``families``."""
     from compression.detection_export import (
         FasterRCNNDetections,
         SSDRawHead,
@@ -224,6 +225,8 @@ def measure_exports(plan: Plan, out: Path) -> dict[str, Any]:
     files: dict[str, Path] = {}
     bundle = load_builtin_detection("mnist_scenes", seed=0)
     for budget in plan.budgets:
+        if budget.family not in families:
+            continue
         model = _build(budget, bundle.num_classes)
         state = torch.load(out / f"{budget.family}_s{seed}.pt", weights_only=True)
         model.load_state_dict(state)
@@ -245,7 +248,6 @@ def measure_exports(plan: Plan, out: Path) -> dict[str, Any]:
             entry["e2e_onnx_bytes"] = e2e.stat().st_size
             files["ssd network alone (raw ONNX)"] = raw
             files["ssd end to end (ONNX with NMS)"] = e2e
-            entry["e2e_images"] = images[:1]
         else:
             # parity checked here rather than by the export, so a miss is reported, not fatal
             path = export_fasterrcnn(model, out / "frcnn.onnx")
@@ -269,6 +271,7 @@ def measure_exports(plan: Plan, out: Path) -> dict[str, Any]:
             entry["onnx_bytes"] = path.stat().st_size
             files["fasterrcnn end to end (ONNX, torchvision's post-processing inside)"] = path
         entry["export_s"] = time.monotonic() - started
+        entry["e2e_images"] = images[:1]  # the first letterboxed test image, for the timing
         facts[budget.family] = entry
         log(f"{budget.family}: exported, parity {entry['parity_ok']}, MACs {entry['macs']:,}")
     names = list(files)
@@ -281,20 +284,22 @@ def measure_exports(plan: Plan, out: Path) -> dict[str, Any]:
     # harness's standard-normal random input makes the Faster R-CNN graph fail in ORT (no
     # proposal survives, and a Reshape of its empty (0, 44) box regression to (0, -1) is
     # refused), so these run in ORT sessions of this process instead of the torch-free children.
-    image = facts["ssd"]["e2e_images"]
+    image = next(iter(facts.values()))["e2e_images"]
+    for entry in facts.values():
+        entry.pop("e2e_images")
     results = _time_sessions([files[n] for n in names], image, plan)
-    # the raw SSD with the numpy post-processing, on a real test image
-    ssd_image = facts["ssd"].pop("e2e_images")
-    post = measure_detection_latency_isolated(
-        [files["ssd network alone (raw ONNX)"]],
-        ssd_image,
-        threads=THREADS,
-        warmup=plan.latency_warmup,
-        runs=plan.latency_runs,
-        rounds=plan.latency_rounds,
-    )[0]
     latency = dict(zip(names, results, strict=True))
-    latency["ssd raw ONNX + numpy decode and NMS (edgeslim_agent.detect_post)"] = post.to_dict()
+    if "ssd" in facts:
+        # the raw SSD with the numpy post-processing, on the same real test image
+        post = measure_detection_latency_isolated(
+            [files["ssd network alone (raw ONNX)"]],
+            image,
+            threads=THREADS,
+            warmup=plan.latency_warmup,
+            runs=plan.latency_runs,
+            rounds=plan.latency_rounds,
+        )[0]
+        latency["ssd raw ONNX + numpy decode and NMS (edgeslim_agent.detect_post)"] = post.to_dict()
     return {
         "models": facts,
         "latency": latency,
@@ -389,15 +394,45 @@ def render(raw: dict[str, Any]) -> str:
             f" warm-up {b['warmup_epochs']:g} epoch | {mean([r['train_cpu_s'] for r in runs]) / 60:.1f}"
             f" | {mean([r['train_s'] for r in runs]) / 60:.1f} |"
         )
-    loads = [r[k] for r in raw["runs"] for k in ("load_avg_start", "load_avg_end")]
+    reruns: dict[str, Any] = raw.get("reruns", {})
+    first = [r for r in raw["runs"] if r["family"] not in reruns]
+    loads = [r[k] for r in first for k in ("load_avg_start", "load_avg_end")]
+    if reruns:
+        when = [
+            f"{NAMES[f]} in a re-run on {reruns[f]['date']}"
+            if f in reruns
+            else f"{NAMES[f]} in the first run on {raw['date']}"
+            for f in (b["family"] for b in plan["budgets"])
+        ]
+        lines += [
+            "",
+            "The rows were measured in separate runs: " + "; ".join(when) + " (re-run with"
+            " `--families`, which keeps the other rows from the results file); the load of each"
+            " is given below, and figures from different runs were not measured side by side.",
+        ]
     lines += [
         "",
-        f"Measured {raw['date']} on {env['cpu']}, {env['usable_cores']} usable cores shared"
+        f"{'First run: measured' if reruns else 'Measured'} {raw['date']} on {env['cpu']}, {env['usable_cores']} usable cores shared"
         f" with other work (1-min load average {min(loads):.1f} to {max(loads):.1f} during"
         " training: the processes ran at low priority and got a small share of the cores, so"
         " wall times are far above CPU times), torch"
         f" {env['torch']} with {THREADS} thread, ONNX Runtime {env['onnxruntime']}."
         + (f" {raw['note']}" if raw.get("note") else ""),
+    ]
+    for fam, info in reruns.items():
+        runs = [r for r in raw["runs"] if r["family"] == fam]
+        rl = [r[k] for r in runs for k in ("load_avg_start", "load_avg_end")]
+        lines += [
+            "",
+            f"{NAMES[fam]} re-run {info['date']} (`--families {fam}`), seeds"
+            f" {', '.join(str(r['seed']) for r in runs)} in parallel, one torch thread each,"
+            f" torch {info['env']['torch']}: 1-min load average {min(rl):.1f} to {max(rl):.1f}"
+            " at the start and end of training; its export and latency measured right after"
+            f" (load {info['latency_load_avg'][0]:.1f} before, {info['latency_load_avg'][1]:.1f}"
+            " after the timing), apart from the other rows'."
+            + (f" {info['note']}" if info.get("note") else ""),
+        ]
+    lines += [
         "",
         "| family | seeds | test mAP@0.5 | test mAP@0.5:0.95 | parameters | MACs | ONNX fp32"
         " | ORT p50 ms, batch 1, 1 thread |",
@@ -485,12 +520,23 @@ def render(raw: dict[str, Any]) -> str:
         " isolated children: their random standard-normal input makes the Faster R-CNN graph"
         " fail, see below); the raw SSD with the numpy decode + NMS in the isolated child"
         " (`measure_detection_latency_isolated`) on the same image."
-        f" 1-min load average {ll[0]:.1f} before, {ll[1]:.1f} after the timing, on 2 cores:"
+        + (
+            f" In the first run ({', '.join(NAMES[f] for f in models if f not in reruns)}):"
+            if reruns
+            else ""
+        )
+        + f" 1-min load average {ll[0]:.1f} before, {ll[1]:.1f} after the timing, on 2 cores:"
         + (
             " above 2, so the absolute figures are inflated by contention and the comparison"
             " between them is rough."
             if max(ll) > 2
             else " an idle machine."
+        )
+        + "".join(
+            f" {NAMES[f]} was timed alone in its re-run (load {i['latency_load_avg'][0]:.1f} /"
+            f" {i['latency_load_avg'][1]:.1f}), so its figure and the others' were not measured"
+            " side by side."
+            for f, i in reruns.items()
         ),
         "",
         "Known failure of the Faster R-CNN export: its graph fails in ONNX Runtime on an input"
@@ -513,16 +559,68 @@ def render(raw: dict[str, Any]) -> str:
                 points.append(f"{i + 1}: {mean(vals):.3f} (loss {loss:.2f})")
         lines.append(f"- {NAMES[b['family']]}: " + "; ".join(points) + ".")
     if raw.get("probes"):
-        lines += ["", "Settings probes (seed 0, val only): " + raw["probes"]]
+        label = "Settings probes of the first run" if reruns else "Settings probes"
+        lines += ["", f"{label} (seed 0, val only): " + raw["probes"]]
+    for fam, info in reruns.items():
+        if info.get("probes"):
+            lines += [
+                "",
+                f"Settings probes of the {NAMES[fam]} re-run (seed 0, val only): {info['probes']}",
+            ]
     return "\n".join(lines) + "\n"
 
 
 # --- driver ----------------------------------------------------------------------------------
 
 
-def run_all(plan: Plan, out: Path, parallel: bool) -> list[dict[str, Any]]:
-    """One child process per (family, seed); all at once when ``parallel``."""
-    jobs = [(b.family, s) for b in plan.budgets for s in plan.seeds]
+def merge_rerun(
+    previous: dict[str, Any],
+    plan: Plan,
+    families: tuple[str, ...],
+    runs: list[dict[str, Any]],
+    exports: dict[str, Any],
+    env: dict[str, Any],
+    note: str | None,
+    probes: str | None,
+) -> dict[str, Any]:
+    """The results file after re-running ``families`` only: their budgets, runs, export facts
+    and latencies replaced; the other families' kept as measured before, with the date, load
+    and note of each measurement recorded in ``reruns`` so the section can say which is which."""
+    budgets = {b["family"]: b for b in previous["plan"]["budgets"]}
+    for b in plan.budgets:
+        if b.family in families:
+            budgets[b.family] = {**asdict(b), "options": list(b.options)}
+    kept_runs = [r for r in previous["runs"] if r["family"] not in families]
+    models = {k: v for k, v in previous["export"]["models"].items() if k not in families}
+    latency = {
+        k: v for k, v in previous["export"]["latency"].items() if k.split()[0] not in families
+    }
+    models.update(exports["models"])
+    latency.update(exports["latency"])
+    reruns = dict(previous.get("reruns", {}))
+    for fam in families:
+        reruns[fam] = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "env": env,
+            "latency_load_avg": exports["latency_load_avg"],
+            "note": note,
+            "probes": probes,
+        }
+    order = [b["family"] for b in previous["plan"]["budgets"]]
+    return {
+        **previous,
+        "plan": {**previous["plan"], "budgets": [budgets[f] for f in order]},
+        "runs": sorted(kept_runs + runs, key=lambda r: (order.index(r["family"]), r["seed"])),
+        "export": {**previous["export"], "models": models, "latency": latency},
+        "reruns": reruns,
+    }
+
+
+def run_all(
+    plan: Plan, out: Path, parallel: bool, families: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """One child process per (family, seed) of ``families``; all at once when ``parallel``."""
+    jobs = [(b.family, s) for b in plan.budgets if b.family in families for s in plan.seeds]
     procs: list[tuple[tuple[str, int], subprocess.Popen[bytes]]] = []
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
     for family, seed in jobs:
@@ -568,6 +666,13 @@ def main() -> None:
     parser.add_argument("--note", default=None, help="a sentence for the section")
     parser.add_argument("--probes", default=None, help="the settings probes, for the section")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument(
+        "--families",
+        default=None,
+        help="comma-separated subset of the families (ssd, fasterrcnn) to re-run; the others'"
+        " runs, exports and latencies are kept from the existing results file and the section"
+        " says which rows were measured when",
+    )
     args = parser.parse_args()
     if args.render_only:
         replace_section(args.doc, SECTION, HEADING, render(json.loads(RESULTS.read_text())))
@@ -578,6 +683,17 @@ def main() -> None:
         budget = next(b for b in plan.budgets if b.family == args.train)
         train_one(budget, args.seed, out)
         return
+    every = tuple(b.family for b in plan.budgets)
+    families = tuple(args.families.split(",")) if args.families else every
+    unknown = sorted(set(families) - set(every))
+    if unknown:
+        parser.error(f"unknown families {unknown}; choose from {list(every)}")
+    previous: dict[str, Any] | None = None
+    results = RESULTS if plan.name == "full" else out / "detection_families.json"
+    if set(families) != set(every):
+        if not results.exists():
+            parser.error(f"--families needs the other families' results in {results}")
+        previous = json.loads(results.read_text())
     torch.set_num_threads(THREADS)
     env = environment()
     bundle = load_builtin_detection("mnist_scenes", seed=0)
@@ -587,12 +703,23 @@ def main() -> None:
         runs = [
             json.loads((out / f"{b.family}_s{s}.json").read_text())
             for b in plan.budgets
+            if b.family in families
             for s in plan.seeds
         ]
     else:
-        runs = run_all(plan, out, parallel=not args.serial)
-    exports = measure_exports(plan, out)
-    raw: dict[str, Any] = {
+        runs = run_all(plan, out, parallel=not args.serial, families=families)
+    exports = measure_exports(plan, out, families)
+    if previous is not None:
+        raw = merge_rerun(previous, plan, families, runs, exports, env, args.note, args.probes)
+        results.write_text(json.dumps(raw, indent=1))
+        text = render(raw)
+        if plan.name != "full":
+            print(text)
+            return
+        replace_section(args.doc, SECTION, HEADING, text)
+        log(f"wrote {args.doc} and {results} ({', '.join(families)} re-run)")
+        return
+    raw = {
         "plan": {
             **asdict(plan),
             "budgets": [{**asdict(b), "options": list(b.options)} for b in plan.budgets],
@@ -608,7 +735,6 @@ def main() -> None:
         "note": args.note,
         "probes": args.probes,
     }
-    results = RESULTS if plan.name == "full" else out / "detection_families.json"
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(raw, indent=1))
     text = render(raw)
