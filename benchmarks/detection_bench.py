@@ -76,12 +76,13 @@ class Budget:
 FULL = Budget(
     name="full",
     seeds=(0, 1, 2),
-    epochs=60,
+    epochs=40,
     batch_size=16,
     lr=2e-3,
     warmup_epochs=1.0,
     scale_range=(0.75, 1.25),
     val_every=10,
+    width=0.5,
     anchors="kmeans",
 )
 QUICK = Budget(
