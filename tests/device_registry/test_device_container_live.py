@@ -30,15 +30,16 @@ from edgeslim_agent.protocol import BenchSettings
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
-def _shared_mlp(path: Path) -> Path:
-    """x[N, 64] -> MatMul(64x48, 90% zeros, 16 shared values) -> Relu -> MatMul(48x3)."""
+def _shared_mlp(path: Path, *, hidden: int = 48, values: int = 16, density: float = 0.1) -> Path:
+    """x[N, 64] -> MatMul(64 x hidden, ``density`` non-zero, ``values`` shared values evenly
+    spaced in [-1, 1]) -> Relu -> MatMul(hidden x 3). The default: 90% zeros, 16 values."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    codebook = np.linspace(-1.0, 1.0, 16, dtype=np.float32)
-    w1 = codebook[rng.integers(0, 16, (64, 48))] * (rng.random((64, 48)) < 0.1)
-    w2 = rng.standard_normal((48, 3)).astype(np.float32)
+    codebook = np.linspace(-1.0, 1.0, values, dtype=np.float32)
+    w1 = codebook[rng.integers(0, values, (64, hidden))] * (rng.random((64, hidden)) < density)
+    w2 = rng.standard_normal((hidden, 3)).astype(np.float32)
     graph = helper.make_graph(
         [
             helper.make_node("MatMul", ["x", "w1"], ["h"]),
@@ -145,42 +146,13 @@ def test_a_real_agent_decodes_a_container_then_benchmarks_and_evaluates_it(
     assert f"({stats.decoded_bytes} bytes)" in html and "Decode (time, peak RSS)" in html
 
 
-def _dense_mlp(path: Path) -> Path:
-    """Like :func:`_shared_mlp` but its first weight 96% non-zero with 4 shared values: with 1-bit
-    relative indices the gap stream is binary (p(1) about 0.04), which only blocks of 5 to 8
-    symbols code within 2%, so the container is format 5."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    codebook = np.array([-1.0, -0.5, 0.5, 1.0], dtype=np.float32)
-    w1 = codebook[rng.integers(0, 4, (64, 24))] * (rng.random((64, 24)) < 0.96)
-    w2 = rng.standard_normal((24, 3)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "w1"], ["h"]),
-            helper.make_node("Relu", ["h"], ["r"]),
-            helper.make_node("MatMul", ["r", "w2"], ["logits"]),
-        ],
-        "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
-        initializer=[
-            numpy_helper.from_array(w1.astype(np.float32), "w1"),
-            numpy_helper.from_array(w2, "w2"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
 def test_a_real_agent_decodes_a_format_5_container(tmp_path: Path, daphne_server: Any) -> None:
     """The agent of this tree (0.8.0) receives a format-5 container (a stream coded in blocks of
     more than 4 symbols), decodes it and scores exactly like the source model."""
     org = make_organization()
-    source = _dense_mlp(tmp_path / "mlp.onnx")
+    # 96% non-zero, 4 shared values: with 1-bit relative indices the gap stream is binary
+    # (p(1) about 0.04), which only blocks of 5 to 8 symbols code within 2%: format 5.
+    source = _shared_mlp(tmp_path / "mlp.onnx", hidden=24, values=4, density=0.96)
     stats = encode_onnx(source, tmp_path / "mlp.esdc", min_elements=64, fc_index_bits=1)
     assert stats.version == 5 and max(st.mode for st in stats.streams) > 4
     npz = _eval_set(source, tmp_path / "eval.npz")
