@@ -709,8 +709,6 @@ def export_fasterrcnn(
         ExportError: not a Faster R-CNN, an opset below 11, the export failed, or the boxes do
             not match torch's.
     """
-    import warnings
-
     from compression.detection_metrics import model_family
 
     try:
@@ -727,29 +725,18 @@ def export_fasterrcnn(
     size = int(getattr(model, "input_size", 0))
     if size <= 0:
         raise ExportError("the Faster R-CNN declares no input_size")
-    module = FasterRCNNDetections(copy.deepcopy(model).to("cpu").eval()).eval()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    example = torch.zeros((1, 3, size, size), dtype=torch.float32)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the tracer's warnings on the per-image Python code
-            torch.onnx.export(
-                module,
-                (example,),
-                str(tmp),
-                dynamo=False,
-                export_params=True,
-                opset_version=opset,
-                do_constant_folding=True,
-                input_names=[INPUT_NAME],
-                output_names=list(FRCNN_OUTPUTS),
-                dynamic_axes={name: {0: "K"} for name in FRCNN_OUTPUTS},
-            )
-    except Exception as exc:
-        tmp.unlink(missing_ok=True)
-        raise ExportError(f"Faster R-CNN ONNX export failed: {type(exc).__name__}: {exc}") from exc
+    # export_onnx exports an eval-mode CPU copy through the TorchScript exporter, as
+    # torchvision documents for its detectors, and leaves no half-written file behind.
+    export_onnx(
+        FasterRCNNDetections(model),
+        (3, size, size),
+        tmp,
+        opset=opset,
+        output_names=FRCNN_OUTPUTS,
+        dynamic_axes={name: {0: "K"} for name in FRCNN_OUTPUTS},
+    )
     if parity_images is not None:
         try:
             parity = check_fasterrcnn_parity(model, tmp, parity_images)

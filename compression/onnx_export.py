@@ -30,6 +30,7 @@ def export_onnx(
     fold_batchnorm: bool = True,
     fuse: bool = False,
     output_names: Sequence[str] = (OUTPUT_NAME,),
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
 ) -> Path:
     """Write ``module`` as an ONNX file with a dynamic batch axis.
 
@@ -49,6 +50,8 @@ def export_onnx(
             (:mod:`compression.fusion`); the export is float, so simplifying is always safe.
         output_names: one name per output of the module (a detector has one per head), each
             with a dynamic batch axis.
+        dynamic_axes: the exporter's dynamic axes instead of the batch axis of the input and
+            every output (a Faster R-CNN takes one image and returns a variable count of boxes).
 
     Returns:
         The path written.
@@ -85,7 +88,11 @@ def export_onnx(
                 ),
                 input_names=[INPUT_NAME],
                 output_names=list(output_names),
-                dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in output_names}},
+                dynamic_axes=(
+                    {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in output_names}}
+                    if dynamic_axes is None
+                    else dynamic_axes
+                ),
             )
     except Exception as exc:
         tmp.unlink(missing_ok=True)
