@@ -99,6 +99,18 @@ def _enrolled(tmp_path: Path, server: str, org: Any) -> tuple[Any, AgentProcess]
     return device, AgentProcess(tmp_path / "pi", tmp_path / "pi.log")
 
 
+def _run_to_the_end(agent: AgentProcess, dep: Any) -> Any:
+    """Start ``agent``, wait until ``dep``'s target has succeeded or failed, stop the agent."""
+    agent.start()
+    try:
+        return wait_for(
+            lambda: DeploymentTarget.objects.filter(deployment=dep, status__in=["succeeded", "failed"]).first(),
+            timeout=120, what="the deployment to finish", log=agent.output,
+        )  # fmt: skip
+    finally:
+        agent.stop()
+
+
 def test_a_real_agent_decodes_a_container_then_benchmarks_and_evaluates_it(
     tmp_path: Path, daphne_server: Any
 ) -> None:
@@ -118,14 +130,7 @@ def test_a_real_agent_decodes_a_container_then_benchmarks_and_evaluates_it(
         organization=org, artifact=art, target_kind="device", target_value=str(device.pk),
         settings=BenchSettings(warmup=1, runs=5, batch_sizes=[1, 8], accuracy=True),
     )  # fmt: skip
-    agent.start()
-    try:
-        target = wait_for(
-            lambda: DeploymentTarget.objects.filter(deployment=dep, status__in=["succeeded", "failed"]).first(),
-            timeout=120, what="the deployment to finish", log=agent.output,
-        )  # fmt: skip
-    finally:
-        agent.stop()
+    target = _run_to_the_end(agent, dep)
     assert target.status == "succeeded", (target.message, agent.output()[-3000:])
     rows = {r.seq: r for r in DeploymentResult.objects.filter(deployment=dep)}
     assert [rows[s].kind for s in sorted(rows)] == ["latency", "latency", "accuracy", "complete"]
@@ -165,14 +170,7 @@ def test_a_real_agent_decodes_a_format_5_container(tmp_path: Path, daphne_server
         organization=org, artifact=art, target_kind="device", target_value=str(device.pk),
         settings=BenchSettings(warmup=1, runs=3, batch_sizes=[1], accuracy=True),
     )  # fmt: skip
-    agent.start()
-    try:
-        target = wait_for(
-            lambda: DeploymentTarget.objects.filter(deployment=dep, status__in=["succeeded", "failed"]).first(),
-            timeout=120, what="the deployment to finish", log=agent.output,
-        )  # fmt: skip
-    finally:
-        agent.stop()
+    target = _run_to_the_end(agent, dep)
     assert target.status == "succeeded", (target.message, agent.output()[-3000:])
     device.refresh_from_db()
     assert device.agent_version == "0.8.0"
@@ -212,14 +210,7 @@ def test_a_container_the_decoder_refuses_is_reported_and_never_benchmarked(
         organization=org, artifact=art, target_kind="device", target_value=str(device.pk),
         settings=BenchSettings(warmup=1, runs=5),
     )  # fmt: skip
-    agent.start()
-    try:
-        target = wait_for(
-            lambda: DeploymentTarget.objects.filter(deployment=dep, status__in=["succeeded", "failed"]).first(),
-            timeout=90, what="the deployment to finish", log=agent.output,
-        )  # fmt: skip
-    finally:
-        agent.stop()
+    target = _run_to_the_end(agent, dep)
     assert target.status == "failed"
     assert "does not form a prefix code" in target.message
     kinds = list(DeploymentResult.objects.filter(deployment=dep).values_list("kind", "payload"))
@@ -302,14 +293,7 @@ def test_a_catalog_versions_container_deploys_from_its_page_and_scores_like_its_
         organization=org, artifact=art, target_kind="device", target_value=str(device.pk),
         settings=BenchSettings(warmup=1, runs=5, accuracy=True),
     )  # fmt: skip
-    agent.start()
-    try:
-        target = wait_for(
-            lambda: DeploymentTarget.objects.filter(deployment=dep, status__in=["succeeded", "failed"]).first(),
-            timeout=120, what="the deployment to finish", log=agent.output,
-        )  # fmt: skip
-    finally:
-        agent.stop()
+    target = _run_to_the_end(agent, dep)
     assert target.status == "succeeded", (target.message, agent.output()[-3000:])
     model = tmp_path / "host.onnx"
     model.write_bytes(version.file.open("rb").read())
