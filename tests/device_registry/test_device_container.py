@@ -23,23 +23,29 @@ pytestmark = pytest.mark.django_db
 FIGURES = {"decode_ms": 3.0, "decode_peak_rss_mb": 30.0, "container_bytes": 10, "onnx_bytes": 20}
 
 
-def _container(tmp_path: Path, *, format_version: int = 4) -> Path:
+def _matmul_onnx(w: np.ndarray, path: Path) -> None:
+    """One MatMul, ``x[N, rows] @ w -> logits``, saved at ``path``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(0)
-    w = np.linspace(-1, 1, 8, dtype=np.float32)[rng.integers(0, 8, (32, 4))]
-    w[rng.random(w.shape) < 0.7] = 0
+    rows, cols = w.shape
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["logits"])],
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", rows])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", cols])],
         initializer=[numpy_helper.from_array(w, "w")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.save(model, str(tmp_path / "m.onnx"))
+    onnx.save(model, str(path))
+
+
+def _container(tmp_path: Path, *, format_version: int = 4) -> Path:
+    rng = np.random.default_rng(0)
+    w = np.linspace(-1, 1, 8, dtype=np.float32)[rng.integers(0, 8, (32, 4))]
+    w[rng.random(w.shape) < 0.7] = 0
+    _matmul_onnx(w, tmp_path / "m.onnx")
     out = tmp_path / f"m{format_version}.esdc"
     encode_onnx(tmp_path / "m.onnx", out, min_elements=16, format_version=format_version)
     return out
@@ -105,22 +111,10 @@ def test_a_container_is_not_sent_to_an_agent_that_cannot_decode_it(tmp_path: Pat
 def _container_v5(tmp_path: Path) -> Path:
     """A container the writer must write in format 5: a 96%-dense layer with 1-bit relative
     indices, whose binary gap stream only blocks of 5 to 8 symbols code within 2%."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     rng = np.random.default_rng(0)
     w = np.array([-1.0, -0.5, 0.5, 1.0], dtype=np.float32)[rng.integers(0, 4, (256, 4))]
     w[rng.random(w.shape) >= 0.96] = 0
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["logits"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
-        initializer=[numpy_helper.from_array(w, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(tmp_path / "d.onnx"))
+    _matmul_onnx(w, tmp_path / "d.onnx")
     stats = encode_onnx(tmp_path / "d.onnx", tmp_path / "d.esdc", fc_index_bits=1, min_elements=16)
     assert stats.version == 5
     return Path(stats.path)
