@@ -130,6 +130,9 @@
         document.querySelectorAll('[data-stage-status="pending"]')
           .forEach((el) => setStage(el.dataset.baseline !== undefined ? -1 : +el.dataset.stage, "skipped"));
       }
+      // an ended job cannot be cancelled: its button goes now, as the server's actions
+      // region (fetched next) no longer has it
+      document.querySelectorAll("[data-cancel-form]").forEach((form) => form.remove());
       if (ws) ws.close();
     }
   }
