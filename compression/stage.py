@@ -69,6 +69,10 @@ class LayerChange:
     macs_after: int | None = None
     ranks: tuple[int, ...] | None = None  # a decomposition's ranks (Tucker-2: out, in; CP: R)
     note: str | None = None  # what was done to the layer, or why it was skipped
+    # A decomposition's latency gate: the dense conv and its chain measured in ONNX Runtime
+    # (µs, batch 1, this machine); None when nothing was timed.
+    latency_us_before: float | None = None
+    latency_us_after: float | None = None
 
 
 ProgressFn = Callable[[float, str, dict[str, Any]], None]

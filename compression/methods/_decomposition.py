@@ -5,13 +5,25 @@ one, so every candidate is built, counted with :mod:`compression.macs` (the one 
 input shape the layer really sees, and kept only when it cuts the layer's MACs by at least
 ``min_mac_reduction``. Convs that cannot or should not be decomposed are listed with a reason
 instead of failing the stage: the job goes on with the layers that can be.
+
+MACs are not time: at batch 1 on a CPU a chain of three or four small convs pays a per-operator
+overhead that a narrow conv on a small map never earns back. With ``min_measured_speedup`` set,
+a chain that passed the MAC check is measured before it is accepted: the dense conv and the built
+chain are each exported to ONNX and timed in ONNX Runtime on this machine at the conv's real input
+shape, batch 1, in interleaved rounds (:func:`measure_gate`, the project's one harness,
+:func:`compression.latency.measure_latency`, called round by round); the conv keeps its dense
+weights, listed with the measured figures, unless the chain is at least that many times faster.
 """
 
 from __future__ import annotations
 
+import copy
 import re
+import statistics
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,8 +31,10 @@ import torch
 from torch import nn
 
 from compression.errors import ConfigError
+from compression.latency import measure_latency, round_order
 from compression.macs import count_macs
 from compression.methods._common import classifier_layer, finish, history_metrics
+from compression.onnx_export import export_onnx
 from compression.stage import LayerChange, StageContext, StageResult
 from compression.structure import replace_module
 from compression.training import train
@@ -40,6 +54,65 @@ class Skip:
     name: str
     reason: str
     params: int | None = None
+    latency_us_before: float | None = None  # the latency gate's measured dense conv ...
+    latency_us_after: float | None = None  # ... and chain (µs, batch 1), when it measured them
+
+
+# The latency gate's timing: untimed warm-up runs, then interleaved rounds of timed runs per model
+# (the order rotated each round); each p50 is the median of its round medians.
+GATE_WARMUP = 5
+GATE_RUNS = 20
+GATE_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class GateTiming:
+    """A dense conv and its chain timed side by side by the latency gate (µs, batch 1)."""
+
+    dense_us: float
+    chain_us: float
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_us / max(self.chain_us, 1e-9)
+
+    def describe(self) -> str:
+        return (
+            f"measured ORT {self.dense_us:.0f} µs dense -> {self.chain_us:.0f} µs chain, "
+            f"{self.speedup:.2f}x faster"
+        )
+
+
+def measure_gate(
+    dense: nn.Module, chain: nn.Module, input_shape: tuple[int, int, int], *, threads: int
+) -> GateTiming:
+    """Time ``dense`` and ``chain`` in ONNX Runtime at batch 1 on ``input_shape`` (C, H, W).
+
+    Both are exported to ONNX (from eval-mode CPU copies) in a temporary folder and timed by
+    :func:`compression.latency.measure_latency` in this process, ``GATE_ROUNDS`` interleaved
+    rounds of ``GATE_RUNS`` runs each after ``GATE_WARMUP`` warm-up runs, with ``threads``
+    intra-op threads. In process, not in fresh children, to stay at a few tenths of a second
+    per conv: a child's start costs more than timing a small conv.
+    """
+    with tempfile.TemporaryDirectory(prefix="edgeslim-gate-") as tmp:
+        paths = [
+            export_onnx(copy.deepcopy(m).to("cpu").float(), input_shape, Path(tmp) / f"{n}.onnx")
+            for n, m in (("dense", dense), ("chain", chain))
+        ]
+        p50: list[list[float]] = [[], []]
+        for r in range(GATE_ROUNDS):
+            for i in round_order(2, r):
+                res = measure_latency(
+                    paths[i],
+                    input_shape=(1, *input_shape),
+                    threads=threads,
+                    warmup=GATE_WARMUP,
+                    runs=GATE_RUNS,
+                )
+                p50[i].append(res.p50_ms)
+    return GateTiming(
+        dense_us=statistics.median(p50[0]) * 1000.0, chain_us=statistics.median(p50[1]) * 1000.0
+    )
 
 
 def conv_input_shapes(
@@ -157,10 +230,17 @@ def apply_decomposition(
     min_mac_reduction: float,
     describe: str,
     ranks: tuple[int, ...],
+    min_measured_speedup: float = 0.0,
+    latency_threads: int = 2,
 ) -> LayerChange | Skip:
     """Build the replacement, count both, swap it in if it cuts the MACs enough.
 
-    Returns the layer's change row, or a skip when the chain would not save enough MACs.
+    With ``min_measured_speedup`` > 0, a chain that passes the MAC check is then timed against
+    the dense conv (:func:`measure_gate`) and swapped in only if it is at least that many times
+    faster; the row (or the skip) carries both measured latencies. At 0 nothing is timed.
+
+    Returns the layer's change row, or a skip when the chain would not save enough MACs or was
+    not measured fast enough.
     """
     new = build()
     new.train(site.conv.training)
@@ -174,6 +254,20 @@ def apply_decomposition(
             f"(needs {min_mac_reduction:g}x fewer)",
             params_before,
         )
+    timing = None
+    if min_measured_speedup > 0:
+        timing = measure_gate(site.conv, new, site.input_shape, threads=latency_threads)
+        if timing.speedup < min_measured_speedup:
+            return Skip(
+                site.name,
+                f"{describe}: {timing.describe()} at batch 1 on "
+                f"{'x'.join(map(str, site.input_shape))} (needs {min_measured_speedup:g}x, "
+                "min_measured_speedup)",
+                params_before,
+                timing.dense_us,
+                timing.chain_us,
+            )
+        describe = f"{describe}; {timing.describe()}"
     replace_module(root, site.name, new)
     return LayerChange(
         name=site.name,
@@ -186,6 +280,8 @@ def apply_decomposition(
         macs_after=after,
         ranks=ranks,
         note=describe,
+        latency_us_before=timing.dense_us if timing else None,
+        latency_us_after=timing.chain_us if timing else None,
     )
 
 
@@ -196,6 +292,8 @@ def skip_row(skip: Skip) -> LayerChange:
         params_before=skip.params,
         params_after=skip.params,
         note=f"skipped: {skip.reason}",
+        latency_us_before=skip.latency_us_before,
+        latency_us_after=skip.latency_us_after,
     )
 
 
@@ -231,6 +329,11 @@ def finetune_and_report(
         "layers_decomposed": float(len(changes)),
         "layers_skipped": float(len(skips)),
     }
+    timed = [c for c in changes if c.latency_us_before is not None] + [
+        s for s in skips if s.latency_us_before is not None
+    ]
+    if timed:
+        metrics["layers_timed"] = float(len(timed))
     return StageResult(
         model=ctx.model,
         metrics=metrics,

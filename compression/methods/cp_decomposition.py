@@ -81,6 +81,22 @@ class CpDecompositionConfig:
         ge=1.0,
         le=100.0,
     )
+    min_measured_speedup: float = param(
+        0.0,
+        help="latency gate: keep a decomposition only if its chain, exported to ONNX and timed "
+        "in ONNX Runtime on this machine at the conv's input shape and batch 1 against the "
+        "dense conv, runs at least this many times faster; the others are listed with the "
+        "measured times (0: no timing, MACs only)",
+        ge=0.0,
+        le=100.0,
+    )
+    latency_threads: int = param(
+        2,
+        help="latency gate only: ONNX Runtime intra-op threads when timing (2, as the job's "
+        "eval.threads default)",
+        ge=1,
+        le=256,
+    )
     svd_init_max_elements: int = param(
         SVD_INIT_MAX_ELEMENTS,
         help="start ALS from a random point instead of an SVD when the SVD could allocate a "
@@ -219,6 +235,8 @@ def decompose_model(
             site,
             functools.partial(cp_chain, site.conv, f),
             min_mac_reduction=cfg.min_mac_reduction,
+            min_measured_speedup=cfg.min_measured_speedup,
+            latency_threads=cfg.latency_threads,
             describe=describe,
             ranks=(rank,),
         )

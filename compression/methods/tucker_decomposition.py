@@ -80,6 +80,22 @@ class TuckerDecompositionConfig:
         ge=1.0,
         le=100.0,
     )
+    min_measured_speedup: float = param(
+        0.0,
+        help="latency gate: keep a decomposition only if its chain, exported to ONNX and timed "
+        "in ONNX Runtime on this machine at the conv's input shape and batch 1 against the "
+        "dense conv, runs at least this many times faster; the others are listed with the "
+        "measured times (0: no timing, MACs only)",
+        ge=0.0,
+        le=100.0,
+    )
+    latency_threads: int = param(
+        2,
+        help="latency gate only: ONNX Runtime intra-op threads when timing (2, as the job's "
+        "eval.threads default)",
+        ge=1,
+        le=256,
+    )
     epochs: int = param(3, help="fine-tuning epochs after the decomposition", ge=0, le=1000)
     lr: float = param(0.01, help="peak fine-tuning learning rate (cosine decay)", gt=0.0, le=10.0)
     batch_size: int = param(64, help="training batch size", ge=1, le=4096)
@@ -218,6 +234,8 @@ def decompose_model(
             site,
             functools.partial(tucker_chain, site.conv, t.core, t.u_out, t.u_in),
             min_mac_reduction=cfg.min_mac_reduction,
+            min_measured_speedup=cfg.min_measured_speedup,
+            latency_threads=cfg.latency_threads,
             describe=describe,
             ranks=ranks,
         )
