@@ -202,7 +202,8 @@ def report_layer_changes(report: dict[str, Any]) -> dict[str, Any]:
 
 def report_factored_layers(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The layers a decomposition stage factored (with their ranks) or left alone (with why),
-    stage by stage, for the report's table; empty when no stage wrote ranks or notes."""
+    stage by stage, for the report's table; empty when no stage wrote ranks or notes. Layers the
+    latency gate timed carry its measured dense and chain µs and their ratio."""
     out = []
     for stage in report.get("stages", []):
         for change in stage.get("layers") or []:
@@ -221,9 +222,18 @@ def report_factored_layers(report: dict[str, Any]) -> list[dict[str, Any]]:
                     "params_after": change.get("params_after"),
                     "macs_before": change.get("macs_before"),
                     "macs_after": change.get("macs_after"),
+                    **_gate_timing(change),
                 }
             )
     return out
+
+
+def _gate_timing(change: dict[str, Any]) -> dict[str, Any]:
+    """The latency gate's measured dense and chain µs of a layer and the speedup, if it timed it."""
+    before, after = change.get("latency_us_before"), change.get("latency_us_after")
+    if not isinstance(before, int | float) or not isinstance(after, int | float) or after <= 0:
+        return {"latency_us_before": None, "latency_us_after": None, "gate_speedup": None}
+    return {"latency_us_before": before, "latency_us_after": after, "gate_speedup": before / after}
 
 
 def report_epochs(report: dict[str, Any]) -> list[dict[str, Any]]:
