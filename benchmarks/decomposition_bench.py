@@ -455,10 +455,11 @@ def render(r: dict[str, Any]) -> str:
         f"{env['torch']}, ONNX Runtime {env['onnxruntime']}, tensorly {env['tensorly']}, Python "
         f"{env['python']}. Budget `{b['name']}`; wall time {r['duration_s'] / 60:.1f} min"
         + (
-            f" ({r['parallel_parts']} processes side by side, one per seed, torch "
+            f" ({r['parallel_parts']} processes, one per seed (and architecture), torch "
             f"{env.get('torch_threads', THREADS)} thread(s) each; per part: "
             + ", ".join(
-                f"seed {'/'.join(map(str, p['seeds']))} {p['duration_s'] / 60:.1f} min, load "
+                f"{'+'.join(p.get('archs') or ARCHS)} seed {'/'.join(map(str, p['seeds']))} "
+                f"{p['duration_s'] / 60:.1f} min, load "
                 f"{p['load_avg_start']:.1f} -> {p['load_avg_end']:.1f}"
                 for p in r["parts"]
             )
@@ -671,6 +672,7 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "parts": [
             {
                 "seeds": p["budget"]["seeds"],
+                "archs": [a for a, seeds in p["models"].items() if seeds],
                 "duration_s": p["duration_s"],
                 "load_avg_start": p["env"]["load_avg_start"],
                 "load_avg_end": p["env"].get("load_avg_end"),
@@ -713,6 +715,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="only these of the budget's seeds")
     parser.add_argument("--results", type=Path, help="results file (default: the budget's)")
     parser.add_argument("--no-layers", action="store_true", help="skip the single-conv timing")
+    parser.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS), help="only these")
     parser.add_argument("--torch-threads", type=int, default=THREADS, help="training threads")
     parser.add_argument(
         "--merge", type=Path, nargs="+", metavar="RESULTS", help="merge per-seed results, write doc"
@@ -739,6 +742,7 @@ def main() -> None:
     out.mkdir(parents=True)
     env = environment()
     env["torch_threads"] = args.torch_threads
+    env["archs"] = args.archs
     data = load_mnist(size=32)
     if budget.subset:
         tr, va, te = budget.subset
@@ -765,7 +769,7 @@ def main() -> None:
         r["layers"] = layer_timing(budget, out / "layers")
         save()
     for seed in budget.seeds:  # seed-major: a partial run has every architecture
-        for arch in ARCHS:
+        for arch in args.archs:
             log(f"{arch} seed {seed}")
             r["models"][arch].append(one_seed(arch, data, seed, budget, out / arch / str(seed)))
             save()
