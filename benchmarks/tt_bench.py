@@ -75,6 +75,9 @@ THREADS = 2
 # The rules, fixed before any number is seen; render() states them before the tables.
 MAX_PARAM_SHARE = 0.30  # whole-model parameters after TT / before (the thesis: 20-30 %)
 MAX_DROP = 1.0  # test accuracy points, reference = the dense model trained for the same epochs
+# The history run's mean dense control on test (3 extra epochs at lr 0.01; see HISTORY): a
+# control far below it means this run's reference is undertrained, which the doc then says.
+EARLIER_DENSE_CONTROL = 94.99
 MAX_DP_GREEDY = 0.6  # sum of DP FLOPs / sum of greedy FLOPs over layers where the orders differ
 # The method's settings, fixed before the numbers as well: every 1x1 conv (the classifier stays
 # dense), reconstruction budget 0.8 (at 30 % of the parameters there is little room: 0.8 keeps
@@ -457,7 +460,14 @@ def measure(results: list[dict[str, Any]], budget: Budget, data: DatasetBundle) 
     for r in results:
         r["base_latency"] = asdict(next(it))
         r["tt_latency"] = asdict(next(it))
+        r["base_nodes"], r["tt_nodes"] = onnx_nodes(r["base_onnx"]), onnx_nodes(r["tt_onnx"])
     return load + list(os.getloadavg())
+
+
+def onnx_nodes(path: str) -> int:
+    import onnx
+
+    return len(onnx.load(path).graph.node)
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -510,6 +520,25 @@ HISTORY = (
     "`torch.set_num_threads`, load ~7); profiled alone at 1 thread, TT-SVD is about 40 s and one "
     "fine-tuning epoch over the 1169 train images about 15 s of CPU, so this run fine-tunes "
     "longer, with every BLAS pool at one thread."
+)
+
+
+# Measured while this run went (seed 0's dense start, 15 epochs, lr 0.05, batch 32, 1 thread):
+# the earlier runs' dense starts were not kept and had to be retrained; they scored 93-96 % on
+# test, these about 88 %. The library at 28f72f3 (the commit of the first full run) retrains
+# seed 0 to 88.30 % test / 84.01 % val bit for bit like today's, so no library change is behind
+# it; the earlier starts came from another thread configuration of the same code.
+DENSE_STARTS = (
+    "Dense starts: the earlier runs' dense models were not kept, so this run trained them again "
+    "with the same recipe, at 1 torch thread. They are weaker than the earlier ones (see the "
+    "'trained dense' column; the earlier run's were 93.31 / 94.71 / 95.54 %). Not a library "
+    "change: the library of the first full run (28f72f3) retrains seed 0 to the same 88.30 % "
+    "test / 84.01 % val bit for bit as today's. The earlier starts came from another thread "
+    "configuration (how that run was launched is not recorded), and 15 epochs from scratch on "
+    "1169 images are sensitive to float summation order (seed 0's val after epochs 5-9: 65.8, "
+    "57.6, 67.3, 76.2, 80.7 %). Rule 1 compares each TT model with its own seed's dense "
+    "control, so the comparison stays like for like, but the reference is a less trained "
+    "MobileNetV2 than before."
 )
 
 
@@ -596,6 +625,8 @@ def render(payload: dict[str, Any]) -> str:
         add("")
     add(f"Reported below: `{payload['chosen']}`.")
     add("")
+    add(DENSE_STARTS)
+    add("")
     add(
         "| seed | trained dense | dense + same epochs | TT test acc | drop (pt) | params dense | params TT | share | "
         "1x1 params dense → TT | MACs dense → TT | TT layers |"
@@ -619,6 +650,26 @@ def render(payload: dict[str, Any]) -> str:
         f"{fmt([r['base_acc'] for r in results])} %, TT {fmt([r['tt_acc'] for r in results])} %)."
     )
     add("")
+    ctrl = [r["base_acc"] for r in results]
+    if statistics.fmean(ctrl) < EARLIER_DENSE_CONTROL - MAX_DROP:
+        worst = min(results, key=lambda r: r["trained_acc"])
+        tt_text = " / ".join(f"{r['tt_acc']:.2f}" for r in results)
+        extra = epochs_text(int(b["candidates"][0]["epochs"]))
+        add(
+            "**How to read rule 1 here** (written after the numbers were seen; it changes no "
+            "verdict): the reference of every seed is its own dense control, and this run's "
+            f"controls are undertrained: {' / '.join(f'{x:.2f}' for x in ctrl)} % test, against "
+            f"{EARLIER_DENSE_CONTROL:.2f} % (mean) for the earlier run's controls (history "
+            f"above); seed {worst['seed']}'s dense start reached only "
+            f"{worst['trained_acc']:.2f} % after its {b['base_epochs']} epochs from scratch. The "
+            f"TT models, fine-tuned for the same {extra}, reach {tt_text} % test, so the TT model at "
+            f"{v['param_share']:.1%} of the parameters does as well as the same dense MobileNetV2 "
+            "given the same total training; it is **not** evidence of at most 1 pt loss against "
+            "a dense MobileNetV2 trained to convergence. A re-run that settles the target needs "
+            "dense starts trained until their val accuracy stops rising (chosen on val, before "
+            "any TT number)."
+        )
+        add("")
     add("Per-layer table of the first seed (`extras.tensor_train.layers` of its report.json):")
     add("")
     add(
@@ -676,14 +727,15 @@ def render(payload: dict[str, Any]) -> str:
     add(f"Rule 2: DP / greedy {dp_text} → **{'PASS' if v['dp_pass'] else 'FAIL'}**.")
     add("")
     if v["speedup"] is not None:
-        add("| seed | dense p50 ms (IQR) | TT p50 ms (IQR) | dense / TT |")
-        add("|---|---|---|---|")
+        add("| seed | dense p50 ms (IQR) | TT p50 ms (IQR) | dense / TT | ONNX nodes dense → TT |")
+        add("|---|---|---|---|---|")
         for r in results:
             bl, tl = r["base_latency"], r["tt_latency"]
             add(
                 f"| {r['seed']} | {bl['p50_ms']:.3f} ({bl['iqr_ms'] or 0:.3f}) | "
                 f"{tl['p50_ms']:.3f} ({tl['iqr_ms'] or 0:.3f}) | "
-                f"{bl['p50_ms'] / tl['p50_ms']:.2f}x |"
+                f"{bl['p50_ms'] / tl['p50_ms']:.2f}x | "
+                f"{r.get('base_nodes', '?')} → {r.get('tt_nodes', '?')} |"
             )
         add("")
         slower = v["speedup"] < 1.0
