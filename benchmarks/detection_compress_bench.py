@@ -503,8 +503,8 @@ def render(raw: dict[str, Any]) -> str:
     m0 = models_of(r0)
     lines += [
         f"Where the time goes (seed {r0['seed']}, ms per inference by ONNX op type, from ORT's "
-        "profiler in a separate session; the profiler's overhead makes the sums differ from the "
-        "p50s):",
+        "profiler in a separate session of 10 runs; its per-node overhead inflates the sums, so "
+        "compare the ops within a row, not the sums with the p50s):",
         "",
         "| model | " + " | ".join(["op 1", "op 2", "op 3", "op 4", "op 5"]) + " | sum |",
         "|---|---|---|---|---|---|---|",
@@ -590,7 +590,9 @@ def main() -> None:
         "--results", type=Path, default=None, help="train only; write the seeds' runs here"
     )
     parser.add_argument("--merge", nargs="+", type=Path, help="runs' files -> time, results, doc")
-    parser.add_argument("--note", default=None, help="with --merge: a paragraph for the section")
+    parser.add_argument(
+        "--note", default=None, help="with --merge or --render-only: a paragraph for the section"
+    )
     parser.add_argument("--parallel-note", default=None, help="with --merge: how seeds were run")
     parser.add_argument("--render-only", action="store_true", help="doc from the results file")
     parser.add_argument("--rules-only", metavar="REASON", help="the rules and why no numbers")
@@ -600,7 +602,11 @@ def main() -> None:
         replace_section(args.doc, SECTION, HEADING, render_rules_only(args.rules_only))
         return
     if args.render_only:
-        replace_section(args.doc, SECTION, HEADING, render(json.loads(RESULTS.read_text())))
+        raw = json.loads(RESULTS.read_text())
+        if args.note is not None:  # replaces the section's note ("" removes it)
+            raw["note"] = args.note
+            RESULTS.write_text(json.dumps(raw, indent=1))
+        replace_section(args.doc, SECTION, HEADING, render(raw))
         log(f"wrote {args.doc}")
         return
     if args.merge:
