@@ -23,6 +23,11 @@ class FinetuneConfig:
     batch_size: int = param(64, help="training batch size", ge=1, le=4096)
     optimizer: Literal["sgd", "adam"] = param("sgd", help="SGD with Nesterov momentum, or AdamW")
     weight_decay: float = param(5e-4, help="weight decay", ge=0.0, le=1.0)
+    flip: bool = param(
+        True,
+        help="detectors: mirror each training image left-right at random (turn off where a "
+        "mirrored object never occurs, e.g. digits or text)",
+    )
 
 
 @register_method(
@@ -77,6 +82,7 @@ def _finetune_detector(ctx: StageContext, cfg: FinetuneConfig, module: nn.Module
         seed=ctx.seed,
         device=str(ctx.device),
         val_every=1 if data.val else 0,
+        flip=cfg.flip,
     )
     try:
         trained = train_detector(

@@ -303,3 +303,22 @@ def test_ptq_int8_refuses_a_detector_with_classification_data(tmp_path: Path) ->
 
     with pytest.raises(StageScopeError, match="detection data set"):
         run("ptq_int8", detector_ctx(tiny_yolo(), tmp_path, load_digits()))
+
+
+def test_finetune_flip_option_reaches_the_detector_augmentation(tmp_path: Path) -> None:
+    """``flip: false`` trains on unmirrored images only: two such runs from the same start are
+    identical, and a run with flips (same seed, same start) ends elsewhere."""
+
+    def weights_after(flip: bool, name: str) -> dict[str, torch.Tensor]:
+        ctx = detector_ctx(tiny_yolo(), tmp_path / name)
+        result = run("finetune", ctx, epochs=1, batch_size=2, lr=0.01, flip=flip)
+        assert result.model.module is not None
+        return {k: v.detach().clone() for k, v in result.model.module.state_dict().items()}
+
+    plain, again, flipped = (
+        weights_after(False, "a"),
+        weights_after(False, "b"),
+        weights_after(True, "c"),
+    )
+    assert all(torch.equal(plain[k], again[k]) for k in plain)
+    assert any(not torch.equal(plain[k], flipped[k]) for k in plain)
