@@ -720,11 +720,13 @@ def main() -> None:
     parser.add_argument(
         "--merge", type=Path, nargs="+", metavar="RESULTS", help="merge per-seed results, write doc"
     )
+    parser.add_argument("--note", help="with --merge: a line put before the rendered section")
     args = parser.parse_args()
     if args.merge:
         merged = merge([json.loads(p.read_text()) for p in args.merge])
         RESULTS.write_text(json.dumps(merged, indent=2, default=str) + "\n")
-        replace_section(args.doc, SECTION, HEADING, render(merged))
+        note = f"**{args.note}**\n\n" if args.note else ""
+        replace_section(args.doc, SECTION, HEADING, note + render(merged))
         log(f"merged {len(args.merge)} result files into {RESULTS} and wrote {args.doc}")
         return
     if args.not_measured:
