@@ -35,6 +35,7 @@ from compression.latency import measure_latency, round_order
 from compression.macs import count_macs
 from compression.methods._common import classifier_layer, finish, history_metrics
 from compression.onnx_export import export_onnx
+from compression.registry import param
 from compression.stage import LayerChange, StageContext, StageResult
 from compression.structure import replace_module
 from compression.training import train
@@ -112,6 +113,30 @@ def measure_gate(
                 p50[i].append(res.p50_ms)
     return GateTiming(
         dense_us=statistics.median(p50[0]) * 1000.0, chain_us=statistics.median(p50[1]) * 1000.0
+    )
+
+
+def min_measured_speedup_param() -> Any:
+    """The latency gate's threshold, one definition for every decomposition method's config."""
+    return param(
+        0.0,
+        help="latency gate: keep a decomposition only if its chain, exported to ONNX and timed "
+        "in ONNX Runtime on this machine at the conv's input shape and batch 1 against the "
+        "dense conv, runs at least this many times faster; the others are listed with the "
+        "measured times (0: no timing, MACs only)",
+        ge=0.0,
+        le=100.0,
+    )
+
+
+def latency_threads_param() -> Any:
+    """The latency gate's ONNX Runtime threads (see :func:`min_measured_speedup_param`)."""
+    return param(
+        2,
+        help="latency gate only: ONNX Runtime intra-op threads when timing (2, as the job's "
+        "eval.threads default)",
+        ge=1,
+        le=256,
     )
 
 

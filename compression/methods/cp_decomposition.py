@@ -39,6 +39,8 @@ from compression.methods._decomposition import (
     apply_decomposition,
     conv_from,
     finetune_and_report,
+    latency_threads_param,
+    min_measured_speedup_param,
     select_convs,
 )
 from compression.registry import param, register_method
@@ -81,22 +83,8 @@ class CpDecompositionConfig:
         ge=1.0,
         le=100.0,
     )
-    min_measured_speedup: float = param(
-        0.0,
-        help="latency gate: keep a decomposition only if its chain, exported to ONNX and timed "
-        "in ONNX Runtime on this machine at the conv's input shape and batch 1 against the "
-        "dense conv, runs at least this many times faster; the others are listed with the "
-        "measured times (0: no timing, MACs only)",
-        ge=0.0,
-        le=100.0,
-    )
-    latency_threads: int = param(
-        2,
-        help="latency gate only: ONNX Runtime intra-op threads when timing (2, as the job's "
-        "eval.threads default)",
-        ge=1,
-        le=256,
-    )
+    min_measured_speedup: float = min_measured_speedup_param()
+    latency_threads: int = latency_threads_param()
     svd_init_max_elements: int = param(
         SVD_INIT_MAX_ELEMENTS,
         help="start ALS from a random point instead of an SVD when the SVD could allocate a "

@@ -35,6 +35,8 @@ from compression.methods._decomposition import (
     apply_decomposition,
     conv_from,
     finetune_and_report,
+    latency_threads_param,
+    min_measured_speedup_param,
     select_convs,
 )
 from compression.model_facts import ModelFacts
@@ -80,22 +82,8 @@ class TuckerDecompositionConfig:
         ge=1.0,
         le=100.0,
     )
-    min_measured_speedup: float = param(
-        0.0,
-        help="latency gate: keep a decomposition only if its chain, exported to ONNX and timed "
-        "in ONNX Runtime on this machine at the conv's input shape and batch 1 against the "
-        "dense conv, runs at least this many times faster; the others are listed with the "
-        "measured times (0: no timing, MACs only)",
-        ge=0.0,
-        le=100.0,
-    )
-    latency_threads: int = param(
-        2,
-        help="latency gate only: ONNX Runtime intra-op threads when timing (2, as the job's "
-        "eval.threads default)",
-        ge=1,
-        le=256,
-    )
+    min_measured_speedup: float = min_measured_speedup_param()
+    latency_threads: int = latency_threads_param()
     epochs: int = param(3, help="fine-tuning epochs after the decomposition", ge=0, le=1000)
     lr: float = param(0.01, help="peak fine-tuning learning rate (cosine decay)", gt=0.0, le=10.0)
     batch_size: int = param(64, help="training batch size", ge=1, le=4096)
