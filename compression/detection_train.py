@@ -565,6 +565,7 @@ def train_detector(
     check_cancel: CancelCheck | None = None,
     progress_range: tuple[float, float] = (0.0, 1.0),
     label: str = "detection training",
+    after_backward: Callable[[nn.Module], None] | None = None,
 ) -> DetectionHistory:
     """Train ``model`` (family ``yolo``, ``ssd`` or ``fasterrcnn``) in place on ``bundle``'s
     train split; leave it in eval mode on ``cfg.device``.
@@ -573,7 +574,9 @@ def train_detector(
     and that epoch's row. Raises :class:`~compression.errors.ConfigError` for a bad config,
     ``ValueError`` for a model that is no detector or a bundle whose classes do not match it,
     ``FloatingPointError`` when the loss stops being finite, and whatever ``check_cancel``
-    raises.
+    raises. ``after_backward(model)``, when given, runs after every backward pass and before
+    the gradient clipping and the optimizer step (e.g. an L1 penalty on the BatchNorm scales
+    for network slimming's sparsity training).
     """
     cfg = cfg or DetectionTrainConfig()
     cfg.validate()
@@ -656,6 +659,8 @@ def train_detector(
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if after_backward is not None:
+                after_backward(model)
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()

@@ -44,6 +44,7 @@ from compression.methods._common import (
     require_yolo_detector,
     torch_module,
 )
+from compression.methods._detection import flip_param, train_detector_in_stage
 from compression.methods.distillation import teacher_kd_loss
 from compression.methods.importances import DynamicImportance
 from compression.metrics import count_params
@@ -135,7 +136,11 @@ class ChannelPruningConfig:
         le=1.0,
     )
     sparsity_epochs: int = param(
-        5, help="bn_scale only: sparsity-training epochs before pruning", ge=0, le=1000
+        5,
+        help="bn_scale only: sparsity-training epochs before pruning (a detector trains with "
+        "its detection loss)",
+        ge=0,
+        le=1000,
     )
     finetune_epochs: int = param(
         5,
@@ -168,6 +173,7 @@ class ChannelPruningConfig:
     batch_size: int = param(64, help="training batch size", ge=1, le=4096)
     optimizer: Literal["sgd", "adam"] = param("sgd", help="SGD with Nesterov momentum, or AdamW")
     weight_decay: float = param(5e-4, help="weight decay", ge=0.0, le=1.0)
+    flip: bool = flip_param()
 
     def validate(self) -> None:
         if self.layer_ratios is not None:
@@ -985,8 +991,9 @@ def _advance(
 def run(ctx: StageContext, cfg: ChannelPruningConfig) -> StageResult:
     """Slim ``ctx.model``: optional sparsity training, physical channel removal, fine-tuning.
 
-    On a YOLO detector the heads keep their inputs and outputs, and nothing is trained: the
-    sparsity and fine-tuning epochs are skipped (a detector is fine-tuned by a later stage).
+    On a YOLO detector the heads keep their inputs and outputs; sparsity training uses the
+    detection loss, and the fine-tuning epochs are skipped (a detector is fine-tuned by a later
+    stage, ``finetune``).
     """
     module = torch_module(ctx, "channel_pruning")
     module.to(ctx.device)
@@ -1004,17 +1011,36 @@ def run(ctx: StageContext, cfg: ChannelPruningConfig) -> StageResult:
             module, example_input(ctx, module), num_classes=ctx.model.num_classes
         ).check_layer_names(cfg.layer_ratios)
     teacher = copy.deepcopy(module) if cfg.recovery_distillation > 0 and not detector else None
-    sparsity_epochs = cfg.sparsity_epochs if cfg.importance == "bn_scale" and not detector else 0
-    if detector and (cfg.sparsity_epochs or cfg.finetune_epochs):
+    sparsity_epochs = cfg.sparsity_epochs if cfg.importance == "bn_scale" else 0
+    if detector and cfg.finetune_epochs:
         ctx.report(
             0.0,
-            "detection model: sparsity training and fine-tuning are skipped "
+            "detection model: fine-tuning after the cut is skipped "
             "(fine-tune the pruned detector in a later stage)",
             {},
         )
-    split = sparsity_epochs / max(1, sparsity_epochs + cfg.finetune_epochs)
+    # A detector's pruning steps do not train: the sparsity epochs take most of the bar.
+    after = 1 if detector else cfg.finetune_epochs
+    split = sparsity_epochs / max(1, sparsity_epochs + after)
     history: list[dict[str, float]] = []
-    if sparsity_epochs > 0:
+    if sparsity_epochs > 0 and detector:
+        # SlimYOLOv3's sparsity training: the detection loss plus the L1 push on every BN scale
+        # (the heads have none), so the channels the detector can spare drift to gamma ~ 0.
+        history += train_detector_in_stage(
+            ctx,
+            module,
+            "channel_pruning",
+            epochs=sparsity_epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            optimizer=cfg.optimizer,
+            weight_decay=cfg.weight_decay,
+            flip=cfg.flip,
+            label="sparsity training",
+            after_backward=l1_on_bn_scales(cfg.sparsity_lambda),
+            progress_range=(0.0, split),
+        )
+    elif sparsity_epochs > 0:
         history += train(
             module,
             ctx.data,

@@ -9,8 +9,8 @@ from typing import Literal
 
 from torch import nn
 
-from compression.errors import ConfigError, StageScopeError
 from compression.methods._common import finish, history_metrics, torch_module
+from compression.methods._detection import flip_param, train_detector_in_stage
 from compression.registry import param, register_method
 from compression.stage import StageContext, StageResult
 from compression.training import train
@@ -23,11 +23,7 @@ class FinetuneConfig:
     batch_size: int = param(64, help="training batch size", ge=1, le=4096)
     optimizer: Literal["sgd", "adam"] = param("sgd", help="SGD with Nesterov momentum, or AdamW")
     weight_decay: float = param(5e-4, help="weight decay", ge=0.0, le=1.0)
-    flip: bool = param(
-        True,
-        help="detectors: mirror each training image left-right at random (turn off where a "
-        "mirrored object never occurs, e.g. digits or text)",
-    )
+    flip: bool = flip_param()
 
 
 @register_method(
@@ -61,46 +57,19 @@ def run(ctx: StageContext, cfg: FinetuneConfig) -> StageResult:
 def _finetune_detector(ctx: StageContext, cfg: FinetuneConfig, module: nn.Module) -> StageResult:
     """Train a detector on its DetectionBundle's train split with the stage's epochs, learning
     rate, batch size, optimizer and weight decay; the validation mAP@0.5 is measured after
-    every epoch. History rows: ``epoch``, ``loss`` (and the family's loss terms), ``lr``,
-    ``val_map50``, ``val_map50_95`` (fractions) and ``val_acc`` (mAP@0.5 in percent, the
-    figure the report's curves share with classifiers)."""
-    from compression.detection_data import DetectionBundle
-    from compression.detection_train import DetectionTrainConfig, train_detector
-
-    data = ctx.data
-    if not isinstance(data, DetectionBundle):
-        raise StageScopeError(
-            "finetune: a detection model trains on a detection data set, "
-            f"not the classification data set {getattr(data, 'name', '?')!r}"
-        )
-    train_cfg = DetectionTrainConfig(
+    every epoch (history rows: see :func:`train_detector_in_stage`)."""
+    history = train_detector_in_stage(
+        ctx,
+        module,
+        "finetune",
         epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
         lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
+        batch_size=cfg.batch_size,
         optimizer=cfg.optimizer,
-        seed=ctx.seed,
-        device=str(ctx.device),
-        val_every=1 if data.val else 0,
+        weight_decay=cfg.weight_decay,
         flip=cfg.flip,
+        label="fine-tuning",
     )
-    try:
-        trained = train_detector(
-            module,
-            data,
-            train_cfg,
-            progress=ctx.report,
-            check_cancel=ctx.check_cancel,
-            label="fine-tuning",
-        )
-    except ValueError as exc:  # a bundle that does not fit the model: a config problem
-        raise ConfigError("finetune", str(exc)) from exc
-    history: list[dict[str, float]] = []
-    for row in trained.epochs:
-        entry = {k: float(v) for k, v in row.items()}
-        if "val_map50" in entry:
-            entry["val_acc"] = 100.0 * entry["val_map50"]
-        history.append(entry)
     ctx.model.module = finish(module)
     metrics = (
         {"val_map50": history[-1]["val_map50"]} if history and "val_map50" in history[-1] else {}
