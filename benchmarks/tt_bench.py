@@ -795,7 +795,7 @@ def render(payload: dict[str, Any]) -> str:
         names = list(payload["selection"])
         add(
             "Cost per seed (each seed one process, 1 torch thread, BLAS pools "
-            f"{json.dumps(payload.get('blas_threads'))}, `nice -n 10`; CPU = user + system "
+            f"{json.dumps(payload.get('blas_threads'))}, `nice`; CPU = user + system "
             "seconds of the process):"
         )
         add("")
