@@ -460,6 +460,8 @@ def render(r: dict[str, Any]) -> str:
                 f"speedup {e['speedup']:.2f}x vs needed {e['needed']:.2f}x | "
                 f"{verdict(e['pass'])} |"
             )
+    if r.get("reading"):
+        lines += ["", r["reading"]]
     lines += [
         "",
         "### Setup",
@@ -768,6 +770,11 @@ def main() -> None:
         "--merge", type=Path, nargs="+", metavar="RESULTS", help="merge per-seed results, write doc"
     )
     parser.add_argument("--note", help="with --merge: a line put before the rendered section")
+    parser.add_argument(
+        "--reading",
+        help="with --render-only: a paragraph after the verdicts, written after the numbers "
+        "(kept in the results file; '' removes it)",
+    )
     args = parser.parse_args()
     if args.merge:
         merged = merge([json.loads(p.read_text()) for p in args.merge])
@@ -780,7 +787,11 @@ def main() -> None:
         replace_section(args.doc, SECTION, HEADING, render_not_measured(args.not_measured))
         return
     if args.render_only:
-        replace_section(args.doc, SECTION, HEADING, render(json.loads(RESULTS.read_text())))
+        raw = json.loads(RESULTS.read_text())
+        if args.reading is not None:
+            raw["reading"] = args.reading
+            RESULTS.write_text(json.dumps(raw, indent=2, default=str) + "\n")
+        replace_section(args.doc, SECTION, HEADING, render(raw))
         return
     budget = QUICK if args.quick else FULL
     if args.seeds:
