@@ -22,6 +22,7 @@ import importlib
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 _RUN_ID = uuid.uuid4().hex[:8]
@@ -195,3 +196,15 @@ def _fresh_channel_layer() -> Any:
     channel_layers.backends.clear()
     yield
     channel_layers.backends.clear()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """torch at one thread for a module's tests (``pytestmark = pytest.mark.usefixtures(...)``):
+    on a shared 2-core machine OpenMP's spin-waiting makes 2 threads ~10x slower than 1."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -4,7 +4,6 @@ check is timed against its dense conv in ONNX Runtime and kept only if it is tha
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,12 +25,7 @@ METHODS = {"tucker": (td, td.TuckerDecompositionConfig), "cp": (cpd, cpd.CpDecom
 MEASURED = re.compile(r"measured ORT \d+ µs dense -> \d+ µs chain, \d+\.\d\dx faster")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Net(nn.Module):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,7 @@ from compression.recipe import Recipe, parse_recipe
 from compression.stage import ArchSpec, ModelState
 from compression.zoo import create_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    # On a shared 2-core machine OpenMP's spin-waiting makes 2 threads ~10x slower than 1.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Stage 0 trains the untrained LeNet-5 (chance is 10%) to about 84% on the digits' test split,

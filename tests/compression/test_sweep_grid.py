@@ -4,7 +4,6 @@ runs; the shared baseline is measured once and reused by each run without measur
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -96,12 +95,7 @@ def test_a_parameter_two_stages_have_must_name_its_stage():
 # --- the shared baseline -----------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,7 @@ from safetensors.torch import save_file
 
 from webapp.cli import main
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    # On a shared 2-core machine OpenMP's spin-waiting makes 2 threads ~10x slower than 1.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 RECIPE = """
@@ -103,7 +95,6 @@ def test_a_bad_recipe_exits_2_with_one_clear_line(
 def test_an_unsafe_model_file_is_refused_with_the_export_hint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import torch
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE)
@@ -117,7 +108,6 @@ def test_an_unsafe_model_file_is_refused_with_the_export_hint(
 def test_a_state_dict_of_the_wrong_architecture_names_the_keys(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import torch
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE)

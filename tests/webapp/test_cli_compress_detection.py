@@ -4,12 +4,10 @@ options, the shipped detection recipe, and the task refusals."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from compression import detection_data
 from compression.detection_data import SceneConfig, load_mnist_scenes
@@ -26,12 +24,7 @@ stages:
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_shipped_recipe(path: Path) -> Path:

@@ -4,11 +4,9 @@ tiny budget here), and the summary prints the per-layer container table."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from compression.recipe import load_recipe_file, parse_recipe
@@ -17,12 +15,7 @@ from webapp.cli import main
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("name", ["deep_compression_lenet300", "deep_compression_lenet5"])

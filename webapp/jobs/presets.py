@@ -139,11 +139,15 @@ def _goal_stages(key: str, facts: ModelFacts, *, arm: bool) -> list[tuple[str, d
     # Network slimming needs BatchNorm scales to rank channels; filter norms work on anything.
     prune: dict[str, Any] = {
         "importance": "bn_scale" if bn else "l2",
-        "sparsity_epochs": 1 if bn and not detector else 0,
-        # channel_pruning trains no detector (a later finetune stage does): none asked for.
+        "sparsity_epochs": 1 if bn else 0,
+        # channel_pruning fine-tunes no detector (a later finetune stage does): none asked for.
         "finetune_epochs": 0 if detector else 2,
     }
     if detector:
+        # A detector's sparsity epoch trains with its detection loss: the detection optimizer.
+        prune.update(
+            {k: FINETUNE_DETECTION[k] for k in ("optimizer", "lr", "batch_size")} if bn else {}
+        )
         stages = _goal_stages_base(key, prune, arm=arm)
         return [(m, dict(FINETUNE_DETECTION) if m == "finetune" else c) for m, c in stages]
     return _goal_stages_base(key, prune, arm=arm)

@@ -183,8 +183,10 @@ def _flow(page: Any, base: str, zip_path: Path, images: int, boxes: int, agent: 
         "fieldset[data-method]", "els => els.map(e => e.dataset.method)"
     )
     assert methods == ["finetune", "channel_pruning", "ptq_int8"]
-    # One training epoch; channel_pruning's own epochs stay as offered (a detector skips them).
+    # One training epoch and one sparsity-training epoch (the YOLO loss plus L1 on BN scales).
     page.fill("input[name=s0-epochs]", "1")
+    page.click("fieldset[data-method=channel_pruning] details.advanced-params summary")
+    page.fill("input[name=s1-sparsity_epochs]", "1")
     page.click("[data-wizard-next]")
     page.wait_for_url("**/jobs/new/targets/")
     assert "mAP@0.5" in page.inner_text("main")
@@ -194,6 +196,7 @@ def _flow(page: Any, base: str, zip_path: Path, images: int, boxes: int, agent: 
     page.wait_for_url("**/jobs/new/review/")
     recipe = yaml.safe_load(page.input_value("textarea[name=recipe_yaml]"))
     assert [s["method"] for s in recipe["stages"]] == ["finetune", "channel_pruning", "ptq_int8"]
+    assert recipe["stages"][1]["config"]["sparsity_epochs"] == 1
     recipe["eval"] = {**(recipe.get("eval") or {}), **QUICK_EVAL}  # a user's edit, kept short
     page.fill("textarea[name=recipe_yaml]", yaml.safe_dump(recipe, sort_keys=False))
     page.click("[data-wizard-next]")

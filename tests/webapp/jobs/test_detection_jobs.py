@@ -241,5 +241,8 @@ def test_the_wizard_walks_an_untrained_zoo_detector_to_a_queued_job(
     methods = [s["method"] for s in job.recipe["stages"]]
     assert methods == ["finetune", "channel_pruning", "finetune", "ptq_int8"]
     assert job.recipe["stages"][0]["config"]["epochs"] == 10
-    assert job.recipe["stages"][1]["config"]["finetune_epochs"] == 0
+    prune = job.recipe["stages"][1]["config"]
+    assert prune["finetune_epochs"] == 0  # the next finetune stage fine-tunes the detector
+    # one sparsity epoch with the detection optimizer (the YOLO loss plus L1 on the BN scales)
+    assert (prune["sparsity_epochs"], prune["optimizer"], prune["lr"]) == (1, "adam", 0.0005)
     assert job.recipe["targets"]["reference"] == "stage:0"
