@@ -1,10 +1,11 @@
 """Adaptive Tensor-Train on MobileNetV2's 1x1 convs (seed 001), with decision rules.
 
 Per seed: MobileNetV2 (zoo ``mobilenet_v2``, one input channel) is trained from scratch with a
-``finetune`` stage; then each fine-tuning candidate (:data:`FULL`'s ``candidates``) runs on that
-dense start: ``ft10`` is ``tt_decomposition`` on the 1x1 convs with 10 fine-tuning epochs,
-``kd10`` is ``tt_decomposition`` without fine-tuning followed by a ``distillation`` stage (Hinton
-KD from the dense start) for 10 epochs. The control, one per seed and shared by the candidates,
+``finetune`` stage until its val accuracy stops rising (the recipe was chosen on val with
+``--probe-base``); then each fine-tuning candidate (:data:`FULL`'s ``candidates``) runs on that
+dense start: ``ft20`` is ``tt_decomposition`` on the 1x1 convs with 20 fine-tuning epochs,
+``kd20`` is ``tt_decomposition`` without fine-tuning followed by a ``distillation`` stage (Hinton
+KD from the dense start) for 20 epochs. The control, one per seed and shared by the candidates,
 is the dense start fine-tuned for the same epochs at the same lr. Everything goes through
 ``parse_recipe`` + ``run_recipe`` exactly as a user's job does. The candidate with the best mean
 **val** accuracy is chosen; only its test accuracy is read (the pipeline's figure on the data
@@ -27,6 +28,8 @@ sets them itself for ``--seed`` when they are unset; the usage lines say so expl
     # then the latency timing and the doc once every training is done:
     env $T nice -n 10 .venv/bin/python benchmarks/tt_bench.py --seed 0 &   # ... --seed 1, 2
     nice -n 10 .venv/bin/python benchmarks/tt_bench.py --finish
+    # a dense-start recipe's val curve (test not read), OPTIMIZER:LR:EPOCHS:
+    env $T .venv/bin/python benchmarks/tt_bench.py --seed 2 --probe-base adam:0.002:40
     .venv/bin/python benchmarks/tt_bench.py --write-rules   # the section's rules, before a run
     .venv/bin/python benchmarks/tt_bench.py --render-only benchmarks/results/tt.json
 """
