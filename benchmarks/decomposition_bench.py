@@ -494,7 +494,7 @@ def render(r: dict[str, Any]) -> str:
         "so those alone at 5x give ~3.5x, and in the previous run's single-conv table only "
         "512-channel chains came near 3x (CP 3.6-3.7x, Tucker-2 1.8-2.6x at ratio 4). CP does not "
         "run on `vgg11_bn`: its ALS at rank 458 on a 512x512x3x3 conv measured ~14 s per "
-        "iteration on this machine (up to 100 iterations: ~20 min per conv, 4 such convs per "
+        "iteration on the 2-core AMD EPYC of an earlier session (up to 100 iterations: ~20 min per conv, 4 such convs per "
         "seed). The gate times each chain inside the job (3 interleaved rounds of 20 runs, ORT "
         "2 threads, batch 1, in the job's process) on the same loaded machine as everything "
         "else, so its decisions move with the load.",
