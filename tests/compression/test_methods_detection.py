@@ -307,6 +307,21 @@ def test_ptq_int8_refuses_a_detector_with_classification_data(tmp_path: Path) ->
         run("ptq_int8", detector_ctx(tiny_yolo(), tmp_path, load_digits()))
 
 
+def test_sparsity_training_refuses_a_detector_with_classification_data(tmp_path: Path) -> None:
+    """channel_pruning's sparsity epochs on a detector need detection data: a classification
+    set is refused naming the method, before anything is trained or cut."""
+    from compression.datasets import load_digits
+
+    model = tiny_yolo()
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ctx = detector_ctx(model, tmp_path, load_digits())
+    with pytest.raises(StageScopeError, match="channel_pruning: a detection model trains on a"):
+        run("channel_pruning", ctx, importance="bn_scale", ratio=0.3, sparsity_epochs=1)
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing trained, nothing cut
+
+
 def test_finetune_flip_option_reaches_the_detector_augmentation(tmp_path: Path) -> None:
     """``flip: false`` trains on unmirrored images only: two such runs from the same start are
     identical, and a run with flips (same seed, same start) ends elsewhere."""

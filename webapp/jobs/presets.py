@@ -144,10 +144,8 @@ def _goal_stages(key: str, facts: ModelFacts, *, arm: bool) -> list[tuple[str, d
         "finetune_epochs": 0 if detector else 2,
     }
     if detector:
-        # A detector's sparsity epoch trains with its detection loss: the detection optimizer.
-        prune.update(
-            {k: FINETUNE_DETECTION[k] for k in ("optimizer", "lr", "batch_size")} if bn else {}
-        )
+        if bn:  # a detector's sparsity epoch trains with its detection loss and optimizer
+            prune.update({k: FINETUNE_DETECTION[k] for k in ("optimizer", "lr", "batch_size")})
         stages = _goal_stages_base(key, prune, arm=arm)
         return [(m, dict(FINETUNE_DETECTION) if m == "finetune" else c) for m, c in stages]
     return _goal_stages_base(key, prune, arm=arm)
