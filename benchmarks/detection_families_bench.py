@@ -97,7 +97,10 @@ FULL = Plan(
             family="fasterrcnn",
             arch="fasterrcnn_mobilenetv3_fpn",
             options=(("input_size", 96),),
-            epochs=3,
+            # Run 3 (2026-12-07, on two otherwise idle cores): 12 epochs, fixed before it
+            # started. Runs 1 and 2 (1 and 3 epochs, at the small share of the cores a loaded
+            # machine gave them) ended at test mAP@0.5 0.000: too short to show what it learns.
+            epochs=12,
             batch_size=16,
             lr=5e-3,
             warmup_epochs=0.5,
