@@ -73,6 +73,9 @@ class LayerChange:
     # (µs, batch 1, this machine); None when nothing was timed.
     latency_us_before: float | None = None
     latency_us_after: float | None = None
+    # The gate's speedup: the median over its rounds of dense / chain, paired round by round
+    # (what it decided on; close to, but not always, latency_us_before / latency_us_after).
+    latency_speedup: float | None = None
 
 
 ProgressFn = Callable[[float, str, dict[str, Any]], None]

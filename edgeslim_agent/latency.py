@@ -550,6 +550,48 @@ def round_order(models: int, round_index: int) -> list[int]:
     return [(i + shift) % models for i in range(models)]
 
 
+def measure_round_medians(
+    onnx_paths: Sequence[Path | str],
+    *,
+    input_shape: Sequence[int] | None = None,
+    threads: int = 2,
+    warmup: int = 5,
+    rounds: int = 5,
+    min_runs: int = 10,
+    min_round_ms: float = 5.0,
+    seed: int = 0,
+) -> list[list[float]]:
+    """Several small models timed side by side in this process: each one's median per round (ms).
+
+    One session per model is built and warmed once; then in each of ``rounds`` rounds every
+    model (order rotated, :func:`round_order`) runs at least ``min_runs`` timed inferences and
+    keeps going until ``min_round_ms`` of them have passed, so a model of a few microseconds is
+    timed over as long a stretch as a slow one. Returns ``medians[model][round]``: pairing the
+    models' medians of the same round, which ran back to back, cancels a load that drifts
+    between rounds. For single layers (the decomposition latency gate), where a fresh child per
+    model (:func:`measure_latency_isolated`) would cost more than the timing.
+    """
+    _check_settings(threads=threads, warmup=warmup, runs=min_runs, rounds=rounds)
+    if min_round_ms < 0:
+        raise ValueError(f"min_round_ms must be >= 0, got {min_round_ms}")
+    benches = [
+        _Bench(p, input_shape=input_shape, threads=threads, providers=None, seed=seed)
+        for p in onnx_paths
+    ]
+    for bench in benches:
+        bench.warm(warmup)
+    medians: list[list[float]] = [[] for _ in benches]
+    for r in range(rounds):
+        for i in round_order(len(benches), r):
+            times, wall_s = benches[i].timed(min_runs)
+            while wall_s * 1000.0 < min_round_ms:
+                more, more_s = benches[i].timed(min_runs)
+                times += more
+                wall_s += more_s
+            medians[i].append(statistics.median(times))
+    return medians
+
+
 def _shapes_per_model(
     input_shapes: Sequence[Sequence[int]] | Sequence[int] | None, n: int
 ) -> list[list[int] | None]:

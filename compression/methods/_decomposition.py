@@ -10,9 +10,17 @@ MACs are not time: at batch 1 on a CPU a chain of three or four small convs pays
 overhead that a narrow conv on a small map never earns back. With ``min_measured_speedup`` set,
 a chain that passed the MAC check is measured before it is accepted: the dense conv and the built
 chain are each exported to ONNX and timed in ONNX Runtime on this machine at the conv's real input
-shape, batch 1, in interleaved rounds (:func:`measure_gate`, the project's one harness,
-:func:`compression.latency.measure_latency`, called round by round); the conv keeps its dense
-weights, listed with the measured figures, unless the chain is at least that many times faster.
+shape, batch 1, side by side in interleaved rounds (:func:`measure_gate`, through
+:func:`compression.latency.measure_round_medians`); the conv keeps its dense weights, listed with
+the measured figures, unless the chain is at least that many times faster. ``min_speedup_share``
+asks instead (or as well) for a share of the chain's own MAC cut: at 0.75, a chain with 4x fewer
+MACs must run at least 3x faster, so a kept decomposition is one whose MAC cut this machine
+realises, and the whole model's speedup can follow its MAC reduction.
+
+The decision is taken on the median over rounds of the *paired* speedup (the dense conv's round
+median over the chain's, the two timed back to back), each round lasting at least
+``GATE_ROUND_MS`` per model however small the conv: a 30 µs conv timed for 20 runs in three
+rounds, as this gate first did, swung between 0.5x and 5x from one job to the next.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import torch
 from torch import nn
 
 from compression.errors import ConfigError
-from compression.latency import measure_latency, round_order
+from compression.latency import measure_round_medians
 from compression.macs import count_macs
 from compression.methods._common import classifier_layer, finish, history_metrics
 from compression.onnx_export import export_onnx
@@ -57,30 +65,44 @@ class Skip:
     params: int | None = None
     latency_us_before: float | None = None  # the latency gate's measured dense conv ...
     latency_us_after: float | None = None  # ... and chain (µs, batch 1), when it measured them
+    latency_speedup: float | None = None  # ... and the paired speedup it decided on
 
 
-# The latency gate's timing: untimed warm-up runs, then interleaved rounds of timed runs per model
-# (the order rotated each round); each p50 is the median of its round medians.
+# The latency gate's timing: untimed warm-up runs, then interleaved rounds (the order rotated
+# each round) in which each model runs at least GATE_MIN_RUNS times and for at least
+# GATE_ROUND_MS; each p50 is the median of its round medians.
 GATE_WARMUP = 5
-GATE_RUNS = 20
-GATE_ROUNDS = 3
+GATE_MIN_RUNS = 10
+GATE_ROUND_MS = 5.0
+GATE_ROUNDS = 5
 
 
 @dataclass(frozen=True)
 class GateTiming:
-    """A dense conv and its chain timed side by side by the latency gate (µs, batch 1)."""
+    """A dense conv and its chain timed side by side by the latency gate (µs, batch 1).
+
+    ``round_speedups`` pairs the two models' medians round by round; ``speedup`` is their median.
+    """
 
     dense_us: float
     chain_us: float
+    round_speedups: tuple[float, ...] = ()
 
     @property
     def speedup(self) -> float:
+        if self.round_speedups:
+            return float(statistics.median(self.round_speedups))
         return self.dense_us / max(self.chain_us, 1e-9)
 
     def describe(self) -> str:
+        spread = (
+            f" (rounds {min(self.round_speedups):.2f}-{max(self.round_speedups):.2f}x)"
+            if len(self.round_speedups) > 1
+            else ""
+        )
         return (
             f"measured ORT {self.dense_us:.0f} µs dense -> {self.chain_us:.0f} µs chain, "
-            f"{self.speedup:.2f}x faster"
+            f"{self.speedup:.2f}x faster{spread}"
         )
 
 
@@ -89,30 +111,31 @@ def measure_gate(
 ) -> GateTiming:
     """Time ``dense`` and ``chain`` in ONNX Runtime at batch 1 on ``input_shape`` (C, H, W).
 
-    Both are exported to ONNX (from eval-mode CPU copies) in a temporary folder and timed by
-    :func:`compression.latency.measure_latency` in this process, ``GATE_ROUNDS`` interleaved
-    rounds of ``GATE_RUNS`` runs each after ``GATE_WARMUP`` warm-up runs, with ``threads``
-    intra-op threads. In process, not in fresh children, to stay at a few tenths of a second
-    per conv: a child's start costs more than timing a small conv.
+    Both are exported to ONNX (from eval-mode CPU copies) in a temporary folder and timed side
+    by side in this process by :func:`compression.latency.measure_round_medians`:
+    ``GATE_ROUNDS`` interleaved rounds, each model at least ``GATE_MIN_RUNS`` runs and
+    ``GATE_ROUND_MS`` per round, after ``GATE_WARMUP`` warm-up runs, with ``threads`` intra-op
+    threads. In process, not in fresh children, to stay at a few tenths of a second per conv:
+    a child's start costs more than timing a small conv.
     """
     with tempfile.TemporaryDirectory(prefix="edgeslim-gate-") as tmp:
         paths = [
             export_onnx(copy.deepcopy(m).to("cpu").float(), input_shape, Path(tmp) / f"{n}.onnx")
             for n, m in (("dense", dense), ("chain", chain))
         ]
-        p50: list[list[float]] = [[], []]
-        for r in range(GATE_ROUNDS):
-            for i in round_order(2, r):
-                res = measure_latency(
-                    paths[i],
-                    input_shape=(1, *input_shape),
-                    threads=threads,
-                    warmup=GATE_WARMUP,
-                    runs=GATE_RUNS,
-                )
-                p50[i].append(res.p50_ms)
+        dense_ms, chain_ms = measure_round_medians(
+            paths,
+            input_shape=(1, *input_shape),
+            threads=threads,
+            warmup=GATE_WARMUP,
+            rounds=GATE_ROUNDS,
+            min_runs=GATE_MIN_RUNS,
+            min_round_ms=GATE_ROUND_MS,
+        )
     return GateTiming(
-        dense_us=statistics.median(p50[0]) * 1000.0, chain_us=statistics.median(p50[1]) * 1000.0
+        dense_us=statistics.median(dense_ms) * 1000.0,
+        chain_us=statistics.median(chain_ms) * 1000.0,
+        round_speedups=tuple(d / max(c, 1e-12) for d, c in zip(dense_ms, chain_ms, strict=True)),
     )
 
 
@@ -126,6 +149,18 @@ def min_measured_speedup_param() -> Any:
         "measured times (0: no timing, MACs only)",
         ge=0.0,
         le=100.0,
+    )
+
+
+def min_speedup_share_param() -> Any:
+    """The latency gate's share-of-MACs threshold (see :func:`min_measured_speedup_param`)."""
+    return param(
+        0.0,
+        help="latency gate: keep a decomposition only if its measured speedup (timed as for "
+        "min_measured_speedup) is at least this share of its own MAC reduction, e.g. 0.75: a "
+        "chain with 4x fewer MACs must run 3x faster (0: off; with both set, both apply)",
+        ge=0.0,
+        le=1.0,
     )
 
 
@@ -256,12 +291,14 @@ def apply_decomposition(
     describe: str,
     ranks: tuple[int, ...],
     min_measured_speedup: float = 0.0,
+    min_speedup_share: float = 0.0,
     latency_threads: int = 2,
 ) -> LayerChange | Skip:
     """Build the replacement, count both, swap it in if it cuts the MACs enough.
 
-    With ``min_measured_speedup`` > 0, a chain that passes the MAC check is then timed against
-    the dense conv (:func:`measure_gate`) and swapped in only if it is at least that many times
+    With ``min_measured_speedup`` or ``min_speedup_share`` > 0, a chain that passes the MAC
+    check is then timed against the dense conv (:func:`measure_gate`) and swapped in only if it
+    is at least ``max(min_measured_speedup, min_speedup_share * its MAC reduction)`` times
     faster; the row (or the skip) carries both measured latencies. At 0 nothing is timed.
 
     Returns the layer's change row, or a skip when the chain would not save enough MACs or was
@@ -280,17 +317,25 @@ def apply_decomposition(
             params_before,
         )
     timing = None
-    if min_measured_speedup > 0:
+    if min_measured_speedup > 0 or min_speedup_share > 0:
         timing = measure_gate(site.conv, new, site.input_shape, threads=latency_threads)
-        if timing.speedup < min_measured_speedup:
+        share_needs = min_speedup_share * before / max(after, 1)
+        if share_needs > min_measured_speedup:
+            needs = (
+                f"{share_needs:.2f}x = {min_speedup_share:g} of its "
+                f"{before / max(after, 1):.2f}x MAC cut, min_speedup_share"
+            )
+        else:
+            needs = f"{min_measured_speedup:g}x, min_measured_speedup"
+        if timing.speedup < max(min_measured_speedup, share_needs):
             return Skip(
                 site.name,
                 f"{describe}: {timing.describe()} at batch 1 on "
-                f"{'x'.join(map(str, site.input_shape))} (needs {min_measured_speedup:g}x, "
-                "min_measured_speedup)",
+                f"{'x'.join(map(str, site.input_shape))} (needs {needs})",
                 params_before,
                 timing.dense_us,
                 timing.chain_us,
+                timing.speedup,
             )
         describe = f"{describe}; {timing.describe()}"
     replace_module(root, site.name, new)
@@ -307,6 +352,7 @@ def apply_decomposition(
         note=describe,
         latency_us_before=timing.dense_us if timing else None,
         latency_us_after=timing.chain_us if timing else None,
+        latency_speedup=timing.speedup if timing else None,
     )
 
 
@@ -319,6 +365,7 @@ def skip_row(skip: Skip) -> LayerChange:
         note=f"skipped: {skip.reason}",
         latency_us_before=skip.latency_us_before,
         latency_us_after=skip.latency_us_after,
+        latency_speedup=skip.latency_speedup,
     )
 
 

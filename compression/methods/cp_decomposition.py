@@ -41,6 +41,7 @@ from compression.methods._decomposition import (
     finetune_and_report,
     latency_threads_param,
     min_measured_speedup_param,
+    min_speedup_share_param,
     select_convs,
 )
 from compression.registry import param, register_method
@@ -84,6 +85,7 @@ class CpDecompositionConfig:
         le=100.0,
     )
     min_measured_speedup: float = min_measured_speedup_param()
+    min_speedup_share: float = min_speedup_share_param()
     latency_threads: int = latency_threads_param()
     svd_init_max_elements: int = param(
         SVD_INIT_MAX_ELEMENTS,
@@ -224,6 +226,7 @@ def decompose_model(
             functools.partial(cp_chain, site.conv, f),
             min_mac_reduction=cfg.min_mac_reduction,
             min_measured_speedup=cfg.min_measured_speedup,
+            min_speedup_share=cfg.min_speedup_share,
             latency_threads=cfg.latency_threads,
             describe=describe,
             ranks=(rank,),

@@ -37,6 +37,7 @@ from compression.methods._decomposition import (
     finetune_and_report,
     latency_threads_param,
     min_measured_speedup_param,
+    min_speedup_share_param,
     select_convs,
 )
 from compression.model_facts import ModelFacts
@@ -83,6 +84,7 @@ class TuckerDecompositionConfig:
         le=100.0,
     )
     min_measured_speedup: float = min_measured_speedup_param()
+    min_speedup_share: float = min_speedup_share_param()
     latency_threads: int = latency_threads_param()
     epochs: int = param(3, help="fine-tuning epochs after the decomposition", ge=0, le=1000)
     lr: float = param(0.01, help="peak fine-tuning learning rate (cosine decay)", gt=0.0, le=10.0)
@@ -223,6 +225,7 @@ def decompose_model(
             functools.partial(tucker_chain, site.conv, t.core, t.u_out, t.u_in),
             min_mac_reduction=cfg.min_mac_reduction,
             min_measured_speedup=cfg.min_measured_speedup,
+            min_speedup_share=cfg.min_speedup_share,
             latency_threads=cfg.latency_threads,
             describe=describe,
             ranks=ranks,

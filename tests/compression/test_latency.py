@@ -22,6 +22,7 @@ from compression.latency import (
     LatencyResult,
     measure_latency,
     measure_latency_isolated,
+    measure_round_medians,
     round_order,
 )
 from compression.onnx_export import export_onnx
@@ -160,6 +161,44 @@ def test_interleaved_rounds_tell_a_bigger_model_from_a_small_one(small: Path, bi
         assert r.load_time_ms > 0 and r.op_profile_ms == {}
         assert r.throughput <= r.batch_size * 1000.0 / r.mean_ms
     assert (fast.input_shape, slow.input_shape) == ([1, 16], [32, 512])
+
+
+def _low_rank_model(path: Path, n: int, rank: int) -> Path:
+    """``Y = (X @ A) @ B``: the ``n x n`` map through rank ``rank``, as a decomposition does."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, rank)).astype(np.float32)
+    b = rng.standard_normal((rank, n)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["X", "A"], ["H"]),
+            helper.make_node("MatMul", ["H", "B"], ["Y"]),
+        ],
+        "low_rank",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", n])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", n])],
+        [numpy_helper.from_array(a, "A"), numpy_helper.from_array(b, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_in_process_rounds_pair_two_models_and_last_at_least_the_asked_time(
+    big: Path, tmp_path: Path
+) -> None:
+    chain = _low_rank_model(tmp_path / "chain.onnx", 512, 8)  # 32x fewer MACs than big
+    start = time.perf_counter()
+    dense_ms, chain_ms = measure_round_medians(
+        [big, chain], input_shape=(64, 512), threads=1, warmup=2, rounds=3, min_runs=5,
+        min_round_ms=20.0,
+    )  # fmt: skip
+    # Each model keeps running past its 5 runs until 20 ms of each round have passed.
+    assert time.perf_counter() - start >= 2 * 3 * 0.020
+    assert len(dense_ms) == len(chain_ms) == 3
+    assert all(0 < c < d for d, c in zip(dense_ms, chain_ms, strict=True))  # round by round
+    with pytest.raises(ValueError, match="min_round_ms"):
+        measure_round_medians([big], input_shape=(1, 512), min_round_ms=-1.0)
 
 
 def test_isolated_p99_appears_from_100_runs_over_all_rounds(small: Path) -> None:

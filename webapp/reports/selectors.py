@@ -233,7 +233,9 @@ def _gate_timing(change: dict[str, Any]) -> dict[str, Any]:
     before, after = change.get("latency_us_before"), change.get("latency_us_after")
     if not isinstance(before, int | float) or not isinstance(after, int | float) or after <= 0:
         return {"latency_us_before": None, "latency_us_after": None, "gate_speedup": None}
-    return {"latency_us_before": before, "latency_us_after": after, "gate_speedup": before / after}
+    # The gate's own paired-round speedup (what it decided on); older reports lack it.
+    speedup = change.get("latency_speedup") or before / after
+    return {"latency_us_before": before, "latency_us_after": after, "gate_speedup": speedup}
 
 
 def report_epochs(report: dict[str, Any]) -> list[dict[str, Any]]:
