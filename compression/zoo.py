@@ -414,6 +414,11 @@ def yolov3(
 SSD_INPUT_SIZE = 96
 FASTERRCNN_INPUT_SIZE = 160
 FASTERRCNN_BOX_HEAD = 256  # the box head's hidden size (torchvision's default is 1024)
+# The MobileNetV3 stages the FPN reads (torchvision's stage numbering: 2, 3, 5 end at strides 8,
+# 16 and 32). torchvision's builder reads stages 4 and 5, which are both at stride 32: a 3x3 grid
+# at 96 px, where no RPN anchor lands near a small object (test mAP 0.000 after 12 epochs, see
+# docs/benchmarks.md); strides 8 and 16 give it 12x12 and 6x6 grids.
+FASTERRCNN_FPN_STAGES = [2, 3, 5]
 
 
 def _check_side(input_size: int) -> int:
@@ -551,15 +556,18 @@ def fasterrcnn_mobilenetv3_fpn(
 ) -> nn.Module:
     """Faster R-CNN, MobileNetV3-Large FPN backbone (torchvision's builder, no weights).
 
-    For small inputs: images resized to ``input_size`` (default 160), RPN anchors of 0.1..0.8
-    of it (torchvision's are 32..512 px), 150 proposals at test time (600/300 in training),
-    64 sampled boxes per image and a 256-wide box head (torchvision's is 1024).
+    For small inputs: the FPN on the backbone's stride-8, 16 and 32 stages plus a pooled level
+    (torchvision's reads two stride-32 stages, ``FASTERRCNN_FPN_STAGES``), images resized to
+    ``input_size`` (default 160), RPN anchors of 0.1..0.8 of it (torchvision's are 32..512 px),
+    150 proposals at test time (600/300 in training), 64 sampled boxes per image and a 256-wide
+    box head (torchvision's is 1024).
     """
     if in_channels != 3:
         raise ConfigError(
             "in_channels", f"fasterrcnn_mobilenetv3_fpn takes RGB images (3), got {in_channels}"
         )
     from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import mobilenet_backbone
     from torchvision.models.detection.faster_rcnn import (
         FastRCNNPredictor,
         TwoMLPHead,
@@ -580,9 +588,19 @@ def fasterrcnn_mobilenetv3_fpn(
         box_batch_size_per_image=64,
         box_detections_per_img=100,
     )
-    # Anchors for small images: the same count per cell (5 sizes x 3 ratios), so the RPN head
-    # built for torchvision's anchors still fits.
-    levels = len(model.rpn.anchor_generator.sizes)
+    # The same backbone as the builder's (BatchNorm, every layer trainable: no weights), its FPN
+    # on finer stages; the RPN head and the RoI pooling work on any number of levels.
+    model.backbone = mobilenet_backbone(
+        backbone_name="mobilenet_v3_large",
+        weights=None,
+        fpn=True,
+        norm_layer=nn.BatchNorm2d,
+        trainable_layers=6,
+        returned_layers=FASTERRCNN_FPN_STAGES,
+    )
+    # Anchors for small images: the same count per cell (5 sizes x 3 ratios) on every level, so
+    # the RPN head built for torchvision's anchors still fits.
+    levels = len(FASTERRCNN_FPN_STAGES) + 1  # and the max-pooled level
     sizes = tuple(max(4, round(side * f)) for f in (0.1, 0.2, 0.4, 0.6, 0.8))
     model.rpn.anchor_generator = AnchorGenerator((sizes,) * levels, ((0.5, 1.0, 2.0),) * levels)
     resolution = model.roi_heads.box_roi_pool.output_size[0]

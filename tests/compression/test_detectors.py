@@ -245,6 +245,27 @@ def _targets() -> list[dict[str, torch.Tensor]]:
     ]
 
 
+def test_faster_rcnn_reads_strides_8_16_and_32_so_small_inputs_get_a_usable_grid() -> None:
+    """torchvision's builder reads two stride-32 stages: a 3x3 grid at 96 px, where no anchor
+    lands near a small object (test mAP 0.000 after 12 epochs). The zoo's FPN reads finer ones,
+    and its anchors cover every level, so the RPN head still fits."""
+    model = create_model("fasterrcnn_mobilenetv3_fpn", num_classes=3, input_size=96).eval()
+    with torch.no_grad():
+        levels = model.backbone(torch.zeros(1, 3, 96, 96))
+    assert {k: tuple(v.shape[-2:]) for k, v in levels.items()} == {
+        "0": (12, 12),
+        "1": (6, 6),
+        "2": (3, 3),
+        "pool": (2, 2),
+    }
+    assert len(model.rpn.anchor_generator.sizes) == len(levels)
+    assert model.rpn.anchor_generator.num_anchors_per_location() == [15] * len(levels)
+    # Trainable BatchNorm, as the builder uses without weights (not its frozen one).
+    assert not [m for m in model.backbone.modules() if type(m).__name__ == "FrozenBatchNorm2d"]
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules())
+    assert all(p.requires_grad for p in model.backbone.parameters())  # no weights: train it all
+
+
 @pytest.mark.parametrize(
     ("name", "options", "family", "losses"),
     [
