@@ -278,7 +278,6 @@ def one_seed(
                     "note": r.get("note"),
                     "gate_us": _gate_us(r),
                     "gate_speedup": r.get("latency_speedup"),
-                    "macs": [r.get("macs_before"), r.get("macs_after")],
                 }
                 for r in layers
                 if r.get("ranks")

@@ -196,8 +196,9 @@ def test_the_share_gate_asks_for_a_share_of_each_chains_own_mac_cut(
     cut = {c.name: c.macs_before / c.macs_after for c in ungated}
     assert all(c > 2.5 for c in cut.values())  # so 2.5x measured is under a 1.0 share
     _fake_rounds(monkeypatch, [0.1] * 5, [0.04] * 5)  # 2.5x faster
-    changes, skips = _decompose("tucker", Net().eval(), min_speedup_share=1.0)
-    assert changes == []
+    model = Net().eval()
+    changes, skips = _decompose("tucker", model, min_speedup_share=1.0)
+    assert changes == [] and all(isinstance(getattr(model, n), nn.Conv2d) for n in "ab")
     reason = {s.name: s.reason for s in skips}["a"]
     assert f"(needs {cut['a']:.2f}x = 1 of its {cut['a']:.2f}x MAC cut, min_speedup_share)" in (
         reason
