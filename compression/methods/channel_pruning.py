@@ -67,6 +67,10 @@ _MAC_SEARCH_CEILING = 0.95
 # With a MAC target every step lands in [target, target * (1 + MAC_TOLERANCE)] where any order
 # of removals allows it (see _Search); the stage reports when none does.
 MAC_TOLERANCE = 0.05
+# ONNX Runtime's x86 NCHWc blocks, in channels (floats per vector register): AVX2, AVX-512. Its
+# NchwcTransformer runs a dense conv in the blocked layout only when the conv's input channels
+# are below the block or a multiple of it; other convs stay on the plain NCHW kernels.
+NCHWC_BLOCKS = {8: "AVX2", 16: "AVX-512"}
 # Recovery distillation: Hinton's temperature, and the gradient-norm clip distillation uses
 # (a confident teacher's soft targets can throw a freshly pruned student off in its first steps).
 _KD_TEMPERATURE = 4.0
@@ -126,7 +130,10 @@ class ChannelPruningConfig:
         lt=1.0,
     )
     round_to: int = param(
-        8, help="keep channel counts multiples of this (fast kernels like multiples of 8)", ge=1
+        8,
+        help="keep channel counts multiples of this: ONNX Runtime's x86 CPU kernels block "
+        "channels by 8 (AVX2) or 16 (AVX-512), and a conv off the block runs slower kernels",
+        ge=1,
     )
     sparsity_lambda: float = param(
         1e-2,
@@ -1109,6 +1116,41 @@ def layer_pruner(
     )
 
 
+def off_block_convs(module: nn.Module, block: int) -> list[str]:
+    """The dense 2-d convs ONNX Runtime's x86 provider leaves off its NCHWc kernels for a
+    ``block``-channel vector: input channels at least ``block`` and not a multiple of it."""
+    return [
+        name
+        for name, m in module.named_modules()
+        if isinstance(m, nn.Conv2d)
+        and m.groups == 1
+        and m.in_channels >= block
+        and m.in_channels % block != 0
+    ]
+
+
+def _report_off_block(
+    ctx: StageContext, before: Mapping[int, int], after: nn.Module, metrics: dict[str, float]
+) -> None:
+    """Count, per NCHWc block, the convs whose input channels leave the blocked kernels, and
+    say so when the pruning made more of them (the cut then buys less time than its MACs)."""
+    convs = sum(1 for m in after.modules() if isinstance(m, nn.Conv2d) and m.groups == 1)
+    for block, isa in NCHWC_BLOCKS.items():
+        names = off_block_convs(after, block)
+        metrics[f"convs_off_block_{block}"] = float(len(names))
+        added = len(names) - before[block]
+        if added > 0:
+            shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+            ctx.report(
+                1.0,
+                f"{len(names)} of {convs} convs take input channels that are not a multiple of "
+                f"{block} ({shown}): on a CPU whose ONNX Runtime blocks by {block} "
+                f"({isa}) they run on the plain kernels; "
+                f"round_to {block} keeps them blocked",
+                {},
+            )
+
+
 def run_pruning(
     ctx: StageContext,
     module: nn.Module,
@@ -1132,6 +1174,7 @@ def run_pruning(
     macs_before = count_macs(module, ctx.model.input_shape)
     params_before = count_params(module)
     before = _snapshot(module)
+    off_block_before = {b: len(off_block_convs(module, b)) for b in NCHWC_BLOCKS}
     epoch_offset = float(len(history))
     outcome = prune_and_finetune(
         ctx,
@@ -1185,6 +1228,7 @@ def run_pruning(
         metrics["val_acc"] = history[-1]["val_acc"]
     metrics.update(outcome.metrics)
     metrics["mac_reduction"] = reached
+    _report_off_block(ctx, off_block_before, module, metrics)
     after = _snapshot(module)
     layers = [
         LayerChange(

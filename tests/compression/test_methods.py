@@ -608,3 +608,27 @@ def test_distillation_defaults_do_not_diverge_a_batchnorm_free_student_under_a_c
     result = run_method("distillation", ctx, teacher="t", epochs=2, lr=0.02, batch_size=64)
     assert result.history[-1]["val_acc"] > 60.0
     assert result.history[-1]["loss"] < 0.5 * result.history[0]["loss"]
+
+
+def test_channel_pruning_counts_the_convs_it_pushes_off_ortss_nchwc_blocks(
+    digits: DatasetBundle, trained_bn_net: nn.Module, tmp_path: Path
+) -> None:
+    # Steps of 4 leave 32-wide convs at multiples of 4 (off the 16 block, and mostly off 8);
+    # steps of 16 keep every input channel count a multiple of both blocks.
+    counts = {}
+    for round_to in (4, 16):
+        ctx = make_ctx(copy.deepcopy(trained_bn_net), digits, tmp_path / str(round_to))
+        result = run_method(
+            "channel_pruning", ctx, importance="l1", ratio=0.4, global_pruning=False,
+            sparsity_epochs=0, finetune_epochs=0, round_to=round_to,
+        )  # fmt: skip
+        pruned = result.model.module
+        assert pruned is not None
+        convs = [m for m in pruned.modules() if isinstance(m, nn.Conv2d)]
+        off16 = [c for c in convs if c.in_channels >= 16 and c.in_channels % 16]
+        assert result.metrics["convs_off_block_16"] == len(off16)
+        counts[round_to] = len(off16)
+        messages = [msg for _, msg, _ in ctx.report.calls]  # type: ignore[attr-defined]
+        said = [m for m in messages if "not a multiple of 16" in m]
+        assert bool(said) == (len(off16) > 0), messages
+    assert counts[4] >= 1 and counts[16] == 0
