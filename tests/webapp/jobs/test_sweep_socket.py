@@ -31,7 +31,7 @@ def test_a_member_hears_children_change_and_another_organisation_is_refused(
     child = Job.objects.filter(sweep=sweep).order_by("id").first()
     assert child is not None
 
-    async def scenario(cookie: str):
+    async def listen(cookie: str):
         comm = communicator(f"/ws/sweeps/{sweep.pk}/", cookie=cookie)
         connected, code = await comm.connect()
         if not connected:
@@ -44,9 +44,17 @@ def test_a_member_hears_children_change_and_another_organisation_is_refused(
         await comm.disconnect()
         return connected, code, got
 
-    connected, code, got = async_to_sync(scenario)(session_cookie_for(org_b[1]))
+    # One event loop for both sockets: the channel layer binds its Redis locks to the loop that
+    # first used it, and a consumer left on a second loop's teardown could hang there.
+    async def scenario(foreign_cookie: str, member_cookie: str):
+        return await listen(foreign_cookie), await listen(member_cookie)
+
+    foreign, member = async_to_sync(scenario)(
+        session_cookie_for(org_b[1]), session_cookie_for(user)
+    )
+    connected, code, _ = foreign
     assert not connected and code == 4403
-    connected, _, got = async_to_sync(scenario)(session_cookie_for(user))
+    connected, _, got = member
     assert connected
     assert got[0]["kind"] == "child" and got[0]["job_id"] == child.pk
     assert got[0]["status"] == "CANCELLED"
