@@ -71,6 +71,11 @@ MAC_TOLERANCE = 0.05
 # NchwcTransformer runs a dense conv in the blocked layout only when the conv's input channels
 # are below the block or a multiple of it; other convs stay on the plain NCHW kernels.
 NCHWC_BLOCKS = {8: "AVX2", 16: "AVX-512"}
+# round_to's help, shared by every pruning method with the option.
+ROUND_TO_HELP = (
+    "keep channel counts multiples of this: ONNX Runtime's x86 CPU kernels block channels by 8 "
+    "(AVX2) or 16 (AVX-512), and a conv off the block runs slower kernels"
+)
 # Recovery distillation: Hinton's temperature, and the gradient-norm clip distillation uses
 # (a confident teacher's soft targets can throw a freshly pruned student off in its first steps).
 _KD_TEMPERATURE = 4.0
@@ -129,12 +134,7 @@ class ChannelPruningConfig:
         gt=0.0,
         lt=1.0,
     )
-    round_to: int = param(
-        8,
-        help="keep channel counts multiples of this: ONNX Runtime's x86 CPU kernels block "
-        "channels by 8 (AVX2) or 16 (AVX-512), and a conv off the block runs slower kernels",
-        ge=1,
-    )
+    round_to: int = param(8, help=ROUND_TO_HELP, ge=1)
     sparsity_lambda: float = param(
         1e-2,
         help="bn_scale only: L1 penalty on BN gammas during sparsity training "

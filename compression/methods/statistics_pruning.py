@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from compression.methods._common import torch_module
-from compression.methods.channel_pruning import run_pruning
+from compression.methods.channel_pruning import ROUND_TO_HELP, run_pruning
 from compression.methods.importances import StatisticsImportance
 from compression.registry import param, register_method
 from compression.stage import StageContext, StageResult
@@ -60,12 +60,7 @@ class StatisticsPruningConfig:
         gt=0.0,
         lt=1.0,
     )
-    round_to: int = param(
-        8,
-        help="keep channel counts multiples of this: ONNX Runtime's x86 CPU kernels block "
-        "channels by 8 (AVX2) or 16 (AVX-512), and a conv off the block runs slower kernels",
-        ge=1,
-    )
+    round_to: int = param(8, help=ROUND_TO_HELP, ge=1)
     finetune_epochs: int = param(
         5,
         help="fine-tuning epochs in all, split across the iterative steps",
