@@ -504,10 +504,13 @@ def order_sweep(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 pairs = mode_pairs(math.prod(row["out_modes"]), math.prod(row["in_modes"]), d)
                 if pairs is None:
                     continue
-                ranks = _ranks_within(*pairs, row["params_after"])
+                out_modes, in_modes = pairs
+                ranks = _ranks_within(out_modes, in_modes, row["params_after"])
                 if ranks is None:
                     continue
-                plan = plan_order(row["kind"], *pairs, ranks, spatial=row["input_hw"] * scale)
+                plan = plan_order(
+                    row["kind"], out_modes, in_modes, ranks, spatial=row["input_hw"] * scale
+                )
                 n += 1
                 if plan.dp_path != plan.greedy_path:
                     diff += 1
