@@ -568,6 +568,13 @@ def render_not_measured(reason: str) -> str:
     )
 
 
+def _shown_config(name: str, config: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """A pre-stage's config as the variant ran it (LONG_FT_VARIANTS fine-tune longer)."""
+    if name in LONG_FT_VARIANTS and b.get("long_ft") and "finetune_epochs" in config:
+        return {**config, "finetune_epochs": b["long_ft"][0]}
+    return config
+
+
 def render(r: dict[str, Any]) -> str:
     b = r["budget"]
     env = r["env"]
@@ -629,7 +636,8 @@ def render(r: dict[str, Any]) -> str:
         + "; ".join(
             f"`{n}` = "
             + "".join(
-                f"`{p['method']}` {json.dumps(p['config'])} then " for p in PRE_STAGES.get(n, [])
+                f"`{p['method']}` {json.dumps(_shown_config(n, p['config'], b))} then "
+                for p in PRE_STAGES.get(n, [])
             )
             + f"`{m}` {json.dumps(c)} on {', '.join(a)}"
             for n, (m, c, a) in VARIANTS.items()
