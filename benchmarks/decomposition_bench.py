@@ -456,6 +456,8 @@ def evaluate(r: dict[str, Any], headline: dict[str, str] | None = None) -> dict[
     """Rule 1 (``headline`` None: ``HEADLINE`` on every architecture) or rule 2's figures."""
     out: dict[str, Any] = {}
     for arch, seeds in r["models"].items():
+        if headline is not None and arch not in headline:
+            continue  # a rule on some of the architectures only (rule 7)
         name = HEADLINE if headline is None else headline[arch]
         vs = [s["variants"][name] for s in seeds if name in s["variants"]]
         if not vs:
