@@ -87,6 +87,11 @@ class HardwareFacts:
     arch: str
     os: str
     python: str
+    # The vector and int8 instruction sets ONNX Runtime's CPU kernels choose between, from
+    # ISA_FLAGS, e.g. "avx2 avx512f avx512_vnni": the same model's speedups differ between two
+    # CPUs of one family when these differ (docs/benchmarks.md). "" where unknown (older agents,
+    # platforms without /proc/cpuinfo).
+    isa: str = ""
 
     @classmethod
     def current(cls) -> HardwareFacts:
@@ -96,6 +101,7 @@ class HardwareFacts:
             arch=platform.machine(),
             os=platform.platform(),
             python=platform.python_version(),
+            isa=cpu_isa(),
         )
 
 
@@ -166,6 +172,41 @@ class LatencyResult:
             values["round_p50_ms"] = [p50] if p50 is not None and values["rounds"] == 1 else []
         values["round_p50_ms"] = [float(v) for v in values["round_p50_ms"]]
         return cls(**values)
+
+
+# The instruction-set flags that decide which ONNX Runtime CPU kernels run, in this order: x86's
+# vector widths and int8 dot products (VNNI, AMX), Arm's SIMD, dot-product and int8 matmul.
+ISA_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "sve",
+)
+
+
+def cpu_isa(cpuinfo: str | None = None) -> str:
+    """The :data:`ISA_FLAGS` the CPU has, space-separated in that order ("" when unknown).
+
+    Reads the first ``flags`` (x86) or ``Features`` (Arm) line of ``/proc/cpuinfo``, or of
+    ``cpuinfo`` when given.
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return ""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in ("flags", "features"):
+            have = set(value.split())
+            return " ".join(f for f in ISA_FLAGS if f in have)
+    return ""
 
 
 def _cpu_model() -> str:

@@ -17,9 +17,11 @@ from compression.errors import Cancelled
 from compression.latency import (
     P99_MIN_RUNS,
     PINNED_ENV,
+    HardwareFacts,
     LatencyChild,
     LatencyError,
     LatencyResult,
+    cpu_isa,
     measure_latency,
     measure_latency_isolated,
     measure_round_medians,
@@ -282,6 +284,43 @@ def test_an_old_row_without_the_round_fields_still_loads(lenet_onnx: Path) -> No
     old = LatencyResult.from_dict(data)
     assert old.rounds == 1 and old.round_p50_ms == [old.p50_ms]
     assert old.iqr_ms is None and old.isolated is False and old.p99_ms == 1.5
+
+
+def test_an_old_row_without_the_isa_loads_with_it_blank(lenet_onnx: Path) -> None:
+    data = measure_latency(lenet_onnx, warmup=0, runs=3).to_dict()
+    assert set(data["hardware"]) == {f for f in HardwareFacts.__dataclass_fields__}
+    del data["hardware"]["isa"]
+    assert LatencyResult.from_dict(data).hardware.isa == ""
+
+
+# --- the instruction sets ------------------------------------------------------------------
+
+X86 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512dq avx512_vnni avx512_bf16
+processor\t: 1
+flags\t\t: fpu sse2 avx avx2 amx_int8
+"""
+ARM = """processor\t: 0
+BogoMIPS\t: 108.00
+Features\t: fp asimd evtstrm aes crc32 atomics fphp asimdhp asimddp i8mm bf16
+CPU implementer\t: 0x41
+"""
+
+
+def test_the_isa_names_the_kernel_deciding_flags_of_the_first_cpu_in_a_fixed_order() -> None:
+    assert cpu_isa(X86) == "avx2 avx512f avx512_vnni"  # the first CPU's line only
+    assert cpu_isa(ARM) == "asimd asimddp i8mm"
+    assert cpu_isa("processor\t: 0\nmodel name\t: something\n") == ""
+    assert cpu_isa("flags\t: sse2 sse4_2\n") == ""
+
+
+def test_this_machine_reports_its_isa_with_every_measurement(lenet_onnx: Path) -> None:
+    r = measure_latency(lenet_onnx, warmup=0, runs=3)
+    assert r.hardware.isa == cpu_isa() == HardwareFacts.current().isa
+    if Path("/proc/cpuinfo").exists() and r.hardware.arch == "x86_64":
+        assert "avx2" in r.hardware.isa.split()  # every x86 CI machine this runs on has AVX2
 
 
 def test_the_harness_imports_without_torch() -> None:

@@ -175,6 +175,10 @@ class FleetDeviceSerializer(serializers.Serializer[Any]):
 class FleetRowSerializer(serializers.Serializer[Any]):
     device = FleetDeviceSerializer()
     cpu = serializers.CharField()
+    isa = serializers.CharField(
+        help_text="The CPU's vector and int8 instruction sets the agent found, e.g. \"avx2 avx512f "
+        'avx512_vnni" or "asimd asimddp"; "" when the agent did not say.'
+    )
     cores = serializers.IntegerField(allow_null=True)
     os = serializers.CharField()
     arch = serializers.CharField()

@@ -29,6 +29,8 @@ FLEET_CSV_FIELDS = (
     # a detector's (issue 15): mAP on the device in percent, latency end to end (network +
     # decode + NMS) and frames per second both ways
     "map50_pct", "map50_95_pct", "e2e_p50_ms", "e2e_p90_ms", "fps", "fps_e2e",
+    # the CPU's vector and int8 instruction sets the agent found ("" from agents that do not say)
+    "isa",
 )  # fmt: skip
 
 
@@ -98,6 +100,7 @@ def _device_row(
     row: dict[str, Any] = {
         "device": {"id": device.pk, "name": device.name, "hardware": device.hardware},
         "cpu": _text(hw.get("cpu_model")) or _text(facts.get("cpu")),
+        "isa": _text(hw.get("isa"))[:200],
         "cores": _int(hw.get("cores")) or _int(facts.get("cores")),
         "os": _text(hw.get("os")) or _text(facts.get("os")),
         "arch": _text(hw.get("arch")) or _text(facts.get("arch")),
@@ -219,7 +222,7 @@ def fleet_csv_rows(fleet: dict[str, Any]) -> list[list[Any]]:
             "deployment": row["deployment"],
             "op_profile_ms": json.dumps(row["op_profile_ms"]) if row["op_profile_ms"] else "",
             **{k: row[k] for k in ("map50_pct", "map50_95_pct", "e2e_p50_ms", "e2e_p90_ms")},
-            **{k: row[k] for k in ("fps", "fps_e2e")},
+            **{k: row[k] for k in ("fps", "fps_e2e", "isa")},
         }
         out.append(["" if flat[k] is None else flat[k] for k in FLEET_CSV_FIELDS])
     return out

@@ -17,14 +17,15 @@ from webapp.catalog.models import ModelVersion
 
 
 def latency_payload(p50: float, *, batch: int = 1, profile: dict[str, float] | None = None,
-                    cpu: str = "Cortex-A72", cores: int = 4) -> dict[str, Any]:  # fmt: skip
+                    cpu: str = "Cortex-A72", cores: int = 4,
+                    isa: str = "asimd") -> dict[str, Any]:  # fmt: skip
     return {
         "batch_size": batch, "p50_ms": p50, "p90_ms": p50 * 1.2, "p99_ms": p50 * 1.5,
         "mean_ms": p50 * 1.05, "std_ms": p50 / 10, "runs": 200, "threads": 2,
         "throughput": 1000.0 * batch / p50, "load_time_ms": 12.5, "peak_rss_mb": 48.0,
         "provider": "CPUExecutionProvider", "ort_version": "1.20.1",
         "hardware": {"cpu_model": cpu, "cores": cores, "arch": "aarch64", "os": "Linux-6.6",
-                     "python": "3.11"},
+                     "python": "3.11", "isa": isa},
         "op_profile_ms": profile or {},
     }  # fmt: skip
 

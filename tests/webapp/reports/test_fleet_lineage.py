@@ -56,6 +56,7 @@ def test_fleet_has_one_row_per_device_with_the_newest_deployment_at_its_smallest
         "Linux-6.6",
         "aarch64",
     )
+    assert pi["isa"] == "asimd"
     assert pi["runtime"] == "onnxruntime 1.20.1" and pi["provider"] == "CPUExecutionProvider"
     assert pi["measured_at"] and pi["deployment"] == pi["accuracy_deployment"]
     assert pi["op_profile_ms"] == PROFILE_PI and list(pi["op_profile_ms"]) == [
@@ -75,7 +76,7 @@ def test_fleet_falls_back_to_the_device_facts_and_reads_malformed_payloads_as_bl
                                           "op_profile_ms": {"Conv": "slow", "Add": 1}}])  # fmt: skip
     (row,) = fleet_build(organization=org, version_id=v.pk)["rows"]
     assert (row["cpu"], row["cores"], row["os"]) == ("BCM2711", 4, "Debian 12")
-    assert row["runtime"] == "onnxruntime 1.19.0" and row["provider"] == ""
+    assert row["runtime"] == "onnxruntime 1.19.0" and row["provider"] == "" and row["isa"] == ""
     assert row["latency"]["count"] is None and row["latency"]["p50_ms"] == 3.0
     assert row["op_profile_ms"] == {"Add": 1.0}
 
@@ -113,6 +114,7 @@ def test_fleet_page_shows_the_table_and_both_charts(fam):
     html = r.content.decode()
     assert html.count("<tr data-device=") == 2
     assert "Cortex-A72" in html and "CPUExecutionProvider" in html and "95.00%" in html
+    assert "data-isa" in html and "· asimd<" in html
     figures = r.context["figures"]
     assert set(figures) == {"chart-fleet-latency", "chart-fleet-ops"}
     ops = figures["chart-fleet-ops"]
@@ -152,7 +154,7 @@ def test_fleet_exports_csv_and_json(fam):
     assert float(pi["latency_p90_ms"]) == pytest.approx(4.8)
     assert float(pi["latency_p99_ms"]) == pytest.approx(6.0)
     assert pi["top1_pct"] == "95.0" and pi["peak_mem_mb"] == "48.0" and pi["cores"] == "4"
-    assert json.loads(pi["op_profile_ms"]) == PROFILE_PI
+    assert json.loads(pi["op_profile_ms"]) == PROFILE_PI and pi["isa"] == "asimd"
     jetson = next(row for row in rows if row["device"] == "jetson")
     assert jetson["top1_pct"] == "" and jetson["eval_set"] == ""
 
