@@ -257,6 +257,21 @@ def run(recipe: dict[str, Any], model: ModelState, data: DatasetBundle, out: Pat
     return run_recipe(parse_recipe(full), model, data, out, device="cpu", restart=True)
 
 
+def control_recipe(seed: int, epochs: int, name: str = "control") -> dict[str, Any]:
+    """The trained model fine-tuned for ``epochs`` at the variants' learning rate, undecomposed."""
+    config = {"epochs": epochs, "lr": CONTROL_LR, "batch_size": BATCH}
+    return {"name": name, "seed": seed, "stages": [{"method": "finetune", "config": config}]}
+
+
+def pre_stages(name: str, long_ft: Sequence[int] | None) -> list[dict[str, Any]]:
+    """The stages ``name`` runs before its method; LONG_FT_VARIANTS' pruning stages fine-tune
+    for ``long_ft[0]`` epochs (None: as PRE_STAGES says, for results without ``long_ft``)."""
+    pre = PRE_STAGES.get(name, [])
+    if name not in LONG_FT_VARIANTS or not long_ft:
+        return pre
+    return [{**p, "config": {**p["config"], "finetune_epochs": long_ft[0]}} for p in pre]
+
+
 def one_seed(
     arch: str, data: DatasetBundle, seed: int, budget: Budget, out: Path
 ) -> dict[str, Any]:
@@ -292,36 +307,13 @@ def one_seed(
     # without any decomposition. A briefly trained starting point still improves with more
     # epochs, so drops are measured against this, never against the starting point.
     log(f"{arch} seed {seed}: control")
-    control_recipe = {
-        "name": "control",
-        "seed": seed,
-        "stages": [
-            {
-                "method": "finetune",
-                "config": {"epochs": budget.finetune_epochs, "lr": CONTROL_LR, "batch_size": BATCH},
-            }
-        ],
-    }
-    control = run(control_recipe, trained, data, out / "control")
+    control = run(control_recipe(seed, budget.finetune_epochs), trained, data, out / "control")
     row["control_test"] = control.final.accuracy
     if any(arch in VARIANTS[n][2] for n in LONG_FT_VARIANTS):
         log(f"{arch} seed {seed}: long control ({sum(budget.long_ft)} epochs)")
-        long_recipe = {
-            "name": "control (long)",
-            "seed": seed,
-            "stages": [
-                {
-                    "method": "finetune",
-                    "config": {
-                        "epochs": sum(budget.long_ft),
-                        "lr": CONTROL_LR,
-                        "batch_size": BATCH,
-                    },
-                }
-            ],
-        }
+        long_control = control_recipe(seed, sum(budget.long_ft), name="control (long)")
         row["control_long_test"] = run(
-            long_recipe, trained, data, out / "control_long"
+            long_control, trained, data, out / "control_long"
         ).final.accuracy
     onnx = [out / "train" / "final.onnx"]
     names = []
@@ -329,15 +321,9 @@ def one_seed(
         if arch not in archs:
             continue
         log(f"{arch} seed {seed}: {name}")
-        long = name in LONG_FT_VARIANTS
-        epochs = budget.long_ft[1] if long else budget.finetune_epochs
+        epochs = budget.long_ft[1] if name in LONG_FT_VARIANTS else budget.finetune_epochs
         cfg = {**config, "epochs": epochs, "batch_size": BATCH}
-        pre = PRE_STAGES.get(name, [])
-        if long:
-            pre = [
-                {**p, "config": {**p["config"], "finetune_epochs": budget.long_ft[0]}} for p in pre
-            ]
-        stages = [*pre, {"method": method, "config": cfg}]
+        stages = [*pre_stages(name, budget.long_ft), {"method": method, "config": cfg}]
         recipe = {"name": name, "seed": seed, "stages": stages}
         vdir = out / name
         rep = run(recipe, trained, data, vdir)
@@ -573,13 +559,6 @@ def render_not_measured(reason: str) -> str:
     )
 
 
-def _shown_config(name: str, config: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """A pre-stage's config as the variant ran it (LONG_FT_VARIANTS fine-tune longer)."""
-    if name in LONG_FT_VARIANTS and b.get("long_ft") and "finetune_epochs" in config:
-        return {**config, "finetune_epochs": b["long_ft"][0]}
-    return config
-
-
 def render(r: dict[str, Any]) -> str:
     b = r["budget"]
     env = r["env"]
@@ -641,8 +620,8 @@ def render(r: dict[str, Any]) -> str:
         + "; ".join(
             f"`{n}` = "
             + "".join(
-                f"`{p['method']}` {json.dumps(_shown_config(n, p['config'], b))} then "
-                for p in PRE_STAGES.get(n, [])
+                f"`{p['method']}` {json.dumps(p['config'])} then "
+                for p in pre_stages(n, b.get("long_ft"))
             )
             + f"`{m}` {json.dumps(c)} on {', '.join(a)}"
             for n, (m, c, a) in VARIANTS.items()
