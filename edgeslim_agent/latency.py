@@ -195,13 +195,7 @@ def cpu_isa(cpuinfo: str | None = None) -> str:
     Reads the first ``flags`` (x86) or ``Features`` (Arm) line of ``/proc/cpuinfo``, or of
     ``cpuinfo`` when given.
     """
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-                cpuinfo = fh.read()
-        except OSError:
-            return ""
-    for line in cpuinfo.splitlines():
+    for line in (_read_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
         key, sep, value = line.partition(":")
         if sep and key.strip().lower() in ("flags", "features"):
             have = set(value.split())
@@ -209,14 +203,19 @@ def cpu_isa(cpuinfo: str | None = None) -> str:
     return ""
 
 
-def _cpu_model() -> str:
+def _read_cpuinfo() -> str:
+    """``/proc/cpuinfo``'s text ("" where there is none: macOS, Windows)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    return line.split(":", 1)[1].strip()
+            return fh.read()
     except OSError:
-        pass
+        return ""
+
+
+def _cpu_model() -> str:
+    for line in _read_cpuinfo().splitlines():
+        if line.lower().startswith(("model name", "hardware", "cpu model")):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "unknown"
 
 
